@@ -1,0 +1,1 @@
+"""Fence plugins and the runner that gives them their semantics."""

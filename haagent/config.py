@@ -1,0 +1,350 @@
+"""TOML configuration -> frozen, validated config objects.
+
+Every problem is collected (not just the first) and reported as one line naming the field,
+e.g. ``timing.lease_ttl: must be greater than 2 x heartbeat_interval (got 1.0)``.
+Sections owned by other packages (``[fencing]``, ``[policy]``) are validated by those packages'
+own parsers through the same problem list, so one run of ``haagent check-config`` shows all.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+from haagent.errors import ConfigError
+
+DEFAULT_PATH = "/etc/haagent/haagent.toml"
+
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+_MISSING = object()
+
+
+class Reader:
+    """Reads typed fields out of one TOML table, recording problems instead of raising."""
+
+    def __init__(self, table: Any, path: str, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        self.seen: set[str] = set()
+        if table is _MISSING or table is None:
+            table = {}
+        if not isinstance(table, dict):
+            self.problem("", f"must be a table (got {type(table).__name__})")
+            table = {}
+        self.table: dict[str, Any] = table
+
+    def name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path and key else (self.path or key)
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.name(key)}: {message}")
+
+    def raw(self, key: str) -> Any:
+        self.seen.add(key)
+        return self.table.get(key, _MISSING)
+
+    def sub(self, key: str) -> "Reader":
+        return Reader(self.raw(key), self.name(key), self.problems)
+
+    def string(self, key: str, default: Any = _MISSING, *, choices: tuple[str, ...] | None = None,
+               pattern: re.Pattern[str] | None = None, pattern_hint: str = "") -> Any:
+        value = self.raw(key)
+        if value is _MISSING:
+            if default is _MISSING:
+                self.problem(key, "is required")
+            return None if default is _MISSING else default
+        if not isinstance(value, str):
+            self.problem(key, f"must be a string (got {value!r})")
+            return None if default is _MISSING else default
+        if choices is not None and value not in choices:
+            self.problem(key, f"must be one of {', '.join(choices)} (got {value!r})")
+            return None if default is _MISSING else default
+        if pattern is not None and not pattern.match(value):
+            self.problem(key, f"{pattern_hint} (got {value!r})")
+            return None if default is _MISSING else default
+        return value
+
+    def number(self, key: str, default: Any = _MISSING, *, minimum: float | None = None,
+               maximum: float | None = None, positive: bool = False, integer: bool = False) -> Any:
+        value = self.raw(key)
+        if value is _MISSING:
+            if default is _MISSING:
+                self.problem(key, "is required")
+                return None
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self.problem(key, f"must be a number (got {value!r})")
+            return None if default is _MISSING else default
+        if integer and value != int(value):
+            self.problem(key, f"must be a whole number (got {value!r})")
+            return None if default is _MISSING else default
+        if positive and value <= 0:
+            self.problem(key, f"must be greater than 0 (got {value!r})")
+            return None if default is _MISSING else default
+        if minimum is not None and value < minimum:
+            self.problem(key, f"must be at least {minimum:g} (got {value!r})")
+            return None if default is _MISSING else default
+        if maximum is not None and value > maximum:
+            self.problem(key, f"must be at most {maximum:g} (got {value!r})")
+            return None if default is _MISSING else default
+        return int(value) if integer else float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.raw(key)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, bool):
+            self.problem(key, f"must be true or false (got {value!r})")
+            return default
+        return value
+
+    def string_list(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key)
+        if value is _MISSING:
+            if default is _MISSING:
+                self.problem(key, "is required")
+                return ()
+            return default
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.problem(key, f"must be a list of strings (got {value!r})")
+            return ()
+        return tuple(value)
+
+    def file(self, key: str) -> str | None:
+        """An optional path to a readable file."""
+        value = self.string(key, None)
+        if value is None:
+            return None
+        if not os.path.isabs(value):
+            self.problem(key, f"must be an absolute path (got {value!r})")
+            return None
+        if not os.access(value, os.R_OK):
+            self.problem(key, f"file not found or not readable: {value}")
+            return None
+        return value
+
+    def finish(self) -> None:
+        """Report keys nobody read: usually a typo an operator wants to hear about."""
+        for key in sorted(set(self.table) - self.seen):
+            self.problem(key, "unknown key")
+
+
+@dataclass(frozen=True)
+class EtcdEndpoint:
+    """One etcd client endpoint. ``host`` may be a python3-etcd3 ``unix:/dir/name`` form."""
+
+    url: str
+    scheme: str  # http, https or unix
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def parse_endpoint(url: str) -> EtcdEndpoint:
+    """Parse ``http://h:p``, ``https://h:p`` or ``unix:///abs/dir/name:port`` (etcd's socket form)."""
+    if url.startswith("unix://"):
+        rest = url[len("unix://"):]
+        base, sep, port = rest.rpartition(":")
+        if not sep or not base.startswith("/") or not port.isdigit():
+            raise ValueError("unix endpoints look like unix:///abs/dir/localhost:23997")
+        return EtcdEndpoint(url, "unix", "unix:" + base, int(port))
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must start with http://, https:// or unix://")
+    if not parts.hostname or parts.port is None:
+        raise ValueError("must name a host and a port, like http://10.0.0.1:2379")
+    return EtcdEndpoint(url, parts.scheme, parts.hostname, parts.port)
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    endpoints: tuple[EtcdEndpoint, ...]
+    timeout: float = 2.0
+    ca_cert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """Failure-detection timings, in seconds. See docs/timings.md for how the defaults were chosen."""
+
+    heartbeat_interval: float = 1.0
+    lease_ttl: int = 3
+    fence_delay: float = 1.0
+    new_leader_grace: float = 3.0
+    report_interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "auto"  # auto: console on a TTY, JSON otherwise
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    cluster: str
+    host: str
+    etcd: EtcdConfig
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    libvirt_uri: str = "qemu:///system"
+    metrics_listen: str | None = "127.0.0.1:9464"
+    log: LogConfig = field(default_factory=LogConfig)
+    # Filled by the fencing and policies packages' own parsers.
+    fencing: Any = None
+    policy: Any = None
+    # Sections later features own ([agent], [manager]); kept raw and read-only.
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+
+def _parse_listen(value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT, like 127.0.0.1:9464")
+    host = host.strip("[]")
+    if host not in ("", "localhost"):
+        ipaddress.ip_address(host)
+
+
+# Section parsers other packages register: name -> fn(raw_table, path, problems) -> object.
+SectionParser = Callable[[Any, str, list[str]], Any]
+
+
+def _section_parsers() -> dict[str, SectionParser]:
+    parsers: dict[str, SectionParser] = {}
+    try:
+        from fencing.config import parse_fencing_section
+        parsers["fencing"] = parse_fencing_section
+    except ImportError:  # pragma: no cover - the fencing package ships with haagent
+        pass
+    try:
+        from policies.config import parse_policy_section
+        parsers["policy"] = parse_policy_section
+    except ImportError:  # pragma: no cover
+        pass
+    return parsers
+
+
+_RAW_SECTIONS = ("agent", "manager")
+
+
+def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
+    """Validate a parsed TOML document; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    top = Reader(dict(data), "", problems)
+
+    cluster = top.string("cluster", pattern=_NAME_RE,
+                         pattern_hint="must be lowercase letters, digits, '.', '_' or '-'")
+    host = top.string("host", pattern=_NAME_RE,
+                      pattern_hint="must be lowercase letters, digits, '.', '_' or '-'")
+
+    e = top.sub("etcd")
+    endpoints: list[EtcdEndpoint] = []
+    for i, url in enumerate(e.string_list("endpoints")):
+        try:
+            endpoints.append(parse_endpoint(url))
+        except ValueError as exc:
+            problems.append(f"etcd.endpoints[{i}]: {exc} (got {url!r})")
+    if e.table.get("endpoints") == []:
+        e.problem("endpoints", "must list at least one endpoint")
+    urls = [ep.url for ep in endpoints]
+    if len(set(urls)) != len(urls):
+        e.problem("endpoints", "lists the same endpoint twice")
+    etcd_timeout = e.number("timeout", 2.0, positive=True, maximum=60)
+    ca_cert, cert, key = e.file("ca_cert"), e.file("cert"), e.file("key")
+    if (e.table.get("cert") is None) != (e.table.get("key") is None):
+        e.problem("cert", "cert and key must be given together")
+    if any(ep.scheme == "https" for ep in endpoints) and "ca_cert" not in e.table:
+        e.problem("ca_cert", "is required when an endpoint uses https://")
+    e.finish()
+
+    t = top.sub("timing")
+    heartbeat = t.number("heartbeat_interval", TimingConfig.heartbeat_interval, positive=True, maximum=60)
+    ttl = t.number("lease_ttl", TimingConfig.lease_ttl, positive=True, maximum=600)
+    if ttl is not None and ttl != int(ttl):
+        t.problem("lease_ttl", f"must be a whole number of seconds: etcd leases are whole seconds (got {ttl!r})")
+        ttl = None
+    elif ttl is not None and heartbeat is not None and ttl <= 2 * heartbeat:
+        t.problem("lease_ttl", f"must be greater than 2 x heartbeat_interval (got {ttl!r})")
+        ttl = None
+    fence_delay = t.number("fence_delay", TimingConfig.fence_delay, minimum=0, maximum=3600)
+    grace = t.number("new_leader_grace", float(ttl) if ttl else TimingConfig.new_leader_grace, minimum=0, maximum=3600)
+    if grace is not None and ttl is not None and grace < ttl:
+        t.problem("new_leader_grace", f"must be at least lease_ttl ({ttl:g}) so agents can reconnect first (got {grace!r})")
+    report_interval = t.number("report_interval", TimingConfig.report_interval, positive=True, maximum=3600)
+    t.finish()
+
+    lv = top.sub("libvirt")
+    libvirt_uri = lv.string("uri", "qemu:///system")
+    if libvirt_uri is not None and "://" not in libvirt_uri:
+        lv.problem("uri", f"must be a libvirt URI like qemu:///system (got {libvirt_uri!r})")
+    lv.finish()
+
+    m = top.sub("metrics")
+    metrics_listen = m.string("listen", "127.0.0.1:9464")
+    if metrics_listen:
+        try:
+            _parse_listen(metrics_listen)
+        except ValueError as exc:
+            m.problem("listen", f"{exc} (got {metrics_listen!r})" if "HOST:PORT" in str(exc)
+                      else f"not an IP address (got {metrics_listen!r})")
+    m.finish()
+
+    lg = top.sub("log")
+    log_cfg = LogConfig(format=lg.string("format", "auto", choices=("auto", "json", "console")),
+                        level=lg.string("level", "info", choices=("debug", "info", "warning", "error")))
+    lg.finish()
+
+    sections: dict[str, Any] = {}
+    for name, parser in _section_parsers().items():
+        raw = top.raw(name)
+        sections[name] = parser(None if raw is _MISSING else raw, name, problems)
+    extra = {}
+    for name in _RAW_SECTIONS:
+        value = top.raw(name)
+        if value is not _MISSING:
+            if not isinstance(value, dict):
+                problems.append(f"{name}: must be a table (got {type(value).__name__})")
+            else:
+                extra[name] = value
+    top.finish()
+
+    if problems:
+        raise ConfigError(problems, source)
+    return Config(
+        cluster=cluster, host=host,
+        etcd=EtcdConfig(tuple(endpoints), etcd_timeout, ca_cert, cert, key),
+        timing=TimingConfig(heartbeat, int(ttl), fence_delay, grace, report_interval),
+        libvirt_uri=libvirt_uri, metrics_listen=metrics_listen or None, log=log_cfg,
+        fencing=sections.get("fencing"), policy=sections.get("policy"),
+        extra=extra, source=source,
+    )
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate a config file (default /etc/haagent/haagent.toml)."""
+    path = str(path or DEFAULT_PATH)
+    try:
+        text = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(["file not found"], path) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot read: {exc.strerror}"], path) from None
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(["not UTF-8 text"], path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"TOML syntax error: {exc}"], path) from None
+    return parse_config(data, source=path)

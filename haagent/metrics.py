@@ -1,0 +1,25 @@
+"""The process's prometheus-client registry, and the HTTP server that serves it."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# -- store / election --------------------------------------------------------------------------
+IS_LEADER = Gauge("haagent_is_leader", "1 while this agent is the cluster leader", registry=REGISTRY)
+LEADER_EPOCH = Gauge("haagent_leader_epoch", "Epoch (create_revision of the leader key) this agent leads with, 0 if not leader", registry=REGISTRY)
+LEADERSHIP_CHANGES = Counter("haagent_leadership_changes_total", "Times this agent gained or lost leadership", ["change"], registry=REGISTRY)
+LEASE_REFRESH_SECONDS = Histogram("haagent_lease_refresh_seconds", "Latency of lease keepalive refreshes", registry=REGISTRY,
+                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+LEASE_LOST = Counter("haagent_lease_lost_total", "Times this agent's lease expired and was re-granted", registry=REGISTRY)
+STORE_ISOLATED = Gauge("haagent_store_isolated", "1 while no etcd endpoint with quorum answers", registry=REGISTRY)
+STORE_ERRORS = Counter("haagent_store_errors_total", "etcd calls that failed, by kind", ["kind"], registry=REGISTRY)
+
+
+def serve(listen: str | None) -> None:
+    """Serve /metrics on ``HOST:PORT`` in a daemon thread (no-op when listen is empty)."""
+    if not listen:
+        return
+    host, _, port = listen.rpartition(":")
+    start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=REGISTRY)

@@ -1,0 +1,15 @@
+"""``haagent sim ...``: standalone simulators (fake BMC, fake PDU) and the scenario runner."""
+
+from __future__ import annotations
+
+from haagent.cli import LazyGroup
+
+import click
+
+
+@click.group(cls=LazyGroup, lazy={
+    "bmc": "fencing.sim.cli:bmc",
+    "pdu": "fencing.sim.cli:pdu",
+})
+def sim() -> None:
+    """Simulators for trying fence configs and for tests."""

@@ -1,0 +1,1 @@
+"""Placement: filters, weighers, NUMA fit, affinity, capacity, rebalance planner."""

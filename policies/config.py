@@ -1,0 +1,12 @@
+"""The [policy] config section. Placeholder parser until the policies package fills it in."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+
+def parse_policy_section(raw: Any, path: str, problems: list[str]) -> Any:
+    if raw is None or not isinstance(raw, dict):
+        return MappingProxyType({})
+    return MappingProxyType(dict(raw))
