@@ -33,7 +33,7 @@ demo: deps
 	$(PY) -m haagent.demo
 
 bench: deps
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) $(STAMP_DIR) build *.egg-info

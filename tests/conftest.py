@@ -1,0 +1,1 @@
+"""Shared pytest setup. Area fixtures live in each directory's own conftest.py."""
