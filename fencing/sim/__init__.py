@@ -1,0 +1,1 @@
+"""Simulated fence devices (IPMI BMC, APC PDU) for tests, the lab and trying fence configs."""
