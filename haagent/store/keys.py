@@ -1,0 +1,87 @@
+"""The etcd key layout (DESIGN §3), in one place. Every key lives under ``/haagent/<cluster>/``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    cluster: str
+
+    @property
+    def root(self) -> str:
+        return f"/haagent/{self.cluster}/"
+
+    @property
+    def leader(self) -> str:
+        """Leader id; its create_revision is the epoch (fencing token)."""
+        return self.root + "leader"
+
+    @property
+    def leader_info(self) -> str:
+        """What the current leader last wrote about itself (a guarded write)."""
+        return self.root + "leader_info"
+
+    @property
+    def hosts(self) -> str:
+        return self.root + "hosts/"
+
+    def host(self, host: str) -> str:
+        return f"{self.hosts}{host}/"
+
+    def host_alive(self, host: str) -> str:
+        return self.host(host) + "alive"
+
+    def host_report(self, host: str) -> str:
+        return self.host(host) + "report"
+
+    def host_state(self, host: str) -> str:
+        return self.host(host) + "state"
+
+    @property
+    def vms(self) -> str:
+        return self.root + "vms/"
+
+    def vm_spec(self, uuid: str) -> str:
+        return f"{self.vms}{uuid}/spec"
+
+    def vm_placement(self, uuid: str) -> str:
+        return f"{self.vms}{uuid}/placement"
+
+    def vm_migration(self, uuid: str) -> str:
+        return f"{self.vms}{uuid}/migration"
+
+    @property
+    def ops(self) -> str:
+        return self.root + "ops/"
+
+    def op(self, op_id: str) -> str:
+        return self.ops + op_id
+
+    @property
+    def requests(self) -> str:
+        return self.root + "requests/"
+
+    def request(self, req_id: str) -> str:
+        return self.requests + req_id
+
+    @property
+    def events(self) -> str:
+        return self.root + "events/"
+
+    def event(self, event_id: str) -> str:
+        return self.events + event_id
+
+    def parse_host_key(self, key: str) -> tuple[str, str] | None:
+        """``/haagent/c/hosts/h1/alive`` -> ("h1", "alive"); None for keys outside hosts/."""
+        if not key.startswith(self.hosts):
+            return None
+        host, sep, leaf = key[len(self.hosts):].partition("/")
+        return (host, leaf) if sep and host and leaf else None
+
+    def parse_vm_key(self, key: str) -> tuple[str, str] | None:
+        if not key.startswith(self.vms):
+            return None
+        uuid, sep, leaf = key[len(self.vms):].partition("/")
+        return (uuid, leaf) if sep and uuid and leaf else None
