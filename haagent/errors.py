@@ -127,6 +127,13 @@ class FenceDeviceError(FenceError, PermanentError):
     """The fence device answered with an error or an impossible state."""
 
 
+# -- lab ---------------------------------------------------------------------------------------
+
+
+class LabError(PermanentError):
+    """The lab could not be built, found or changed (not root, exists already, no such host)."""
+
+
 # -- placement ---------------------------------------------------------------------------------
 
 
