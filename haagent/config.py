@@ -276,12 +276,12 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         t.problem("lease_ttl", f"must be a whole number of seconds: etcd leases are whole seconds (got {ttl!r})")
         ttl = None
     elif ttl is not None and heartbeat is not None and ttl <= 2 * heartbeat:
-        t.problem("lease_ttl", f"must be greater than 2 x heartbeat_interval (got {ttl!r})")
+        t.problem("lease_ttl", f"must be greater than 2 x heartbeat_interval (got {t.table.get('lease_ttl', ttl)!r})")
         ttl = None
     fence_delay = t.number("fence_delay", TimingConfig.fence_delay, minimum=0, maximum=3600)
     grace = t.number("new_leader_grace", float(ttl) if ttl else TimingConfig.new_leader_grace, minimum=0, maximum=3600)
     if grace is not None and ttl is not None and grace < ttl:
-        t.problem("new_leader_grace", f"must be at least lease_ttl ({ttl:g}) so agents can reconnect first (got {grace!r})")
+        t.problem("new_leader_grace", f"must be at least lease_ttl ({ttl:g}) so agents can reconnect first (got {t.table.get('new_leader_grace', grace)!r})")
     report_interval = t.number("report_interval", TimingConfig.report_interval, positive=True, maximum=3600)
     t.finish()
 

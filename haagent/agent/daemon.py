@@ -1,0 +1,181 @@
+"""The agent daemon's shell: heartbeat, election, report, metrics, and a clean SIGTERM.
+
+Decisions stay in pure step functions (the manager and agent steps); this module only wires the
+ports (etcd, libvirt, clock) and runs the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+from haagent import __version__, metrics
+from haagent.config import Config
+from haagent.errors import NotLeader, StoreError
+from haagent.log import get_logger
+from haagent.store.client import EtcdStore, Put
+from haagent.store.election import Election, Leadership
+from haagent.store.keys import Keys
+from haagent.store.lease import LeaseEvent, LeaseKeeper
+from haagent.store.watch import ResumingWatch, WatchEvent
+
+log = get_logger("haagent.agent")
+
+
+def host_facts() -> dict[str, Any]:
+    """What the agent can say about its host without libvirt."""
+    mem_kib = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem_kib = int(line.split()[1])
+                    break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count() or 0, "memory_mib": mem_kib // 1024}
+
+
+def report_changed(old: dict[str, Any] | None, new: dict[str, Any], load_tolerance: float) -> bool:
+    """Whether a report differs enough to be worth an etcd write (load moves within a tolerance)."""
+    if old is None:
+        return True
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("load", "reported_at")}  # noqa: E731
+    if strip(old) != strip(new):
+        return True
+    return abs(float(old.get("load", 0)) - float(new.get("load", 0))) > load_tolerance
+
+
+class AgentDaemon:
+    """One host's agent. ``run()`` blocks until ``stop()`` (or SIGTERM via ``install_signals``)."""
+
+    def __init__(self, config: Config, *, store: EtcdStore | None = None,
+                 leader_work: Callable[["AgentDaemon"], None] | None = None,
+                 facts: Callable[[], dict[str, Any]] = host_facts):
+        self.config = config
+        self.host = config.host
+        self.keys = Keys(config.cluster)
+        self.store = store or EtcdStore.from_config(config.etcd)
+        self.lease = LeaseKeeper(self.store, config.timing.lease_ttl,
+                                 interval=min(config.timing.heartbeat_interval, config.timing.lease_ttl / 3))
+        self.election = Election(self.store, self.keys, self.host, self.lease)
+        self.leader_work = leader_work
+        self.facts = facts
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._last_report: dict[str, Any] | None = None
+        self._last_report_at = 0.0
+        self._leader_watch: ResumingWatch | None = None
+        self.lease.subscribe(self._on_lease_event)
+        self.election.on_change(self._on_leadership)
+
+    # -- wiring -----------------------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _on_lease_event(self, event: LeaseEvent) -> None:
+        if event.kind in ("lease_lost", "reconnected"):
+            self._last_report = None  # re-publish: the world may have moved on while we were away
+            self._wake.set()
+
+    def _on_leadership(self, old: Leadership | None, new: Leadership | None) -> None:
+        self._wake.set()
+
+    # watch handler for the leader key: wake the loop when leadership may be up for grabs
+    def on_events(self, events: list[WatchEvent]) -> None:
+        if any(e.key == self.keys.leader for e in events):
+            self._wake.set()
+
+    def on_resync(self, kvs: Any, revision: int) -> None:
+        self._wake.set()
+
+    # -- main loop --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        metrics.serve(self.config.metrics_listen)
+        log.info("agent_starting", host=self.host, cluster=self.config.cluster, version=__version__,
+                 endpoints=[str(e) for e in self.config.etcd.endpoints])
+        self.lease.attach(self.keys.host_alive(self.host),
+                          json.dumps({"host": self.host, "pid": os.getpid(), "version": __version__}))
+        self.lease.start()
+        if self._stop.is_set():
+            return self._shutdown()
+        self._start_leader_watch()
+        log.info("agent_started", host=self.host, lease=self.lease.lease_id)
+        interval = self.config.timing.heartbeat_interval
+        while not self._stop.is_set():
+            self._wake.clear()
+            self.tick()
+            self._wake.wait(interval)
+        return self._shutdown()
+
+    def _start_leader_watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                start = self.store.revision() + 1
+                self._leader_watch = ResumingWatch(self.store, self.keys.leader, self, start).start()
+                return
+            except StoreError as exc:
+                log.warning("leader_watch_failed", error=str(exc))
+                self._stop.wait(1)
+
+    def tick(self) -> None:
+        """One round: keep leadership honest, campaign if free, publish the report, lead."""
+        try:
+            if self.election.is_leader and not self.lease.alive:
+                # By our own clock the lease may have expired on the server while we were cut
+                # off: act as if it did (another agent may already lead).
+                self.election._set(None, "lease may have expired while isolated")
+            if not self.election.is_leader and self.lease.alive:
+                if self.election.try_acquire():
+                    self._announce()
+            self.publish_report()
+            if self.election.is_leader and self.leader_work is not None:
+                self.leader_work(self)
+        except NotLeader as exc:
+            log.warning("stepped_down", reason=str(exc))
+        except StoreError as exc:
+            log.warning("agent_tick_failed", error=str(exc))
+
+    def _announce(self) -> None:
+        lead = self.election.leadership
+        if lead is None:
+            return
+        self.election.guarded([Put(self.keys.leader_info, json.dumps(
+            {"host": self.host, "epoch": lead.epoch, "since": time.time(), "version": __version__}))])
+
+    def publish_report(self) -> None:
+        """Write hosts/<h>/report only when something changed (etcd writes cost everyone)."""
+        now = time.monotonic()
+        if self._last_report is not None and now - self._last_report_at < self.config.timing.report_interval:
+            return
+        self._last_report_at = now
+        facts = self.facts()
+        load = round(os.getloadavg()[0], 1)
+        report = {"host": self.host, "version": __version__, **facts, "load": load,
+                  "reported_at": round(time.time(), 3)}
+        tolerance = max(1.0, 0.25 * max(1, int(facts.get("cpus", 1))))
+        if not report_changed(self._last_report, report, tolerance):
+            return
+        self.store.put(self.keys.host_report(self.host), json.dumps(report, sort_keys=True))
+        self._last_report = report
+
+    def _shutdown(self) -> int:
+        log.info("agent_stopping", host=self.host)
+        if self._leader_watch:
+            self._leader_watch.stop()
+        self.election.resign()
+        self.lease.stop(revoke=True)
+        self.store.close()
+        log.info("agent_stopped", host=self.host)
+        return 0

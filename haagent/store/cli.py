@@ -1,0 +1,65 @@
+"""``haagent status``: the leader, its epoch, and every host's liveness, state and report age."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from haagent.cli import config_option, fail
+from haagent.config import Config
+from haagent.errors import StoreError
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+@click.command("status")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+def status(config: Config, as_json: bool) -> None:
+    """Show the leader and each host: alive, state, age of its last report."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from haagent.store.client import EtcdStore
+    from haagent.store.keys import Keys
+    from haagent.store.status import cluster_status
+
+    store = EtcdStore.from_config(config.etcd)
+    try:
+        data = cluster_status(store, Keys(config.cluster))
+    except StoreError as exc:
+        endpoints = ", ".join(str(e) for e in config.etcd.endpoints)
+        fail(f"cannot reach etcd at {endpoints}: {exc}")
+    finally:
+        store.close()
+    if as_json:
+        for h in data["hosts"]:
+            h.pop("report", None)
+        click.echo(json.dumps(data, indent=2))
+        return
+    console = Console()
+    lead = data["leader"]
+    console.print(f"cluster [bold]{data['cluster']}[/]  leader: "
+                  + (f"[bold green]{lead['host']}[/] (epoch {lead['epoch']})" if lead else "[bold red]none[/]"))
+    table = Table("host", "alive", "state", "cpus", "memory", "load", "report age")
+    for h in data["hosts"]:
+        r = h["report"] or {}
+        table.add_row(
+            h["name"] + (" *" if lead and lead["host"] == h["name"] else ""),
+            "[green]yes[/]" if h["alive"] else "[red]no[/]",
+            h["state"] or "-",
+            str(r.get("cpus", "-")),
+            f"{r['memory_mib']} MiB" if "memory_mib" in r else "-",
+            str(r.get("load", "-")),
+            _age(h["report_age_s"]),
+        )
+    console.print(table)

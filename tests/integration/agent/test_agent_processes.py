@@ -1,0 +1,106 @@
+"""Real ``haagent agent`` processes against a real etcd: leader failover and clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from haagent.errors import NotLeader
+from haagent.store.client import EtcdStore, Put
+from haagent.store.election import Election, Leadership, read_leader
+from haagent.store.keys import Keys
+from haagent.store.lease import LeaseKeeper
+
+pytestmark = [pytest.mark.etcd, pytest.mark.slow]
+TTL = 2
+
+
+def write_config(path, host, endpoints):
+    path.write_text(f"""
+cluster = "it"
+host = "{host}"
+[etcd]
+endpoints = {list(endpoints)!r}
+timeout = 0.5
+[timing]
+heartbeat_interval = 0.5
+lease_ttl = {TTL}
+[metrics]
+listen = ""
+[log]
+format = "json"
+""".replace("'", '"'))
+    return path
+
+
+def spawn(tmp_path, host, endpoints):
+    cfg = write_config(tmp_path / f"{host}.toml", host, endpoints)
+    log = open(tmp_path / f"{host}.log", "wb")
+    return subprocess.Popen([sys.executable, "-m", "haagent.cli", "agent", "--config", str(cfg)],
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def agents(etcd1, tmp_path):
+    procs = {h: spawn(tmp_path, h, etcd1.endpoints) for h in ("a", "b", "c")}
+    try:
+        yield procs
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+
+def test_sigkill_leader_agent_another_leads_within_ttl_plus_1s(etcd1, agents):
+    keys = Keys("it")
+    store = EtcdStore(etcd1.endpoints, timeout=1)
+    alive = lambda: len(store.get_prefix(keys.hosts)[0]) >= 3 and read_leader(store, keys)  # noqa: E731
+    first = wait_for(alive, 20, "three agents and a leader")
+    info = wait_for(lambda: store.get(keys.leader_info), 5, "the leader's first guarded write")
+    assert first.host in info.value.decode()
+
+    agents[first.host].send_signal(signal.SIGKILL)
+    agents[first.host].wait(5)
+    killed = time.monotonic()
+    second = wait_for(lambda: (l := read_leader(store, keys)) and l.host != first.host and l, TTL + 5, "a new leader")
+    took = time.monotonic() - killed
+    assert took <= TTL + 1.0, f"new leader after {took:.2f}s"
+    assert second.epoch > first.epoch
+
+    # The old epoch's writes are rejected: act as the deposed leader with its old epoch.
+    lease = LeaseKeeper(store, TTL)
+    stale = Election(store, keys, first.host, lease)
+    stale._leadership = Leadership(first.host, first.epoch, first.lease)
+    with pytest.raises(NotLeader):
+        stale.guarded([Put(keys.leader_info, "from the old epoch")])
+    assert b"from the old epoch" not in store.get(keys.leader_info).value
+
+
+def test_sigterm_resigns_and_revokes_lease(etcd1, agents):
+    keys = Keys("it")
+    store = EtcdStore(etcd1.endpoints, timeout=1)
+    lead = wait_for(lambda: len(store.get_prefix(keys.hosts)[0]) >= 3 and read_leader(store, keys), 20, "a leader")
+    proc = agents[lead.host]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    # resigned and revoked at once: no need to wait a TTL
+    assert store.get(keys.host_alive(lead.host)) is None
+    new = wait_for(lambda: (l := read_leader(store, keys)) and l.host != lead.host and l, 3, "a new leader")
+    assert new.epoch > lead.epoch

@@ -1,0 +1,125 @@
+"""Config validation: every bad field gets one line naming it, and the CLI exits 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from haagent.config import load_config, parse_config
+from haagent.errors import ConfigError
+
+GOOD = {
+    "cluster": "prod-a",
+    "host": "kvm01",
+    "etcd": {"endpoints": ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]},
+}
+
+
+def with_(**sections):
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in GOOD.items()}
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(name), dict):
+            data[name] = {**data[name], **value}
+        else:
+            data[name] = value
+    return data
+
+
+def without(key):
+    return {k: v for k, v in GOOD.items() if k != key}
+
+
+BAD = [
+    (without("cluster"), "cluster: is required"),
+    (with_(host="KVM 01"), "host: must be lowercase letters, digits, '.', '_' or '-' (got 'KVM 01')"),
+    (with_(etcd={"endpoints": []}), "etcd.endpoints: must list at least one endpoint"),
+    (with_(etcd={"endpoints": "http://10.0.0.1:2379"}), "etcd.endpoints: must be a list of strings (got 'http://10.0.0.1:2379')"),
+    (with_(etcd={"endpoints": ["10.0.0.1:2379"]}), "etcd.endpoints[0]: must start with http://, https:// or unix:// (got '10.0.0.1:2379')"),
+    (with_(etcd={"endpoints": ["http://10.0.0.1"]}), "etcd.endpoints[0]: must name a host and a port, like http://10.0.0.1:2379 (got 'http://10.0.0.1')"),
+    (with_(etcd={"endpoints": ["http://a:1", "http://a:1"]}), "etcd.endpoints: lists the same endpoint twice"),
+    (with_(etcd={"endpoints": ["https://a:1"]}), "etcd.ca_cert: is required when an endpoint uses https://"),
+    (with_(etcd={"ca_cert": "/nonexistent/ca.pem"}), "etcd.ca_cert: file not found or not readable: /nonexistent/ca.pem"),
+    (with_(etcd={"timeout": 0}), "etcd.timeout: must be greater than 0 (got 0)"),
+    (with_(timing={"heartbeat_interval": 1.0, "lease_ttl": 1.0}), "timing.lease_ttl: must be greater than 2 x heartbeat_interval (got 1.0)"),
+    (with_(timing={"lease_ttl": 2.5}), "timing.lease_ttl: must be a whole number of seconds: etcd leases are whole seconds (got 2.5)"),
+    (with_(timing={"heartbeat_interval": "1s"}), "timing.heartbeat_interval: must be a number (got '1s')"),
+    (with_(timing={"fence_delay": -1}), "timing.fence_delay: must be at least 0 (got -1)"),
+    (with_(timing={"lease_ttl": 6, "new_leader_grace": 2}), "timing.new_leader_grace: must be at least lease_ttl (6) so agents can reconnect first (got 2)"),
+    (with_(timing={"lease_tll": 3}), "timing.lease_tll: unknown key"),
+    (with_(libvirt={"uri": "qemu"}), "libvirt.uri: must be a libvirt URI like qemu:///system (got 'qemu')"),
+    (with_(metrics={"listen": "9464"}), "metrics.listen: must be HOST:PORT, like 127.0.0.1:9464 (got '9464')"),
+    (with_(metrics={"listen": "nohost:9464"}), "metrics.listen: not an IP address (got 'nohost:9464')"),
+    (with_(log={"format": "xml"}), "log.format: must be one of auto, json, console (got 'xml')"),
+    (with_(etcd=5), "etcd: must be a table (got int)"),
+    (with_(clutser="x"), "clutser: unknown key"),
+]
+
+
+@pytest.mark.parametrize("data,message", BAD, ids=[m.split(":")[0] + f"-{i}" for i, (_, m) in enumerate(BAD)])
+def test_bad_config_names_the_field(data, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert message in err.value.problems, err.value.problems
+
+
+def test_every_problem_is_reported_not_just_the_first():
+    data = with_(timing={"fence_delay": -1, "heartbeat_interval": "x"}, log={"level": "loud"})
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert len(err.value.problems) == 3
+
+
+def test_good_config_has_defaults():
+    cfg = parse_config(GOOD)
+    assert cfg.timing.lease_ttl == 3 and cfg.timing.new_leader_grace == 3.0
+    assert [e.port for e in cfg.etcd.endpoints] == [2379, 2379]
+    with pytest.raises(AttributeError):
+        cfg.host = "other"  # frozen
+
+
+def test_unix_endpoint_form():
+    cfg = parse_config(with_(etcd={"endpoints": ["unix:///run/lab/h1/localhost:23790"]}))
+    ep = cfg.etcd.endpoints[0]
+    assert (ep.scheme, ep.host, ep.port) == ("unix", "unix:/run/lab/h1/localhost", 23790)
+
+
+def test_example_config_is_valid():
+    cfg = load_config(Path(__file__).resolve().parents[3] / "deploy" / "haagent.toml.example")
+    assert cfg.cluster and cfg.host
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "haagent.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_check_config_cli_exit_codes(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('cluster = "c"\nhost = "h"\n[etcd]\nendpoints = ["http://127.0.0.1:2379"]\n')
+    assert run_cli("check-config", "--config", str(good)).returncode == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text('cluster = "c"\nhost = "h"\n[etcd]\nendpoints = ["http://127.0.0.1:2379"]\n'
+                   '[timing]\nheartbeat_interval = 1.0\nlease_ttl = 1.0\n')
+    r = run_cli("check-config", "--config", str(bad))
+    assert r.returncode == 2
+    assert "timing.lease_ttl: must be greater than 2 x heartbeat_interval (got 1.0)" in r.stderr.splitlines()
+    assert "Traceback" not in r.stderr
+    missing = run_cli("check-config", "--config", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 2 and "file not found" in missing.stderr
+
+
+def test_status_validates_config_first(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('cluster = "c"\n')
+    r = run_cli("status", "--config", str(bad))
+    assert r.returncode == 2 and "host: is required" in r.stderr
+
+
+def test_status_without_etcd_says_so_in_one_line(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('cluster = "c"\nhost = "h"\n[etcd]\nendpoints = ["http://127.0.0.1:1"]\ntimeout = 0.3\n')
+    r = run_cli("status", "--config", str(cfg))
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "cannot reach etcd" in r.stderr and "Traceback" not in r.stderr
