@@ -1,0 +1,858 @@
+"""The lab: N libvirt hosts, an etcd cluster, agents and fake BMCs in namespaces on one machine.
+
+Each host is a tiny init (haagent/lab/init.py) that is PID 1 of the host's own PID, mount, UTS
+and IPC namespaces, inside a network namespace that outlives it. Its daemons (libvirtd, the etcd
+member, the agent) are started with ``nsenter`` into those namespaces; killing the init is a
+power cut. The cluster network is a bridge in ``<prefix>-br``; the management network, where
+the BMCs answer, is a bridge in ``<prefix>-mgmt`` that ``partition`` never touches.
+
+Every method works from a fresh process: what must survive is in the lab directory (state.json,
+hosts/<h>/host.json with recorded PIDs). Mutating methods hold an flock on the lab's lock file,
+because the BMC supervisor crashes and revives hosts from its own process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from haagent.errors import LabError
+from haagent.lab import layout as L
+from haagent.lab import proc
+from haagent.lab.layout import Layout
+
+Progress = Callable[[str], None]
+INIT_SCRIPT = str(Path(__file__).with_name("init.py"))
+NETNS_DIR = Path("/run/netns")
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _run(argv: Sequence[str], timeout: float = 30, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
+    try:
+        res = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired as e:
+        raise LabError(f"{' '.join(argv[:6])}: no answer within {timeout:g}s") from e
+    except FileNotFoundError as e:
+        raise LabError(f"{argv[0]}: not installed (run scripts/install-system-deps.sh)") from e
+    if check and res.returncode != 0:
+        raise LabError(f"{' '.join(argv)}: {res.stderr.strip() or res.stdout.strip() or 'failed'}")
+    return res
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _run(["ip", *args], check=check)
+
+
+def _haagent_argv() -> list[str]:
+    """How to run this installation's ``haagent`` command from inside a lab host."""
+    script = Path(sys.executable).with_name("haagent")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; sys.argv[0] = 'haagent'; from haagent.cli import main; main()"]
+
+
+def _agent_available() -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec("haagent.agent.cli") is not None
+    except ImportError:
+        return False
+
+
+def _bmc_available() -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec("fencing.sim.bmc") is not None
+    except ImportError:
+        return False
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class Lab:
+    """One lab, named by its prefix. Cheap to construct; every method reads the lab directory."""
+
+    def __init__(self, prefix: str = L.DEFAULT_PREFIX):
+        try:
+            self.prefix = L.check_prefix(prefix)
+        except ValueError as e:
+            raise LabError(str(e)) from e
+        self.layout = Layout(self.prefix)
+
+    # == accessors: what a client in the root namespace needs =================================
+
+    @property
+    def dir(self) -> Path:
+        return self.layout.dir
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return _read_json(self.layout.state_file)
+
+    def exists(self) -> bool:
+        return self.layout.dir.exists() or any(self._netns_names())
+
+    def hosts(self) -> list[str]:
+        return list(self.state.get("hosts", []))
+
+    def etcd_members(self) -> list[str]:
+        return list(self.state.get("etcd_members", []))
+
+    def vms(self) -> dict[str, str]:
+        """VM name -> the host the lab first started it on."""
+        return {name: v["home"] for name, v in self.state.get("vms", {}).items()}
+
+    def vm_uuid(self, vm: str) -> str:
+        return self.layout.vm_uuid(vm)
+
+    def address(self, host: str) -> str:
+        """The host's address on the lab's cluster network (only reachable inside the lab)."""
+        return L.address(self._host(host))
+
+    def libvirt_uri(self, host: str) -> str:
+        """The host's libvirtd from the root namespace, through its unix socket."""
+        return f"qemu+unix:///system?socket={self.layout.libvirt_socket(self._host(host))}"
+
+    def migration_uri(self, host: str) -> str:
+        """Destination URI for peer-to-peer migration, resolved by the source host's libvirtd."""
+        return f"qemu+tcp://{self.address(host)}/system"
+
+    def etcd_endpoint(self, host: str) -> str:
+        """A member's client socket from the root namespace: ``unix:///abs/dir/localhost:2379``."""
+        return f"unix://{self.layout.etcd_dir(self._host(host))}/localhost:{L.ETCD_CLIENT_PORT}"
+
+    def etcd_endpoints(self) -> list[str]:
+        return [self.etcd_endpoint(h) for h in self.etcd_members()]
+
+    def etcd_lab_endpoints(self) -> list[str]:
+        """The members' client URLs as seen from inside the lab (what agents use)."""
+        return [f"http://{L.address(h)}:{L.ETCD_CLIENT_PORT}" for h in self.etcd_members()]
+
+    def etcd_client(self, host: str, timeout: float = 2.0) -> Any:
+        """A python3-etcd3 client bound to one member's unix socket."""
+        import etcd3
+        return etcd3.client(host=f"unix:{self.layout.etcd_dir(self._host(host))}/localhost",
+                            port=L.ETCD_CLIENT_PORT, timeout=timeout)
+
+    def bmc_address(self, host: str) -> str:
+        """The host's BMC as seen from inside the lab (any host reaches it on the mgmt network)."""
+        return L.bmc_address(self._host(host))
+
+    @property
+    def bmc_port(self) -> int:
+        return L.BMC_PORT
+
+    @property
+    def bmc_user(self) -> str:
+        return L.BMC_USER
+
+    @property
+    def bmc_password_file(self) -> Path:
+        """File (mode 0600) holding the BMCs' password: pass it by file, never on a command line."""
+        return self.layout.bmc_password_file
+
+    def agent_config_path(self, host: str) -> Path:
+        return self.layout.agent_config(self._host(host))
+
+    @property
+    def shared_dir(self) -> Path:
+        return self.layout.shared_dir
+
+    def netns(self, host: str) -> str:
+        return self.layout.netns(self._host(host))
+
+    def init_pid(self, host: str) -> int | None:
+        """PID (root namespace) of the host's init while the host is powered, else None."""
+        r = self._init_ref(host)
+        return r.pid if proc.alive(r) else None
+
+    # == building and tearing down ===============================================================
+
+    def up(self, hosts: int = 3, vms: int = 6, kvm: bool = False, disk: bool = False,
+           progress: Progress | None = None, keep_on_failure: bool = False) -> "Lab":
+        """Build the whole lab; on failure tear down what was built (unless keep_on_failure)."""
+        say = progress or _quiet
+        self._preflight(hosts, vms, kvm)
+        t0 = time.monotonic()
+
+        def step(msg: str) -> None:
+            say(f"[{time.monotonic() - t0:5.1f}s] {msg}")
+
+        try:
+            self._build(hosts, vms, kvm, disk, step)
+        except BaseException:
+            if not keep_on_failure:
+                step("failed: tearing the half-built lab down")
+                self.down()
+            raise
+        step(f"lab {self.prefix} is up: {hosts} hosts, {vms} VMs")
+        return self
+
+    def _preflight(self, hosts: int, vms: int, kvm: bool) -> None:
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root: it creates namespaces, bridges and runs libvirtd")
+        if not L.MIN_HOSTS <= hosts <= L.MAX_HOSTS:
+            raise LabError(f"--hosts must be between {L.MIN_HOSTS} and {L.MAX_HOSTS} (got {hosts})")
+        if not 0 <= vms <= L.MAX_VMS:
+            raise LabError(f"--vms must be between 0 and {L.MAX_VMS} (got {vms})")
+        if kvm and not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            raise LabError("--kvm: /dev/kvm is missing or not usable here; leave --kvm off for TCG")
+        for tool in ("ip", "nsenter", "setsid", "libvirtd", "etcd", "qemu-system-x86_64", "qemu-img"):
+            if shutil.which(tool) is None:
+                raise LabError(f"{tool}: not installed (run scripts/install-system-deps.sh)")
+        if self.exists():
+            raise LabError(f"lab {self.prefix!r} already exists; `haagent lab down --prefix "
+                           f"{self.prefix}` removes it")
+        if len(str(self.layout.libvirt_socket("h6"))) > 100:
+            raise LabError(f"{self.layout.dir}: too long for unix socket paths; set a shorter "
+                           f"HAAGENT_LAB_ROOT")
+
+    def _build(self, n: int, m: int, kvm: bool, disk: bool, step: Progress) -> None:
+        names = L.host_names(n)
+        members = names[:min(n, 3)]
+        vm_list = L.vm_names(m)
+        homes = L.spread(vm_list, names)
+        lay = self.layout
+        lay.dir.mkdir(parents=True, exist_ok=False)
+        os.chmod(lay.dir, 0o711)
+        # Written first, so `down` knows the lab even if this process dies half way.
+        self._save_state({
+            "prefix": self.prefix, "phase": "building", "hosts": names, "etcd_members": members,
+            "kvm": kvm, "disk": disk, "created": time.time(),
+            "vms": {vm: {"home": homes[vm], "uuid": lay.vm_uuid(vm)} for vm in vm_list},
+        })
+        with self._locked():
+            step(f"namespaces and bridges for {n} hosts (cluster {L.CLUSTER_NET}.0/{L.NETMASK}, "
+                 f"management {L.MGMT_NET}.0/{L.NETMASK})")
+            self._build_network(names)
+            step("host files: libvirt configs, agent configs, shared storage")
+            lay.shared_dir.mkdir()
+            lay.bmc_dir.mkdir(mode=0o700)
+            _write(lay.bmc_password_file, secrets.token_urlsafe(12) + "\n", 0o600)
+            for h in names:
+                self._write_host_files(h, members)
+                from_fencing_faults_write(lay.bmc_fault_file(h), "ok", 0.0)
+            step("powering hosts on: init, libvirtd" + (", etcd members on " + ", ".join(members)))
+            for h in names:
+                self._boot(h, wait=False)
+            self._start_bmcd(step)
+        self._wait_libvirtd(names, timeout=60)
+        step("libvirtd answers on every host")
+        self._wait_etcd(members, timeout=30)
+        step(f"etcd cluster healthy ({len(members)} members, --pre-vote)")
+        if _bmc_available():
+            self.wait_bmcs()
+            step(f"{n} BMCs answer IPMI on the management network")
+        if m:
+            self._create_vms(vm_list, homes, kvm, disk)
+            step(f"{m} VMs running: " + ", ".join(f"{h}={sum(1 for v in homes.values() if v == h)}"
+                                                  for h in names))
+        state = self.state
+        state["phase"] = "up"
+        self._save_state(state)
+
+    def down(self, progress: Progress | None = None) -> None:
+        """Remove every process, namespace, mount and file of this lab. Idempotent."""
+        say = progress or _quiet
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root to be taken down")
+        lay = self.layout
+        netns_names = list(self._netns_names())
+        inodes = {proc.ns_inode(str(NETNS_DIR / name), "net") for name in netns_names} - {None}
+        # Every lab process: recorded PIDs, anything in a lab network namespace, anything that
+        # names the lab directory. The inits go first: killing one kills its whole host at once.
+        refs: list[proc.ProcRef] = []
+        for h in self._host_dirs():
+            r = self._init_ref(h)
+            if r:
+                refs.append(r)
+        bmcd = proc.ProcRef.from_json(_read_json(lay.bmcd_pidfile).get("proc"))
+        if bmcd:
+            refs.append(bmcd)
+        for r in refs:
+            proc.kill(r)
+        me = os.getpid()
+        labdir = str(lay.dir) + "/"
+        for pid in proc.pids():
+            if pid == me:
+                continue
+            if proc.ns_inode(pid, "net") in inodes or any(labdir in a for a in proc.cmdline(pid)):
+                r = proc.ref(pid)
+                if r:
+                    refs.append(r)
+                    proc.kill(r)
+        left = proc.wait_gone(refs, timeout=10)
+        if left:
+            say(f"still alive after SIGKILL: {[r.pid for r in left]}")
+        if refs:
+            say(f"stopped {len(refs)} processes")
+        for name in netns_names:
+            _ip("netns", "delete", name, check=False)
+        if netns_names:
+            say(f"deleted namespaces {', '.join(sorted(netns_names))}")
+        for target in self._mounts_under(lay.dir):
+            _run(["umount", "-l", target], check=False)
+        if lay.dir.exists():
+            shutil.rmtree(lay.dir, ignore_errors=True)
+            say(f"removed {lay.dir}")
+        leftovers = list(self._netns_names())
+        if leftovers or lay.dir.exists():
+            raise LabError(f"lab {self.prefix}: could not remove {leftovers or lay.dir}")
+
+    # == faults ==================================================================================
+
+    def crash(self, host: str) -> None:
+        """Power cut: every process of the host dies at once and its cables are unplugged."""
+        h = self._host(host)
+        with self._locked():
+            self._power_off(h)
+
+    def revive(self, host: str) -> None:
+        """Power on: init, libvirtd, etcd member and agent start again; VMs stay off."""
+        h = self._host(host)
+        with self._locked():
+            if self.init_pid(h) is None:
+                self._boot(h, wait=False)
+        self._wait_libvirtd([h], timeout=60)
+
+    def partition(self, host: str) -> None:
+        """Cut the host's cluster network only (management network and VMs untouched)."""
+        h = self._host(host)
+        with self._locked():
+            self._update_host(h, partitioned=True)
+            self._apply_links(h)
+
+    def heal(self, host: str) -> None:
+        h = self._host(host)
+        with self._locked():
+            self._update_host(h, partitioned=False)
+            self._apply_links(h)
+
+    def stop_libvirtd(self, host: str, timeout: float = 15) -> None:
+        """Stop the host's libvirtd (SIGTERM, then SIGKILL); its QEMUs keep running."""
+        h = self._host(host)
+        with self._locked():
+            refs = [r for r in map(proc.ref, self._service_pids(h, "libvirtd")) if r]
+            for r in refs:
+                proc.kill(r, signal.SIGTERM)
+            left = proc.wait_gone(refs, timeout)
+            for r in left:
+                proc.kill(r)
+            proc.wait_gone(left, 5)
+
+    def start_libvirtd(self, host: str) -> None:
+        h = self._host(host)
+        with self._locked():
+            self._require_powered(h)
+            if not self._service_pids(h, "libvirtd"):
+                self._start_libvirtd(h)
+        self._wait_libvirtd([h], timeout=60)
+
+    def bmc(self, host: str, mode: str, off_delay: float | None = None) -> None:
+        """Make the host's BMC misbehave: mode ok|fail|hang, or only change off_delay (mode='off-delay')."""
+        h = self._host(host)
+        path = self.layout.bmc_fault_file(h)
+        current = _read_json(path)
+        if mode == "off-delay":
+            if off_delay is None or off_delay < 0:
+                raise LabError("off-delay needs a number of seconds >= 0")
+            mode, delay = current.get("mode", "ok"), float(off_delay)
+        else:
+            delay = float(off_delay if off_delay is not None else current.get("off_delay", 0.0))
+        if mode not in ("ok", "fail", "hang"):
+            raise LabError(f"BMC mode must be ok, fail, hang or off-delay (got {mode!r})")
+        from_fencing_faults_write(path, mode, delay)
+
+    # == running commands inside a host ==========================================================
+
+    def nsenter_argv(self, host: str) -> list[str]:
+        pid = self.init_pid(host)
+        if pid is None:
+            raise LabError(f"host {host} is powered off (`haagent lab revive {host}`)")
+        return ["nsenter", f"--target={pid}", "--net", "--mount", "--uts", "--ipc", "--pid", "--"]
+
+    def exec(self, host: str, argv: Sequence[str], timeout: float | None = 60, check: bool = False,
+             input: str | None = None, env: dict[str, str] | None = None,
+             capture: bool = True) -> subprocess.CompletedProcess:
+        """Run a command inside the host's namespaces (network, mount, UTS, IPC, PID)."""
+        cmd = self.nsenter_argv(self._host(host)) + list(argv)
+        try:
+            res = subprocess.run(cmd, capture_output=capture, text=True, timeout=timeout,
+                                 input=input, env=env)
+        except subprocess.TimeoutExpired as e:
+            raise LabError(f"{host}: {' '.join(argv)}: no answer within {timeout:g}s") from e
+        if check and res.returncode != 0:
+            raise LabError(f"{host}: {' '.join(argv)}: exit {res.returncode}: "
+                           f"{(res.stderr or '').strip()}")
+        return res
+
+    def mgmt_exec(self, argv: Sequence[str], timeout: float | None = 60) -> subprocess.CompletedProcess:
+        """Run a command in the management network's namespace (where the BMCs answer)."""
+        return _run(["nsenter", f"--net={NETNS_DIR / self.layout.mgmt_netns}", "--", *argv],
+                    timeout=timeout or 60, check=False)
+
+    # == status ==================================================================================
+
+    def status(self, timeout: float = 2.0) -> dict[str, Any]:
+        """Each host's namespaces, daemons, BMC, network and running VMs, read from the daemons."""
+        st = self.state
+        if not st and not self.exists():
+            raise LabError(f"no lab {self.prefix!r} (`haagent lab up --prefix {self.prefix}`)")
+        names = list(st.get("hosts", []))
+        bmcd = proc.ProcRef.from_json(_read_json(self.layout.bmcd_pidfile).get("proc"))
+        bmcd_alive = proc.alive(bmcd)
+        netns = set(self._netns_names())
+        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+            running = dict(zip(names, pool.map(lambda h: self._running_vms(h, timeout), names)))
+        alive_keys = self._agent_keys(names, timeout)
+        hosts = []
+        for h in names:
+            hs = _read_json(self.layout.host_state_file(h))
+            powered = self.init_pid(h) is not None
+            faults = _read_json(self.layout.bmc_fault_file(h))
+            agent_pids = self._service_pids(h, "agent") if powered else []
+            hosts.append({
+                "name": h,
+                "address": L.address(h),
+                "namespaces": {"net": self.layout.netns(h) in netns, "pid_mnt_uts": powered},
+                "power": "on" if powered else "off",
+                "init_pid": self.init_pid(h),
+                "network": ("unplugged" if not powered else
+                            "partitioned" if hs.get("partitioned") else "connected"),
+                "libvirtd": {"running": bool(powered and self._service_pids(h, "libvirtd")),
+                             "uri": self.libvirt_uri(h)},
+                "etcd": ({"member": True, "running": bool(powered and self._service_pids(h, "etcd")),
+                          "endpoint": self.etcd_endpoint(h)}
+                         if h in st.get("etcd_members", []) else {"member": False}),
+                "agent": {"running": bool(agent_pids), "pids": agent_pids,
+                          "alive_in_etcd": alive_keys.get(h), "available": _agent_available(),
+                          "config": str(self.layout.agent_config(h))},
+                "bmc": {"address": f"{L.bmc_address(h)}:{L.BMC_PORT}", "serving": bmcd_alive,
+                        "power": "on" if powered else "off", "mode": faults.get("mode", "ok"),
+                        "off_delay": faults.get("off_delay", 0.0)},
+                "vms": running[h],
+            })
+        where: dict[str, list[str]] = {vm: [] for vm in st.get("vms", {})}
+        for h in hosts:
+            for vm in h["vms"] or []:
+                where.setdefault(vm, []).append(h["name"])
+        return {"prefix": self.prefix, "dir": str(self.layout.dir), "phase": st.get("phase", "unknown"),
+                "kvm": st.get("kvm", False), "disk": st.get("disk", False),
+                "etcd_endpoints": self.etcd_endpoints(), "hosts": hosts, "vms": where}
+
+    def running_vms(self, host: str, timeout: float = 5.0) -> list[str] | None:
+        """Names of the VMs running on the host, from its libvirtd; None if it does not answer."""
+        return self._running_vms(self._host(host), timeout)
+
+    def agent_running(self, host: str) -> bool:
+        return bool(self._service_pids(self._host(host), "agent"))
+
+    def libvirtd_running(self, host: str) -> bool:
+        return bool(self._service_pids(self._host(host), "libvirtd"))
+
+    # == internals: network ======================================================================
+
+    def _netns_names(self) -> Iterator[str]:
+        try:
+            entries = os.listdir(NETNS_DIR)
+        except OSError:
+            return
+        for name in entries:
+            if self.layout.owns_netns(name):
+                yield name
+
+    def _build_network(self, names: list[str]) -> None:
+        lay = self.layout
+        br, mg = lay.bridge_netns, lay.mgmt_netns
+        for ns in (br, mg, *(lay.netns(h) for h in names)):
+            _ip("netns", "add", ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("-n", br, "link", "add", "br0", "type", "bridge")
+        _ip("-n", br, "link", "set", "br0", "up")
+        _ip("-n", mg, "link", "add", "mgmt", "type", "bridge")
+        _ip("-n", mg, "link", "set", "mgmt", "up")
+        for h in names:
+            ns = lay.netns(h)
+            # Created directly inside the lab namespaces: nothing ever appears in the root one.
+            _ip("-n", br, "link", "add", h, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _ip("-n", br, "link", "set", h, "master", "br0")
+            _ip("-n", ns, "addr", "add", f"{L.address(h)}/{L.NETMASK}", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            _ip("-n", mg, "link", "add", h, "type", "veth", "peer", "name", "mgmt0", "netns", ns)
+            _ip("-n", mg, "link", "set", h, "master", "mgmt")
+            _ip("-n", ns, "addr", "add", f"{L.mgmt_address(h)}/{L.NETMASK}", "dev", "mgmt0")
+            _ip("-n", ns, "link", "set", "mgmt0", "up")
+            # The BMC's address lives on the management bridge, where the BMC supervisor listens.
+            _ip("-n", mg, "addr", "add", f"{L.bmc_address(h)}/{L.NETMASK}", "dev", "mgmt")
+            self._update_host(h, powered=False, partitioned=False)
+
+    def _apply_links(self, h: str) -> None:
+        """Cables follow power and partition: cluster link up iff powered and not partitioned."""
+        hs = _read_json(self.layout.host_state_file(h))
+        powered = self.init_pid(h) is not None
+        cluster = "up" if powered and not hs.get("partitioned") else "down"
+        _ip("-n", self.layout.bridge_netns, "link", "set", h, cluster)
+        _ip("-n", self.layout.mgmt_netns, "link", "set", h, "up" if powered else "down")
+
+    # == internals: hosts ========================================================================
+
+    def _host(self, host: str) -> str:
+        names = self.hosts()
+        if not names:
+            raise LabError(f"no lab {self.prefix!r} (`haagent lab up --prefix {self.prefix}`)")
+        if host not in names:
+            raise LabError(f"lab {self.prefix} has no host {host!r} (hosts: {', '.join(names)})")
+        return host
+
+    def _host_dirs(self) -> list[str]:
+        try:
+            return sorted(os.listdir(self.layout.dir / "hosts"))
+        except OSError:
+            return []
+
+    def _init_ref(self, host: str) -> proc.ProcRef | None:
+        return proc.ProcRef.from_json(_read_json(self.layout.host_state_file(host)).get("init"))
+
+    def _update_host(self, h: str, **changes: Any) -> None:
+        path = self.layout.host_state_file(h)
+        data = _read_json(path)
+        data.update(changes)
+        _write(path, json.dumps(data))
+
+    def _require_powered(self, h: str) -> int:
+        pid = self.init_pid(h)
+        if pid is None:
+            raise LabError(f"host {h} is powered off (`haagent lab revive {h}`)")
+        return pid
+
+    def _write_host_files(self, h: str, members: list[str]) -> None:
+        lay = self.layout
+        hd = lay.host_dir(h)
+        for sub, _ in L.LIBVIRT_BINDS:
+            (hd / sub).mkdir(parents=True, exist_ok=True)
+        lay.logs_dir(h).mkdir(exist_ok=True)
+        _write(hd / "etc-libvirt" / "libvirtd.conf", L.libvirtd_conf(lay.host_uuid(h)))
+        _write(hd / "etc-libvirt" / "qemu.conf", L.qemu_conf(L.address(h)))
+        _write(hd / "etc-libvirt" / "libvirt.conf", 'uri_default = "qemu:///system"\n')
+        if h in members:
+            (lay.etcd_dir(h) / "data").mkdir(parents=True, exist_ok=True)
+            os.chmod(lay.etcd_dir(h) / "data", 0o700)
+        endpoints = [f"http://{L.address(m)}:{L.ETCD_CLIENT_PORT}" for m in members]
+        _write(lay.agent_config(h), L.agent_toml(self.prefix, h, endpoints, self._fencing_section(h)))
+
+    def _fencing_section(self, h: str) -> str:
+        """The agent's [fencing] section naming every host's BMC (filled once fencing defines it)."""
+        try:
+            from haagent.lab.fencing import fencing_toml
+        except ImportError:
+            return ""
+        return fencing_toml(self, h)
+
+    def _boot(self, h: str, wait: bool = True) -> None:
+        """Power a host on: a fresh init (new PID/mount namespaces), then its daemons."""
+        lay = self.layout
+        run_dir = lay.host_dir(h) / "run-libvirt"
+        # /run is empty after a power cycle: stale pid and status files would make libvirtd
+        # believe its dead QEMUs still run.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir()
+        pidfile = lay.init_pidfile(h)
+        pidfile.unlink(missing_ok=True)
+        binds = [f"{lay.host_dir(h) / sub}:{dst}" for sub, dst in L.LIBVIRT_BINDS]
+        _run(["nsenter", f"--net={NETNS_DIR / lay.netns(h)}", "--",
+              sys.executable, "-I", INIT_SCRIPT, lay.hostname(h), str(pidfile), *binds], timeout=20)
+        pid = int(pidfile.read_text())
+        r = proc.ref(pid)
+        if r is None:
+            raise LabError(f"host {h}: init exited at once")
+        self._update_host(h, init=r.to_json(), powered=True)
+        self._apply_links(h)
+        self._start_libvirtd(h)
+        if h in self.etcd_members():
+            self._start_etcd(h)
+        self._start_agent(h)
+        if wait:
+            self._wait_libvirtd([h], timeout=60)
+
+    def _power_off(self, h: str) -> None:
+        r = self._init_ref(h)
+        pidns = proc.ns_inode(r.pid, "pid") if proc.alive(r) else None
+        netns = proc.ns_inode(str(NETNS_DIR / self.layout.netns(h)), "net")
+        proc.kill(r)  # the kernel kills every other process of the PID namespace with it
+        victims = [r] if r else []
+        for pid in proc.pids():
+            if pid != os.getpid() and (proc.ns_inode(pid, "net") == netns or
+                                       (pidns and proc.ns_inode(pid, "pid") == pidns)):
+                pr = proc.ref(pid)
+                if pr:
+                    proc.kill(pr)
+                    victims.append(pr)
+        self._update_host(h, powered=False)
+        self._apply_links(h)
+        left = proc.wait_gone(victims, timeout=10)
+        if left:
+            raise LabError(f"host {h}: processes {[x.pid for x in left]} survived SIGKILL")
+
+    def _spawn(self, h: str, name: str, argv: list[str], cwd: str = "/") -> None:
+        """Start a daemon inside the host, detached: its parent becomes the host's init."""
+        pid = self._require_powered(h)
+        log = self.layout.logs_dir(h) / f"{name}.log"
+        with open(log, "ab") as out:
+            out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n".encode())
+            out.flush()
+            subprocess.run(["nsenter", f"--target={pid}", "--net", "--mount", "--uts", "--ipc",
+                            "--pid", f"--wd={cwd}", "--", "setsid", "-f", *argv],
+                           stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=20, check=True)
+
+    def _start_libvirtd(self, h: str) -> None:
+        # Foreground under setsid: the init is its parent; the pid file stays in the host's /run.
+        self._spawn(h, "libvirtd", ["libvirtd", "--listen", "--pid-file", "/run/libvirt/libvirtd.pid"])
+
+    def _start_etcd(self, h: str) -> None:
+        members = self.etcd_members()
+        ip = L.address(h)
+        cluster = ",".join(f"{m}=http://{L.address(m)}:{L.ETCD_PEER_PORT}" for m in members)
+        # A power cut leaves the socket file behind, and etcd will not bind over it.
+        (self.layout.etcd_dir(h) / f"localhost:{L.ETCD_CLIENT_PORT}").unlink(missing_ok=True)
+        # The unix listener is a file literally named localhost:2379 in etcd's working
+        # directory: how clients in the root namespace reach the member without a lab address.
+        self._spawn(h, "etcd", [
+            "etcd", "--name", h, "--data-dir", str(self.layout.etcd_dir(h) / "data"),
+            "--listen-peer-urls", f"http://{ip}:{L.ETCD_PEER_PORT}",
+            "--initial-advertise-peer-urls", f"http://{ip}:{L.ETCD_PEER_PORT}",
+            "--listen-client-urls",
+            f"http://{ip}:{L.ETCD_CLIENT_PORT},http://127.0.0.1:{L.ETCD_CLIENT_PORT},"
+            f"unix://localhost:{L.ETCD_CLIENT_PORT}",
+            "--advertise-client-urls", f"http://{ip}:{L.ETCD_CLIENT_PORT}",
+            "--initial-cluster", cluster, "--initial-cluster-state", "new",
+            "--initial-cluster-token", f"haagent-lab-{self.prefix}",
+            "--pre-vote", "--logger", "zap", "--log-level", "warn",
+        ], cwd=str(self.layout.etcd_dir(h)))
+
+    def _start_agent(self, h: str) -> None:
+        if not _agent_available():
+            with open(self.layout.logs_dir(h) / "agent.log", "a") as f:
+                f.write("haagent agent is not available in this installation; not started\n")
+            return
+        self._spawn(h, "agent", [*_haagent_argv(), "agent", "--config", str(self.layout.agent_config(h))])
+
+    def _service_pids(self, h: str, service: str) -> list[int]:
+        """PIDs (root namespace) of one daemon of a powered host: libvirtd, etcd or agent."""
+        r = self._init_ref(h)
+        if not proc.alive(r):
+            return []
+        assert r is not None
+        pidns = proc.ns_inode(r.pid, "pid")
+        found = []
+        for pid in proc.in_namespace("pid", pidns) if pidns else []:
+            if pid == r.pid:
+                continue
+            if service == "agent":
+                args = proc.cmdline(pid)
+                if "agent" in args and str(self.layout.agent_config(h)) in args:
+                    found.append(pid)
+            elif proc.comm(pid) == service:
+                found.append(pid)
+        return found
+
+    # == internals: waiting and VMs ==============================================================
+
+    def _connect(self, h: str, timeout: float) -> Any:
+        import libvirt
+        libvirt.registerErrorHandler(lambda *_a: None, None)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return libvirt.open(self.libvirt_uri(h))
+            except libvirt.libvirtError as e:
+                if time.monotonic() > deadline:
+                    raise LabError(f"host {h}: libvirtd does not answer on "
+                                   f"{self.layout.libvirt_socket(h)}: {e}") from e
+                time.sleep(0.05)
+
+    def _wait_libvirtd(self, names: list[str], timeout: float) -> None:
+        for h in names:
+            self._connect(h, timeout).close()
+
+    def _wait_etcd(self, members: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for h in members:
+            last: Exception | None = None
+            while True:
+                try:
+                    client = self.etcd_client(h, timeout=1.0)
+                    try:
+                        client.get("/haagent-lab/ready")  # linearizable: needs a leader
+                    finally:
+                        client.close()
+                    break
+                except Exception as e:  # grpc errors of every kind while the member starts
+                    last = e
+                    if time.monotonic() > deadline:
+                        raise LabError(f"etcd member {h} not healthy after {timeout:g}s: {last}") from e
+                    time.sleep(0.1)
+
+    def _create_vms(self, vm_list: list[str], homes: dict[str, str], kvm: bool, disk: bool) -> None:
+        def on_host(h: str) -> None:
+            conn = self._connect(h, 10)
+            try:
+                for vm in [v for v in vm_list if homes[v] == h]:
+                    image = None
+                    if disk:
+                        image = str(self.layout.shared_dir / f"{vm}.qcow2")
+                        _run(["qemu-img", "create", "-q", "-f", "qcow2", image, L.DISK_SIZE])
+                    dom = conn.defineXML(L.domain_xml(vm, self.layout.vm_uuid(vm), self.prefix, kvm, image))
+                    dom.setAutostart(0)  # a host that comes back must start nothing by itself
+                    dom.create()
+            finally:
+                conn.close()
+
+        hosts = sorted(set(homes.values()))
+        with ThreadPoolExecutor(max_workers=len(hosts) or 1) as pool:
+            for f in [pool.submit(on_host, h) for h in hosts]:
+                f.result()
+
+    def _running_vms(self, h: str, timeout: float) -> list[str] | None:
+        if not self.layout.libvirt_socket(h).exists() or self.init_pid(h) is None:
+            return None
+        import libvirt
+        libvirt.registerErrorHandler(lambda *_a: None, None)
+        try:
+            conn = libvirt.open(self.libvirt_uri(h))
+        except libvirt.libvirtError:
+            return None
+        try:
+            return sorted(d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+        except libvirt.libvirtError:
+            return None
+        finally:
+            conn.close()
+
+    def _agent_keys(self, names: list[str], timeout: float) -> dict[str, bool | None]:
+        """Which hosts' agents hold their ``alive`` key in etcd (None: etcd not reachable)."""
+        try:
+            from haagent.store.keys import Keys
+        except ImportError:
+            return {}
+        keys = Keys(self.prefix)
+        for m in self.etcd_members():
+            if self.init_pid(m) is None or not self._service_pids(m, "etcd"):
+                continue
+            try:
+                client = self.etcd_client(m, timeout=min(timeout, 1.0))
+                try:
+                    return {h: client.get(keys.host_alive(h))[0] is not None for h in names}
+                finally:
+                    client.close()
+            except Exception:  # this member has no quorum or is restarting: try the next one
+                continue
+        return {h: None for h in names}
+
+    # == internals: BMCs =========================================================================
+
+    def _start_bmcd(self, step: Progress) -> None:
+        if not _bmc_available():
+            step("fake BMCs not available in this installation (fencing.sim.bmc): skipped")
+            return
+        log = self.layout.bmc_dir / "bmcd.log"
+        with open(log, "ab") as out:
+            subprocess.run(["nsenter", f"--net={NETNS_DIR / self.layout.mgmt_netns}", "--",
+                            "setsid", "-f", *_haagent_argv(), "lab", "bmcd", "--prefix", self.prefix],
+                           stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=20, check=True)
+        step(f"BMC supervisor starting on the management network ({L.MGMT_NET}.101-)")
+
+    def wait_bmcs(self, timeout: float = 20) -> None:
+        """Wait until the BMC supervisor has bound every BMC's port."""
+        if not _bmc_available():
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = _read_json(self.layout.bmcd_pidfile)
+            if data.get("ready") and proc.alive(proc.ProcRef.from_json(data.get("proc"))):
+                return
+            time.sleep(0.05)
+        raise LabError(f"BMC supervisor not ready after {timeout:g}s; see {self.layout.bmc_dir / 'bmcd.log'}")
+
+    # == internals: state and locking ============================================================
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        _write(self.layout.state_file, json.dumps(state, indent=1))
+
+    @contextlib.contextmanager
+    def _locked(self, timeout: float = 120) -> Iterator[None]:
+        self.layout.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.layout.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LabError(f"lab {self.prefix} is busy (lock held for {timeout:g}s)") from None
+                    time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _mounts_under(path: Path) -> list[str]:
+        prefix = str(path) + "/"
+        found = []
+        try:
+            with open("/proc/self/mountinfo") as f:
+                for line in f:
+                    target = line.split()[4]
+                    if target.startswith(prefix) or target == str(path):
+                        found.append(target)
+        except OSError:
+            pass
+        return sorted(found, key=len, reverse=True)
+
+
+def from_fencing_faults_write(path: Path, mode: str, off_delay: float) -> None:
+    """Write a BMC fault file in the format fencing/sim/faults.py reads on every request."""
+    try:
+        from fencing.sim.faults import write_fault_file
+    except ImportError:
+        _write(path, json.dumps({"mode": mode, "off_delay": float(off_delay)}))
+        return
+    write_fault_file(str(path), mode, off_delay)
+
+
+def labs() -> list[str]:
+    """Prefixes of the labs that have a directory on this machine."""
+    try:
+        return sorted(p.name for p in L.lab_root().iterdir() if (p / "state.json").exists())
+    except OSError:
+        return []

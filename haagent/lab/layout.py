@@ -1,0 +1,263 @@
+"""Names, addresses, paths and generated files of a lab: pure functions of the prefix and host.
+
+Everything a lab creates is named from its prefix, so two labs with different prefixes coexist:
+namespaces ``<prefix>-h1``, ``<prefix>-br``, ``<prefix>-mgmt``; the directory
+``$HAAGENT_LAB_ROOT/<prefix>`` (default /var/lib/haagent/lab). Addresses and ports are the same
+in every lab because each lab's networks live in namespaces of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+DEFAULT_PREFIX = "hal"
+MIN_HOSTS, MAX_HOSTS = 2, 6
+MAX_VMS = 60
+
+CLUSTER_NET = "10.99.0"  # host hN is .10+N on the cluster network
+MGMT_NET = "10.98.0"  # host hN's management NIC is .10+N, its BMC .100+N
+NETMASK = 24
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+LIBVIRT_TCP_PORT = 16509
+METRICS_PORT = 9464
+BMC_PORT = 623
+BMC_USER = "admin"
+VM_MEMORY_MIB = 64
+DISK_SIZE = "64M"
+
+# Per-host directory -> the path it is bind-mounted over inside the host's mount namespace.
+LIBVIRT_BINDS = (
+    ("etc-libvirt", "/etc/libvirt"),
+    ("run-libvirt", "/run/libvirt"),
+    ("var-lib-libvirt", "/var/lib/libvirt"),
+    ("var-log-libvirt", "/var/log/libvirt"),
+    ("var-cache-libvirt", "/var/cache/libvirt"),
+)
+
+
+def lab_root() -> Path:
+    return Path(os.environ.get("HAAGENT_LAB_ROOT", "/var/lib/haagent/lab"))
+
+
+def check_prefix(prefix: str) -> str:
+    if not PREFIX_RE.match(prefix or ""):
+        raise ValueError(f"prefix must be 1-8 lowercase letters or digits, starting with a letter "
+                         f"(got {prefix!r})")
+    return prefix
+
+
+def host_names(n: int) -> list[str]:
+    return [f"h{i}" for i in range(1, n + 1)]
+
+
+def host_index(host: str) -> int:
+    return int(host[1:])
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where everything of one lab lives."""
+
+    prefix: str
+
+    @property
+    def dir(self) -> Path:
+        return lab_root() / self.prefix
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.dir / "lock"
+
+    @property
+    def shared_dir(self) -> Path:
+        return self.dir / "shared"
+
+    @property
+    def bmc_dir(self) -> Path:
+        return self.dir / "bmc"
+
+    def host_dir(self, host: str) -> Path:
+        return self.dir / "hosts" / host
+
+    def logs_dir(self, host: str) -> Path:
+        return self.host_dir(host) / "logs"
+
+    def host_state_file(self, host: str) -> Path:
+        return self.host_dir(host) / "host.json"
+
+    def init_pidfile(self, host: str) -> Path:
+        return self.host_dir(host) / "init.pid"
+
+    def libvirt_socket(self, host: str) -> Path:
+        return self.host_dir(host) / "run-libvirt" / "libvirt-sock"
+
+    def etcd_dir(self, host: str) -> Path:
+        return self.host_dir(host) / "etcd"
+
+    def agent_config(self, host: str) -> Path:
+        return self.host_dir(host) / "agent.toml"
+
+    def bmc_fault_file(self, host: str) -> Path:
+        return self.bmc_dir / f"{host}.json"
+
+    @property
+    def bmc_password_file(self) -> Path:
+        return self.bmc_dir / "password"
+
+    @property
+    def bmcd_pidfile(self) -> Path:
+        return self.bmc_dir / "bmcd.pid"
+
+    # -- namespaces (files under /run/netns, created by `ip netns add`) ------------------------
+
+    def netns(self, host: str) -> str:
+        return f"{self.prefix}-{host}"
+
+    @property
+    def bridge_netns(self) -> str:
+        return f"{self.prefix}-br"
+
+    @property
+    def mgmt_netns(self) -> str:
+        return f"{self.prefix}-mgmt"
+
+    def owns_netns(self, name: str) -> bool:
+        """True for every namespace name this lab could have created (for cleanup of a half lab)."""
+        return re.fullmatch(rf"{re.escape(self.prefix)}-(h\d+|br|mgmt)", name) is not None
+
+    def hostname(self, host: str) -> str:
+        return f"{self.prefix}-{host}"
+
+    def host_uuid(self, host: str) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"haagent-lab:{self.prefix}:{host}"))
+
+    def vm_uuid(self, vm: str) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"haagent-lab:{self.prefix}:vm:{vm}"))
+
+
+def address(host: str) -> str:
+    return f"{CLUSTER_NET}.{10 + host_index(host)}"
+
+
+def mgmt_address(host: str) -> str:
+    return f"{MGMT_NET}.{10 + host_index(host)}"
+
+
+def bmc_address(host: str) -> str:
+    return f"{MGMT_NET}.{100 + host_index(host)}"
+
+
+def vm_names(m: int) -> list[str]:
+    return [f"vm{i}" for i in range(1, m + 1)]
+
+
+def spread(vms: list[str], hosts: list[str]) -> dict[str, str]:
+    """Round-robin: vm1 on h1, vm2 on h2, ..., so every host starts with about the same load."""
+    return {vm: hosts[i % len(hosts)] for i, vm in enumerate(vms)}
+
+
+# -- generated files -----------------------------------------------------------------------------
+
+
+def libvirtd_conf(host_uuid: str) -> str:
+    # NOTE: TCP without auth is only acceptable because this socket lives in a lab namespace
+    # nothing outside the lab can reach; it is what p2p migration between lab hosts uses.
+    return f"""\
+listen_tls = 0
+listen_tcp = 1
+tcp_port = "{LIBVIRT_TCP_PORT}"
+listen_addr = "0.0.0.0"
+auth_tcp = "none"
+auth_unix_ro = "none"
+auth_unix_rw = "none"
+unix_sock_group = "root"
+unix_sock_ro_perms = "0777"
+unix_sock_rw_perms = "0770"
+host_uuid = "{host_uuid}"
+log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+keepalive_interval = 1
+keepalive_count = 3
+"""
+
+
+def qemu_conf(migration_host: str) -> str:
+    # The settings LAB-NOTES found necessary to run QEMU as root without cgroups, mount
+    # namespaces or virtlogd; migration_host because lab hostnames resolve nowhere.
+    return f"""\
+user = "root"
+group = "root"
+security_driver = "none"
+cgroup_controllers = [ ]
+namespaces = [ ]
+stdio_handler = "file"
+remember_owner = 0
+migration_host = "{migration_host}"
+"""
+
+
+def domain_xml(name: str, vm_uuid: str, prefix: str, kvm: bool, disk: str | None) -> str:
+    """A 64 MiB VM with no OS: SeaBIOS finds nothing to boot and idles, which is all we need."""
+    # /dev/kvm here only works with qemu64 and svm off (LAB-NOTES); TCG needs no CPU element.
+    cpu = ("<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model>"
+           "<feature policy='disable' name='svm'/></cpu>") if kvm else ""
+    disk_xml = (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
+                f"<source file='{disk}'/><target dev='vda' bus='virtio'/></disk>") if disk else ""
+    return f"""\
+<domain type='{"kvm" if kvm else "qemu"}'>
+  <name>{name}</name>
+  <uuid>{vm_uuid}</uuid>
+  <title>haagent lab {prefix} VM {name}</title>
+  <metadata>
+    <lab:vm xmlns:lab="https://haagent.dev/xmlns/lab/1" lab="{prefix}" ha="true"/>
+  </metadata>
+  <memory unit='MiB'>{VM_MEMORY_MIB}</memory>
+  <currentMemory unit='MiB'>{VM_MEMORY_MIB}</currentMemory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  {cpu}
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    {disk_xml}
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+def agent_toml(prefix: str, host: str, etcd_endpoints: list[str], fencing: str = "") -> str:
+    """The agent's config on one lab host: every address in it is a lab address."""
+    endpoints = ", ".join(f'"{e}"' for e in etcd_endpoints)
+    return f"""\
+# Generated by `haagent lab up` for host {host} of lab {prefix}.
+cluster = "{prefix}"
+host = "{host}"
+
+[etcd]
+endpoints = [{endpoints}]
+timeout = 2.0
+
+[libvirt]
+# The host's own libvirtd, inside the host's mount namespace.
+uri = "qemu:///system"
+
+[metrics]
+listen = "{address(host)}:{METRICS_PORT}"
+
+[log]
+format = "json"
+{fencing}"""
