@@ -94,7 +94,7 @@ def parse_policy_section(raw: Any, path: str, problems: list[str]) -> PolicyConf
     n = r.sub("naming")
     enabled = n.boolean("enabled", True)
     anti = n.string("service_anti_affinity", "soft", choices=("soft", "hard", "off"))
-    priority: Mapping[str, int] = field(default_factory=lambda: DEFAULT_ENV_PRIORITY)
+    priority: Mapping[str, int] = DEFAULT_ENV_PRIORITY
     pr = n.raw("priority")
     if isinstance(pr, dict):
         table: dict[str, int] = {}

@@ -33,6 +33,11 @@ class Filter:
     def check(self, host: HostState, req: Req, ctx: Context, state: ClusterState) -> str | None:
         raise NotImplementedError
 
+    def filter_all(self, hosts: list[HostState], req: Req, ctx: Context, state: ClusterState
+                   ) -> list[HostState]:
+        """Optional fast screen: the hosts that pass, in order. Must agree with ``check``."""
+        return [h for h in hosts if self.check(h, req, ctx, state) is None]
+
 
 class HostStateFilter(Filter):
     """Only active hosts take VMs; a host being drained takes nothing."""
@@ -45,6 +50,10 @@ class HostStateFilter(Filter):
         if host.name in ctx.exclude:
             return "host is being drained"
         return None
+
+    def filter_all(self, hosts, req, ctx, state):
+        exclude = ctx.exclude
+        return [h for h in hosts if h.active and h.name not in exclude]
 
 
 class TagsFilter(Filter):
@@ -99,6 +108,14 @@ class CapacityFilter(Filter):
                         f"free (memory_overcommit {state.mem_ratio:g})")
         return None
 
+    def filter_all(self, hosts, req, ctx, state):
+        ded, shared, mem = req.dedicated, req.shared_vcpus, req.memory
+        cr, mr = state.cpu_ratio, state.mem_ratio
+        return [h for h in hosts
+                if h.cpus - h.dedicated - ded >= 0
+                and (not shared or h.shared_vcpus + shared <= (h.cpus - h.dedicated - ded) * cr)
+                and (not mem or h.memory_alloc + mem <= h.normal_memory * mr)]
+
 
 class NumaFilter(Filter):
     """The VM's NUMA needs (strict cells, pinned cpus, hugepages) fit this host's free cells."""
@@ -109,7 +126,7 @@ class NumaFilter(Filter):
         return req.binds_cells
 
     def check(self, host, req, ctx, state):
-        if numa.fit(req, host.cells, state.cpu_ratio) is None:
+        if state.fit(req, host) is None:
             return numa.explain_misfit(req, host.cells, state.cpu_ratio)
         return None
 

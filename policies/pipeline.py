@@ -64,27 +64,46 @@ class Pipeline:
     def passing(self, req: Req, ctx: Context, state: ClusterState,
                 hosts: Sequence[HostState] | None = None
                 ) -> tuple[list[HostState], dict[str, _Tally]]:
-        """Hosts that pass every filter (in name order), and a tally of rejections per filter."""
+        """Hosts that pass every filter (in name order), and a tally of rejections per filter.
+
+        Filter by filter over the shrinking host list, as Nova does; a filter with a fast
+        ``filter_all`` screens every host in one pass and only its rejects are asked why.
+        """
         filters, _ = self._active(req, ctx, state)
         tallies: dict[str, _Tally] = {}
-        survivors = []
-        for hs in state.hosts if hosts is None else hosts:
-            for f in filters:
+        current = list(state.hosts if hosts is None else hosts)
+        for f in filters:
+            if not current:
+                break
+            suspects = current
+            keep: list[HostState] = []
+            if type(f).filter_all is not Filter.filter_all:
+                try:
+                    keep = f.filter_all(current, req, ctx, state)
+                    if len(keep) == len(current):
+                        continue
+                    kept = set(map(id, keep))
+                    suspects = [hs for hs in current if id(hs) not in kept]
+                except Exception:  # redo host by host so the failure is pinned to a host
+                    keep = []
+            for hs in suspects:
                 try:
                     reason = f.check(hs, req, ctx, state)
                 except Exception as exc:  # a broken filter must not place a VM where it cannot run
-                    t = tallies.setdefault(f.name, _Tally())
-                    t.failed.append(f"{hs.name}: {type(exc).__name__}: {exc}")
-                    break
-                if reason is not None:
+                    tallies.setdefault(f.name, _Tally()).failed.append(
+                        f"{hs.name}: {type(exc).__name__}: {exc}")
+                    continue
+                if reason is None:
+                    keep.append(hs)
+                else:
                     t = tallies.setdefault(f.name, _Tally())
                     if not t.count:
                         t.example = f"{hs.name}: {reason}"
                     t.count += 1
-                    break
-            else:
-                survivors.append(hs)
-        return survivors, tallies
+            if suspects is not current:
+                keep.sort(key=lambda hs: hs.name)
+            current = keep
+        return current, tallies
 
     def weigh(self, req: Req, ctx: Context, state: ClusterState, hosts: Sequence[HostState]
               ) -> tuple[list[float], dict[str, tuple[list[float], list[float], float]], list[str]]:
@@ -95,7 +114,7 @@ class Pipeline:
         errors: list[str] = []
         for w, mult in weighers:
             try:
-                raws = [w.raw(hs, req, ctx, state) for hs in hosts]
+                raws = w.raw_all(hosts, req, ctx, state)
             except Exception as exc:  # a broken weigher is left out, never fatal
                 errors.append(f"weigher {w.name} failed: {type(exc).__name__}: {exc}")
                 continue
@@ -103,8 +122,7 @@ class Pipeline:
             span = hi - lo
             if span > 1e-12:
                 norm = [(r - lo) / span for r in raws]
-                for i, n in enumerate(norm):
-                    totals[i] += n * mult
+                totals = [t + n * mult for t, n in zip(totals, norm)]
             else:
                 norm = [0.0] * len(raws)
             detail[w.name] = (raws, norm, mult)
@@ -126,7 +144,7 @@ class Pipeline:
             if totals[i] > totals[best] + 1e-12:
                 best = i
         hs = survivors[best]
-        cells = numa.fit(req, hs.cells, state.cpu_ratio) or ()
+        cells = state.fit(req, hs) or ()
         return Choice(req.name, hs.name, cells, totals[best], errors=failed + tuple(errors))
 
     def explain_hosts(self, req: Req, state: ClusterState, ctx: Context = Context()

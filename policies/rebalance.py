@@ -159,7 +159,7 @@ def rebalance(cluster: Cluster, max_moves: int = 20, min_gain: float = 0.0,
         src_name = state.placed[vname][0]
         s = index[src_name]
         target = act[t]
-        cells = numa.fit(req, target.cells, state.cpu_ratio) or ()
+        cells = state.fit(req, target) or ()
         state.remove(req)
         state.add(req, target.name, cells)
         for i in (s, t):

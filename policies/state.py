@@ -34,7 +34,7 @@ class CellState:
 class HostState:
     __slots__ = ("name", "host", "active", "state", "tags", "family", "cpus", "memory", "normal_memory",
                  "shared_vcpus", "dedicated", "memory_alloc", "cpu_load", "mem_load", "cells",
-                 "vms")
+                 "vms", "version", "shape", "memo")
 
     def __init__(self, host: Host):
         self.name = host.name
@@ -54,6 +54,9 @@ class HostState:
         cells = host.numa or (NumaCell(0, host.cpus, host.memory_mib),)
         self.cells = [CellState(c) for c in sorted(cells, key=lambda c: c.id)]
         self.vms: set[str] = set()
+        self.version = 0  # bumped on every add/remove, keys the NUMA fit cache
+        self.shape = tuple((c.cpus, c.memory, tuple(sorted(c.hp_total.items()))) for c in self.cells)
+        self.memo: tuple | None = None  # (req, version, fit) of the last NUMA fit asked here
 
     def cell(self, cell_id: int) -> CellState:
         for c in self.cells:
@@ -134,6 +137,8 @@ class ClusterState:
         self.placed: dict[str, tuple[str, tuple[int, ...]]] = {}  # vm -> (host, cells)
         self.reqs: dict[str, Req] = {}
         self.warnings: list[str] = []
+        # (vm, host cell sizes) -> strict width: a pure memo, most hosts share a shape.
+        self.width_cache: dict[tuple[Req, tuple], int | None] = {}
         loads = _estimate_cpu_loads(cluster)
         leave = set(leave_out)
         for vm in sorted(cluster.vms, key=lambda v: v.name):
@@ -144,7 +149,7 @@ class ClusterState:
             hs = self.by_name[vm.host]
             cells = vm.numa_cells
             if cells is None:
-                cells = numa.fit(req, hs.cells, self.cpu_ratio)
+                cells = self.fit(req, hs)
                 if cells is None:
                     # It runs there already; account it at host level and say so.
                     self.warnings.append(f"{vm.name}: no NUMA fit on its current host {vm.host}; "
@@ -186,6 +191,7 @@ class ClusterState:
         hs.cpu_load += req.cpu_load
         hs.mem_load += req.mem_load
         hs.vms.add(req.name)
+        hs.version += 1
         self._bind(hs, req, cells, +1)
         for g in req.hard_groups + req.soft_groups:
             self.members.setdefault(g.name, {}).setdefault(host, set()).add(req.name)
@@ -200,6 +206,7 @@ class ClusterState:
         hs.cpu_load -= req.cpu_load
         hs.mem_load -= req.mem_load
         hs.vms.discard(req.name)
+        hs.version += 1
         self._bind(hs, req, cells, -1)
         for g in req.hard_groups + req.soft_groups:
             self.members[g.name][host].discard(req.name)
@@ -215,6 +222,24 @@ class ClusterState:
             c.memory_used += sign * part[2]
             if part[3]:
                 c.hp_used[req.hp_size] = c.hp_used.get(req.hp_size, 0) + sign * part[3]
+
+    def fit(self, req: Req, hs: HostState) -> tuple[int, ...] | None:
+        """``numa.fit`` for this VM on this host, memoised until the host changes."""
+        memo = hs.memo
+        if memo is not None and memo[0] is req and memo[1] == hs.version:
+            return memo[2]
+        width = None
+        if req.numa == "strict":
+            wkey = (req, hs.shape)
+            if wkey not in self.width_cache:
+                self.width_cache[wkey] = numa.strict_width(req, hs.cells, self.cpu_ratio)
+            width = self.width_cache[wkey]
+        if req.numa == "strict" and width is None:
+            result = None  # wider than the whole host
+        else:
+            result = numa.fit(req, hs.cells, self.cpu_ratio, width=width)
+        hs.memo = (req, hs.version, result)
+        return result
 
     def group_hosts(self, group: str, exclude_vm: str) -> dict[str, int]:
         """Host -> count of the group's members there, not counting ``exclude_vm``."""

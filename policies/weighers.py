@@ -5,6 +5,7 @@ multiplies them by the weigher's configured multiplier. A weigher never changes 
 
 from __future__ import annotations
 
+from policies import numa
 from policies.filters import Context
 from policies.state import ClusterState, HostState, Req
 
@@ -20,6 +21,11 @@ class Weigher:
 
     def raw(self, host: HostState, req: Req, ctx: Context, state: ClusterState) -> float:
         raise NotImplementedError
+
+    def raw_all(self, hosts: list[HostState], req: Req, ctx: Context, state: ClusterState
+                ) -> list[float]:
+        """Raw values for many hosts; a weigher may do this faster but must agree with ``raw``."""
+        return [self.raw(h, req, ctx, state) for h in hosts]
 
 
 class LoadWeigher(Weigher):
@@ -38,6 +44,14 @@ class LoadWeigher(Weigher):
                 + wm * (host.mem_load + req.mem_load) / host.memory) / (wc + wm)
         return util if cfg.strategy == "pack" else -util
 
+    def raw_all(self, hosts, req, ctx, state):
+        cfg = state.config
+        wc, wm = cfg.imbalance_cpu_weight, cfg.imbalance_memory_weight
+        sign = (1.0 if cfg.strategy == "pack" else -1.0) / (wc + wm)
+        lc, lm = req.cpu_load, req.mem_load
+        return [sign * (wc * (h.cpu_load + lc) / h.cpus + wm * (h.mem_load + lm) / h.memory)
+                for h in hosts]
+
 
 class NumaFragmentationWeigher(Weigher):
     """Prefer hosts where the VM spans fewer cells and the largest free cell stays large."""
@@ -51,9 +65,7 @@ class NumaFragmentationWeigher(Weigher):
         return req.binds_cells or req.numa == "preferred"
 
     def raw(self, host, req, ctx, state):
-        from policies import numa
-
-        cells = numa.fit(req, host.cells, state.cpu_ratio)
+        cells = state.fit(req, host)
         if not cells:  # unbound: the worst case, the VM's memory may come from any cell
             return -float(len(host.cells))
         part = numa.split(req, len(cells))
@@ -85,6 +97,15 @@ class SoftAffinityWeigher(Weigher):
         if req.host_aff is not None and not req.host_aff_hard and host.name in req.host_aff:
             score += 1.0
         return score
+
+    def raw_all(self, hosts, req, ctx, state):
+        # Only hosts with group mates or a preferred host score; the rest are 0.
+        named: set[str] = set(req.host_aff or ()) if not req.host_aff_hard else set()
+        for g in req.soft_groups:
+            named.update(state.members.get(g.name, {}))
+        if not named:
+            return [0.0] * len(hosts)
+        return [self.raw(h, req, ctx, state) if h.name in named else 0.0 for h in hosts]
 
 
 DEFAULT_WEIGHERS: tuple[Weigher, ...] = (LoadWeigher(), NumaFragmentationWeigher(),
