@@ -217,6 +217,16 @@ class Lab:
         step(f"lab {self.prefix} is up: {hosts} hosts, {vms} VMs")
         return self
 
+    @contextlib.contextmanager
+    def running(self, hosts: int = 3, vms: int = 6, kvm: bool = False, disk: bool = False,
+                progress: Progress | None = None) -> Iterator["Lab"]:
+        """``with Lab(p).running(3, 6) as lab:`` - removes a leftover lab first, always tears down."""
+        self.down()
+        try:
+            yield self.up(hosts, vms, kvm=kvm, disk=disk, progress=progress)
+        finally:
+            self.down()
+
     def _preflight(self, hosts: int, vms: int, kvm: bool) -> None:
         if os.geteuid() != 0:
             raise LabError("the lab needs root: it creates namespaces, bridges and runs libvirtd")
@@ -473,6 +483,10 @@ class Lab:
         """Names of the VMs running on the host, from its libvirtd; None if it does not answer."""
         return self._running_vms(self._host(host), timeout)
 
+    def agent_alive_in_etcd(self, host: str, timeout: float = 2.0) -> bool | None:
+        """Whether the host's agent holds its ``alive`` key (None: no etcd member answers)."""
+        return self._agent_keys([self._host(host)], timeout).get(host)
+
     def agent_running(self, host: str) -> bool:
         return bool(self._service_pids(self._host(host), "agent"))
 
@@ -570,12 +584,8 @@ class Lab:
         _write(lay.agent_config(h), L.agent_toml(self.prefix, h, endpoints, self._fencing_section(h)))
 
     def _fencing_section(self, h: str) -> str:
-        """The agent's [fencing] section naming every host's BMC (filled once fencing defines it)."""
-        try:
-            from haagent.lab.fencing import fencing_toml
-        except ImportError:
-            return ""
-        return fencing_toml(self, h)
+        """Every host's BMC as an IPMI fence device: any host may be the leader that fences."""
+        return L.fencing_toml(self.hosts(), str(self.layout.bmc_password_file))
 
     def _boot(self, h: str, wait: bool = True) -> None:
         """Power a host on: a fresh init (new PID/mount namespaces), then its daemons."""

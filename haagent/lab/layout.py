@@ -261,3 +261,16 @@ listen = "{address(host)}:{METRICS_PORT}"
 [log]
 format = "json"
 {fencing}"""
+
+
+def fencing_toml(hosts: list[str], password_file: str) -> str:
+    """The agents' [fencing] section: one IPMI device per host, its BMC on the mgmt network."""
+    # Short timeouts: a lab BMC answers in ~50 ms, and the drill measures the failover path.
+    out = ["", "[fencing]", "power_timeout = 10", "call_timeout = 5", "retries = 1",
+           "poll_interval = 0.5", ""]
+    for h in hosts:
+        out += [f"[fencing.devices.ipmi-{h}]", 'plugin = "ipmi"', f'address = "{bmc_address(h)}"',
+                f"port = {BMC_PORT}", f'username = "{BMC_USER}"', f'password_file = "{password_file}"', ""]
+    for h in hosts:
+        out += [f"[fencing.hosts.{h}]", f'levels = [["ipmi-{h}"]]', ""]
+    return "\n".join(out)

@@ -1,0 +1,60 @@
+"""Helpers for the lab tests: polling with a deadline, and an independent leftover check."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+
+def eventually(fn: Callable[[], object], timeout: float, interval: float = 0.1, what: str = "") -> object:
+    """Call ``fn`` until it returns a truthy value or raises nothing falsy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as e:  # the condition's own errors (etcd timeouts...) mean "not yet"
+            last = e
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what or fn}: not true within {timeout:g}s (last: {last!r})")
+        time.sleep(interval)
+
+
+def lab_traces(prefix: str, labdir: Path, netns_inodes: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    """Everything of a lab that is still on the machine: namespaces, processes, mounts, files."""
+    found = []
+    netns_dir = Path("/run/netns")
+    if netns_dir.exists():
+        found += [f"namespace {n}" for n in os.listdir(netns_dir) if n.startswith(prefix + "-")]
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            net = os.readlink(f"/proc/{pid}/ns/net")
+        except OSError:
+            continue
+        if state == "Z":
+            continue
+        if str(labdir) in cmd or net in netns_inodes or f"--prefix {prefix}" in cmd:
+            found.append(f"process {pid}: {cmd[:100]}")
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        target = line.split()[4]
+        if str(labdir) in target or f"/{prefix}-" in target:
+            found.append(f"mount {target}")
+    if labdir.exists():
+        found.append(f"directory {labdir}")
+    return found
+
+
+def netns_inodes(prefix: str) -> set[str]:
+    out = set()
+    for n in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
+        if n.startswith(prefix + "-"):
+            out.add(f"net:[{os.stat(f'/run/netns/{n}').st_ino}]")
+    return out
