@@ -125,6 +125,8 @@ def _check_value(opt: Option, value: Any) -> tuple[Any, str | None]:
             return None, f"must be at least {opt.minimum:g} (got {value!r})"
         if opt.maximum is not None and value > opt.maximum:
             return None, f"must be at most {opt.maximum:g} (got {value!r})"
+        if opt.choices and value not in opt.choices:
+            return None, f"must be one of {', '.join(map(str, opt.choices))} (got {value!r})"
         return (int(value) if t == "int" else float(value)), None
     if t == "string_list":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -155,12 +155,12 @@ def run_with_deadline(fn: Callable[[], T], timeout: float, what: str) -> T:
     return box["value"]
 
 
-class _OutOfTime(Exception):
-    """The device's power_timeout ran out between calls."""
+class PowerTimeout(Exception):
+    """The device's power_timeout ran out (status still on, or no time left for another call)."""
 
 
 def _classify(exc: BaseException) -> tuple[Outcome, str]:
-    if isinstance(exc, (FenceTimeout, _OutOfTime)):
+    if isinstance(exc, (FenceTimeout, PowerTimeout)):
         return Outcome.TIMED_OUT, str(exc)
     if isinstance(exc, FenceError):
         return Outcome.FAILED, str(exc)
@@ -281,7 +281,7 @@ class FenceRunner:
                                              False, attempts[0], t0)
                 remaining = deadline - self.clock.monotonic()
                 if remaining <= self.config.poll_interval:
-                    raise _OutOfTime(f"still on {device.power_timeout:g}s after power off was accepted")
+                    raise PowerTimeout(f"still on {device.power_timeout:g}s after power off was accepted")
                 self.clock.sleep(self.config.poll_interval)
         except Exception as exc:
             outcome, reason = _classify(exc)
@@ -353,7 +353,7 @@ class FenceRunner:
         def attempt() -> T:
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0:
-                raise _OutOfTime(f"power_timeout of {device.power_timeout:g}s ran out")
+                raise PowerTimeout(f"power_timeout of {device.power_timeout:g}s ran out")
             limit = min(device.call_timeout, remaining)
             attempts[0] += 1
             t0 = self.clock.monotonic()

@@ -1,0 +1,1 @@
+"""Built-in fence plugins, registered as ``haagent.fencing`` entry points in pyproject.toml."""
