@@ -14,6 +14,8 @@ PACKAGES=(
   iproute2 util-linux procps
   # fencing: real clients against our fake BMC/PDU, and a real sshd for the ssh plugin
   ipmitool fence-agents openssh-server openssh-client
+  # fence_apc_snmp shells out to net-snmp's snmpget/snmpset/snmpwalk
+  snmp
 )
 
 missing=()
