@@ -96,11 +96,14 @@ class CapacityFilter(Filter):
         free_cpus = host.cpus - host.dedicated - req.dedicated
         if free_cpus < 0:
             return f"needs {req.dedicated} pinned cpus, {host.cpus - host.dedicated} unpinned"
-        if req.shared_vcpus:
-            limit = free_cpus * state.cpu_ratio
-            if host.shared_vcpus + req.shared_vcpus > limit:
+        # Always checked: pinning cpus shrinks the pool the unpinned vcpus already share.
+        limit = free_cpus * state.cpu_ratio
+        if host.shared_vcpus + req.shared_vcpus > limit:
+            if req.shared_vcpus:
                 return (f"needs {req.shared_vcpus} vcpus, {max(0.0, limit - host.shared_vcpus):g} "
                         f"free (cpu_overcommit {state.cpu_ratio:g})")
+            return (f"pinning {req.dedicated} cpus would leave {free_cpus} for "
+                    f"{host.shared_vcpus} unpinned vcpus (cpu_overcommit {state.cpu_ratio:g})")
         if req.memory:
             limit = host.normal_memory * state.mem_ratio
             if host.memory_alloc + req.memory > limit:
@@ -113,7 +116,7 @@ class CapacityFilter(Filter):
         cr, mr = state.cpu_ratio, state.mem_ratio
         return [h for h in hosts
                 if h.cpus - h.dedicated - ded >= 0
-                and (not shared or h.shared_vcpus + shared <= (h.cpus - h.dedicated - ded) * cr)
+                and h.shared_vcpus + shared <= (h.cpus - h.dedicated - ded) * cr
                 and (not mem or h.memory_alloc + mem <= h.normal_memory * mr)]
 
 

@@ -32,7 +32,7 @@ def part_fits(cell: "CellState", part: tuple[int, int, int, int], hp_size: int |
     if used_ded + dedicated > cell.cpus:
         return False
     shared = 0 if empty else cell.shared_vcpus
-    if vcpus and shared + vcpus > (cell.cpus - used_ded - dedicated) * cpu_ratio:
+    if shared + vcpus > (cell.cpus - used_ded - dedicated) * cpu_ratio:
         return False
     if memory and (0 if empty else cell.memory_used) + memory > cell.memory:
         return False
@@ -54,7 +54,8 @@ def _choose(cells: Sequence["CellState"], part: tuple[int, int, int, int], req: 
         ded = c.dedicated + dedicated
         if ded > c.cpus:
             continue
-        if vcpus and c.shared_vcpus + vcpus > (c.cpus - ded) * cpu_ratio:
+        # Pinning cpus shrinks the shared pool under the vcpus already bound here too.
+        if c.shared_vcpus + vcpus > (c.cpus - ded) * cpu_ratio:
             continue
         if memory and c.memory_used + memory > c.memory:
             continue
