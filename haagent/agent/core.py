@@ -1,0 +1,109 @@
+"""The agent's decisions for its own host: a pure step.
+
+``step(inp, now, config) -> actions``. Rules (DESIGN §4 invariant 3):
+* start only what placement gives this host, only while its lease is alive, only from a
+  placement read at a revision newer than the lease grant, and only while the host is active
+  (a fenced host that comes back runs nothing);
+* never start what it does not own; remove a local copy placed elsewhere only once the owner
+  reports that VM running;
+* a managed VM that crashed (not one a user shut down) restarts in place up to ``max_restart``
+  times per ``restart_window``; after that the agent asks the leader to relocate it;
+* watchdog mode: once the lease is lost, kill every managed VM and stop feeding the watchdog.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from haagent.manager.view import VmSpec
+from haagent.model import HostState
+
+STARTS_VMS = frozenset({HostState.ACTIVE, HostState.DRAINING})
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    max_restart: int = 3
+    restart_window: float = 600.0
+    watchdog: bool = False
+    self_fence_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class AgentInput:
+    host: str
+    host_state: HostState | None
+    lease_ok: bool  # by the agent's own clock the lease is alive
+    lease_grant_revision: int
+    placement_revision: int  # store revision the placements below were read at
+    placements: Mapping[str, str]  # uuid -> host
+    specs: Mapping[str, VmSpec]
+    running: frozenset[str]  # managed VMs running here now
+    reports: Mapping[str, frozenset[str]] = field(default_factory=dict)  # other hosts' running VMs
+    crashes: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # uuid -> crash times
+    stopped_by_user: frozenset[str] = frozenset()
+    relocation_requested: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class StartVm:
+    vm: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StopVm:
+    vm: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RequestRelocation:
+    vm: str
+    crashes: int
+
+
+@dataclass(frozen=True)
+class FeedWatchdog:
+    pass
+
+
+AgentAction = StartVm | StopVm | RequestRelocation | FeedWatchdog
+
+
+def step(inp: AgentInput, now: float, config: AgentConfig) -> list[AgentAction]:
+    """One reconcile round for this host. Pure."""
+    actions: list[AgentAction] = []
+    if not inp.lease_ok:
+        if config.watchdog:
+            # Self-fence: the leader will restart these elsewhere after self_fence_timeout.
+            actions += [StopVm(u, "self-fence: lease lost (watchdog mode)") for u in sorted(inp.running)]
+        return actions
+    if config.watchdog:
+        actions.append(FeedWatchdog())
+
+    for uuid in sorted(inp.running):
+        owner = inp.placements.get(uuid)
+        if owner is None or owner == inp.host:
+            continue
+        if uuid in inp.reports.get(owner, frozenset()):
+            actions.append(StopVm(uuid, f"placed on {owner}, which reports it running"))
+
+    fresh = inp.placement_revision > inp.lease_grant_revision
+    if not fresh or inp.host_state not in STARTS_VMS:
+        return actions
+    for uuid, owner in sorted(inp.placements.items()):
+        spec = inp.specs.get(uuid)
+        if owner != inp.host or uuid in inp.running or spec is None or spec.policy == "none":
+            continue
+        if uuid in inp.stopped_by_user:
+            continue  # an operator shut it down on purpose; HA does not fight the operator
+        recent = [t for t in inp.crashes.get(uuid, ()) if now - t <= config.restart_window]
+        if recent and len(recent) > config.max_restart:
+            if uuid not in inp.relocation_requested:
+                actions.append(RequestRelocation(uuid, len(recent)))
+            continue
+        reason = f"restart in place after crash {len(recent)}/{config.max_restart}" if recent else "placed here"
+        actions.append(StartVm(uuid, reason))
+    return actions

@@ -1,0 +1,479 @@
+"""The leader's decisions: a pure step over a cluster view.
+
+``step(view, status, now, config, placer) -> (status, actions)`` reads no clock and does no I/O.
+The host state machine is the table in ``TRANSITIONS`` (glosses in ``haagent.model``); every
+state change goes through ``change_state``. Safety rules (DESIGN §4) are enforced here:
+
+* placement moves off a host only once it is confirmed fenced (power confirmed off and its lease
+  gone, or the watchdog wait elapsed, or an operator acknowledged it);
+* a new leader waits ``new_leader_grace`` before declaring any host dead;
+* the storm guard holds all fencing and recovery when too many hosts turn suspect at once;
+* a VM reported running on two hosts freezes that VM and raises an alert for a human.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterable, Mapping, Sequence
+
+from haagent.manager.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, Event, FenceHost, HostView,
+                                  JournalStep, ManagerAction, Op, OpStep, SetHostState, SetPlacement, VmSpec)
+from haagent.model import HostState as S
+
+# Allowed transitions: (from, to) -> one-line gloss of why.
+TRANSITIONS: dict[tuple[S | None, S], str] = {
+    (None, S.ACTIVE): "a new host joined with a live lease",
+    (S.ACTIVE, S.SUSPECT): "its lease is gone",
+    (S.DRAINING, S.SUSPECT): "its lease is gone while draining",
+    (S.SUSPECT, S.ACTIVE): "its lease came back before fencing started",
+    (S.SUSPECT, S.FENCING): "fence_delay passed with no lease and no storm",
+    (S.FENCING, S.FENCED): "power confirmed off and lease gone, watchdog wait elapsed, or operator ack",
+    (S.FENCED, S.RECOVERING): "its HA VMs are being placed elsewhere",
+    (S.RECOVERING, S.FAILED): "every HA VM was placed (or reported unplaceable)",
+    (S.FAILED, S.ACTIVE): "an operator returned it (or it stayed healthy for auto_return_after)",
+    (S.ACTIVE, S.MAINTENANCE): "operator",
+    (S.MAINTENANCE, S.ACTIVE): "operator",
+    (S.ACTIVE, S.DRAINING): "operator",
+    (S.DRAINING, S.ACTIVE): "operator",
+}
+
+# Hosts whose VMs may be restarted elsewhere: power is confirmed off (DESIGN §4 invariant 2).
+CONFIRMED_FENCED = frozenset({S.FENCED, S.RECOVERING, S.FAILED})
+# Hosts that take VMs.
+TAKES_VMS = frozenset({S.ACTIVE})
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    fence_delay: float = 1.0
+    new_leader_grace: float = 3.0
+    lease_ttl: float = 3.0
+    storm_threshold: float = 0.5  # fraction of known hosts suspect within storm_window
+    storm_window: float = 30.0
+    fence_retry_interval: float = 10.0
+    watchdog: bool = False
+    self_fence_timeout: float = 5.0
+    watchdog_margin: float = 2.0
+    auto_return_after: float | None = None  # seconds healthy before a failed host returns
+
+
+@dataclass(frozen=True)
+class ManagerStatus:
+    """The leader's own memory between steps (timers on the leader's clock; not persisted)."""
+
+    leader_since: float
+    suspect_since: Mapping[str, float] = field(default_factory=dict)
+    lost_at: Mapping[str, float] = field(default_factory=dict)
+    fence_inflight: Mapping[str, int] = field(default_factory=dict)  # host -> fence steps seen at issue
+    fence_issued_at: Mapping[str, float] = field(default_factory=dict)
+    suspect_log: tuple[tuple[str, float], ...] = ()
+    healthy_since: Mapping[str, float] = field(default_factory=dict)
+    alerts: frozenset[Alert] = frozenset()
+
+
+# placer(vms to place, view, hosts to avoid) -> ({uuid: host}, {uuid: reasons})
+Placer = Callable[[Sequence[VmSpec], ClusterView, frozenset[str]], tuple[dict[str, str], dict[str, tuple[str, ...]]]]
+
+
+class _Step:
+    """Accumulates actions and the next status for one step."""
+
+    def __init__(self, view: ClusterView, status: ManagerStatus, now: float, config: ManagerConfig, placer: Placer):
+        self.view, self.now, self.cfg, self.placer = view, now, config, placer
+        self.status = status
+        self.actions: list[ManagerAction] = []
+        self.states: dict[str, S | None] = {h: hv.state for h, hv in view.hosts.items()}
+        self.placements = dict(view.placements)
+        self.alerts: set[Alert] = set()
+        self.s_since = dict(status.suspect_since)
+        self.lost_at = dict(status.lost_at)
+        self.inflight = dict(status.fence_inflight)
+        self.issued_at = dict(status.fence_issued_at)
+        self.healthy = dict(status.healthy_since)
+        self.suspect_log = [(h, t) for h, t in status.suspect_log if now - t <= config.storm_window]
+
+    # -- the only writer of host state ------------------------------------------------------
+
+    def change_state(self, host: str, new: S, reason: str) -> None:
+        old = self.states.get(host)
+        if (old, new) not in TRANSITIONS:
+            raise AssertionError(f"host={host} illegal transition {old} -> {new}")
+        self.states[host] = new
+        self.actions.append(SetHostState(host, old, new, reason))
+
+    def alert(self, name: str, host: str = "", vm: str = "", message: str = "") -> None:
+        self.alerts.add(Alert(name, host, vm, message))
+
+    def journal(self, op: str, host: str, step: str, **detail: object) -> None:
+        self.actions.append(JournalStep(op, host, OpStep(step, self.now, detail)))
+
+    def open_op(self, host: str) -> Op | None:
+        ops = [o for o in self.view.ops.values() if o.host == host and o.kind == "failover" and not o.finished]
+        return max(ops, key=lambda o: o.id) if ops else None
+
+    @property
+    def in_grace(self) -> bool:
+        return self.now < self.status.leader_since + self.cfg.new_leader_grace
+
+    def storm(self) -> bool:
+        known = [h for h, st in self.states.items() if st not in (S.MAINTENANCE, None)]
+        recent = {h for h, _ in self.suspect_log}
+        return bool(known) and len(recent) > self.cfg.storm_threshold * len(known)
+
+    def finish(self) -> tuple[ManagerStatus, list[ManagerAction]]:
+        # Alerts are level-triggered: emit the current set; the shell raises and clears them.
+        for a in sorted(self.alerts, key=lambda a: (a.name, a.host, a.vm)):
+            self.actions.append(a)
+        status = ManagerStatus(
+            leader_since=self.status.leader_since,
+            suspect_since=self.s_since, lost_at=self.lost_at, fence_inflight=self.inflight,
+            fence_issued_at=self.issued_at, suspect_log=tuple(self.suspect_log),
+            healthy_since=self.healthy, alerts=frozenset(self.alerts))
+        return status, self.actions
+
+
+def new_status(now: float) -> ManagerStatus:
+    """A fresh leader's memory: its grace period starts now."""
+    return ManagerStatus(leader_since=now)
+
+
+def step(view: ClusterView, status: ManagerStatus, now: float, config: ManagerConfig,
+         placer: Placer) -> tuple[ManagerStatus, list[ManagerAction]]:
+    """One leader decision round. Pure: same inputs, same outputs."""
+    st = _Step(view, status, now, config, placer)
+    requests = {(r.kind, r.host): r for r in view.requests if r.host}
+    for name in sorted(view.hosts):
+        _host(st, view.hosts[name], requests)
+    _vms(st)
+    for r in view.requests:
+        if r.kind == "relocate":
+            _relocate(st, r)
+    return st.finish()
+
+
+# -- per-host state handlers -------------------------------------------------------------------
+
+
+def _host(st: _Step, hv: HostView, requests: Mapping[tuple[str, str], object]) -> None:
+    state = st.states.get(hv.name)
+    handler = _HANDLERS.get(state)
+    if not hv.alive:
+        st.lost_at.setdefault(hv.name, st.now if not st.in_grace else st.status.leader_since)
+        st.healthy.pop(hv.name, None)
+    else:
+        st.lost_at.pop(hv.name, None)
+        st.healthy.setdefault(hv.name, st.now)
+    if handler is not None:
+        handler(st, hv, requests)
+
+
+def _unknown(st: _Step, hv: HostView, requests) -> None:
+    if hv.alive:
+        st.change_state(hv.name, S.ACTIVE, "joined")
+        st.actions.append(Event("host_joined", host=hv.name))
+
+
+def _active(st: _Step, hv: HostView, requests) -> None:
+    if hv.alive or st.in_grace:
+        return
+    st.change_state(hv.name, S.SUSPECT, "lease gone")
+    st.s_since[hv.name] = st.now
+    st.suspect_log.append((hv.name, st.now))
+    st.actions.append(Event("host_suspect", host=hv.name))
+
+
+def _suspect(st: _Step, hv: HostView, requests) -> None:
+    if hv.alive:
+        st.s_since.pop(hv.name, None)
+        st.change_state(hv.name, S.ACTIVE, "lease back before fencing")
+        st.actions.append(Event("host_back", host=hv.name))
+        return
+    if st.in_grace:
+        return
+    since = st.s_since.setdefault(hv.name, st.now)
+    if st.storm():
+        st.alert("fencing_storm_hold", message=f"{len({h for h, _ in st.suspect_log})} hosts turned suspect "
+                 f"within {st.cfg.storm_window:g}s: holding all fencing and recovery (network or etcd fault?)")
+        return
+    if st.now - since < st.cfg.fence_delay:
+        return
+    op_id = f"failover-{hv.name}-{st.view.epoch}-{int(st.now * 1000)}"
+    st.journal(op_id, hv.name, "intent", detect_after=round(st.now - since, 3))
+    st.change_state(hv.name, S.FENCING, f"no lease for {st.now - since:.1f}s")
+    st.actions.append(FenceHost(hv.name, op_id))
+    st.inflight[hv.name] = 0
+    st.issued_at[hv.name] = st.now
+
+
+def _fencing(st: _Step, hv: HostView, requests) -> None:
+    op = st.open_op(hv.name)
+    if op is None:  # the journal is missing (e.g. state written, intent lost): start it again
+        op_id = f"failover-{hv.name}-{st.view.epoch}-{int(st.now * 1000)}"
+        st.journal(op_id, hv.name, "intent", resumed=True)
+        st.actions.append(FenceHost(hv.name, op_id))
+        st.inflight[hv.name], st.issued_at[hv.name] = 0, st.now
+        return
+    fences = [s for s in op.steps if s.step == "fence"]
+    confirmed = next((s for s in fences if s.detail.get("result") == "confirmed_off"), None)
+    ack = requests.get(("fence_ack", hv.name))
+    if confirmed is not None:
+        if not hv.alive:
+            _fenced(st, hv, op, "power confirmed off")
+            return
+        # The device says off, yet the host's lease lives. Allow one TTL for the lease of a host
+        # that just lost power to expire; after that the fence lied: never start its VMs.
+        confirmed_at = st.issued_at.get(hv.name, st.now)
+        if st.now - confirmed_at > st.cfg.lease_ttl + st.cfg.watchdog_margin + st.cfg.fence_retry_interval:
+            st.alert("fence_inconsistent", host=hv.name,
+                     message="fence reported power off but the host still renews its lease; its VMs stay put")
+        return
+    if ack is not None and not hv.alive:
+        st.actions.append(ConsumeRequest(ack.id))  # type: ignore[attr-defined]
+        _fenced(st, hv, op, "operator acknowledged (haagent fence ack)")
+        return
+    if st.cfg.watchdog and not hv.alive:
+        lost = st.lost_at.get(hv.name, st.status.leader_since)
+        if st.now >= lost + st.cfg.self_fence_timeout + st.cfg.watchdog_margin:
+            _fenced(st, hv, op, "watchdog: lease expired and self_fence_timeout elapsed")
+            return
+    in_flight = hv.name in st.inflight and len(fences) <= st.inflight[hv.name]
+    if fences and not in_flight:
+        last = fences[-1]
+        st.alert("fence_failed", host=hv.name,
+                 message=f"fencing {last.detail.get('result')}: {last.detail.get('reason', '')}; "
+                         "no recovery until fencing succeeds or an operator runs 'haagent fence ack'")
+    if in_flight:
+        return
+    if fences and st.now - st.issued_at.get(hv.name, -1e18) < st.cfg.fence_retry_interval:
+        return
+    st.actions.append(FenceHost(hv.name, op.id))
+    st.inflight[hv.name] = len(fences)
+    st.issued_at[hv.name] = st.now
+
+
+def _fenced(st: _Step, hv: HostView, op: Op, how: str) -> None:
+    st.journal(op.id, hv.name, "fenced", how=how)
+    st.change_state(hv.name, S.FENCED, how)
+    st.inflight.pop(hv.name, None)
+    st.actions.append(Event("host_fenced", host=hv.name, op=op.id, detail={"how": how}))
+    _recover(st, hv, op)
+
+
+def _fenced_state(st: _Step, hv: HostView, requests) -> None:
+    op = st.open_op(hv.name)
+    if op is not None:
+        _recover(st, hv, op)
+    else:
+        st.change_state(hv.name, S.RECOVERING, "recovering (no open operation)")
+
+
+def _recover(st: _Step, hv: HostView, op: Op) -> None:
+    """Place this host's HA VMs elsewhere (the global VM rule does the placing)."""
+    st.change_state(hv.name, S.RECOVERING, "placing its HA VMs")
+
+
+def _recovering(st: _Step, hv: HostView, requests) -> None:
+    op = st.open_op(hv.name)
+    stranded = [u for u, h in st.placements.items() if h == hv.name and _is_ha(st, u)]
+    if stranded:
+        return  # the VM rule keeps trying; capacity may appear
+    if op is not None:
+        started = _journal_starts(st, op)
+        if not started:
+            return
+        st.journal(op.id, hv.name, "done")
+    st.change_state(hv.name, S.FAILED, "all HA VMs recovered")
+    st.actions.append(Event("host_failed", host=hv.name, op=op.id if op else ""))
+
+
+def _journal_starts(st: _Step, op: Op) -> bool:
+    """Journal a ``start`` step per placed VM once its new host reports it; True when all have."""
+    place = op.last("place")
+    placed: Mapping[str, str] = place.detail.get("placements", {}) if place else {}
+    done = {s.detail.get("vm") for s in op.steps if s.step == "start"}
+    all_started = True
+    for vm, host in sorted(placed.items()):
+        if vm in done:
+            continue
+        hv = st.view.hosts.get(host)
+        if hv is not None and vm in hv.running:
+            st.journal(op.id, op.host, "start", vm=vm, on=host)
+            st.actions.append(Event("vm_started", host=host, vm=vm, op=op.id))
+        elif st.placements.get(vm) == host:
+            all_started = False
+    return all_started
+
+
+def _failed(st: _Step, hv: HostView, requests) -> None:
+    ret = requests.get(("host_return", hv.name))
+    if ret is not None:
+        st.actions.append(ConsumeRequest(ret.id))  # type: ignore[attr-defined]
+        st.change_state(hv.name, S.ACTIVE, "returned by operator")
+        return
+    after = st.cfg.auto_return_after
+    if after is not None and hv.alive and st.now - st.healthy.get(hv.name, st.now) >= after:
+        st.change_state(hv.name, S.ACTIVE, f"healthy for {after:g}s (auto_return_after)")
+
+
+_HANDLERS: dict[S | None, Callable[[_Step, HostView, Mapping], None]] = {
+    None: _unknown,
+    S.ACTIVE: _active,
+    S.DRAINING: _active,
+    S.SUSPECT: _suspect,
+    S.FENCING: _fencing,
+    S.FENCED: _fenced_state,
+    S.RECOVERING: _recovering,
+    S.FAILED: _failed,
+}
+
+
+# -- VM rules ----------------------------------------------------------------------------------
+
+
+def _is_ha(st: _Step, uuid: str) -> bool:
+    spec = st.view.specs.get(uuid)
+    return spec is not None and spec.policy != "none"
+
+
+def _running_on(st: _Step, uuid: str) -> list[str]:
+    return sorted(h for h, hv in st.view.hosts.items() if uuid in hv.running)
+
+
+def _vms(st: _Step) -> None:
+    frozen: set[str] = set()
+    for uuid in sorted(st.view.specs):
+        where = _running_on(st, uuid)
+        if len(where) > 1:
+            frozen.add(uuid)
+            st.alert("vm_running_twice", vm=uuid, message=f"reported running on {', '.join(where)}; "
+                     "haagent will not touch it until a human resolves it")
+        elif uuid not in st.placements and len(where) == 1 and st.states.get(where[0]) in TAKES_VMS | {S.DRAINING}:
+            st.actions.append(SetPlacement(uuid, where[0], "", "adopted: running there"))
+            st.placements[uuid] = where[0]
+    for uuid, mig in sorted(st.view.migrations.items()):
+        if uuid not in frozen:
+            _resolve_migration(st, uuid, mig)
+    if st.storm() or st.in_grace:
+        return
+    # HA VMs whose host is confirmed fenced go elsewhere, by priority (the placer orders them).
+    todo = [st.view.specs[u] for u, h in sorted(st.placements.items())
+            if u not in frozen and u not in st.view.migrations and _is_ha(st, u)
+            and st.states.get(h) in CONFIRMED_FENCED]
+    if not todo:
+        return
+    avoid = frozenset(h for h, s in st.states.items() if s not in TAKES_VMS)
+    chosen, missed = st.placer(todo, _view_with(st), avoid)
+    by_host: dict[str, dict[str, str]] = {}
+    for spec in todo:
+        old = st.placements[spec.uuid]
+        new = chosen.get(spec.uuid)
+        if new is None:
+            st.alert("vm_unplaceable", host=old, vm=spec.uuid,
+                     message="; ".join(missed.get(spec.uuid, ("no host fits",))))
+            continue
+        op = st.open_op(old)
+        st.actions.append(SetPlacement(spec.uuid, new, op.id if op else "", f"recovery from {old}"))
+        st.placements[spec.uuid] = new
+        by_host.setdefault(old, {})[spec.uuid] = new
+    for old, placed in sorted(by_host.items()):
+        op = st.open_op(old)
+        if op is not None:
+            prior = op.last("place")
+            merged = {**(prior.detail.get("placements", {}) if prior else {}), **placed}
+            st.journal(op.id, old, "place", placements=merged)
+
+
+def _view_with(st: _Step) -> ClusterView:
+    hosts = {h: replace(hv, state=st.states.get(h)) for h, hv in st.view.hosts.items()}
+    return replace(st.view, hosts=hosts, placements=dict(st.placements))
+
+
+def _resolve_migration(st: _Step, uuid: str, mig) -> None:
+    """A migration whose source or destination died: ask where the VM runs before anything else."""
+    src, dst = st.states.get(mig.source), st.states.get(mig.dest)
+    dead = {S.SUSPECT, S.FENCING, S.FENCED, S.RECOVERING, S.FAILED}
+    if src not in dead and dst not in dead:
+        return
+    where = set(_running_on(st, uuid))
+    if src in (S.SUSPECT, S.FENCING) or dst in (S.SUSPECT, S.FENCING):
+        return  # wait for the dead side to be confirmed fenced: only then is "where" the truth
+    if where == {mig.dest}:
+        st.actions.append(SetPlacement(uuid, mig.dest, "", "migration completed before the crash"))
+        st.placements[uuid] = mig.dest
+    elif where == {mig.source}:
+        st.actions.append(SetPlacement(uuid, mig.source, "", "migration did not complete; stays on source"))
+        st.placements[uuid] = mig.source
+    st.actions.append(ClearMigration(uuid))
+    st.actions.append(Event("migration_resolved", vm=uuid, detail={"running_on": sorted(where)}))
+
+
+def _relocate(st: _Step, req) -> None:
+    """An agent gave up restarting a crashed VM in place: place it on another host."""
+    uuid = req.vm
+    spec = st.view.specs.get(uuid)
+    current = st.placements.get(uuid)
+    if st.storm() or st.in_grace:
+        return  # keep the request: it is handled once the hold ends
+    st.actions.append(ConsumeRequest(req.id))
+    if spec is None or current is None:
+        return
+    if any(uuid in hv.running for hv in st.view.hosts.values()):
+        return  # it runs again somewhere: nothing to relocate
+    avoid = frozenset(h for h, s in st.states.items() if s not in TAKES_VMS) | {current}
+    chosen, missed = st.placer([spec], _view_with(st), avoid)
+    if uuid in chosen:
+        st.actions.append(SetPlacement(uuid, chosen[uuid], "", f"relocated after repeated crashes on {current}"))
+        st.placements[uuid] = chosen[uuid]
+        st.actions.append(Event("vm_relocated", vm=uuid, host=chosen[uuid], detail={"from": current}))
+    else:
+        st.alert("vm_unplaceable", host=current, vm=uuid, message="; ".join(missed.get(uuid, ())))
+
+
+def policy_placer(config: object = None) -> Placer:
+    """The production placer: ``policies.place`` over active hosts, by priority then size."""
+    from policies import Cluster, Host, Vm, place
+    from policies.config import PolicyConfig
+
+    cfg = config if isinstance(config, PolicyConfig) else PolicyConfig()
+
+    def placer(todo: Sequence[VmSpec], view: ClusterView, avoid: frozenset[str]):
+        hosts = tuple(Host(name=h, cpus=max(hv.cpus, 1), memory_mib=max(hv.memory_mib, 1),
+                           state="active" if h not in avoid and hv.alive else "failed")
+                      for h, hv in sorted(view.hosts.items()))
+        placed_vms = tuple(Vm(name=u, vcpus=view.specs[u].vcpus, memory_mib=view.specs[u].memory_mib,
+                              host=h, priority=view.specs[u].priority, groups=view.specs[u].groups)
+                           for u, h in sorted(view.placements.items())
+                           if u in view.specs and h in {x.name for x in hosts} and u not in {t.uuid for t in todo})
+        cluster = Cluster(hosts=hosts, vms=placed_vms)
+        result = place([Vm(name=s.uuid, vcpus=s.vcpus, memory_mib=s.memory_mib, priority=s.priority,
+                           groups=s.groups) for s in todo], cluster, cfg)
+        return ({p.vm: p.host for p in result.placements},
+                {u.vm: tuple(u.reasons) for u in result.unplaceable})
+
+    return placer
+
+
+def actions_summary(actions: Iterable[ManagerAction]) -> list[str]:
+    """One line per action, for logs and the simulator's golden files."""
+    return [_describe(a) for a in actions]
+
+
+def _describe(a: ManagerAction) -> str:
+    if isinstance(a, SetHostState):
+        return f"host={a.host} state changed from {a.old.value if a.old else 'none'} to {a.new.value} ({a.reason})"
+    if isinstance(a, JournalStep):
+        detail = " ".join(f"{k}={v}" for k, v in sorted(a.step.detail.items()))
+        return f"op={a.op} step={a.step.step} {detail}".rstrip()
+    if isinstance(a, FenceHost):
+        return f"fence host={a.host} op={a.op}"
+    if isinstance(a, SetPlacement):
+        return f"place vm={a.vm} on={a.host} ({a.reason})"
+    if isinstance(a, ClearMigration):
+        return f"clear migration vm={a.vm}"
+    if isinstance(a, ConsumeRequest):
+        return f"consume request {a.id}"
+    if isinstance(a, Alert):
+        return f"ALERT {a.name} host={a.host} vm={a.vm} {a.message}".rstrip()
+    if isinstance(a, Event):
+        return f"event {a.kind} host={a.host} vm={a.vm}".rstrip()
+    return repr(a)

@@ -1,0 +1,178 @@
+"""What the manager and agent steps see and emit: plain frozen data, no I/O.
+
+The shells build a ``ClusterView`` from etcd (a watch-fed cache) and turn the emitted actions
+into guarded etcd writes, fence calls and libvirt calls; the simulator does the same with its
+models. Times are seconds on the caller's clock (monotonic in production, virtual in the sim).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from haagent.model import HostState
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """An HA VM as registered in ``vms/<uuid>/spec``."""
+
+    uuid: str
+    name: str
+    vcpus: int = 1
+    memory_mib: int = 64
+    priority: int = 0
+    policy: str = "restart"  # restart | migrate | none
+    xml: str = ""
+    groups: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"uuid": self.uuid, "name": self.name, "vcpus": self.vcpus, "memory_mib": self.memory_mib,
+                "priority": self.priority, "policy": self.policy, "xml": self.xml, "groups": list(self.groups)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "VmSpec":
+        return cls(str(d["uuid"]), str(d.get("name", d["uuid"])), int(d.get("vcpus", 1)),
+                   int(d.get("memory_mib", 64)), int(d.get("priority", 0)), str(d.get("policy", "restart")),
+                   str(d.get("xml", "")), tuple(d.get("groups", ())))
+
+
+@dataclass(frozen=True)
+class HostView:
+    name: str
+    alive: bool
+    state: HostState | None  # None: the leader has never written one
+    cpus: int = 0
+    memory_mib: int = 0
+    running: frozenset[str] = frozenset()  # uuids its last report says run there
+    lease: int = 0  # id of the lease its alive key lives on (0 when not alive)
+
+
+@dataclass(frozen=True)
+class Migration:
+    vm: str
+    source: str
+    dest: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Request:
+    """An operator or agent request: fence_ack, host_return, relocate."""
+
+    id: str
+    kind: str
+    host: str = ""
+    vm: str = ""
+
+
+@dataclass(frozen=True)
+class OpStep:
+    step: str  # intent, fence, fenced, place, start, done, held
+    at: float
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Op:
+    """A journaled failover: intent first, then each step; a new leader resumes from it."""
+
+    id: str
+    kind: str
+    host: str
+    epoch: int
+    steps: tuple[OpStep, ...] = ()
+
+    def has(self, step: str) -> bool:
+        return any(s.step == step for s in self.steps)
+
+    def last(self, step: str) -> OpStep | None:
+        for s in reversed(self.steps):
+            if s.step == step:
+                return s
+        return None
+
+    @property
+    def finished(self) -> bool:
+        return self.has("done")
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Everything the leader's step decides from, at one store revision."""
+
+    epoch: int
+    hosts: Mapping[str, HostView]
+    specs: Mapping[str, VmSpec]
+    placements: Mapping[str, str]  # uuid -> host
+    ops: Mapping[str, Op] = field(default_factory=dict)
+    migrations: Mapping[str, Migration] = field(default_factory=dict)
+    requests: tuple[Request, ...] = ()
+
+
+# -- actions the manager step emits ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetHostState:
+    host: str
+    old: HostState | None
+    new: HostState
+    reason: str
+
+
+@dataclass(frozen=True)
+class JournalStep:
+    """Append a step to ``ops/<op>`` (creating the op on ``intent``)."""
+
+    op: str
+    host: str
+    step: OpStep
+
+
+@dataclass(frozen=True)
+class FenceHost:
+    """Run the host's fencing levels; the shell journals the outcome as a ``fence`` step."""
+
+    host: str
+    op: str
+
+
+@dataclass(frozen=True)
+class SetPlacement:
+    vm: str
+    host: str
+    op: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ClearMigration:
+    vm: str
+
+
+@dataclass(frozen=True)
+class ConsumeRequest:
+    id: str
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A condition a human must look at; raised as a metric and an event until it clears."""
+
+    name: str
+    host: str = ""
+    vm: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    host: str = ""
+    vm: str = ""
+    op: str = ""
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+ManagerAction = SetHostState | JournalStep | FenceHost | SetPlacement | ClearMigration | ConsumeRequest | Alert | Event
