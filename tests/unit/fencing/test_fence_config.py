@@ -1,0 +1,121 @@
+"""[fencing] section validation: one problem line per field, naming the host and the device."""
+
+from __future__ import annotations
+
+import pytest
+
+from fencing.config import FencingConfig, parse_fencing_section
+from haagent.config import parse_config
+from haagent.errors import ConfigError
+
+
+@pytest.fixture
+def pw(tmp_path):
+    path = tmp_path / "pw"
+    path.write_text("secret\n")
+    return str(path)
+
+
+def parse(raw):
+    problems: list[str] = []
+    cfg = parse_fencing_section(raw, "fencing", problems)
+    return cfg, problems
+
+
+def good(pw):
+    return {
+        "power_timeout": 20,
+        "devices": {
+            "ipmi-kvm01": {"plugin": "ipmi", "address": "10.0.0.1", "username": "admin", "password_file": pw},
+            "pdu-a": {"plugin": "apc_snmp", "address": "10.0.0.200", "community_file": pw},
+            "pdu-b": {"plugin": "apc_snmp", "address": "10.0.0.201", "community_file": pw, "power_timeout": 5},
+        },
+        "hosts": {"kvm01": {"levels": [["ipmi-kvm01"],
+                                       [{"device": "pdu-a", "outlet": 3}, {"device": "pdu-b", "outlet": 3}]]}},
+    }
+
+
+def test_absent_section_is_empty():
+    cfg, problems = parse(None)
+    assert problems == [] and cfg == FencingConfig() and cfg.levels_for("kvm01") == ()
+
+
+def test_good_config_merges_per_host_options_and_defaults(pw):
+    cfg, problems = parse(good(pw))
+    assert problems == []
+    levels = cfg.levels_for("kvm01")
+    assert [[d.name for d in level] for level in levels] == [["ipmi-kvm01"], ["pdu-a", "pdu-b"]]
+    ipmi = levels[0][0]
+    assert ipmi.options["port"] == 623 and ipmi.options["cipher_suite"] == 3 and ipmi.power_timeout == 20
+    assert levels[1][0].options["outlet"] == 3 and levels[1][1].power_timeout == 5
+
+
+def test_unknown_plugin_named_at_device_and_host(pw):
+    raw = good(pw)
+    raw["devices"]["pdu-a"]["plugin"] = "apc_snmpp"
+    _, problems = parse(raw)
+    assert any(p.startswith("fencing.devices.pdu-a.plugin: unknown plugin 'apc_snmpp'") for p in problems)
+    assert "fencing.hosts.kvm01.levels[1].pdu-a: unknown plugin 'apc_snmpp'" in problems
+
+
+def test_missing_required_option(pw):
+    raw = good(pw)
+    del raw["devices"]["ipmi-kvm01"]["password_file"]
+    _, problems = parse(raw)
+    assert "fencing.devices.ipmi-kvm01.password_file: is required" in problems
+    assert any(p.startswith("fencing.hosts.kvm01.levels[0].ipmi-kvm01: device has errors") for p in problems)
+
+
+def test_per_host_required_option_named_at_host(pw):
+    raw = good(pw)
+    raw["hosts"]["kvm01"]["levels"][1][1] = "pdu-b"
+    _, problems = parse(raw)
+    assert problems == ["fencing.hosts.kvm01.levels[1].pdu-b.outlet: is required "
+                        "(set it here or in [fencing.devices.pdu-b])"]
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda r: r["devices"]["ipmi-kvm01"].update(password="x"),
+     "fencing.devices.ipmi-kvm01.password: secrets are not accepted inline; put it in a file and set password_file"),
+    (lambda r: r["devices"]["ipmi-kvm01"].update(port="623"),
+     "fencing.devices.ipmi-kvm01.port: must be a number (got '623')"),
+    (lambda r: r["devices"]["ipmi-kvm01"].update(cipher_suite=1),
+     "fencing.devices.ipmi-kvm01.cipher_suite: must be at least 3 (got 1)"),
+    (lambda r: r["devices"]["ipmi-kvm01"].update(password_file="/nonexistent/pw"),
+     "fencing.devices.ipmi-kvm01.password_file: file not found or not readable: /nonexistent/pw"),
+    (lambda r: r["devices"]["ipmi-kvm01"].update(colour="red"),
+     "fencing.devices.ipmi-kvm01.colour: unknown option for plugin 'ipmi'"),
+    (lambda r: r["hosts"]["kvm01"]["levels"][1].__setitem__(0, {"device": "pdu-a", "outlet": 3, "address": "x"}),
+     "fencing.hosts.kvm01.levels[1].pdu-a.address: cannot be set per host; set it in [fencing.devices.pdu-a]"),
+    (lambda r: r["hosts"]["kvm01"]["levels"].append(["pdu-c"]),
+     "fencing.hosts.kvm01.levels[2].pdu-c: no such device (define [fencing.devices.pdu-c])"),
+    (lambda r: r["hosts"]["kvm01"].update(levels=[]),
+     "fencing.hosts.kvm01.levels: is required: a list of levels, each a list of devices"),
+    (lambda r: r.update(retries=-1), "fencing.retries: must be at least 0 (got -1)"),
+])
+def test_each_problem_is_one_clear_line(pw, mutate, expected):
+    raw = good(pw)
+    mutate(raw)
+    _, problems = parse(raw)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_soft_fencing_must_be_followed_or_trusted(pw):
+    raw = good(pw)
+    raw["devices"]["ssh"] = {"plugin": "ssh", "key_file": pw, "known_hosts": pw}
+    raw["hosts"]["kvm01"]["levels"] = [["ssh"]]
+    _, problems = parse(raw)
+    assert problems and problems[0].startswith("fencing.hosts.kvm01.levels[0]: ssh cannot confirm power-off")
+    raw["hosts"]["kvm01"]["levels"] = [["ssh"], ["ipmi-kvm01"]]
+    assert parse(raw)[1] == []
+    raw["hosts"]["kvm01"]["levels"] = [["ssh"]]
+    raw["devices"]["ssh"]["trusted"] = True
+    assert parse(raw)[1] == []
+
+
+def test_whole_config_reports_fencing_problems(pw):
+    data = {"cluster": "c1", "host": "kvm01", "etcd": {"endpoints": ["http://127.0.0.1:2379"]},
+            "fencing": {"devices": {"x": {"plugin": "nope"}}}}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert any(p.startswith("fencing.devices.x.plugin: unknown plugin 'nope'") for p in err.value.problems)

@@ -1,0 +1,98 @@
+"""Runner semantics with in-test plugins: status first, retries only on transient errors, hard deadlines."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from fencing.config import parse_fencing_section
+from fencing.plugin import FencePlugin, Option, PowerState
+from fencing.runner import FenceRunner, Outcome
+from haagent.errors import FenceAuthError, FenceUnreachable
+
+CALLS: list[str] = []
+
+
+class Scripted(FencePlugin):
+    """Plays a script of answers per call kind: PowerState, an exception, or 'hang'."""
+
+    name = "scripted"
+    options = (Option("script", "string", default="ok"),)
+    scripts: dict[str, list] = {}
+    confirms_power = True
+
+    def _next(self, kind: str):
+        CALLS.append(f"{self.device}:{kind}")
+        queue = self.scripts[self.opts["script"]][kind]
+        item = queue.pop(0) if len(queue) > 1 else queue[0]
+        if item == "hang":
+            threading.Event().wait(30)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def status(self, timeout):
+        return self._next("status")
+
+    def set_power(self, on, timeout):
+        self._next("off")
+
+
+class Soft(Scripted):
+    name = "soft"
+    confirms_power = False
+
+
+def runner(devices, levels):
+    problems: list[str] = []
+    plugins = {"scripted": Scripted, "soft": Soft}
+    cfg = parse_fencing_section({"poll_interval": 0.05, "devices": devices, "hosts": {"h1": {"levels": levels}}},
+                                "fencing", problems, plugins=plugins)
+    assert problems == []
+    CALLS.clear()
+    return FenceRunner(cfg, plugins=plugins)
+
+
+def dev(script, **kw):
+    return {"plugin": "scripted", "script": script, "power_timeout": 2, "call_timeout": 0.5, "retries": 2, **kw}
+
+
+def test_status_first_act_then_poll():
+    Scripted.scripts["a"] = {"status": [PowerState.ON, PowerState.ON, PowerState.ON, PowerState.OFF], "off": [None]}
+    result = runner({"d": dev("a")}, [["d"]]).fence_host("h1")
+    assert result.confirmed_off
+    assert CALLS == ["d:status", "d:off", "d:status", "d:status", "d:status"]
+
+
+def test_transient_errors_retried_permanent_not():
+    Scripted.scripts["t"] = {"status": [FenceUnreachable("blip"), PowerState.OFF], "off": [None]}
+    assert runner({"d": dev("t")}, [["d"]]).fence_host("h1").confirmed_off
+    assert CALLS == ["d:status", "d:status"]
+    Scripted.scripts["p"] = {"status": [FenceAuthError("bad password")], "off": [None]}
+    result = runner({"d": dev("p")}, [["d"]]).fence_host("h1")
+    assert result.outcome is Outcome.FAILED and CALLS == ["d:status"]
+
+
+def test_a_hanging_call_is_cut_at_its_deadline():
+    Scripted.scripts["h"] = {"status": ["hang"], "off": [None]}
+    t0 = time.monotonic()
+    result = runner({"d": dev("h", retries=0)}, [["d"]]).fence_host("h1")
+    assert time.monotonic() - t0 < 1.5
+    d = result.levels[0].devices[0]
+    assert (d.outcome, d.error) == (Outcome.TIMED_OUT, "FenceTimeout")
+
+
+def test_retries_never_exceed_power_timeout():
+    Scripted.scripts["hh"] = {"status": ["hang"], "off": [None]}
+    t0 = time.monotonic()
+    runner({"d": dev("hh", retries=10, power_timeout=1.2)}, [["d"]]).fence_host("h1")
+    assert time.monotonic() - t0 < 1.2 + 0.5
+
+
+def test_untrusted_soft_level_hands_over_to_the_next_level():
+    Scripted.scripts["s"] = {"status": [PowerState.ON], "off": [None]}
+    Scripted.scripts["after"] = {"status": [PowerState.OFF], "off": [None]}
+    result = runner({"soft": {**dev("s"), "plugin": "soft"}, "hard": dev("after")}, [["soft"], ["hard"]]).fence_host("h1")
+    assert result.confirmed_off and result.level == 2
+    assert result.levels[0].outcome is Outcome.UNCONFIRMED
+    assert result.levels[1].devices[0].already_off
