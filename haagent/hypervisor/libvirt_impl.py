@@ -516,12 +516,21 @@ class LibvirtHypervisor(Hypervisor):
 
     # -- migration ---------------------------------------------------------------------------
 
-    def _sides(self, uuid: str, dest: MigrationTarget, budget: float) -> tuple[
+    def _sides(self, dom: libvirt.virDomain, dest: MigrationTarget, budget: float) -> tuple[
             bool | None, bool | None, bool | None, bool | None]:
         """(active on source, active on dest, defined on source, defined on dest); None = could not ask."""
+        uuid = dom.UUIDString()
 
-        def probe(conn_factory: Callable[[], Any], close: bool) -> tuple[bool, bool]:
-            conn = conn_factory()
+        def state(d: libvirt.virDomain) -> tuple[bool, bool]:
+            try:
+                return bool(d.isActive()), bool(d.isPersistent())
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return False, False
+                raise
+
+        def probe_dest() -> tuple[bool, bool]:
+            conn = libvirt.open(dest.check_uri)
             try:
                 try:
                     d = conn.lookupByUUIDString(uuid)
@@ -529,22 +538,23 @@ class LibvirtHypervisor(Hypervisor):
                     if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                         return False, False
                     raise
-                return bool(d.isActive()), bool(d.isPersistent())
+                return state(d)
             finally:
-                if close:
-                    conn.close()
+                conn.close()
 
         results: dict[str, Any] = {}
 
         def src() -> None:
+            # The domain object we already hold: a fresh lookup can wait on the domain lock
+            # while a migration job is stuck connecting to its peer (measured: 1 s each).
             try:
-                results["src"] = probe(self._c, close=False)
+                results["src"] = state(dom)
             except (libvirt.libvirtError, HaagentError) as e:
                 log.warning("cannot ask the source where the VM runs", error=str(e))
 
         def dst() -> None:
             try:
-                results["dst"] = probe(lambda: libvirt.open(dest.check_uri), close=True)
+                results["dst"] = probe_dest()
             except libvirt.libvirtError as e:
                 log.warning("cannot ask the destination where the VM runs", error=str(e))
 
@@ -624,6 +634,8 @@ class LibvirtHypervisor(Hypervisor):
                 if st.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
                     continue
                 p = self._progress(st, self._clock() - t0)
+                if p.data_total == 0:
+                    continue  # still setting up (connecting to the peer): nothing to report yet
                 last[:] = [p]
                 want_postcopy = control.postcopy_requested or (
                     options.postcopy_after_precopy and p.memory_iteration >= 2)
@@ -672,13 +684,13 @@ class LibvirtHypervisor(Hypervisor):
         abandoned = not done.is_set()
 
         on_src, on_dst, def_src, def_dst = self._sides(
-            uuid, dest, max(t0 + deadline - self._clock(), 0.05) if not outcome.get("ok")
+            dom, dest, max(t0 + deadline - self._clock(), 0.05) if not outcome.get("ok")
             else self._check_timeout)
         # Right after a failed migration the destination may still hold the paused incoming
         # domain for a moment while libvirt tears it down: ask again before saying "both".
         while on_src and on_dst and not outcome.get("ok") and self._clock() < t0 + deadline - 0.1:
             time.sleep(0.1)
-            on_src, on_dst, def_src, def_dst = self._sides(uuid, dest, max(t0 + deadline - self._clock() - 0.05, 0.05))
+            on_src, on_dst, def_src, def_dst = self._sides(dom, dest, max(t0 + deadline - self._clock() - 0.05, 0.05))
 
         err: HaagentError | None = None
         if outcome.get("ok"):
