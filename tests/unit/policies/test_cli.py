@@ -1,0 +1,66 @@
+"""``haagent plan`` as an operator runs it: a real process, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+CLUSTER = {
+    "hosts": [{"name": "h1", "cpus": 8, "memory_mib": 16384, "cpu_family": "zen3"},
+              {"name": "h2", "cpus": 8, "memory_mib": 16384, "cpu_family": "zen3"},
+              {"name": "h3", "cpus": 8, "memory_mib": 16384, "state": "fenced"}],
+    "vms": [{"name": "a", "vcpus": 2, "memory_mib": 4096, "host": "h1"},
+            {"name": "b", "vcpus": 2, "memory_mib": 4096, "host": "h1"},
+            {"name": "c", "vcpus": 2, "memory_mib": 4096, "host": "h3"},
+            {"name": "huge", "vcpus": 2, "memory_mib": 20000, "host": "h3"}],
+}
+
+
+def run(*args, cluster=CLUSTER, tmp_path):
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps(cluster) if not isinstance(cluster, str) else cluster)
+    return subprocess.run([sys.executable, "-m", "haagent.cli", "plan", *args, "--cluster", str(path)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_rebalance_json_shape(tmp_path):
+    p = run("rebalance", "--json", tmp_path=tmp_path)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert set(out) == {"moves", "score_before", "score_after"}
+    assert out["moves"] == [{"vm": "a", "from": "h1", "to": "h2"}]
+    assert out["score_after"] < out["score_before"]
+
+
+def test_place_reports_unplaceable_and_exits_1(tmp_path):
+    p = run("place", "--json", tmp_path=tmp_path)
+    assert p.returncode == 1
+    out = json.loads(p.stdout)
+    assert [x["vm"] for x in out["placements"]] == ["c"]
+    assert out["unplaceable"][0]["vm"] == "huge" and out["unplaceable"][0]["reasons"]
+
+
+@pytest.mark.parametrize("command", [["evacuate", "h1"], ["capacity"], ["explain", "a"],
+                                     ["place"], ["rebalance"]])
+def test_every_command_renders_tables(tmp_path, command):
+    p = run(*command, tmp_path=tmp_path)
+    assert p.returncode in (0, 1), p.stderr
+    assert p.stdout.strip() and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("cluster,needle", [
+    ({"hosts": [{"name": "h1", "cpus": 8}]}, "memory_mib: is required"),
+    ({"hosts": [{"name": "h1", "cpus": -8, "memory_mib": 1}]}, "cpus: must be at least 1"),
+    ({**CLUSTER, "vms": [{"name": "x", "vcpus": 1, "memory_mib": 1,
+                          "host_affinity": {"hosts": ["h9"]}}]}, "unknown host 'h9'"),
+    ({**CLUSTER, "vms": CLUSTER["vms"] + [CLUSTER["vms"][0]]}, "duplicate VM name: a"),
+    ("{oops", "not valid JSON"),
+])
+def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, cluster, needle):
+    p = run("place", cluster=cluster, tmp_path=tmp_path)
+    assert p.returncode == 2
+    assert needle in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
