@@ -98,7 +98,10 @@ def status(prefix: str, as_json: bool) -> None:
         t.add_row(h["name"], h["address"], yes(h["power"] == "on"), h["network"],
                   yes(h["libvirtd"]["running"]), etcd, agent_s, bmc_s,
                   "?" if vms is None else (", ".join(vms) or "-"))
-    Console().print(t)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # piped or logged: do not squeeze the table to 80 columns
+    console.print(t)
     twice = {vm: where for vm, where in st["vms"].items() if len(where) > 1}
     nowhere = sorted(vm for vm, where in st["vms"].items() if not where)
     if twice:
