@@ -344,6 +344,8 @@ class FakeHypervisor(Hypervisor):
         control = control or MigrationControl()
         if v.state not in (VmState.RUNNING, VmState.PAUSED) and not options.offline:
             raise OperationInvalid(f"migrate {vm}: domain is not running")
+        if self.cluster.hosts.get(dest.uri) is self or self.cluster.hosts.get(dest.check_uri) is self:
+            raise InvalidDomain(f"migrate {vm}: Attempt to migrate guest to the same host")
         reserve = min(3.0, 0.3 * deadline)  # the same budget split as the libvirt adapter
         abort_at = deadline - reserve
         target = self.cluster.hosts.get(dest.uri)
@@ -368,9 +370,6 @@ class FakeHypervisor(Hypervisor):
             wait(abort_at)
             kind, err = MigrationOutcome.ABORTED_DEADLINE, MigrationAborted(
                 f"migration of {vm} aborted: deadline of {deadline:.1f}s passed (peer unreachable)")
-        elif target is self or (dest.uri == self.uri):
-            kind, err = MigrationOutcome.FAILED, InvalidDomain(
-                f"migrate {vm}: Attempt to migrate guest to the same host")
         elif not v.spec.disks or all(d.shared for d in v.spec.disks if d.source) or \
                 options.unsafe or options.copy_storage_all or options.copy_storage_inc:
             existing = target._vms.get(v.uuid)
