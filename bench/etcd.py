@@ -25,7 +25,7 @@ STEADY_SECONDS = 30
 def _config(path: Path, host: str, endpoint: str) -> Path:
     path.write_text(f'cluster = "bench"\nhost = "{host}"\n[etcd]\nendpoints = ["{endpoint}"]\ntimeout = 0.5\n'
                     f'[timing]\nheartbeat_interval = {HEARTBEAT}\nlease_ttl = {TTL}\n'
-                    f'[metrics]\nlisten = ""\n[log]\nformat = "json"\nlevel = "warning"\n')
+                    f'[metrics]\nlisten = ""\n[libvirt]\nenabled = false\n[log]\nformat = "json"\nlevel = "warning"\n')
     return path
 
 

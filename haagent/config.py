@@ -192,12 +192,37 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class AgentSection:
+    """[agent]: VM-level HA and self-fencing on this host."""
+
+    max_restart: int = 3
+    restart_window: float = 600.0
+    watchdog: bool = False
+    self_fence_timeout: float = 5.0
+    watchdog_device: str | None = None
+
+
+@dataclass(frozen=True)
+class ManagerSection:
+    """[manager]: the leader's failover guards."""
+
+    storm_threshold: float = 0.5
+    storm_window: float = 30.0
+    fence_retry_interval: float = 10.0
+    watchdog_margin: float = 2.0
+    auto_return_after: float | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     cluster: str
     host: str
     etcd: EtcdConfig
     timing: TimingConfig = field(default_factory=TimingConfig)
     libvirt_uri: str = "qemu:///system"
+    libvirt_enabled: bool = True
+    agent: AgentSection = field(default_factory=AgentSection)
+    manager: ManagerSection = field(default_factory=ManagerSection)
     metrics_listen: str | None = "127.0.0.1:9464"
     log: LogConfig = field(default_factory=LogConfig)
     # Filled by the fencing and policies packages' own parsers.
@@ -236,7 +261,7 @@ def _section_parsers() -> dict[str, SectionParser]:
     return parsers
 
 
-_RAW_SECTIONS = ("agent", "manager")
+_RAW_SECTIONS: tuple[str, ...] = ()
 
 
 def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
@@ -289,7 +314,31 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
     libvirt_uri = lv.string("uri", "qemu:///system")
     if libvirt_uri is not None and "://" not in libvirt_uri:
         lv.problem("uri", f"must be a libvirt URI like qemu:///system (got {libvirt_uri!r})")
+    libvirt_enabled = lv.boolean("enabled", True)
     lv.finish()
+
+    a = top.sub("agent")
+    agent = AgentSection(
+        max_restart=a.number("max_restart", AgentSection.max_restart, minimum=0, maximum=100, integer=True),
+        restart_window=a.number("restart_window", AgentSection.restart_window, positive=True, maximum=86400),
+        watchdog=a.boolean("watchdog", False),
+        self_fence_timeout=a.number("self_fence_timeout", AgentSection.self_fence_timeout, positive=True, maximum=600),
+        watchdog_device=a.string("watchdog_device", None),
+    )
+    if agent.watchdog_device is not None and not os.path.isabs(agent.watchdog_device):
+        a.problem("watchdog_device", f"must be an absolute path (got {agent.watchdog_device!r})")
+    a.finish()
+
+    mg = top.sub("manager")
+    auto_return = mg.number("auto_return_after", 0, minimum=0, maximum=30 * 86400)
+    manager = ManagerSection(
+        storm_threshold=mg.number("storm_threshold", ManagerSection.storm_threshold, positive=True, maximum=1),
+        storm_window=mg.number("storm_window", ManagerSection.storm_window, positive=True, maximum=3600),
+        fence_retry_interval=mg.number("fence_retry_interval", ManagerSection.fence_retry_interval, positive=True, maximum=3600),
+        watchdog_margin=mg.number("watchdog_margin", ManagerSection.watchdog_margin, minimum=0, maximum=600),
+        auto_return_after=auto_return or None,
+    )
+    mg.finish()
 
     m = top.sub("metrics")
     metrics_listen = m.string("listen", "127.0.0.1:9464")
@@ -326,7 +375,8 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         cluster=cluster, host=host,
         etcd=EtcdConfig(tuple(endpoints), etcd_timeout, ca_cert, cert, key),
         timing=TimingConfig(heartbeat, int(ttl), fence_delay, grace, report_interval),
-        libvirt_uri=libvirt_uri, metrics_listen=metrics_listen or None, log=log_cfg,
+        libvirt_uri=libvirt_uri, libvirt_enabled=libvirt_enabled, agent=agent, manager=manager,
+        metrics_listen=metrics_listen or None, log=log_cfg,
         fencing=sections.get("fencing"), policy=sections.get("policy"),
         extra=extra, source=source,
     )

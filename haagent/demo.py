@@ -54,7 +54,7 @@ def main() -> int:
             cfg = work / f"{host}.toml"
             cfg.write_text(f'cluster = "demo"\nhost = "{host}"\n[etcd]\nendpoints = ["{endpoint}"]\n'
                            f'[timing]\nheartbeat_interval = 1.0\nlease_ttl = {TTL}\n'
-                           f'[metrics]\nlisten = ""\n[log]\nformat = "json"\n')
+                           f"[metrics]\nlisten = \"\"\n[libvirt]\nenabled = false\n[log]\nformat = \"json\"\n")
             configs[host] = cfg
         say(f"starting three agents ({', '.join(HOSTS)}), lease TTL {TTL}s")
         for host in HOSTS:

@@ -23,3 +23,12 @@ def serve(listen: str | None) -> None:
         return
     host, _, port = listen.rpartition(":")
     start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=REGISTRY)
+
+# -- failover ----------------------------------------------------------------------------------
+ALERT = Gauge("haagent_alert", "1 while a condition needs a human (see runbooks/)", ["name", "host", "vm"], registry=REGISTRY)
+HOST_STATE = Gauge("haagent_host_state", "1 for the state each host is in (leader only)", ["host", "state"], registry=REGISTRY)
+FAILOVERS = Counter("haagent_failovers_total", "Host failovers, by how the host was confirmed fenced", ["how"], registry=REGISTRY)
+FAILOVER_PHASE_SECONDS = Histogram("haagent_failover_phase_seconds", "Seconds from detection to each failover phase",
+                                   ["phase"], registry=REGISTRY, buckets=(0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120, 300))
+FENCE_OPERATIONS = Counter("haagent_fence_operations_total", "Host fence operations run by the leader", ["result"], registry=REGISTRY)
+VM_ACTIONS = Counter("haagent_vm_actions_total", "VM starts and stops by the agent", ["action", "result"], registry=REGISTRY)

@@ -14,10 +14,26 @@ from haagent.log import configure
 @click.command("agent")
 @config_option
 def agent(config: Config) -> None:
-    """Run the agent: heartbeat, campaign for leadership, serve metrics, lead when elected."""
+    """Run the agent: heartbeat, campaign for leadership, run VMs, lead when elected."""
     from haagent.agent.daemon import AgentDaemon
 
     configure(config.log.format, config.log.level)
-    daemon = AgentDaemon(config)
+    hypervisor = None
+    if config.libvirt_enabled:
+        from haagent.hypervisor.libvirt_impl import LibvirtHypervisor
+
+        hypervisor = LibvirtHypervisor(config.libvirt_uri)
+    fencer = None
+    if config.fencing is not None:
+        from fencing.plugin import PluginContext
+        from fencing.runner import FenceRunner
+        from haagent.agent.acks import EtcdAckSource
+
+        acks = EtcdAckSource(config)
+        fencer = FenceRunner(config.fencing, context=PluginContext(ack_source=acks))
+    daemon = AgentDaemon(config, hypervisor=hypervisor, fencer=fencer)
     daemon.install_signals()
-    sys.exit(daemon.run())
+    code = daemon.run()
+    if hypervisor is not None:
+        hypervisor.close()
+    sys.exit(code)

@@ -21,7 +21,7 @@ from haagent.store.client import EtcdStore, Put
 from haagent.store.election import Election, Leadership
 from haagent.store.keys import Keys
 from haagent.store.lease import LeaseEvent, LeaseKeeper
-from haagent.store.watch import ResumingWatch, WatchEvent
+from haagent.store.watch import PrefixCache, ResumingWatch, WatchEvent
 
 log = get_logger("haagent.agent")
 
@@ -55,7 +55,8 @@ class AgentDaemon:
 
     def __init__(self, config: Config, *, store: EtcdStore | None = None,
                  leader_work: Callable[["AgentDaemon"], None] | None = None,
-                 facts: Callable[[], dict[str, Any]] = host_facts):
+                 facts: Callable[[], dict[str, Any]] = host_facts, hypervisor: Any = None,
+                 fencer: Any = None):
         self.config = config
         self.host = config.host
         self.keys = Keys(config.cluster)
@@ -65,6 +66,11 @@ class AgentDaemon:
         self.election = Election(self.store, self.keys, self.host, self.lease)
         self.leader_work = leader_work
         self.facts = facts
+        self.hypervisor = hypervisor
+        self.fencer = fencer
+        self.cache: PrefixCache | None = None
+        self.vms: Any = None
+        self.leader: Any = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._last_report: dict[str, Any] | None = None
@@ -111,7 +117,9 @@ class AgentDaemon:
         if self._stop.is_set():
             return self._shutdown()
         self._start_leader_watch()
-        log.info("agent_started", host=self.host, lease=self.lease.lease_id)
+        self._start_cache()
+        log.info("agent_started", host=self.host, lease=self.lease.lease_id,
+                 hypervisor=getattr(self.hypervisor, "uri", None))
         interval = self.config.timing.heartbeat_interval
         while not self._stop.is_set():
             self._wake.clear()
@@ -129,8 +137,50 @@ class AgentDaemon:
                 log.warning("leader_watch_failed", error=str(exc))
                 self._stop.wait(1)
 
+    def _start_cache(self) -> None:
+        """The watch-fed copy of the cluster's keys, and the shells that read it."""
+        from haagent.agent.core import AgentConfig
+        from haagent.manager.core import policy_placer
+        from haagent.manager.shell import LeaderLoop, manager_config
+
+        while not self._stop.is_set():
+            try:
+                self.cache = PrefixCache(self.store, self.keys.root, on_change=lambda _e: self._wake.set()).start()
+                break
+            except StoreError as exc:
+                log.warning("cache_start_failed", error=str(exc))
+                self._stop.wait(1)
+        if self.cache is None:
+            return
+        if self.hypervisor is not None:
+            from haagent.agent.vms import VmShell
+
+            a = self.config.agent
+            self.vms = VmShell(self.host, self.hypervisor, self.store, self.keys, self.lease, self.cache,
+                               AgentConfig(a.max_restart, a.restart_window, a.watchdog, a.self_fence_timeout),
+                               wake=self._wake.set, watchdog_device=a.watchdog_device)
+        if self.leader_work is None:
+            self.leader = LeaderLoop(self.keys, self.election, self.cache, manager_config(self.config),
+                                     self.fencer, policy_placer(self.config.policy))
+
+    def own_state(self) -> Any:
+        from haagent.model import HostState
+
+        kv = self.cache.get(self.keys.host_state(self.host)) if self.cache else None
+        if kv is None:
+            return None
+        try:
+            return HostState(json.loads(kv.value).get("state"))
+        except (ValueError, AttributeError):
+            return None
+
     def tick(self) -> None:
-        """One round: keep leadership honest, campaign if free, publish the report, lead."""
+        """One round: keep leadership honest, campaign if free, run VMs, report, lead."""
+        if self.vms is not None:
+            try:
+                self.vms.reconcile(self.own_state())
+            except Exception:  # libvirt down, a bad spec: log, keep heartbeating
+                log.exception("vm_reconcile_failed")
         try:
             if self.election.is_leader and not self.lease.alive:
                 # By our own clock the lease may have expired on the server while we were cut
@@ -142,6 +192,8 @@ class AgentDaemon:
             self.publish_report()
             if self.election.is_leader and self.leader_work is not None:
                 self.leader_work(self)
+            elif self.leader is not None:
+                self.leader.tick()
         except NotLeader as exc:
             log.warning("stepped_down", reason=str(exc))
         except StoreError as exc:
@@ -157,13 +209,15 @@ class AgentDaemon:
     def publish_report(self) -> None:
         """Write hosts/<h>/report only when something changed (etcd writes cost everyone)."""
         now = time.monotonic()
-        if self._last_report is not None and now - self._last_report_at < self.config.timing.report_interval:
+        running = sorted(self.vms.running) if self.vms is not None else []
+        unchanged_vms = self._last_report is not None and self._last_report.get("running_vms") == running
+        if unchanged_vms and now - self._last_report_at < self.config.timing.report_interval:
             return
         self._last_report_at = now
         facts = self.facts()
         load = round(os.getloadavg()[0], 1)
         report = {"host": self.host, "version": __version__, **facts, "load": load,
-                  "reported_at": round(time.time(), 3)}
+                  "running_vms": running, "reported_at": round(time.time(), 3)}
         tolerance = max(1.0, 0.25 * max(1, int(facts.get("cpus", 1))))
         if not report_changed(self._last_report, report, tolerance):
             return
@@ -174,6 +228,12 @@ class AgentDaemon:
         log.info("agent_stopping", host=self.host)
         if self._leader_watch:
             self._leader_watch.stop()
+        if self.cache is not None:
+            self.cache.stop()
+        if self.leader is not None:
+            self.leader.close()
+        if self.vms is not None:
+            self.vms.close()
         self.election.resign()
         self.lease.stop(revoke=True)
         self.store.close()

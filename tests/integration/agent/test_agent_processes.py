@@ -32,6 +32,8 @@ heartbeat_interval = 0.5
 lease_ttl = {TTL}
 [metrics]
 listen = ""
+[libvirt]
+enabled = false
 [log]
 format = "json"
 """.replace("'", '"'))

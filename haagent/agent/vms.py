@@ -1,0 +1,173 @@
+"""The agent's VM shell: managed-VM inventory, spec registration, events, and reconcile actions.
+
+The decisions are ``haagent.agent.core.step``; this module gathers its inputs from libvirt and
+the watch-fed cache and carries out what it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import Any, Callable
+
+from haagent import metrics
+from haagent.agent import core
+from haagent.agent.managed import HaMark, parse_mark, with_mark
+from haagent.errors import HypervisorError, InvalidDomain, VmNotFound
+from haagent.hypervisor.port import EventKind, Hypervisor, VmEvent
+from haagent.log import get_logger
+from haagent.manager.codec import build_view
+from haagent.manager.view import VmSpec
+from haagent.store.client import EtcdStore
+from haagent.store.keys import Keys
+from haagent.store.lease import LeaseKeeper
+from haagent.store.watch import PrefixCache
+
+log = get_logger("haagent.agent.vms")
+
+
+class VmShell:
+    def __init__(self, host: str, hv: Hypervisor, store: EtcdStore, keys: Keys, lease: LeaseKeeper,
+                 cache: PrefixCache, config: core.AgentConfig, *, wake: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.monotonic, watchdog_device: str | None = None):
+        self.host, self.hv, self.store, self.keys, self.lease, self.cache = host, hv, store, keys, lease, cache
+        self.config, self.wake, self.clock = config, wake, clock
+        self.watchdog_device = watchdog_device
+        self._lock = threading.Lock()
+        self.crashes: dict[str, list[float]] = {}
+        self.stopped_by_user: set[str] = set()
+        self.relocation_requested: set[str] = set()
+        self._our_stops: set[str] = set()
+        self._specs_written: dict[str, str] = {}
+        self.running: frozenset[str] = frozenset()
+        self.managed: dict[str, tuple[Any, HaMark]] = {}
+        self._sub = hv.subscribe(self.on_event)
+
+    def close(self) -> None:
+        self._sub.cancel()
+
+    # -- events -----------------------------------------------------------------------------
+
+    def on_event(self, ev: VmEvent) -> None:
+        if ev.uuid is None:
+            if ev.kind in (EventKind.RECONNECTED, EventKind.CONNECTION_LOST):
+                self.wake()
+            return
+        with self._lock:
+            if ev.kind is EventKind.CRASHED:
+                self.crashes.setdefault(ev.uuid, []).append(self.clock())
+                log.warning("vm_crashed", vm=ev.uuid, name=ev.name, reason=ev.reason)
+            elif ev.kind in (EventKind.STOPPED, EventKind.SHUTDOWN):
+                if ev.uuid in self._our_stops:
+                    self._our_stops.discard(ev.uuid)
+                elif ev.reason in ("shutdown", "destroyed") and ev.kind is EventKind.STOPPED:
+                    # stopped by someone else: an operator's virsh shutdown/destroy
+                    self.stopped_by_user.add(ev.uuid)
+                    log.info("vm_stopped_by_user", vm=ev.uuid, name=ev.name, reason=ev.reason)
+                elif ev.reason == "crashed" or ev.reason == "failed":
+                    self.crashes.setdefault(ev.uuid, []).append(self.clock())
+                    log.warning("vm_crashed", vm=ev.uuid, name=ev.name, reason=ev.reason)
+            elif ev.kind is EventKind.STARTED:
+                self.stopped_by_user.discard(ev.uuid)
+        self.wake()
+
+    # -- inventory --------------------------------------------------------------------------
+
+    def refresh_inventory(self) -> None:
+        managed = {}
+        for info in self.hv.list_vms():
+            try:
+                mark = parse_mark(info.xml or self.hv.vm_xml(info.uuid))
+            except (InvalidDomain, VmNotFound):
+                continue
+            if mark is not None:
+                managed[info.uuid] = (info, mark)
+        self.managed = managed
+        self.running = frozenset(u for u, (i, _) in managed.items() if i.active)
+
+    def register_specs(self, placements: dict[str, str]) -> None:
+        """Put vms/<uuid>/spec for managed VMs defined here that no other host owns."""
+        for uuid, (info, mark) in sorted(self.managed.items()):
+            owner = placements.get(uuid)
+            if owner not in (None, self.host):
+                continue
+            spec = VmSpec(uuid, info.name, info.vcpus, info.memory_mib, mark.priority, mark.policy,
+                          with_mark(self.hv.vm_xml(uuid, migratable=True), mark))
+            value = json.dumps({**spec.to_dict(), "registered_by": self.host}, sort_keys=True)
+            if self._specs_written.get(uuid) == value:
+                continue
+            current = self.cache.get(self.keys.vm_spec(uuid))
+            if current is None or current.value != value.encode():
+                self.store.put(self.keys.vm_spec(uuid), value)
+                log.info("vm_spec_registered", vm=uuid, name=info.name, priority=mark.priority, policy=mark.policy)
+            self._specs_written[uuid] = value
+
+    # -- reconcile --------------------------------------------------------------------------
+
+    def reconcile(self, host_state: Any) -> list[core.AgentAction]:
+        kvs, revision = self.cache.snapshot()
+        view = build_view(kvs, self.keys, 0)
+        self.refresh_inventory()
+        if self.lease.alive:
+            self.register_specs(dict(view.placements))
+        with self._lock:
+            inp = core.AgentInput(
+                host=self.host, host_state=host_state, lease_ok=self.lease.alive,
+                lease_grant_revision=self.lease.grant_revision, placement_revision=revision,
+                placements=dict(view.placements), specs=dict(view.specs), running=self.running,
+                reports={h: hv.running for h, hv in view.hosts.items() if h != self.host},
+                crashes={u: tuple(ts) for u, ts in self.crashes.items()},
+                stopped_by_user=frozenset(self.stopped_by_user),
+                relocation_requested=frozenset(self.relocation_requested))
+        actions = core.step(inp, self.clock(), self.config)
+        for a in actions:
+            self.execute(a, view.specs)
+        return actions
+
+    def execute(self, a: core.AgentAction, specs: dict[str, VmSpec]) -> None:
+        try:
+            if isinstance(a, core.StartVm):
+                self._start(a.vm, specs[a.vm], a.reason)
+            elif isinstance(a, core.StopVm):
+                with self._lock:
+                    self._our_stops.add(a.vm)
+                self.hv.destroy(a.vm)
+                metrics.VM_ACTIONS.labels(action="stop", result="ok").inc()
+                log.warning("vm_stopped", vm=a.vm, reason=a.reason)
+            elif isinstance(a, core.RequestRelocation):
+                self.store.put(self.keys.request(f"relocate-{a.vm}"),
+                               json.dumps({"kind": "relocate", "vm": a.vm, "host": self.host, "crashes": a.crashes}))
+                with self._lock:
+                    self.relocation_requested.add(a.vm)
+                log.warning("vm_relocation_requested", vm=a.vm, crashes=a.crashes)
+            elif isinstance(a, core.FeedWatchdog):
+                self._feed_watchdog()
+        except HypervisorError as exc:
+            metrics.VM_ACTIONS.labels(action=type(a).__name__, result="error").inc()
+            log.error("vm_action_failed", action=type(a).__name__, vm=getattr(a, "vm", ""), error=str(exc))
+
+    def _start(self, uuid: str, spec: VmSpec, reason: str) -> None:
+        try:
+            self.hv.vm_info(uuid)
+        except VmNotFound:
+            if not spec.xml:
+                raise InvalidDomain(f"no domain XML registered for {uuid}") from None
+            self.hv.define(spec.xml, autostart=False)
+        self.hv.set_autostart(uuid, False)
+        self.hv.start(uuid)
+        metrics.VM_ACTIONS.labels(action="start", result="ok").inc()
+        log.info("vm_started", vm=uuid, name=spec.name, reason=reason)
+
+    def _feed_watchdog(self) -> None:
+        if not self.watchdog_device:
+            return
+        try:
+            fd = os.open(self.watchdog_device, os.O_WRONLY | os.O_NONBLOCK)
+            try:
+                os.write(fd, b"1")
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("watchdog_feed_failed", device=self.watchdog_device, error=exc.strerror)

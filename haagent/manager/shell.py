@@ -1,0 +1,142 @@
+"""The leader's shell: view from the watch-fed cache, the pure step, guarded writes, fencing.
+
+One thread (the agent loop) runs ``tick``; fence calls run on a small pool and hand their results
+back through a queue, so the journal has a single writer and its step numbers never collide.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
+
+from haagent import metrics
+from haagent.errors import StoreError
+from haagent.log import get_logger
+from haagent.manager import core
+from haagent.manager.codec import action_ops, build_view, fence_result_step
+from haagent.manager.view import Alert, ClusterView, Event, FenceHost, JournalStep, SetHostState
+from haagent.model import HostState
+from haagent.store.election import Election
+from haagent.store.keys import Keys
+from haagent.store.watch import PrefixCache
+
+log = get_logger("haagent.manager")
+
+EVENTS_TTL = 3600
+
+
+class LeaderLoop:
+    """Runs the manager step while this agent leads."""
+
+    def __init__(self, keys: Keys, election: Election, cache: PrefixCache, config: core.ManagerConfig,
+                 fencer: Any, placer: core.Placer, *, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time):
+        self.keys, self.election, self.cache = keys, election, cache
+        self.config, self.fencer, self.placer = config, fencer, placer
+        self.clock, self.wall = clock, wall
+        self.status: core.ManagerStatus | None = None
+        self.epoch = 0
+        self._results: queue.Queue[JournalStep] = queue.Queue()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fence")
+        self._fencing: dict[str, Future] = {}
+        self._alerts: set[Alert] = set()
+        self._events_lease = 0
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def tick(self) -> None:
+        lead = self.election.leadership
+        if lead is None:
+            self.status = None
+            return
+        if self.status is None or self.epoch != lead.epoch:
+            self.status, self.epoch = core.new_status(self.clock()), lead.epoch
+            log.info("manager_started", epoch=lead.epoch, grace_s=self.config.new_leader_grace)
+        kvs, revision = self.cache.snapshot()
+        view = build_view(kvs, self.keys, lead.epoch)
+        # Fence results first, so this step sees them.
+        results = []
+        while True:
+            try:
+                results.append(self._results.get_nowait())
+            except queue.Empty:
+                break
+        if results:
+            revision = self._write(results, view)
+            self.cache.wait_for(revision, 2.0)
+            kvs, _ = self.cache.snapshot()
+            view = build_view(kvs, self.keys, lead.epoch)
+        self.status, actions = core.step(view, self.status, self.clock(), self.config, self.placer)
+        for line in core.actions_summary(a for a in actions if not isinstance(a, Alert)):
+            log.info("manager_action", action=line, epoch=lead.epoch)
+        if any(not isinstance(a, (Alert, FenceHost)) for a in actions):
+            revision = self._write(actions, view)
+            self.cache.wait_for(revision, 2.0)
+        for a in actions:
+            if isinstance(a, FenceHost):
+                self._fence(a)
+            elif isinstance(a, SetHostState):
+                for s in HostState:
+                    metrics.HOST_STATE.labels(host=a.host, state=s.value).set(1 if s is a.new else 0)
+        self._set_alerts({a for a in actions if isinstance(a, Alert)})
+
+    def _write(self, actions: list, view: ClusterView) -> int:
+        if any(isinstance(a, Event) for a in actions) and not self._events_lease:
+            try:
+                self._events_lease, _ = self.election.store.grant(EVENTS_TTL)
+            except StoreError:
+                self._events_lease = 0
+        ops = action_ops(actions, view, self.keys, self.wall(), self._events_lease or None)
+        if not ops:
+            return 0
+        try:
+            return self.election.guarded(ops).revision
+        except StoreError as exc:
+            if "lease" in str(exc):
+                self._events_lease = 0
+            raise
+
+    def _fence(self, action: FenceHost) -> None:
+        running = self._fencing.get(action.host)
+        if running is not None and not running.done():
+            return
+        log.warning("fencing_host", host=action.host, op=action.op)
+
+        def run() -> None:
+            started = self.clock()
+            try:
+                result = self.fencer.fence_host(action.host)
+                outcome, reason = result.outcome.value, result.reason
+                devices = {d.device: d.outcome.value for lvl in result.levels for d in lvl.devices}
+            except Exception as exc:  # a broken plugin must still produce a journaled failure
+                outcome, reason, devices = "failed", f"{type(exc).__name__}: {exc}", {}
+            took = self.clock() - started
+            metrics.FENCE_OPERATIONS.labels(result=outcome).inc()
+            log.warning("fence_result", host=action.host, op=action.op, result=outcome, reason=reason,
+                        duration_s=round(took, 3))
+            self._results.put(fence_result_step(action.op, action.host, outcome, reason, took, self.clock(), devices))
+
+        self._fencing[action.host] = self._pool.submit(run)
+
+    def _set_alerts(self, alerts: set[Alert]) -> None:
+        for a in alerts - self._alerts:
+            log.error("alert_raised", alert=a.name, host=a.host, vm=a.vm, message=a.message)
+            metrics.ALERT.labels(name=a.name, host=a.host, vm=a.vm).set(1)
+        for a in self._alerts - alerts:
+            log.info("alert_cleared", alert=a.name, host=a.host, vm=a.vm)
+            metrics.ALERT.labels(name=a.name, host=a.host, vm=a.vm).set(0)
+        self._alerts = alerts
+
+
+def manager_config(config: Any) -> core.ManagerConfig:
+    """ManagerConfig from the validated haagent Config."""
+    t, m, a = config.timing, config.manager, config.agent
+    return core.ManagerConfig(
+        fence_delay=t.fence_delay, new_leader_grace=t.new_leader_grace, lease_ttl=float(t.lease_ttl),
+        storm_threshold=m.storm_threshold, storm_window=m.storm_window,
+        fence_retry_interval=m.fence_retry_interval, watchdog=a.watchdog,
+        self_fence_timeout=a.self_fence_timeout, watchdog_margin=m.watchdog_margin,
+        auto_return_after=m.auto_return_after)
