@@ -35,7 +35,7 @@ def _status_table(rows, title: str) -> Table:
     return table
 
 
-@click.group(cls=LazyGroup, lazy={})
+@click.group(cls=LazyGroup, lazy={"ack": "haagent.manager.cli:fence_ack"})
 def fence() -> None:
     """Fence devices: status, manual fencing, path tests."""
 

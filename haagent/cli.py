@@ -72,6 +72,10 @@ def fail(message: str, code: int = 1) -> None:
     "fence": "fencing.cli:fence",
     "lab": "haagent.lab.cli:lab",
     "sim": "haagent.sim.cli:sim",
+    "vm": "haagent.manager.cli:vm",
+    "host": "haagent.manager.cli:host",
+    "events": "haagent.manager.cli:events",
+    "drill": "haagent.manager.drill:drill",
 })
 @click.version_option(package_name="haagent")
 def main() -> None:

@@ -319,6 +319,24 @@ class FakeHypervisor(Hypervisor):
             raise OperationInvalid(f"set autostart of {vm}: cannot set autostart for transient domain")
         v.autostart = enabled
 
+    def set_metadata(self, vm: str, namespace: str, prefix: str, element: str | None) -> None:
+        import xml.etree.ElementTree as ET
+
+        self._check_up()
+        v = self._find(vm)
+        ET.register_namespace(prefix, namespace)
+        root = ET.fromstring(v.xml)
+        meta = root.find("metadata")
+        if meta is None:
+            meta = ET.SubElement(root, "metadata")
+        for el in [e for e in meta if e.tag.startswith(f"{{{namespace}}}")]:
+            meta.remove(el)
+        if element is not None:
+            el = ET.fromstring(element)
+            el.tag = f"{{{namespace}}}{el.tag}"
+            meta.append(el)
+        v.xml = ET.tostring(root, encoding="unicode")
+
     # -- migration ---------------------------------------------------------------------------
 
     def _sides(self, uid: str, dest: MigrationTarget) -> tuple[bool | None, ...]:

@@ -514,6 +514,14 @@ class LibvirtHypervisor(Hypervisor):
         dom = self._lookup(vm)
         self._call(f"set autostart of {vm}", lambda: dom.setAutostart(1 if enabled else 0))
 
+    def set_metadata(self, vm: str, namespace: str, prefix: str, element: str | None) -> None:
+        dom = self._lookup(vm)
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if self._call(f"state of {vm}", dom.isActive):
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        self._call(f"set metadata of {vm}", lambda: dom.setMetadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT, element, prefix if element else None, namespace, flags))
+
     # -- migration ---------------------------------------------------------------------------
 
     def _sides(self, dom: libvirt.virDomain, dest: MigrationTarget, budget: float) -> tuple[

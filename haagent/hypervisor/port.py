@@ -381,6 +381,10 @@ class Hypervisor(ABC):
     def set_autostart(self, vm: str, enabled: bool) -> None:
         """Turn libvirt autostart on or off."""
 
+    @abstractmethod
+    def set_metadata(self, vm: str, namespace: str, prefix: str, element: str | None) -> None:
+        """Set (or with None remove) a custom ``<metadata>`` element, live and in the config."""
+
     # migration
     @abstractmethod
     def migrate(self, vm: str, dest: MigrationTarget, options: MigrationOptions,

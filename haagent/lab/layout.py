@@ -219,6 +219,7 @@ def domain_xml(name: str, vm_uuid: str, prefix: str, kvm: bool, disk: str | None
   <title>haagent lab {prefix} VM {name}</title>
   <metadata>
     <lab:vm xmlns:lab="https://haagent.dev/xmlns/lab/1" lab="{prefix}" ha="true"/>
+    <ha:vm xmlns:ha="https://haagent.dev/xmlns/ha/1" priority="0" policy="restart"/>
   </metadata>
   <memory unit='MiB'>{VM_MEMORY_MIB}</memory>
   <currentMemory unit='MiB'>{VM_MEMORY_MIB}</currentMemory>
