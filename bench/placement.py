@@ -8,7 +8,6 @@ skewed initial spread (a third of the VMs crowd onto a tenth of the hosts, withi
 from __future__ import annotations
 
 import gc
-import math
 import random
 import re
 import shutil

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from policies import numa
 from policies.filters import DEFAULT_FILTERS, Context, Filter
 from policies.state import ClusterState, HostState, Req
 from policies.weighers import DEFAULT_WEIGHERS, Weigher

@@ -25,7 +25,6 @@ import heapq
 import math
 from dataclasses import dataclass
 
-from policies import numa
 from policies.config import DEFAULT, PolicyConfig
 from policies.filters import MIGRATE, Context
 from policies.model import Cluster
