@@ -226,7 +226,7 @@ class FakeHypervisor(Hypervisor):
             self._account(v)
             busy += v.cpu_time_ns
             active = v.state in (VmState.RUNNING, VmState.PAUSED)
-            vms.append(RawVmCounters(uuid=v.uuid, name=v.name, active=active, vcpus=v.spec.vcpus,
+            vms.append(RawVmCounters(uuid=v.uuid, name=v.name, active=active,
                                      cpu_time_ns=int(v.cpu_time_ns),
                                      memory_used_kib=v.spec.memory_mib * 1024 if active else 0))
         info = self.host_info()

@@ -107,7 +107,6 @@ class RawVmCounters:
     uuid: str
     name: str
     active: bool
-    vcpus: int
     cpu_time_ns: int
     memory_used_kib: int  # resident set when known, else the balloon's current size
 

@@ -14,7 +14,7 @@ from haagent.hypervisor.stats import StatsSampler, compute_usage
 def reading(at, busy, total, vms):
     return RawStats(at=at, host_cpu_busy_ns=busy, host_cpu_total_ns=total, host_cpus=4,
                     host_memory_total_kib=8 * 2**20, host_memory_free_kib=2 * 2**20,
-                    vms=tuple(RawVmCounters(u, u, True, 1, int(t), 65536) for u, t in vms))
+                    vms=tuple(RawVmCounters(u, u, True, int(t), 65536) for u, t in vms))
 
 
 def test_first_sample_has_no_rates():
