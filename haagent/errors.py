@@ -57,6 +57,10 @@ class StoreConflict(StoreError, PermanentError):
     """A transaction's compare failed (the key changed under us)."""
 
 
+class StoreRequestInvalid(StoreError, PermanentError):
+    """etcd rejected the request itself (e.g. a transaction that writes one key twice)."""
+
+
 class NotLeader(StoreError, PermanentError):
     """A guarded leader write failed: our epoch is no longer the current one."""
 

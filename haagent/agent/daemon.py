@@ -161,7 +161,7 @@ class AgentDaemon:
                                wake=self._wake.set, watchdog_device=a.watchdog_device)
         if self.leader_work is None:
             self.leader = LeaderLoop(self.keys, self.election, self.cache, manager_config(self.config),
-                                     self.fencer, policy_placer(self.config.policy))
+                                     self.fencer, policy_placer(self.config.policy), wake=self._wake.set)
 
     def own_state(self) -> Any:
         from haagent.model import HostState

@@ -43,11 +43,12 @@ def lab() -> None:
 @prefix_option
 @click.option("--kvm", is_flag=True, help="use /dev/kvm (qemu64 CPU, svm off) instead of TCG")
 @click.option("--disk", is_flag=True, help="give each VM a qcow2 disk on the shared storage")
+@click.option("--no-ha", is_flag=True, help="leave the VMs without haagent's HA mark (unmanaged)")
 @click.option("--keep-on-failure", is_flag=True, help="leave a half-built lab for inspection")
-def up(hosts: int, vms: int, prefix: str, kvm: bool, disk: bool, keep_on_failure: bool) -> None:
+def up(hosts: int, vms: int, prefix: str, kvm: bool, disk: bool, no_ha: bool, keep_on_failure: bool) -> None:
     """Build the lab: hosts, etcd cluster, agents, BMCs, shared storage, VMs."""
     lab_ = _lab(prefix)
-    _guard(lambda: lab_.up(hosts, vms, kvm=kvm, disk=disk, keep_on_failure=keep_on_failure,
+    _guard(lambda: lab_.up(hosts, vms, kvm=kvm, disk=disk, keep_on_failure=keep_on_failure, ha=not no_ha,
                            progress=lambda msg: click.echo(msg, err=True)))
     click.echo(f"try: haagent lab status --prefix {prefix}; haagent lab virsh h1 list; "
                f"haagent lab crash h2; haagent lab down --prefix {prefix}")

@@ -198,7 +198,7 @@ class Lab:
     # == building and tearing down ===============================================================
 
     def up(self, hosts: int = 3, vms: int = 6, kvm: bool = False, disk: bool = False,
-           progress: Progress | None = None, keep_on_failure: bool = False) -> "Lab":
+           progress: Progress | None = None, keep_on_failure: bool = False, ha: bool = True) -> "Lab":
         """Build the whole lab; on failure tear down what was built (unless keep_on_failure)."""
         say = progress or _quiet
         self._preflight(hosts, vms, kvm)
@@ -208,7 +208,7 @@ class Lab:
             say(f"[{time.monotonic() - t0:5.1f}s] {msg}")
 
         try:
-            self._build(hosts, vms, kvm, disk, step)
+            self._build(hosts, vms, kvm, disk, step, ha)
         except BaseException:
             if not keep_on_failure:
                 step("failed: tearing the half-built lab down")
@@ -219,11 +219,11 @@ class Lab:
 
     @contextlib.contextmanager
     def running(self, hosts: int = 3, vms: int = 6, kvm: bool = False, disk: bool = False,
-                progress: Progress | None = None) -> Iterator["Lab"]:
+                progress: Progress | None = None, ha: bool = True) -> Iterator["Lab"]:
         """``with Lab(p).running(3, 6) as lab:`` - removes a leftover lab first, always tears down."""
         self.down()
         try:
-            yield self.up(hosts, vms, kvm=kvm, disk=disk, progress=progress)
+            yield self.up(hosts, vms, kvm=kvm, disk=disk, progress=progress, ha=ha)
         finally:
             self.down()
 
@@ -246,7 +246,7 @@ class Lab:
             raise LabError(f"{self.layout.dir}: too long for unix socket paths; set a shorter "
                            f"HAAGENT_LAB_ROOT")
 
-    def _build(self, n: int, m: int, kvm: bool, disk: bool, step: Progress) -> None:
+    def _build(self, n: int, m: int, kvm: bool, disk: bool, step: Progress, ha: bool) -> None:
         names = L.host_names(n)
         members = names[:min(n, 3)]
         vm_list = L.vm_names(m)
@@ -257,7 +257,7 @@ class Lab:
         # Written first, so `down` knows the lab even if this process dies half way.
         self._save_state({
             "prefix": self.prefix, "phase": "building", "hosts": names, "etcd_members": members,
-            "kvm": kvm, "disk": disk, "created": time.time(),
+            "kvm": kvm, "disk": disk, "ha": ha, "created": time.time(),
             "vms": {vm: {"home": homes[vm], "uuid": lay.vm_uuid(vm)} for vm in vm_list},
         })
         with self._locked():
@@ -283,7 +283,7 @@ class Lab:
             self.wait_bmcs()
             step(f"{n} BMCs answer IPMI on the management network")
         if m:
-            self._create_vms(vm_list, homes, kvm, disk)
+            self._create_vms(vm_list, homes, kvm, disk, ha)
             step(f"{m} VMs running: " + ", ".join(f"{h}={sum(1 for v in homes.values() if v == h)}"
                                                   for h in names))
         state = self.state
@@ -731,7 +731,7 @@ class Lab:
                         raise LabError(f"etcd member {h} not healthy after {timeout:g}s: {last}") from e
                     time.sleep(0.1)
 
-    def _create_vms(self, vm_list: list[str], homes: dict[str, str], kvm: bool, disk: bool) -> None:
+    def _create_vms(self, vm_list: list[str], homes: dict[str, str], kvm: bool, disk: bool, ha: bool) -> None:
         def on_host(h: str) -> None:
             conn = self._connect(h, 10)
             try:
@@ -740,7 +740,7 @@ class Lab:
                     if disk:
                         image = str(self.layout.shared_dir / f"{vm}.qcow2")
                         _run(["qemu-img", "create", "-q", "-f", "qcow2", image, L.DISK_SIZE])
-                    dom = conn.defineXML(L.domain_xml(vm, self.layout.vm_uuid(vm), self.prefix, kvm, image))
+                    dom = conn.defineXML(L.domain_xml(vm, self.layout.vm_uuid(vm), self.prefix, kvm, image, ha))
                     dom.setAutostart(0)  # a host that comes back must start nothing by itself
                     dom.create()
             finally:

@@ -185,8 +185,6 @@ unix_sock_ro_perms = "0777"
 unix_sock_rw_perms = "0770"
 host_uuid = "{host_uuid}"
 log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
-keepalive_interval = 1
-keepalive_count = 3
 """
 
 
@@ -205,8 +203,13 @@ migration_host = "{migration_host}"
 """
 
 
-def domain_xml(name: str, vm_uuid: str, prefix: str, kvm: bool, disk: str | None) -> str:
+# The agents' HA mark (haagent/agent/managed.py): VMs carrying it are managed by haagent.
+HA_MARK = '<ha:vm xmlns:ha="https://haagent.dev/xmlns/ha/1" priority="0" policy="restart"/>'
+
+
+def domain_xml(name: str, vm_uuid: str, prefix: str, kvm: bool, disk: str | None, ha: bool = True) -> str:
     """A 64 MiB VM with no OS: SeaBIOS finds nothing to boot and idles, which is all we need."""
+    ha_mark = f"\n    {HA_MARK}" if ha else ""
     # /dev/kvm here only works with qemu64 and svm off (LAB-NOTES); TCG needs no CPU element.
     cpu = ("<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model>"
            "<feature policy='disable' name='svm'/></cpu>") if kvm else ""
@@ -218,8 +221,7 @@ def domain_xml(name: str, vm_uuid: str, prefix: str, kvm: bool, disk: str | None
   <uuid>{vm_uuid}</uuid>
   <title>haagent lab {prefix} VM {name}</title>
   <metadata>
-    <lab:vm xmlns:lab="https://haagent.dev/xmlns/lab/1" lab="{prefix}" ha="true"/>
-    <ha:vm xmlns:ha="https://haagent.dev/xmlns/ha/1" priority="0" policy="restart"/>
+    <lab:vm xmlns:lab="https://haagent.dev/xmlns/lab/1" lab="{prefix}"/>{ha_mark}
   </metadata>
   <memory unit='MiB'>{VM_MEMORY_MIB}</memory>
   <currentMemory unit='MiB'>{VM_MEMORY_MIB}</currentMemory>

@@ -125,7 +125,10 @@ def action_ops(actions: Iterable[ManagerAction], view: ClusterView, keys: Keys, 
                  "at": round(wall_now, 3), "epoch": view.epoch}, sort_keys=True), events_lease))
         elif isinstance(a, (FenceHost, Alert)):
             continue
-    return ops
+    # etcd rejects a transaction that writes one key twice (e.g. fencing -> fenced -> recovering
+    # in one step): keep the last write of each key, in order.
+    last = {o.key: i for i, o in enumerate(ops)}
+    return [o for i, o in enumerate(ops) if last[o.key] == i]
 
 
 def fence_result_step(op: str, host: str, result: str, reason: str, duration: float, at: float,

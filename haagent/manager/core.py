@@ -28,6 +28,7 @@ TRANSITIONS: dict[tuple[S | None, S], str] = {
     (S.SUSPECT, S.ACTIVE): "its lease came back before fencing started",
     (S.SUSPECT, S.FENCING): "fence_delay passed with no lease and no storm",
     (S.FENCING, S.FENCED): "power confirmed off and lease gone, watchdog wait elapsed, or operator ack",
+    (S.FENCING, S.ACTIVE): "its lease came back and no fence confirmed power off: failover called off",
     (S.FENCED, S.RECOVERING): "its HA VMs are being placed elsewhere",
     (S.RECOVERING, S.FAILED): "every HA VM was placed (or reported unplaceable)",
     (S.FAILED, S.ACTIVE): "an operator returned it (or it stayed healthy for auto_return_after)",
@@ -237,6 +238,16 @@ def _fencing(st: _Step, hv: HostView, requests) -> None:
             _fenced(st, hv, op, "watchdog: lease expired and self_fence_timeout elapsed")
             return
     in_flight = hv.name in st.inflight and len(fences) <= st.inflight[hv.name]
+    if hv.alive and not in_flight:
+        # Its lease came back and no fence confirmed power off, so nothing of it was moved: call
+        # the failover off instead of fencing a host that cooperates again (a failing device
+        # would otherwise leave it in fencing for good, its crashed VMs never restarted).
+        st.journal(op.id, hv.name, "done", aborted="lease back; no fence confirmed power off")
+        st.inflight.pop(hv.name, None)
+        st.s_since.pop(hv.name, None)
+        st.change_state(hv.name, S.ACTIVE, "lease back; no fence confirmed power off")
+        st.actions.append(Event("failover_aborted", host=hv.name, op=op.id))
+        return
     if fences and not in_flight:
         last = fences[-1]
         st.alert("fence_failed", host=hv.name,
@@ -336,7 +347,10 @@ def _is_ha(st: _Step, uuid: str) -> bool:
 
 
 def _running_on(st: _Step, uuid: str) -> list[str]:
-    return sorted(h for h, hv in st.view.hosts.items() if uuid in hv.running)
+    # A confirmed-fenced host without a lease runs nothing: its last report was written before its
+    # power went and is stale (reports are not on the lease), so it is not a running copy.
+    return sorted(h for h, hv in st.view.hosts.items() if uuid in hv.running
+                  and (hv.alive or st.states.get(h) not in CONFIRMED_FENCED))
 
 
 def _vms(st: _Step) -> None:
@@ -414,14 +428,15 @@ def _relocate(st: _Step, req) -> None:
     current = st.placements.get(uuid)
     if st.storm() or st.in_grace:
         return  # keep the request: it is handled once the hold ends
-    st.actions.append(ConsumeRequest(req.id))
-    if spec is None or current is None:
-        return
-    if any(uuid in hv.running for hv in st.view.hosts.values()):
-        return  # it runs again somewhere: nothing to relocate
+    if spec is None or current is None or any(uuid in hv.running for hv in st.view.hosts.values()):
+        st.actions.append(ConsumeRequest(req.id))
+        return  # gone, or it runs again somewhere: nothing to relocate
     avoid = frozenset(h for h, s in st.states.items() if s not in TAKES_VMS) | {current}
     chosen, missed = st.placer([spec], _view_with(st), avoid)
     if uuid in chosen:
+        # Consumed only once placed: an unplaceable VM keeps its request, so the alert below stays
+        # raised and the relocation is retried every round until capacity appears.
+        st.actions.append(ConsumeRequest(req.id))
         st.actions.append(SetPlacement(uuid, chosen[uuid], "", f"relocated after repeated crashes on {current}"))
         st.placements[uuid] = chosen[uuid]
         st.actions.append(Event("vm_relocated", vm=uuid, host=chosen[uuid], detail={"from": current}))
@@ -473,7 +488,11 @@ def _describe(a: ManagerAction) -> str:
     if isinstance(a, ConsumeRequest):
         return f"consume request {a.id}"
     if isinstance(a, Alert):
-        return f"ALERT {a.name} host={a.host} vm={a.vm} {a.message}".rstrip()
+        return " ".join(x for x in (f"ALERT {a.name}", _who(a.host, a.vm), a.message) if x)
     if isinstance(a, Event):
-        return f"event {a.kind} host={a.host} vm={a.vm}".rstrip()
+        return " ".join(x for x in (f"event {a.kind}", _who(a.host, a.vm)) if x)
     return repr(a)
+
+
+def _who(host: str, vm: str) -> str:
+    return " ".join(f"{k}={v}" for k, v in (("host", host), ("vm", vm)) if v)

@@ -153,6 +153,7 @@ def run_drill(lab: Any, fault: str, timeout: float = 90.0, say: Any = print) -> 
         for v in victims:
             rows.append({"phase": "running", "t": round(first_seen[v], 3) if v in first_seen else None, "vm": v,
                          "observed_by": "libvirt"})
+        rows.sort(key=lambda r: (r["t"] is None, r["t"] if r["t"] is not None else 0.0))
         vm_rows = [{"name": v, "uuid": uuids[v], "running_on": where.get(v, []),
                     "moved_from": target if v in victims else None,
                     "recovered_after_s": round(first_seen[v], 3) if v in first_seen else None} for v in vms]

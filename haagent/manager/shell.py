@@ -32,10 +32,10 @@ class LeaderLoop:
 
     def __init__(self, keys: Keys, election: Election, cache: PrefixCache, config: core.ManagerConfig,
                  fencer: Any, placer: core.Placer, *, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time):
+                 wall: Callable[[], float] = time.time, wake: Callable[[], None] = lambda: None):
         self.keys, self.election, self.cache = keys, election, cache
         self.config, self.fencer, self.placer = config, fencer, placer
-        self.clock, self.wall = clock, wall
+        self.clock, self.wall, self.wake = clock, wall, wake
         self.status: core.ManagerStatus | None = None
         self.epoch = 0
         self._results: queue.Queue[JournalStep] = queue.Queue()
@@ -118,6 +118,7 @@ class LeaderLoop:
             log.warning("fence_result", host=action.host, op=action.op, result=outcome, reason=reason,
                         duration_s=round(took, 3))
             self._results.put(fence_result_step(action.op, action.host, outcome, reason, took, self.clock(), devices))
+            self.wake()  # journal the result now, not at the next heartbeat
 
         self._fencing[action.host] = self._pool.submit(run)
 

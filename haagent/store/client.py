@@ -20,7 +20,7 @@ from etcd3 import transactions as etcd_tx
 
 from haagent import metrics
 from haagent.config import EtcdConfig, EtcdEndpoint, parse_endpoint
-from haagent.errors import LeaseExpired, StoreError, StoreTimeout, StoreUnavailable
+from haagent.errors import LeaseExpired, StoreError, StoreRequestInvalid, StoreTimeout, StoreUnavailable
 from haagent.log import get_logger
 
 log = get_logger("haagent.store")
@@ -120,6 +120,8 @@ def translate(exc: BaseException, what: str) -> StoreError:
             return StoreUnavailable(f"etcd {what}: {details or code}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return StoreTimeout(f"etcd {what}: timed out")
+        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
+            return StoreRequestInvalid(f"etcd {what}: rejected: {details}")
         return StoreUnavailable(f"etcd {what}: {code.name if code else 'error'}: {details}")
     if isinstance(exc, etcd_exc.Etcd3Exception):
         return StoreUnavailable(f"etcd {what}: {type(exc).__name__}")
@@ -189,7 +191,7 @@ class EtcdStore:
                 raise
             except Exception as exc:  # translated below; anything untranslatable re-raises
                 err = translate(exc, what)
-                if isinstance(err, LeaseExpired):
+                if isinstance(err, (LeaseExpired, StoreRequestInvalid)):
                     raise err from exc
                 last = err
                 metrics.STORE_ERRORS.labels(kind=type(err).__name__).inc()

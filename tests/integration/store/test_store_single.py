@@ -201,3 +201,11 @@ def test_prefix_cache_follows_changes(etcd1):
     data, _ = cache.snapshot()
     assert {k: v.value for k, v in data.items()} == {"/c/b": b"2"}
     cache.stop()
+
+
+def test_txn_writing_one_key_twice_is_a_permanent_error(etcd1):
+    from haagent.errors import StoreRequestInvalid
+
+    store = store_for(etcd1)
+    with pytest.raises(StoreRequestInvalid):
+        store.txn([], [Put("/d/k", "1"), Put("/d/k", "2")])

@@ -1,0 +1,98 @@
+"""The safety invariants (DESIGN §4), checked on the simulated world after every tick.
+
+Safety, after every tick and at every committed leader write:
+1. never two running copies of a VM (counted on powered hosts, whatever etcd believes);
+2. placement moves off a host only when that VM does not run there, and off a host without a
+   lease only once the host is confirmed fenced (fenced, recovering or failed);
+3. no VM definition is lost: every spec and placement key the cluster started with still exists.
+
+Liveness, at quiescence (``check_recovered``): every HA VM runs exactly once, on the host its
+placement names, unless the leader reports it unplaceable (too little capacity) or a condition
+listed in ``excuses`` holds.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from haagent.manager.core import CONFIRMED_FENCED
+from haagent.manager.view import ClusterView, SetPlacement
+from haagent.sim.world import InvariantViolation, Simulation
+
+
+class Invariants:
+    """Install on a simulation with ``attach``; violations are logged and raised."""
+
+    def __init__(self, sim: Simulation):
+        self.sim = sim
+        self.vms = sorted(sim.specs)
+
+    def attach(self) -> "Invariants":
+        self.sim.checkers.append(lambda s: self.after_tick())
+        self.sim.on_commit.append(lambda s, view, actions: self.at_commit(view, actions))
+        return self
+
+    def fail(self, message: str) -> None:
+        self.sim.say("INVARIANT", message)
+        self.sim.violations.append(f"t={self.sim.now:g}: {message}")
+        raise InvariantViolation(f"t={self.sim.now:g}: {message}")
+
+    def after_tick(self) -> None:
+        sim = self.sim
+        seen: dict[str, str] = {}
+        for name, h in sim.hosts.items():
+            if not h.powered:
+                continue
+            for uuid in h.running:
+                if uuid in seen:
+                    where = sim.where(uuid)
+                    self.fail(f"vm={uuid} runs on {len(where)} hosts at once: {', '.join(where)}")
+                seen[uuid] = name
+        kvs = sim.store.kvs
+        for uuid in self.vms:
+            if sim.keys.vm_spec(uuid) not in kvs:
+                self.fail(f"vm={uuid} definition lost: {sim.keys.vm_spec(uuid)} is gone")
+            if sim.keys.vm_placement(uuid) not in kvs:
+                self.fail(f"vm={uuid} placement lost: {sim.keys.vm_placement(uuid)} is gone")
+
+    def at_commit(self, view: ClusterView, actions: Iterable[object]) -> None:
+        """Just after a leader's transaction committed: check every placement it moved."""
+        sim = self.sim
+        for a in actions:
+            if not isinstance(a, SetPlacement):
+                continue
+            old = view.placements.get(a.vm)
+            if old is None or old == a.host:
+                continue
+            src = sim.hosts.get(old)
+            if src is not None and src.powered and a.vm in src.running:
+                self.fail(f"vm={a.vm} placement moved {old} -> {a.host} while it still runs on {old}")
+            hv = view.hosts.get(old)
+            if hv is not None and not hv.alive and sim.stored_state(old) not in CONFIRMED_FENCED:
+                self.fail(f"vm={a.vm} placement moved off {old}, which has no lease and is "
+                          f"{sim.stored_state(old)}, not confirmed fenced")
+
+
+def check_recovered(sim: Simulation) -> list[str]:
+    """Liveness at quiescence: a list of problems (empty when every HA VM that can run, runs)."""
+    problems = []
+    lead = sim.leader()
+    alerts = lead[1].alerts if lead else frozenset()
+    unplaceable = {a.vm for a in alerts if a.name == "vm_unplaceable"}
+    if lead is None:
+        return ["no leader at quiescence"]
+    for uuid in sorted(sim.specs):
+        spec = sim.specs[uuid]
+        if spec.policy == "none":
+            continue
+        if any(uuid in h.stopped_by_user for h in sim.hosts.values()):
+            continue
+        where = sim.where(uuid)
+        placed = sim.stored_placement(uuid)
+        if where == [placed]:
+            continue
+        if uuid in unplaceable:
+            continue
+        problems.append(f"vm={uuid} runs on [{', '.join(where)}], placed on {placed} "
+                        f"(host state {sim.stored_state(placed) if placed else None})")
+    return problems

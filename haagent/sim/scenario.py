@@ -1,0 +1,264 @@
+"""Scenarios: a starting cluster plus timed fault rounds, run on the simulator into a story log.
+
+A scenario directory holds ``README`` (one line), ``cluster.json``, ``cmdlist`` and the golden
+``log.expect``. The command language (one per line, ``#`` starts a comment)::
+
+    at 5 power h2 off          power h2 on
+    at 5 network h3 off        network h3 on        (a partition: cut off from etcd and peers)
+    at 9 agent h1 crash        agent h1 start       (the agent process only; its VMs keep running)
+    bmc h2 fail                pdu h2 never-off     device h2 pdu-b lies
+                               (device modes: ok, fail, hang, never-off, lies)
+    at 20 quorum lost          quorum back
+    at 7 vm web-1 crash        vm web-1 shutdown    (a crash, or a shutdown by a user)
+    at 20 ack h2               at 30 return h2      (haagent fence ack / haagent host return)
+    end 40                     (run until t=40; default 60)
+
+A line without ``at`` happens at t=0, before the first tick. docs/simulator.md has the details.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from haagent.agent.core import AgentConfig
+from haagent.manager.core import ManagerConfig
+from haagent.manager.view import VmSpec
+from haagent.sim.invariants import Invariants, check_recovered
+from haagent.sim.world import Device, InvariantViolation, SimConfig, SimHost, Simulation
+
+DEFAULT_END = 60.0
+CORPUS = Path(__file__).resolve().parents[2] / "tests" / "scenarios" / "failover"
+
+
+class ScenarioError(ValueError):
+    """A scenario file is malformed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Command:
+    at: float
+    words: tuple[str, ...]
+    line: int
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words)
+
+
+def parse_cmdlist(text: str, source: str = "cmdlist") -> tuple[list[Command], float]:
+    """Commands in time order (stable for equal times) and the end time."""
+    cmds: list[Command] = []
+    end = DEFAULT_END
+    for n, raw in enumerate(text.splitlines(), 1):
+        words = shlex.split(raw, comments=True)
+        if not words:
+            continue
+        at = 0.0
+        if words[0] == "at":
+            if len(words) < 3:
+                raise ScenarioError(f"{source}:{n}: 'at' needs a time and a command")
+            at = _number(words[1], source, n)
+            words = words[2:]
+        if words[0] == "end":
+            if len(words) == 2:
+                end = _number(words[1], source, n)
+            elif at:
+                end = at
+            else:
+                raise ScenarioError(f"{source}:{n}: 'end' needs a time")
+            continue
+        _validate(words, source, n)
+        cmds.append(Command(at, tuple(words), n))
+    cmds.sort(key=lambda c: c.at)
+    return cmds, end
+
+
+def _number(word: str, source: str, n: int) -> float:
+    try:
+        return float(word)
+    except ValueError:
+        raise ScenarioError(f"{source}:{n}: {word!r} is not a time in seconds") from None
+
+
+_SHAPES = {
+    "power": ("HOST", ("on", "off")), "network": ("HOST", ("on", "off")),
+    "agent": ("HOST", ("crash", "start")), "vm": ("VM", ("crash", "shutdown")),
+    "bmc": ("HOST", ("ok", "fail", "hang", "never-off", "lies")),
+    "pdu": ("HOST", ("ok", "fail", "hang", "never-off", "lies")),
+}
+
+
+def _validate(words: tuple[str, ...] | list[str], source: str, n: int) -> None:
+    verb = words[0]
+    if verb in _SHAPES:
+        what, options = _SHAPES[verb]
+        if len(words) != 3 or words[2] not in options:
+            raise ScenarioError(f"{source}:{n}: expected '{verb} {what} {'|'.join(options)}'")
+    elif verb == "device":
+        if len(words) != 4:
+            raise ScenarioError(f"{source}:{n}: expected 'device HOST DEVICE MODE'")
+    elif verb == "quorum":
+        if len(words) != 2 or words[1] not in ("lost", "back"):
+            raise ScenarioError(f"{source}:{n}: expected 'quorum lost|back'")
+    elif verb in ("ack", "return"):
+        if len(words) != 2:
+            raise ScenarioError(f"{source}:{n}: expected '{verb} HOST'")
+    else:
+        raise ScenarioError(f"{source}:{n}: unknown command {verb!r}")
+
+
+def _config(cls: type, raw: Mapping[str, Any] | None, source: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    raw = dict(raw or {})
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ScenarioError(f"{source}: unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    return cls(**raw)
+
+
+def build(cluster: Mapping[str, Any], source: str = "cluster.json") -> Simulation:
+    """A simulation from a cluster description (see docs/simulator.md)."""
+    hosts = []
+    for name, h in sorted(dict(cluster.get("hosts", {})).items()):
+        h = h or {}
+        levels = [[Device(d) for d in level] for level in h.get("fencing", [["ipmi"]])]
+        hosts.append(SimHost(name, int(h.get("cpus", 8)), int(h.get("memory_mib", 8192)), levels))
+    specs, placements = [], {}
+    names = {h.name for h in hosts}
+    for v in cluster.get("vms", []):
+        spec = VmSpec(v["name"], v["name"], int(v.get("vcpus", 1)), int(v.get("memory_mib", 1024)),
+                      int(v.get("priority", 0)), str(v.get("policy", "restart")), "",
+                      tuple(v.get("groups", ())))
+        specs.append(spec)
+        if v.get("host"):
+            if v["host"] not in names:
+                raise ScenarioError(f"{source}: vm {v['name']} on unknown host {v['host']}")
+            placements[spec.uuid] = v["host"]
+    migrations = {vm: (m[0], m[1]) for vm, m in dict(cluster.get("migrations", {})).items()}
+    return Simulation(hosts, specs, placements,
+                      manager=_config(ManagerConfig, cluster.get("manager"), source),
+                      agent=_config(AgentConfig, cluster.get("agent"), source),
+                      sim=_config(SimConfig, cluster.get("sim"), source), migrations=migrations)
+
+
+def apply(sim: Simulation, cmd: Command) -> None:
+    """Inject one fault or operator action, and log it."""
+    w = cmd.words
+    verb = w[0]
+    note = ""
+    try:
+        if verb == "power":
+            sim.power(w[1], w[2] == "on")
+        elif verb == "network":
+            sim.network(w[1], w[2] == "on")
+        elif verb == "agent":
+            (sim.agent_crash if w[2] == "crash" else sim.agent_start)(w[1])
+        elif verb == "bmc":
+            sim.set_device(w[1], "ipmi", w[2])
+        elif verb == "pdu":
+            sim.set_device(w[1], "pdu", w[2])
+        elif verb == "device":
+            sim.set_device(w[1], w[2], w[3])
+        elif verb == "quorum":
+            sim.set_quorum(w[1] == "back")
+        elif verb == "vm":
+            where = sim.vm_crash(w[1], by_user=w[2] == "shutdown")
+            note = f" (on {where})" if where else " (not running anywhere: no effect)"
+        elif verb in ("ack", "return"):
+            if w[1] not in sim.hosts:
+                raise KeyError(f"unknown host {w[1]}")
+            ok = sim.request("fence_ack" if verb == "ack" else "host_return", host=w[1])
+            note = "" if ok else " (rejected: no quorum)"
+    except KeyError as exc:
+        raise ScenarioError(f"line {cmd.line}: {cmd.text}: {exc.args[0]}") from None
+    sim.say("fault", cmd.text + note)
+
+
+@dataclass
+class Outcome:
+    log: list[str]
+    violations: list[str]
+    problems: list[str]  # liveness problems at the end (informational for scenarios)
+    sim: Simulation
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.log) + "\n"
+
+
+def run(cluster: Mapping[str, Any], cmds: list[Command], end: float, *, source: str = "scenario",
+        summary: bool = True, stop_when: Callable[[Simulation], bool] | None = None) -> Outcome:
+    """Run to ``end``; invariants are checked after every tick and at every leader commit."""
+    sim = build(cluster, source)
+    Invariants(sim).attach()
+    pending = list(cmds)
+    try:
+        while True:
+            while pending and pending[0].at <= sim.now + 1e-9:
+                apply(sim, pending.pop(0))  # faults due now happen before this tick's agents run
+            sim.tick_body()
+            if sim.now >= end - 1e-9 or (stop_when is not None and stop_when(sim)):
+                break
+            sim.advance_clock()
+    except InvariantViolation:
+        sim.say("stop", "run stopped: a safety invariant was violated")
+    problems = check_recovered(sim) if not sim.violations else []
+    if summary:
+        _summary(sim, problems)
+    return Outcome(sim.log, sim.violations, problems, sim)
+
+
+def _summary(sim: Simulation, problems: list[str]) -> None:
+    lead = sim.leader()
+    sim.say("end", f"leader {lead[0]} (epoch {lead[1].epoch})" if lead else "no leader")
+    for name, h in sim.hosts.items():
+        alive = sim.keys.host_alive(name) in sim.store.kvs
+        power = "on" if h.powered else "off"
+        agent = "" if not h.powered else (" agent down" if h.agent is None else "")
+        cut = " partitioned" if h.partitioned else ""
+        state = sim.stored_state(name)
+        sim.say("end", f"host {name} {state.value if state else 'none'} power {power}"
+                       f"{' lease' if alive else ' no-lease'}{agent}{cut}")
+    for uuid in sorted(sim.specs):
+        where = sim.where(uuid)
+        sim.say("end", f"vm {uuid} running on [{', '.join(where)}] placed on {sim.stored_placement(uuid)}")
+    if lead:
+        for al in sorted(lead[1].alerts, key=lambda a: (a.name, a.host, a.vm)):
+            sim.say("end", " ".join(x for x in (f"alert {al.name}", f"host={al.host}" * bool(al.host), f"vm={al.vm}" * bool(al.vm)) if x))
+    if problems:
+        for p in problems:
+            sim.say("end", f"not recovered: {p}")
+    else:
+        sim.say("end", "every HA VM that can run runs exactly once")
+
+
+# -- the corpus on disk ------------------------------------------------------------------------
+
+
+def locate(name: str, base: Path | None = None) -> Path:
+    """A scenario directory by name (in the corpus) or by path."""
+    p = Path(name)
+    if (p / "cluster.json").is_file():
+        return p
+    d = (base or CORPUS) / name
+    if (d / "cluster.json").is_file():
+        return d
+    raise ScenarioError(f"no scenario {name!r} (looked for {p}/cluster.json and {d}/cluster.json)")
+
+
+def corpus(base: Path | None = None) -> list[str]:
+    base = base or CORPUS
+    return sorted(d.name for d in base.iterdir() if (d / "cluster.json").is_file()) if base.is_dir() else []
+
+
+def run_dir(path: Path) -> Outcome:
+    try:
+        cluster = json.loads((path / "cluster.json").read_text())
+    except ValueError as exc:
+        raise ScenarioError(f"{path / 'cluster.json'}: {exc}") from None
+    cmds, end = parse_cmdlist((path / "cmdlist").read_text(), str(path / "cmdlist"))
+    return run(cluster, cmds, end, source=str(path))

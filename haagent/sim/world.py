@@ -1,0 +1,501 @@
+"""The simulated cluster: hosts, VMs, BMCs and PDUs, partitions, etcd quorum, on a virtual clock.
+
+The simulation runs the production decision code unchanged: ``haagent.manager.core.step`` and
+``haagent.agent.core.step``, with the production codec (``build_view``/``action_ops``) over a
+model etcd (``SimStore``). Only the shells are the simulator's own, and they follow the
+production shells' rules:
+
+* agent, every tick: refresh its lease (or grant a new one and put ``hosts/<h>/alive`` on it);
+  campaign (put-if-absent on ``leader``) when nobody leads; read the store; run the agent step;
+  apply StartVm/StopVm to the host; publish ``hosts/<h>/report`` (running_vms) when it changed;
+* leader, every tick: journal finished fences; read the store, build the view, run the manager
+  step; write ``action_ops`` in ONE transaction guarded by the epoch (no quorum, unreachable or a
+  stale epoch: nothing is written and the step's new status is dropped, so it is retried);
+  FenceHost actions start simulated fences that finish after the devices' durations.
+
+VMs are a set of uuids per host rather than ``FakeHypervisor`` instances: the simulator must be
+able to start one VM on two hosts at once (nothing here prevents a double start, so the
+invariant checker can catch one), and it runs thousands of schedules per test session.
+
+Deterministic: no wall clock, no threads; hosts are visited in sorted order; randomness only in
+the fault schedules, from a seeded RNG.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping
+
+from haagent.agent import core as agent_core
+from haagent.agent.core import AgentConfig, AgentInput, FeedWatchdog, RequestRelocation, StartVm, StopVm
+from haagent.manager import core as manager_core
+from haagent.manager.codec import action_ops, build_view, fence_result_step
+from haagent.manager.core import ManagerConfig, ManagerStatus, Placer
+from haagent.manager.view import (Alert, ClusterView, FenceHost, JournalStep, SetHostState, SetPlacement,
+                                  VmSpec)
+from haagent.model import HostState
+from haagent.sim.store import NoQuorum, SimStore
+from haagent.store.client import Compare, Put
+from haagent.store.keys import Keys
+
+DEVICE_MODES = ("ok", "fail", "hang", "never-off", "lies")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    tick: float = 0.5
+    device_time: float = 1.0  # off + status read confirming it
+    device_fail_time: float = 0.5  # a definite error comes back fast
+    device_timeout: float = 5.0  # a hung device or one whose power never drops
+    cluster: str = "sim"
+
+
+@dataclass
+class Device:
+    """One fence device of one host (a BMC, or one PDU outlet)."""
+
+    name: str
+    mode: str = "ok"  # ok | fail | hang | never-off | lies
+
+
+@dataclass
+class AgentProc:
+    """The agent process's memory; lost when it crashes or its host loses power."""
+
+    lease: int = 0
+    lease_ok_until: float = float("-inf")  # by the agent's own clock
+    grant_rev: int = 0
+    lease_ok: bool = False
+    epoch: int = 0  # >0 while it believes it leads
+    mstatus: ManagerStatus | None = None
+    alerts: frozenset[Alert] = frozenset()
+    last_report: tuple[str, ...] | None = None  # running_vms last published
+    relocation_requested: set[str] = field(default_factory=set)
+    fence_results: list[JournalStep] = field(default_factory=list)
+    store_error: str = ""
+
+
+@dataclass
+class SimHost:
+    name: str
+    cpus: int
+    memory_mib: int
+    levels: list[list[Device]]
+    powered: bool = True
+    partitioned: bool = False
+    agent: AgentProc | None = None
+    running: set[str] = field(default_factory=set)
+    # what libvirt remembers about shut-off domains: crash times, and shutdowns by a user
+    crashes: dict[str, list[float]] = field(default_factory=dict)
+    stopped_by_user: set[str] = field(default_factory=set)
+    watchdog_fed_at: float | None = None  # None: the watchdog device is not armed
+
+    def device(self, name: str) -> Device:
+        for level in self.levels:
+            for d in level:
+                if d.name == name:
+                    return d
+        raise KeyError(f"host {self.name} has no fence device {name!r}")
+
+
+@dataclass
+class PendingFence:
+    host: str
+    op: str
+    issuer: str
+    proc: AgentProc  # the leader process running it; the fence dies with it
+    started: float
+    done_at: float
+    result: str
+    reason: str
+    devices: dict[str, str]
+    cuts_power: bool
+
+
+class InvariantViolation(AssertionError):
+    """A safety invariant broke; the message says which, when and where."""
+
+
+class Simulation:
+    """A cluster and its faults, advanced tick by tick. ``log`` collects the story."""
+
+    def __init__(self, hosts: list[SimHost], specs: list[VmSpec], placements: Mapping[str, str], *,
+                 manager: ManagerConfig | None = None, agent: AgentConfig | None = None,
+                 sim: SimConfig | None = None, placer: Placer | None = None,
+                 migrations: Mapping[str, tuple[str, str]] | None = None):
+        self.cfg = sim or SimConfig()
+        self.mcfg = manager or ManagerConfig()
+        self.acfg = agent or AgentConfig()
+        self.placer = placer or manager_core.policy_placer()
+        self.keys = Keys(self.cfg.cluster)
+        self.store = SimStore()
+        self.hosts = {h.name: h for h in sorted(hosts, key=lambda h: h.name)}
+        self.specs = {s.uuid: s for s in specs}
+        self.now = 0.0
+        self.ticks = 0
+        self.log: list[str] = []
+        self.fences: list[PendingFence] = []
+        self.violations: list[str] = []
+        self._view_cache: tuple[int, ClusterView] | None = None
+        self._seq = 0
+        self.checkers: list[Callable[["Simulation"], None]] = []
+        self.on_commit: list[Callable[["Simulation", ClusterView, list], None]] = []
+        # The cluster as it stood before the run: specs, placements and states written, VMs up.
+        init = []
+        for s in sorted(specs, key=lambda s: s.uuid):
+            init.append(Put(self.keys.vm_spec(s.uuid), json.dumps(s.to_dict(), sort_keys=True)))
+        for uuid, host in sorted(placements.items()):
+            init.append(Put(self.keys.vm_placement(uuid), json.dumps({"host": host, "epoch": 0, "op": "",
+                                                                      "reason": "initial"})))
+            self.hosts[host].running.add(uuid)
+        for name in self.hosts:
+            init.append(Put(self.keys.host_state(name), json.dumps({"state": "active", "reason": "initial",
+                                                                     "epoch": 0, "since": 0.0})))
+        for uuid, (src, dst) in sorted((migrations or {}).items()):
+            init.append(Put(self.keys.vm_migration(uuid), json.dumps({"from": src, "to": dst, "epoch": 0})))
+        self.store.txn((), init)
+        for h in self.hosts.values():
+            h.agent = AgentProc()
+
+    # -- logging ----------------------------------------------------------------------------
+
+    def say(self, who: str, text: str) -> None:
+        self.log.append(f"{self.now:7.1f} {who:<9} {text}")
+
+    # -- the store as one host sees it --------------------------------------------------------
+
+    def reaches_store(self, h: SimHost) -> bool:
+        return h.powered and not h.partitioned and self.store.quorum
+
+    def _view(self) -> tuple[ClusterView, int]:
+        """The decoded store at its current revision (cached: most ticks write nothing)."""
+        rev = self.store.revision
+        if self._view_cache is None or self._view_cache[0] != rev:
+            kvs, _ = self.store.snapshot(self.keys.root)
+            self._view_cache = (rev, build_view(kvs, self.keys, 0))
+        return self._view_cache[1], rev
+
+    # -- faults (the scenario and random schedules call these) ------------------------------
+
+    def power(self, name: str, on: bool) -> None:
+        h = self.hosts[name]
+        if on == h.powered:
+            return
+        h.powered = on
+        if on:
+            h.agent = AgentProc()  # boots; managed VMs have autostart off, so nothing runs yet
+        else:
+            self._host_down(h)
+
+    def _host_down(self, h: SimHost) -> None:
+        h.running.clear()
+        h.agent = None
+        h.watchdog_fed_at = None
+
+    def network(self, name: str, up: bool) -> None:
+        self.hosts[name].partitioned = not up
+
+    def agent_crash(self, name: str) -> None:
+        h = self.hosts[name]
+        if h.powered:
+            h.agent = None  # QEMU processes live on; the watchdog (if armed) is no longer fed
+
+    def agent_start(self, name: str) -> None:
+        h = self.hosts[name]
+        if h.powered and h.agent is None:
+            h.agent = AgentProc()
+
+    def set_device(self, name: str, device: str, mode: str) -> None:
+        if mode not in DEVICE_MODES:
+            raise ValueError(f"unknown device mode {mode!r} (one of {', '.join(DEVICE_MODES)})")
+        h = self.hosts[name]
+        if device == "pdu":  # every PDU outlet of the host
+            devs = [d for level in h.levels for d in level if d.name.startswith("pdu")]
+            if not devs:
+                raise KeyError(f"host {name} has no PDU devices")
+            for d in devs:
+                d.mode = mode
+        else:
+            h.device(device).mode = mode
+
+    def set_quorum(self, ok: bool) -> None:
+        self.store.set_quorum(ok, self.now)
+
+    def vm_crash(self, uuid: str, by_user: bool = False) -> str | None:
+        """Kill a running VM (a crash, or a user's shutdown); the host it ran on, or None."""
+        for h in self.hosts.values():
+            if h.powered and uuid in h.running:
+                h.running.discard(uuid)
+                if by_user:
+                    h.stopped_by_user.add(uuid)
+                else:
+                    h.crashes.setdefault(uuid, []).append(self.now)
+                return h.name
+        return None
+
+    def request(self, kind: str, host: str = "", vm: str = "") -> bool:
+        """An operator request through the CLI (needs quorum, like any etcd write)."""
+        self._seq += 1
+        rid = f"{kind}-{host or vm}-{int(self.now * 1000)}-{self._seq}"
+        try:
+            self.store.put(self.keys.request(rid), json.dumps({"kind": kind, "host": host, "vm": vm}))
+        except NoQuorum:
+            return False
+        return True
+
+    # -- the clock --------------------------------------------------------------------------
+
+    def advance_clock(self) -> None:
+        self.ticks += 1
+        self.now = round(self.ticks * self.cfg.tick, 6)
+
+    def tick_body(self) -> None:
+        """One tick at ``now``: leases expire, fences finish, watchdogs fire, every agent runs."""
+        self.store.expire(self.now)
+        self._finish_fences()
+        self._watchdogs()
+        for h in self.hosts.values():
+            if h.powered and h.agent is not None:
+                self._agent_tick(h, h.agent)
+        for check in self.checkers:
+            check(self)
+
+    # -- fences -----------------------------------------------------------------------------
+
+    def _start_fence(self, issuer: SimHost, proc: AgentProc, action: FenceHost) -> None:
+        target = self.hosts.get(action.host)
+        devices: dict[str, str] = {}
+        took = 0.0
+        result, reason, cuts = "failed", "no fencing levels configured", False
+        failures = []
+        levels = target.levels if target else []
+        for n, level in enumerate(levels, 1):
+            level_ok, level_cuts = True, True
+            for d in level:
+                if d.mode in ("ok", "lies"):
+                    took += self.cfg.device_time
+                    devices[d.name] = "confirmed_off"
+                    level_cuts = level_cuts and d.mode == "ok"
+                    continue
+                level_ok = False
+                if d.mode == "fail":
+                    took += self.cfg.device_fail_time
+                    devices[d.name] = "failed"
+                    failures.append(("failed", f"level {n}: {d.name} failed (device error)"))
+                else:
+                    took += self.cfg.device_timeout
+                    devices[d.name] = "timed_out"
+                    what = "hung" if d.mode == "hang" else "power never dropped"
+                    failures.append(("timed_out", f"level {n}: {d.name} {what}"))
+                break  # the rest of the level is skipped
+            if level_ok:
+                result, reason, cuts = "confirmed_off", f"level {n}", level_cuts
+                break
+        if failures and result != "confirmed_off":
+            result = "timed_out" if all(kind == "timed_out" for kind, _ in failures) else "failed"
+            reason = "; ".join(r for _, r in failures)
+        self.fences.append(PendingFence(action.host, action.op, issuer.name, proc, self.now, self.now + took,
+                                        result, reason, devices, cuts))
+
+    def _finish_fences(self) -> None:
+        due = [f for f in self.fences if f.done_at <= self.now + 1e-9]
+        self.fences = [f for f in self.fences if f.done_at > self.now + 1e-9]
+        for f in due:
+            issuer = self.hosts[f.issuer]
+            if issuer.agent is not f.proc:
+                self.say("fence", f"{f.host} abandoned: its leader process on {f.issuer} is gone")
+                continue
+            target = self.hosts[f.host]
+            devs = " ".join(f"{k}:{v}" for k, v in sorted(f.devices.items()))
+            self.say("fence", f"{f.host} {f.result} ({f.reason}) devices={devs or '-'} "
+                              f"after {f.done_at - f.started:.1f}s")
+            if f.result == "confirmed_off" and f.cuts_power and target.powered:
+                target.powered = False
+                self._host_down(target)
+                self.say("host", f"{f.host} powered off by its fence device")
+            f.proc.fence_results.append(fence_result_step(f.op, f.host, f.result, f.reason, f.done_at - f.started,
+                                                          self.now, f.devices))
+
+    def _watchdogs(self) -> None:
+        if not self.acfg.watchdog:
+            return
+        for h in self.hosts.values():
+            if h.powered and h.watchdog_fed_at is not None and \
+                    self.now - h.watchdog_fed_at >= self.acfg.self_fence_timeout - 1e-9:
+                self.say("host", f"{h.name} watchdog fired: reset (its VMs die)")
+                self._host_down(h)
+                h.agent = AgentProc()  # the host reboots; its agent starts fresh
+
+    # -- the agent shell --------------------------------------------------------------------
+
+    def _agent_tick(self, h: SimHost, a: AgentProc) -> None:
+        ttl = self.mcfg.lease_ttl
+        reach = self.reaches_store(h)
+        who = f"agent {h.name}"
+        just_granted = False
+        if reach:
+            just_granted = False
+            if a.lease and self.store.refresh(a.lease, self.now):
+                a.lease_ok_until = self.now + ttl
+            else:
+                just_granted = True
+                a.lease = self.store.grant(ttl, self.now)
+                a.grant_rev = self.store.put(self.keys.host_alive(h.name), json.dumps({"host": h.name}), a.lease)
+                a.lease_ok_until = self.now + ttl
+                self.say(who, "lease granted")
+        lease_ok = self.now < a.lease_ok_until - 1e-9
+        if a.lease_ok and not lease_ok:
+            self.say(who, "lease lost (by its own clock)")
+        elif lease_ok and not a.lease_ok and self.ticks and a.grant_rev and a.lease_ok_until > self.now + ttl - 1e-9 \
+                and not just_granted:
+            self.say(who, "lease refreshed again (etcd kept it)")
+        a.lease_ok = lease_ok
+        if a.epoch and not lease_ok:
+            self._step_down(h, a, "its lease expired")
+        if reach and lease_ok and not a.epoch:
+            ok, rev = self.store.txn([Compare(self.keys.leader, "create", "==", 0)],
+                                     [Put(self.keys.leader, json.dumps({"host": h.name, "lease": a.lease}), a.lease)])
+            how = "leader now"
+            if not ok:
+                # As Election.try_acquire: the key may still be ours, on a lease etcd kept alive.
+                kv = self.store.get(self.keys.leader)
+                if kv is not None and kv.lease == a.lease:
+                    ok, rev, how = True, kv.create_revision, "leader again (the leader key is still ours)"
+            if ok:
+                a.epoch, a.mstatus, a.alerts, a.fence_results = rev, manager_core.new_status(self.now), frozenset(), []
+                self.say(f"mgr {h.name}", f"{how} (epoch {rev})")
+
+        # Reconcile local VMs to placement.
+        if reach:
+            view, rev = self._view()
+            hv = view.hosts.get(h.name)
+            inp = AgentInput(h.name, hv.state if hv else None, lease_ok, a.grant_rev, rev, view.placements,
+                             view.specs, frozenset(h.running),
+                             {n: o.running for n, o in view.hosts.items() if n != h.name},
+                             {u: tuple(t) for u, t in h.crashes.items()}, frozenset(h.stopped_by_user),
+                             frozenset(a.relocation_requested))
+            moved = {u for u in a.relocation_requested if view.placements.get(u) != h.name}
+            for u in sorted(moved):  # placed elsewhere now: this host's crash history is moot
+                a.relocation_requested.discard(u)
+                h.crashes.pop(u, None)
+        else:
+            # Cut off: act on nothing it cannot read; only the lease rule (self-fence) applies.
+            inp = AgentInput(h.name, None, lease_ok, a.grant_rev, 0, {}, {}, frozenset(h.running))
+        for act in agent_core.step(inp, self.now, self.acfg):
+            if isinstance(act, FeedWatchdog):
+                h.watchdog_fed_at = self.now
+            elif isinstance(act, StartVm):
+                h.running.add(act.vm)
+                h.stopped_by_user.discard(act.vm)
+                self.say(who, f"start vm={act.vm} ({act.reason})")
+            elif isinstance(act, StopVm):
+                h.running.discard(act.vm)
+                self.say(who, f"stop vm={act.vm} ({act.reason})")
+            elif isinstance(act, RequestRelocation):
+                if reach and self.request("relocate", vm=act.vm):
+                    a.relocation_requested.add(act.vm)
+                    self.say(who, f"request relocation vm={act.vm} ({act.crashes} crashes in the window)")
+        if reach:
+            running = tuple(sorted(h.running))
+            if running != a.last_report:
+                self.store.put(self.keys.host_report(h.name), json.dumps(
+                    {"host": h.name, "cpus": h.cpus, "memory_mib": h.memory_mib, "running_vms": list(running)},
+                    sort_keys=True))
+                a.last_report = running
+        else:
+            a.last_report = None  # re-publish once back: the world may have moved on
+        if a.epoch:
+            self._leader_tick(h, a, reach)
+
+    def _step_down(self, h: SimHost, a: AgentProc, why: str) -> None:
+        self.say(f"mgr {h.name}", f"leadership lost: {why}")
+        a.epoch, a.mstatus, a.fence_results = 0, None, []
+        if a.alerts:
+            a.alerts = frozenset()
+
+    # -- the leader shell -------------------------------------------------------------------
+
+    def _guarded(self, a: AgentProc, ops: list) -> bool:
+        ok, _ = self.store.txn([Compare(self.keys.leader, "create", "==", a.epoch)], ops)
+        return ok
+
+    def _leader_tick(self, h: SimHost, a: AgentProc, reach: bool) -> None:
+        who = f"mgr {h.name}"
+        if not reach:
+            err = "no quorum" if h.powered and not h.partitioned else "store unreachable"
+            if a.store_error != err:
+                self.say(who, f"cannot read the store ({err}): decides nothing")
+            a.store_error = err
+            return
+        a.store_error = ""
+        leader = self.store.get(self.keys.leader)
+        if leader is None or leader.create_revision != a.epoch:
+            self._step_down(h, a, "the leader key is no longer ours")
+            return
+        # Finished fences first: a step must see their outcome.
+        while a.fence_results:
+            res = a.fence_results[0]
+            view, _ = self._view()
+            if not self._guarded(a, action_ops([res], replace(view, epoch=a.epoch), self.keys, self.now)):
+                self._step_down(h, a, "guarded write rejected")
+                return
+            a.fence_results.pop(0)
+        view, _ = self._view()
+        view = replace(view, epoch=a.epoch)
+        assert a.mstatus is not None
+        status, actions = manager_core.step(view, a.mstatus, self.now, self.mcfg, self.placer)
+        ops = action_ops(actions, view, self.keys, self.now)
+        if ops and not self._guarded(a, ops):
+            self._step_down(h, a, "guarded write rejected")
+            return
+        a.mstatus = status
+        lines = manager_core.actions_summary([x for x in actions if not isinstance(x, Alert)])
+        for line in lines:
+            self.say(who, line)
+        alerts = frozenset(x for x in actions if isinstance(x, Alert))
+        for al in sorted(alerts - a.alerts, key=_alert_key):
+            self.say(who, manager_core.actions_summary([al])[0])
+        for al in sorted(a.alerts - alerts, key=_alert_key):
+            self.say(who, f"alert cleared {al.name} host={al.host} vm={al.vm}")
+        a.alerts = alerts
+        if ops:
+            for hook in self.on_commit:
+                hook(self, view, actions)
+        for x in actions:
+            if isinstance(x, FenceHost):
+                self._start_fence(h, a, x)
+
+    # -- questions the checkers and the final summary ask -----------------------------------
+
+    def leader(self) -> tuple[str, AgentProc] | None:
+        for name, h in self.hosts.items():
+            if h.powered and h.agent is not None and h.agent.epoch:
+                kv = self.store.kvs.get(self.keys.leader)
+                if kv is not None and kv.create_revision == h.agent.epoch:
+                    return name, h.agent
+        return None
+
+    def where(self, uuid: str) -> list[str]:
+        return sorted(n for n, h in self.hosts.items() if h.powered and uuid in h.running)
+
+    def stored_state(self, host: str) -> HostState | None:
+        kv = self.store.kvs.get(self.keys.host_state(host))
+        if kv is None:
+            return None
+        try:
+            return HostState(json.loads(kv.value).get("state"))
+        except ValueError:
+            return None
+
+    def stored_placement(self, uuid: str) -> str | None:
+        kv = self.store.kvs.get(self.keys.vm_placement(uuid))
+        return json.loads(kv.value).get("host") if kv is not None else None
+
+
+def _alert_key(a: Alert) -> tuple[str, str, str]:
+    return (a.name, a.host, a.vm)
+
+
+__all__ = ["AgentProc", "Device", "InvariantViolation", "PendingFence", "SetHostState", "SetPlacement",
+           "SimConfig", "SimHost", "Simulation", "DEVICE_MODES"]
