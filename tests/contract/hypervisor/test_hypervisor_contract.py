@@ -166,3 +166,17 @@ def test_daemon_restart_reconnects_and_events_flow_again(env, events_factory):
     ev.wait_for(EventKind.STARTED, vm.uuid, timeout=5)
     env.src.destroy(vm.uuid)
     ev.wait_for(EventKind.STOPPED, vm.uuid, timeout=5)
+
+
+def test_managed_migration_without_p2p_keeps_source_definition(env):
+    # Without p2p this process drives both sides (client_uri); without undefinesource the
+    # source keeps a shut-off definition, as `virsh migrate --live --persistent` would.
+    vm = env.src.define_and_start(env.vm_xml())
+    opts = MigrationOptions(p2p=False, undefinesource=False)
+    res = env.src.migrate(vm.uuid, env.target, opts, deadline=60)
+    assert res.ok, res.error
+    assert res.location is Location.DESTINATION
+    assert (res.defined_on_source, res.defined_on_destination) == (True, True)
+    left = env.src.vm_info(vm.uuid)
+    assert not left.active and left.persistent
+    assert env.dst.vm_info(vm.uuid).active
