@@ -43,6 +43,8 @@ class LeaderLoop:
         self._fencing: dict[str, Future] = {}
         self._alerts: set[Alert] = set()
         self._events_lease = 0
+        self._health: Future | None = None
+        self._health_due = 0.0
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -82,6 +84,23 @@ class LeaderLoop:
                 for s in HostState:
                     metrics.HOST_STATE.labels(host=a.host, state=s.value).set(1 if s is a.new else 0)
         self._set_alerts({a for a in actions if isinstance(a, Alert)})
+        self._check_fence_paths()
+
+    def _check_fence_paths(self) -> None:
+        """Every [fencing] check_interval, ask every fence device for its status (never acts)."""
+        interval = getattr(getattr(self.fencer, "config", None), "check_interval", 0)
+        if not interval or self.clock() < self._health_due or (self._health and not self._health.done()):
+            return
+        self._health_due = self.clock() + interval
+        from fencing.health import FenceHealthCheck
+
+        def run() -> None:
+            statuses = FenceHealthCheck(self.fencer).run_once()
+            broken = [f"{s.host}/{s.device}" for s in statuses if not s.ok]
+            if broken:
+                log.error("fence_paths_broken", paths=broken)
+
+        self._health = self._pool.submit(run)
 
     def _write(self, actions: list, view: ClusterView) -> int:
         if any(isinstance(a, Event) for a in actions) and not self._events_lease:
