@@ -80,6 +80,11 @@ def fail(message: str, code: int = 1) -> None:
 @click.version_option(package_name="haagent")
 def main() -> None:
     """haagent: HA orchestration and failover for KVM clusters."""
+    from haagent.log import configure
+
+    # Commands print their own output; library logs only when something is wrong. The agent
+    # reconfigures logging from its config file.
+    configure("auto", "warning", stream=sys.stderr)
 
 
 @main.command("check-config")
