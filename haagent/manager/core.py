@@ -428,7 +428,7 @@ def _relocate(st: _Step, req) -> None:
     current = st.placements.get(uuid)
     if st.storm() or st.in_grace:
         return  # keep the request: it is handled once the hold ends
-    if spec is None or current is None or any(uuid in hv.running for hv in st.view.hosts.values()):
+    if spec is None or current is None or _running_on(st, uuid):
         st.actions.append(ConsumeRequest(req.id))
         return  # gone, or it runs again somewhere: nothing to relocate
     avoid = frozenset(h for h, s in st.states.items() if s not in TAKES_VMS) | {current}

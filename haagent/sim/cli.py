@@ -10,6 +10,8 @@ import click
 @click.group(cls=LazyGroup, lazy={
     "bmc": "fencing.sim.cli:bmc",
     "pdu": "fencing.sim.cli:pdu",
+    "scenario": "haagent.sim.commands:scenario",
+    "random": "haagent.sim.commands:random_cmd",
 })
 def sim() -> None:
     """Simulators for trying fence configs and for tests."""

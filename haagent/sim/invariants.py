@@ -93,6 +93,7 @@ def check_recovered(sim: Simulation) -> list[str]:
             continue
         if uuid in unplaceable:
             continue
+        state = sim.stored_state(placed) if placed else None
         problems.append(f"vm={uuid} runs on [{', '.join(where)}], placed on {placed} "
-                        f"(host state {sim.stored_state(placed) if placed else None})")
+                        f"(host state {state.value if state else None})")
     return problems

@@ -335,7 +335,6 @@ class Simulation:
         who = f"agent {h.name}"
         just_granted = False
         if reach:
-            just_granted = False
             if a.lease and self.store.refresh(a.lease, self.now):
                 a.lease_ok_until = self.now + ttl
             else:
@@ -347,13 +346,13 @@ class Simulation:
         lease_ok = self.now < a.lease_ok_until - 1e-9
         if a.lease_ok and not lease_ok:
             self.say(who, "lease lost (by its own clock)")
-        elif lease_ok and not a.lease_ok and self.ticks and a.grant_rev and a.lease_ok_until > self.now + ttl - 1e-9 \
-                and not just_granted:
-            self.say(who, "lease refreshed again (etcd kept it)")
+        elif lease_ok and not a.lease_ok and not just_granted:
+            self.say(who, "lease refreshed again (etcd kept it through the outage)")
         a.lease_ok = lease_ok
         if a.epoch and not lease_ok:
             self._step_down(h, a, "its lease expired")
-        if reach and lease_ok and not a.epoch:
+        if reach and lease_ok and not a.epoch and (self.store.get(self.keys.leader) is None
+                                                   or self.store.get(self.keys.leader).lease == a.lease):
             ok, rev = self.store.txn([Compare(self.keys.leader, "create", "==", 0)],
                                      [Put(self.keys.leader, json.dumps({"host": h.name, "lease": a.lease}), a.lease)])
             how = "leader now"
