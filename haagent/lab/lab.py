@@ -219,13 +219,14 @@ class Lab:
 
     @contextlib.contextmanager
     def running(self, hosts: int = 3, vms: int = 6, kvm: bool = False, disk: bool = False,
-                progress: Progress | None = None, ha: bool = True) -> Iterator["Lab"]:
+                progress: Progress | None = None, ha: bool = True,
+                keep_logs: Path | None = None) -> Iterator["Lab"]:
         """``with Lab(p).running(3, 6) as lab:`` - removes a leftover lab first, always tears down."""
         self.down()
         try:
             yield self.up(hosts, vms, kvm=kvm, disk=disk, progress=progress, ha=ha)
         finally:
-            self.down()
+            self.down(keep_logs=keep_logs)
 
     def _preflight(self, hosts: int, vms: int, kvm: bool) -> None:
         if os.geteuid() != 0:
@@ -290,12 +291,17 @@ class Lab:
         state["phase"] = "up"
         self._save_state(state)
 
-    def down(self, progress: Progress | None = None) -> None:
-        """Remove every process, namespace, mount and file of this lab. Idempotent."""
+    def down(self, progress: Progress | None = None, keep_logs: Path | None = None) -> None:
+        """Remove every process, namespace, mount and file of this lab. Idempotent.
+
+        ``keep_logs``: copy the daemons' logs there first (what a failed test wants to read).
+        """
         say = progress or _quiet
         if os.geteuid() != 0:
             raise LabError("the lab needs root to be taken down")
         lay = self.layout
+        if keep_logs is not None and lay.dir.exists():
+            self._copy_logs(Path(keep_logs))
         netns_names = list(self._netns_names())
         inodes = {proc.ns_inode(str(NETNS_DIR / name), "net") for name in netns_names} - {None}
         # Every lab process: recorded PIDs, anything in a lab network namespace, anything that
@@ -337,6 +343,16 @@ class Lab:
         leftovers = list(self._netns_names())
         if leftovers or lay.dir.exists():
             raise LabError(f"lab {self.prefix}: could not remove {leftovers or lay.dir}")
+
+    def _copy_logs(self, dest: Path) -> None:
+        shutil.rmtree(dest, ignore_errors=True)
+        for h in self._host_dirs():
+            for src in (self.layout.logs_dir(h), self.layout.host_dir(h) / "var-log-libvirt"):
+                if src.exists():
+                    shutil.copytree(src, dest / h / src.name, dirs_exist_ok=True)
+        if (self.layout.bmc_dir / "bmcd.log").exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy(self.layout.bmc_dir / "bmcd.log", dest / "bmcd.log")
 
     # == faults ==================================================================================
 

@@ -53,6 +53,9 @@ def test_generated_agent_config_is_valid(tmp_path: Path) -> None:
 def test_domain_xml() -> None:
     dom = ET.fromstring(L.domain_xml("vm1", "0b0c0d0e-0000-0000-0000-000000000001", "hal", False, None))
     assert dom.get("type") == "qemu" and dom.findtext("memory") == "64" and dom.find("devices/disk") is None
+    from haagent.agent.managed import parse_mark
+    assert parse_mark(L.domain_xml("vm1", "0b0c0d0e-0000-0000-0000-000000000001", "hal", False, None)) is not None
+    assert parse_mark(L.domain_xml("vm1", "0b0c0d0e-0000-0000-0000-000000000001", "hal", False, None, ha=False)) is None
     kvm = ET.fromstring(L.domain_xml("vm1", "0b0c0d0e-0000-0000-0000-000000000001", "hal", True, "/s/vm1.qcow2"))
     assert kvm.get("type") == "kvm" and kvm.findtext("cpu/model") == "qemu64"
     assert kvm.find("cpu/feature").attrib == {"policy": "disable", "name": "svm"}
