@@ -4,7 +4,7 @@
 * start only what placement gives this host, only while its lease is alive, only from a
   placement read at a revision newer than the lease grant, and only while the host is active
   (a fenced host that comes back runs nothing);
-* never start what it does not own; remove a local copy placed elsewhere only once the owner
+* never start what it does not own, nor what another live host reports running; remove a local copy placed elsewhere only once the owner
   reports that VM running;
 * a managed VM that crashed (not one a user shut down) restarts in place up to ``max_restart``
   times per ``restart_window``; after that the agent asks the leader to relocate it;
@@ -40,7 +40,8 @@ class AgentInput:
     placements: Mapping[str, str]  # uuid -> host
     specs: Mapping[str, VmSpec]
     running: frozenset[str]  # managed VMs running here now
-    reports: Mapping[str, frozenset[str]] = field(default_factory=dict)  # other hosts' running VMs
+    # running VMs of the OTHER hosts that hold a live lease (a dead host's report is stale)
+    reports: Mapping[str, frozenset[str]] = field(default_factory=dict)
     crashes: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # uuid -> crash times
     stopped_by_user: frozenset[str] = frozenset()
     relocation_requested: frozenset[str] = frozenset()
@@ -99,6 +100,10 @@ def step(inp: AgentInput, now: float, config: AgentConfig) -> list[AgentAction]:
             continue
         if uuid in inp.stopped_by_user:
             continue  # an operator shut it down on purpose; HA does not fight the operator
+        if any(uuid in running for running in inp.reports.values()):
+            # A live host runs it (e.g. a migration finished before its placement moved): starting
+            # it here would make a second copy. The leader resolves it; never start a twin.
+            continue
         recent = [t for t in inp.crashes.get(uuid, ()) if now - t <= config.restart_window]
         if recent and len(recent) > config.max_restart:
             if uuid not in inp.relocation_requested:

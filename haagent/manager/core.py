@@ -49,7 +49,7 @@ class ManagerConfig:
     fence_delay: float = 1.0
     new_leader_grace: float = 3.0
     lease_ttl: float = 3.0
-    storm_threshold: float = 0.5  # fraction of known hosts suspect within storm_window
+    storm_threshold: float = 0.5  # hold when at least this fraction of known hosts turn suspect in storm_window
     storm_window: float = 30.0
     fence_retry_interval: float = 10.0
     watchdog: bool = False
@@ -119,7 +119,9 @@ class _Step:
     def storm(self) -> bool:
         known = [h for h, st in self.states.items() if st not in (S.MAINTENANCE, None)]
         recent = {h for h, _ in self.suspect_log}
-        return bool(known) and len(recent) > self.cfg.storm_threshold * len(known)
+        # "At least": half the hosts lost at once is the storm the guard exists for (a split
+        # network, a dead switch), and a 2-host cluster has no etcd quorum after one dies anyway.
+        return bool(known) and len(recent) >= self.cfg.storm_threshold * len(known)
 
     def finish(self) -> tuple[ManagerStatus, list[ManagerAction]]:
         # Alerts are level-triggered: emit the current set; the shell raises and clears them.
@@ -248,7 +250,7 @@ def _fencing(st: _Step, hv: HostView, requests) -> None:
         st.change_state(hv.name, S.ACTIVE, "lease back; no fence confirmed power off")
         st.actions.append(Event("failover_aborted", host=hv.name, op=op.id))
         return
-    if fences and not in_flight:
+    if fences:  # raised while a retry is in flight too: the alert stays up until fencing succeeds
         last = fences[-1]
         st.alert("fence_failed", host=hv.name,
                  message=f"fencing {last.detail.get('result')}: {last.detail.get('reason', '')}; "

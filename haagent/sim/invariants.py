@@ -30,7 +30,14 @@ class Invariants:
     def attach(self) -> "Invariants":
         self.sim.checkers.append(lambda s: self.after_tick())
         self.sim.on_commit.append(lambda s, view, actions: self.at_commit(view, actions))
+        self.sim.start_checkers.append(lambda s, host, vm: self.at_start(host, vm))
         return self
+
+    def at_start(self, host: str, vm: str) -> None:
+        """A start while another powered host runs the VM is a double start, even for one tick."""
+        others = [h for h in self.sim.where(vm) if h != host]
+        if others:
+            self.fail(f"vm={vm} started on {host} while it runs on {', '.join(others)}")
 
     def fail(self, message: str) -> None:
         self.sim.say("INVARIANT", message)

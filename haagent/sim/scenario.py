@@ -127,7 +127,7 @@ def build(cluster: Mapping[str, Any], source: str = "cluster.json") -> Simulatio
         h = h or {}
         levels = [[Device(d) for d in level] for level in h.get("fencing", [["ipmi"]])]
         hosts.append(SimHost(name, int(h.get("cpus", 8)), int(h.get("memory_mib", 8192)), levels))
-    specs, placements = [], {}
+    specs, placements, running = [], {}, {}
     names = {h.name for h in hosts}
     for v in cluster.get("vms", []):
         spec = VmSpec(v["name"], v["name"], int(v.get("vcpus", 1)), int(v.get("memory_mib", 1024)),
@@ -138,11 +138,16 @@ def build(cluster: Mapping[str, Any], source: str = "cluster.json") -> Simulatio
             if v["host"] not in names:
                 raise ScenarioError(f"{source}: vm {v['name']} on unknown host {v['host']}")
             placements[spec.uuid] = v["host"]
+        if "running_on" in v:  # where it really runs, when that is not (only) its placement
+            running[spec.uuid] = list(v["running_on"])
+            if not set(running[spec.uuid]) <= names:
+                raise ScenarioError(f"{source}: vm {v['name']} running on an unknown host")
     migrations = {vm: (m[0], m[1]) for vm, m in dict(cluster.get("migrations", {})).items()}
     return Simulation(hosts, specs, placements,
                       manager=_config(ManagerConfig, cluster.get("manager"), source),
                       agent=_config(AgentConfig, cluster.get("agent"), source),
-                      sim=_config(SimConfig, cluster.get("sim"), source), migrations=migrations)
+                      sim=_config(SimConfig, cluster.get("sim"), source), migrations=migrations,
+                      running=running)
 
 
 def apply(sim: Simulation, cmd: Command) -> None:

@@ -48,6 +48,7 @@ class SimConfig:
     device_time: float = 1.0  # off + status read confirming it
     device_fail_time: float = 0.5  # a definite error comes back fast
     device_timeout: float = 5.0  # a hung device or one whose power never drops
+    boot_time: float = 20.0  # a host reset by its watchdog is back (agent running) after this
     cluster: str = "sim"
 
 
@@ -123,7 +124,8 @@ class Simulation:
     def __init__(self, hosts: list[SimHost], specs: list[VmSpec], placements: Mapping[str, str], *,
                  manager: ManagerConfig | None = None, agent: AgentConfig | None = None,
                  sim: SimConfig | None = None, placer: Placer | None = None,
-                 migrations: Mapping[str, tuple[str, str]] | None = None):
+                 migrations: Mapping[str, tuple[str, str]] | None = None,
+                 running: Mapping[str, list[str]] | None = None):
         self.cfg = sim or SimConfig()
         self.mcfg = manager or ManagerConfig()
         self.acfg = agent or AgentConfig()
@@ -136,10 +138,12 @@ class Simulation:
         self.ticks = 0
         self.log: list[str] = []
         self.fences: list[PendingFence] = []
+        self.boots: dict[str, float] = {}  # host -> when it is back from a watchdog reset
         self.violations: list[str] = []
         self._view_cache: tuple[int, ClusterView] | None = None
         self._seq = 0
         self.checkers: list[Callable[["Simulation"], None]] = []
+        self.start_checkers: list[Callable[["Simulation", str, str], None]] = []
         self.on_commit: list[Callable[["Simulation", ClusterView, list], None]] = []
         # The cluster as it stood before the run: specs, placements and states written, VMs up.
         init = []
@@ -148,7 +152,11 @@ class Simulation:
         for uuid, host in sorted(placements.items()):
             init.append(Put(self.keys.vm_placement(uuid), json.dumps({"host": host, "epoch": 0, "op": "",
                                                                       "reason": "initial"})))
-            self.hosts[host].running.add(uuid)
+            if running is None or uuid not in running:
+                self.hosts[host].running.add(uuid)
+        for uuid, where in sorted((running or {}).items()):
+            for host in where:
+                self.hosts[host].running.add(uuid)
         for name in self.hosts:
             init.append(Put(self.keys.host_state(name), json.dumps({"state": "active", "reason": "initial",
                                                                      "epoch": 0, "since": 0.0})))
@@ -318,14 +326,21 @@ class Simulation:
                                                           self.now, f.devices))
 
     def _watchdogs(self) -> None:
-        if not self.acfg.watchdog:
+        if not self.acfg.watchdog and not self.boots:
             return
         for h in self.hosts.values():
             if h.powered and h.watchdog_fed_at is not None and \
                     self.now - h.watchdog_fed_at >= self.acfg.self_fence_timeout - 1e-9:
-                self.say("host", f"{h.name} watchdog fired: reset (its VMs die)")
+                self.say("host", f"{h.name} watchdog fired: reset (its VMs die; back in {self.cfg.boot_time:g}s)")
+                h.powered = False
                 self._host_down(h)
-                h.agent = AgentProc()  # the host reboots; its agent starts fresh
+                self.boots[h.name] = self.now + self.cfg.boot_time
+        for name, at in sorted(self.boots.items()):
+            if at <= self.now + 1e-9:
+                del self.boots[name]
+                if not self.hosts[name].powered:
+                    self.say("host", f"{name} booted after its watchdog reset")
+                    self.power(name, True)
 
     # -- the agent shell --------------------------------------------------------------------
 
@@ -371,7 +386,7 @@ class Simulation:
             hv = view.hosts.get(h.name)
             inp = AgentInput(h.name, hv.state if hv else None, lease_ok, a.grant_rev, rev, view.placements,
                              view.specs, frozenset(h.running),
-                             {n: o.running for n, o in view.hosts.items() if n != h.name},
+                             {n: o.running for n, o in view.hosts.items() if n != h.name and o.alive},
                              {u: tuple(t) for u, t in h.crashes.items()}, frozenset(h.stopped_by_user),
                              frozenset(a.relocation_requested))
             moved = {u for u in a.relocation_requested if view.placements.get(u) != h.name}
@@ -385,6 +400,8 @@ class Simulation:
             if isinstance(act, FeedWatchdog):
                 h.watchdog_fed_at = self.now
             elif isinstance(act, StartVm):
+                for check in self.start_checkers:
+                    check(self, h.name, act.vm)
                 h.running.add(act.vm)
                 h.stopped_by_user.discard(act.vm)
                 self.say(who, f"start vm={act.vm} ({act.reason})")
@@ -456,7 +473,8 @@ class Simulation:
         for al in sorted(alerts - a.alerts, key=_alert_key):
             self.say(who, manager_core.actions_summary([al])[0])
         for al in sorted(a.alerts - alerts, key=_alert_key):
-            self.say(who, f"alert cleared {al.name} host={al.host} vm={al.vm}")
+            self.say(who, " ".join(x for x in (f"alert cleared {al.name}", al.host and f"host={al.host}",
+                                               al.vm and f"vm={al.vm}") if x))
         a.alerts = alerts
         if ops:
             for hook in self.on_commit:
