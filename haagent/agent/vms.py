@@ -117,7 +117,7 @@ class VmShell:
                 host=self.host, host_state=host_state, lease_ok=self.lease.alive,
                 lease_grant_revision=self.lease.grant_revision, placement_revision=revision,
                 placements=dict(view.placements), specs=dict(view.specs), running=self.running,
-                reports={h: hv.running for h, hv in view.hosts.items() if h != self.host},
+                reports={h: hv.running for h, hv in view.hosts.items() if h != self.host and hv.alive},
                 crashes={u: tuple(ts) for u, ts in self.crashes.items()},
                 stopped_by_user=frozenset(self.stopped_by_user),
                 relocation_requested=frozenset(self.relocation_requested))

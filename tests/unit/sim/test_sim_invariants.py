@@ -58,3 +58,15 @@ def test_liveness_check_reports_a_vm_left_down():
     out = run(CLUSTER, cmds, end)
     problems = check_recovered(out.sim)
     assert len(problems) == 1 and problems[0].startswith("vm=db-1 runs on [], placed on h3")
+
+
+def test_an_agent_never_starts_a_vm_another_live_host_runs():
+    # A migration h2 -> h3 finished but its placement still names h2: h2 must not start a twin.
+    cluster = {"hosts": {"h1": {}, "h2": {}, "h3": {}},
+               "vms": [{"name": "db-1", "host": "h2", "running_on": ["h3"]}],
+               "migrations": {"db-1": ["h2", "h3"]}}
+    cmds, end = parse_cmdlist("end 5\n")
+    out = run(cluster, cmds, end)
+    assert not out.violations
+    assert out.sim.where("db-1") == ["h3"]
+    assert not any("start vm=db-1" in ln for ln in out.log)
