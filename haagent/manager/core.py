@@ -70,6 +70,7 @@ class ManagerStatus:
     suspect_log: tuple[tuple[str, float], ...] = ()
     healthy_since: Mapping[str, float] = field(default_factory=dict)
     alerts: frozenset[Alert] = frozenset()
+    storm_hold: frozenset[str] = frozenset()  # hosts caught in a storm, held until back or acked
 
 
 # placer(vms to place, view, hosts to avoid) -> ({uuid: host}, {uuid: reasons})
@@ -92,6 +93,7 @@ class _Step:
         self.issued_at = dict(status.fence_issued_at)
         self.healthy = dict(status.healthy_since)
         self.suspect_log = [(h, t) for h, t in status.suspect_log if now - t <= config.storm_window]
+        self.storm_hold = set(status.storm_hold)
 
     # -- the only writer of host state ------------------------------------------------------
 
@@ -117,11 +119,24 @@ class _Step:
         return self.now < self.status.leader_since + self.cfg.new_leader_grace
 
     def storm(self) -> bool:
+        """Whether the storm guard holds fencing and recovery now.
+
+        A storm starts when at least ``storm_threshold`` of the known hosts turned suspect within
+        ``storm_window`` ("at least": half the hosts lost at once is the split network or dead
+        switch the guard exists for). Time alone never releases it: it holds, past the window,
+        while at least that fraction of hosts caught in it is still suspect. Hosts leave it by
+        coming back, or one by one through an operator's ``haagent fence ack``; once fewer than
+        the threshold remain, they are ordinary failures and are fenced as usual.
+        """
         known = [h for h, st in self.states.items() if st not in (S.MAINTENANCE, None)]
         recent = {h for h, _ in self.suspect_log}
-        # "At least": half the hosts lost at once is the storm the guard exists for (a split
-        # network, a dead switch), and a 2-host cluster has no etcd quorum after one dies anyway.
-        return bool(known) and len(recent) >= self.cfg.storm_threshold * len(known)
+        limit = self.cfg.storm_threshold * len(known)
+        if known and len(recent) >= limit:
+            self.storm_hold |= recent
+        self.storm_hold = {h for h in self.storm_hold if self.states.get(h) is S.SUSPECT}
+        if not known or len(self.storm_hold) < limit:
+            self.storm_hold = set()
+        return bool(self.storm_hold)
 
     def finish(self) -> tuple[ManagerStatus, list[ManagerAction]]:
         # Alerts are level-triggered: emit the current set; the shell raises and clears them.
@@ -131,7 +146,7 @@ class _Step:
             leader_since=self.status.leader_since,
             suspect_since=self.s_since, lost_at=self.lost_at, fence_inflight=self.inflight,
             fence_issued_at=self.issued_at, suspect_log=tuple(self.suspect_log),
-            healthy_since=self.healthy, alerts=frozenset(self.alerts))
+            healthy_since=self.healthy, alerts=frozenset(self.alerts), storm_hold=frozenset(self.storm_hold))
         return status, self.actions
 
 
@@ -195,10 +210,15 @@ def _suspect(st: _Step, hv: HostView, requests) -> None:
         return
     since = st.s_since.setdefault(hv.name, st.now)
     if st.storm():
-        st.alert("fencing_storm_hold", message=f"{len({h for h, _ in st.suspect_log})} hosts turned suspect "
-                 f"within {st.cfg.storm_window:g}s: holding all fencing and recovery (network or etcd fault?)")
-        return
-    if st.now - since < st.cfg.fence_delay:
+        ack = requests.get(("fence_ack", hv.name))
+        if ack is None:
+            st.alert("fencing_storm_hold", message=f"{len(st.storm_hold)} hosts lost their lease together "
+                     f"({', '.join(sorted(st.storm_hold))}): holding all fencing and recovery until they come "
+                     "back or an operator acknowledges each one with 'haagent fence ack HOST --yes'")
+            return
+        # An operator vouched for this one: it leaves the hold and is fenced (and recovered) now.
+        st.storm_hold.discard(hv.name)
+    elif st.now - since < st.cfg.fence_delay:
         return
     op_id = f"failover-{hv.name}-{st.view.epoch}-{int(st.now * 1000)}"
     st.journal(op_id, hv.name, "intent", detect_after=round(st.now - since, 3))
@@ -369,12 +389,14 @@ def _vms(st: _Step) -> None:
     for uuid, mig in sorted(st.view.migrations.items()):
         if uuid not in frozen:
             _resolve_migration(st, uuid, mig)
-    if st.storm() or st.in_grace:
+    if st.in_grace:
         return
+    # During a storm only hosts an operator acknowledged are recovered; the rest wait.
+    storm = st.storm()
     # HA VMs whose host is confirmed fenced go elsewhere, by priority (the placer orders them).
     todo = [st.view.specs[u] for u, h in sorted(st.placements.items())
             if u not in frozen and u not in st.view.migrations and _is_ha(st, u)
-            and st.states.get(h) in CONFIRMED_FENCED]
+            and st.states.get(h) in CONFIRMED_FENCED and (not storm or _acked(st, h))]
     if not todo:
         return
     avoid = frozenset(h for h, s in st.states.items() if s not in TAKES_VMS)
@@ -397,6 +419,13 @@ def _vms(st: _Step) -> None:
             prior = op.last("place")
             merged = {**(prior.detail.get("placements", {}) if prior else {}), **placed}
             st.journal(op.id, old, "place", placements=merged)
+
+
+def _acked(st: _Step, host: str) -> bool:
+    """Whether the host's open failover was confirmed by an operator's ack."""
+    op = st.open_op(host)
+    fenced = op.last("fenced") if op else None
+    return fenced is not None and str(fenced.detail.get("how", "")).startswith("operator")
 
 
 def _view_with(st: _Step) -> ClusterView:
