@@ -2,6 +2,9 @@
 
     <metadata>
       <ha:vm xmlns:ha="https://haagent.dev/xmlns/ha/1" priority="10" policy="restart"/>
+
+``priority`` is optional: without it the naming convention decides (``acme-prod-api-1`` is
+restarted before ``acme-dev-api-1``), and a name outside the convention gets 0.
     </metadata>
 
 It travels with the domain XML (``virsh dumpxml``, ``virsh edit``, live migration), needs no
@@ -25,18 +28,19 @@ POLICIES = ("restart", "migrate", "none")
 
 @dataclass(frozen=True)
 class HaMark:
-    priority: int = 0
+    priority: int | None = None
     policy: str = "restart"
 
     def element(self) -> str:
         """The element as libvirt's setMetadata wants it (namespace given separately)."""
-        return f'<{KEY} priority="{self.priority}" policy="{self.policy}"/>'
+        prio = f' priority="{self.priority}"' if self.priority is not None else ""
+        return f'<{KEY}{prio} policy="{self.policy}"/>'
 
 
-def validate(priority: int, policy: str) -> HaMark:
+def validate(priority: int | None, policy: str) -> HaMark:
     if policy not in POLICIES:
         raise InvalidDomain(f"policy must be one of {', '.join(POLICIES)} (got {policy!r})")
-    if not -1000 <= priority <= 1000:
+    if priority is not None and not -1000 <= priority <= 1000:
         raise InvalidDomain(f"priority must be between -1000 and 1000 (got {priority})")
     return HaMark(priority, policy)
 
@@ -51,7 +55,8 @@ def parse_mark(domain_xml: str) -> HaMark | None:
     if el is None:
         return None
     try:
-        return validate(int(el.get("priority", "0")), el.get("policy", "restart"))
+        prio = el.get("priority")
+        return validate(None if prio is None else int(prio), el.get("policy", "restart"))
     except (ValueError, InvalidDomain):
         return HaMark()  # a damaged mark still means "managed": safer than dropping HA silently
 
@@ -71,5 +76,6 @@ def with_mark(domain_xml: str, mark: HaMark | None) -> str:
     for el in meta.findall(f"{{{NS}}}{KEY}"):
         meta.remove(el)
     if mark is not None:
-        ET.SubElement(meta, f"{{{NS}}}{KEY}", {"priority": str(mark.priority), "policy": mark.policy})
+        attrs = {"policy": mark.policy} if mark.priority is None else {"priority": str(mark.priority), "policy": mark.policy}
+        ET.SubElement(meta, f"{{{NS}}}{KEY}", attrs)
     return ET.tostring(root, encoding="unicode")

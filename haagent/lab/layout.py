@@ -204,7 +204,7 @@ migration_host = "{migration_host}"
 
 
 # The agents' HA mark (haagent/agent/managed.py): VMs carrying it are managed by haagent.
-HA_MARK = '<ha:vm xmlns:ha="https://haagent.dev/xmlns/ha/1" priority="0" policy="restart"/>'
+HA_MARK = '<ha:vm xmlns:ha="https://haagent.dev/xmlns/ha/1" policy="restart"/>'
 
 
 def domain_xml(name: str, vm_uuid: str, prefix: str, kvm: bool, disk: str | None, ha: bool = True) -> str:

@@ -51,10 +51,11 @@ def vm() -> None:
 
 @vm.command("manage")
 @click.argument("name")
-@click.option("--priority", type=int, default=0, show_default=True, help="higher restarts first")
+@click.option("--priority", type=int, default=None,
+              help="higher restarts first; default: by the naming convention (prod before dev), else 0")
 @click.option("--policy", type=click.Choice(["restart", "migrate", "none"]), default="restart", show_default=True)
 @config_option
-def manage(name: str, priority: int, policy: str, config: Config) -> None:
+def manage(name: str, priority: int | None, policy: str, config: Config) -> None:
     """Make VM highly available: restart it elsewhere if its host dies."""
     from haagent.agent.managed import NS, PREFIX, validate
 
@@ -73,7 +74,8 @@ def manage(name: str, priority: int, policy: str, config: Config) -> None:
         fail(str(exc), 2)
     finally:
         hv.close()
-    click.echo(f"{name} ({info.uuid}) is now HA: priority {priority}, policy {policy}, autostart off. "
+    shown = priority if priority is not None else "by naming convention"
+    click.echo(f"{name} ({info.uuid}) is now HA: priority {shown}, policy {policy}, autostart off. "
                "The agent registers it in etcd within a second.")
 
 
@@ -122,7 +124,7 @@ def list_vms(config: Config, as_json: bool) -> None:
         store.close()
     view = build_view({kv.key: kv for kv in kvs}, keys, 0)
     rows = []
-    for u, spec in sorted(view.specs.items(), key=lambda x: (-x[1].priority, x[1].name)):
+    for u, spec in sorted(view.specs.items(), key=lambda x: (-(x[1].priority or 0), x[1].name)):
         running = sorted(h for h, hv in view.hosts.items() if u in hv.running)
         rows.append({"uuid": u, "name": spec.name, "priority": spec.priority, "policy": spec.policy,
                      "placement": view.placements.get(u), "running_on": running})
@@ -131,7 +133,7 @@ def list_vms(config: Config, as_json: bool) -> None:
         return
     table = Table("name", "uuid", "priority", "policy", "placement", "running on")
     for r in rows:
-        table.add_row(r["name"], r["uuid"], str(r["priority"]), r["policy"], r["placement"] or "-",
+        table.add_row(r["name"], r["uuid"], "-" if r["priority"] is None else str(r["priority"]), r["policy"], r["placement"] or "-",
                       ", ".join(r["running_on"]) or "[red]nowhere[/]")
     Console().print(table)
 

@@ -21,7 +21,7 @@ class VmSpec:
     name: str
     vcpus: int = 1
     memory_mib: int = 64
-    priority: int = 0
+    priority: int | None = None  # None: the naming convention (or 0) decides
     policy: str = "restart"  # restart | migrate | none
     xml: str = ""
     groups: tuple[str, ...] = ()
@@ -33,7 +33,7 @@ class VmSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "VmSpec":
         return cls(str(d["uuid"]), str(d.get("name", d["uuid"])), int(d.get("vcpus", 1)),
-                   int(d.get("memory_mib", 64)), int(d.get("priority", 0)), str(d.get("policy", "restart")),
+                   int(d.get("memory_mib", 64)), None if d.get("priority") is None else int(d["priority"]), str(d.get("policy", "restart")),
                    str(d.get("xml", "")), tuple(d.get("groups", ())))
 
 
