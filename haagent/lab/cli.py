@@ -117,8 +117,10 @@ def status(prefix: str, as_json: bool) -> None:
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_(prefix: str, host: str, cmd: tuple[str, ...]) -> None:
     """Run CMD inside HOST's namespaces, e.g. `haagent lab exec h1 ip addr`."""
+    from haagent.lab.lab import exec_env
+
     argv = _guard(lambda: _lab(prefix).nsenter_argv(host))
-    sys.exit(subprocess.call(argv + list(cmd)))
+    sys.exit(subprocess.call(argv + list(cmd), env=exec_env()))
 
 
 @lab.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

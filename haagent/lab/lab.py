@@ -98,6 +98,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def exec_env() -> dict[str, str]:
+    """The environment for commands run inside a lab host: this installation's ``haagent``
+    (e.g. in a venv that is not on root's PATH) comes first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+    return env
+
+
 class Lab:
     """One lab, named by its prefix. Cheap to construct; every method reads the lab directory."""
 
@@ -433,7 +441,7 @@ class Lab:
         cmd = self.nsenter_argv(self._host(host)) + list(argv)
         try:
             res = subprocess.run(cmd, capture_output=capture, text=True, timeout=timeout,
-                                 input=input, env=env)
+                                 input=input, env=env if env is not None else exec_env())
         except subprocess.TimeoutExpired as e:
             raise LabError(f"{host}: {' '.join(argv)}: no answer within {timeout:g}s") from e
         if check and res.returncode != 0:

@@ -139,7 +139,8 @@ def run_drill(lab: Any, fault: str, timeout: float = 90.0, say: Any = print) -> 
         rows: list[dict[str, Any]] = [{"phase": "fault", "t": 0.0, "host": target, "fault": fault}]
         try:
             view = _cluster(lab, store)
-            ops = [o for o in view.ops.values() if o.host == target]
+            # only this drill's operation: earlier drills on the same lab left theirs in the journal
+            ops = [o for o in view.ops.values() if o.host == target and o.steps and o.steps[0].at >= wall0]
             for op in sorted(ops, key=lambda o: o.id):
                 for row in timeline(op):
                     detect_after = row.pop("detect_after", None)
