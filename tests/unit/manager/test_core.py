@@ -83,3 +83,19 @@ def test_storm_holds_fencing():
     st, acts = step(v, st, 20.0, CFG, first_fit)
     assert not kinds(acts, FenceHost)
     assert "fencing_storm_hold" in [a.name for a in kinds(acts, Alert)]
+
+
+def test_policy_placer_applies_the_naming_convention():
+    """Two instances of one prod service go to different hosts; prod is placed before dev."""
+    from haagent.manager.core import policy_placer
+
+    hosts = {h: HostView(h, True, S.ACTIVE, 8, 8192) for h in ("h1", "h2")}
+    specs = {"u1": VmSpec("u1", "acme-prod-api-1", 1, 512), "u2": VmSpec("u2", "acme-prod-api-2", 1, 512)}
+    v = ClusterView(1, hosts, specs, {})
+    chosen, missed = policy_placer()(list(specs.values()), v, frozenset())
+    assert not missed and chosen["u1"] != chosen["u2"]
+    # too little room for both: the prod VM wins over the dev one, whatever the uuid order
+    small = {"h1": HostView("h1", True, S.ACTIVE, 1, 600)}
+    specs = {"a": VmSpec("a", "acme-dev-api-1", 1, 512), "b": VmSpec("b", "acme-prod-api-1", 1, 512)}
+    chosen, missed = policy_placer()(list(specs.values()), ClusterView(1, small, specs, {}), frozenset())
+    assert chosen == {"b": "h1"} and set(missed) == {"a"}
