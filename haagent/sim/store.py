@@ -20,21 +20,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from haagent.store.client import Compare, Delete, Put
+from haagent.store.client import KV, Compare, Delete, Put
 
 
 class NoQuorum(Exception):
     """The model store has lost quorum: the call failed (an etcd client would time out)."""
 
 
-@dataclass(frozen=True)
-class SimKV:
-    key: str
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    version: int
-    lease: int
+# The model store's keys are the production store's KV records: the codec reads both alike.
+SimKV = KV
 
 
 @dataclass
