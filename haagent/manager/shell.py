@@ -112,11 +112,33 @@ class LeaderLoop:
         if not ops:
             return 0
         try:
-            return self.election.guarded(ops).revision
+            revision = self.election.guarded(ops).revision
         except StoreError as exc:
             if "lease" in str(exc):
                 self._events_lease = 0
             raise
+        self._export_timeline(actions, view)
+        return revision
+
+    def _export_timeline(self, actions: list, view: ClusterView) -> None:
+        """Failover phases as metrics: seconds from detection to each journaled step."""
+        now = self.wall()
+        for a in actions:
+            if not isinstance(a, JournalStep):
+                continue
+            op = view.ops.get(a.op)
+            intent = op.last("intent") if op else None
+            if a.step.step == "intent":
+                metrics.FAILOVER_PHASE_SECONDS.labels(phase="confirm").observe(float(a.step.detail.get("detect_after", 0)))
+                continue
+            if intent is None:
+                continue
+            detected = intent.at - float(intent.detail.get("detect_after", 0))
+            metrics.FAILOVER_PHASE_SECONDS.labels(phase=a.step.step).observe(max(0.0, now - detected))
+            if a.step.step == "fenced":
+                how = str(a.step.detail.get("how", ""))
+                metrics.FAILOVERS.labels(how="operator" if how.startswith("operator") else
+                                         "watchdog" if how.startswith("watchdog") else "fence").inc()
 
     def _fence(self, action: FenceHost) -> None:
         running = self._fencing.get(action.host)
