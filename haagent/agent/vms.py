@@ -161,13 +161,22 @@ class VmShell:
         log.info("vm_started", vm=uuid, name=spec.name, reason=reason)
 
     def _feed_watchdog(self) -> None:
-        if not self.watchdog_device:
-            return
-        try:
-            fd = os.open(self.watchdog_device, os.O_WRONLY | os.O_NONBLOCK)
-            try:
-                os.write(fd, b"1")
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            log.warning("watchdog_feed_failed", device=self.watchdog_device, error=exc.strerror)
+        if self.watchdog_device:
+            feed_watchdog(self.watchdog_device)
+
+
+def feed_watchdog(path: str) -> bool:
+    """One keepalive write to a watchdog device (or a FIFO standing in for one); never blocks."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        log.warning("watchdog_feed_failed", device=path, error=exc.strerror)
+        return False
+    try:
+        os.write(fd, b"1")
+        return True
+    except OSError as exc:
+        log.warning("watchdog_feed_failed", device=path, error=exc.strerror)
+        return False
+    finally:
+        os.close(fd)
