@@ -45,6 +45,12 @@ class AgentInput:
     crashes: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # uuid -> crash times
     stopped_by_user: frozenset[str] = frozenset()
     relocation_requested: frozenset[str] = frozenset()
+    migrated_away: frozenset[str] = frozenset()  # left this host by live migration since placed here
+    # Store revision at which each local copy was first seen running, and of each host's report:
+    # a report older than our copy cannot tell whether the owner still runs it (e.g. a live
+    # migration to us that the owner has not reported yet).
+    local_since: Mapping[str, int] = field(default_factory=dict)
+    report_revisions: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,8 @@ def step(inp: AgentInput, now: float, config: AgentConfig) -> list[AgentAction]:
         owner = inp.placements.get(uuid)
         if owner is None or owner == inp.host:
             continue
-        if uuid in inp.reports.get(owner, frozenset()):
+        fresh_report = inp.report_revisions.get(owner, 0) >= inp.local_since.get(uuid, 0)
+        if uuid in inp.reports.get(owner, frozenset()) and fresh_report:
             actions.append(StopVm(uuid, f"placed on {owner}, which reports it running"))
 
     fresh = inp.placement_revision > inp.lease_grant_revision
@@ -100,6 +107,8 @@ def step(inp: AgentInput, now: float, config: AgentConfig) -> list[AgentAction]:
             continue
         if uuid in inp.stopped_by_user:
             continue  # an operator shut it down on purpose; HA does not fight the operator
+        if uuid in inp.migrated_away:
+            continue  # it runs on the destination now; the leader moves placement after it
         if any(uuid in running for running in inp.reports.values()):
             # A live host runs it (e.g. a migration finished before its placement moved): starting
             # it here would make a second copy. The leader resolves it; never start a twin.

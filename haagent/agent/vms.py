@@ -20,12 +20,16 @@ from haagent.hypervisor.port import EventKind, Hypervisor, VmEvent
 from haagent.log import get_logger
 from haagent.manager.codec import build_view
 from haagent.manager.view import VmSpec
+from haagent.model import VmState
 from haagent.store.client import EtcdStore
 from haagent.store.keys import Keys
 from haagent.store.lease import LeaseKeeper
 from haagent.store.watch import PrefixCache
 
 log = get_logger("haagent.agent.vms")
+
+# libvirt pause reasons of a domain that is arriving by live migration
+_IN_TRANSIT = frozenset({"migration", "starting-up", "postcopy"})
 
 
 class VmShell:
@@ -39,6 +43,8 @@ class VmShell:
         self.crashes: dict[str, list[float]] = {}
         self.stopped_by_user: set[str] = set()
         self.relocation_requested: set[str] = set()
+        self.migrated_away: set[str] = set()
+        self.local_since: dict[str, int] = {}
         self._our_stops: set[str] = set()
         self._specs_written: dict[str, str] = {}
         self.running: frozenset[str] = frozenset()
@@ -69,13 +75,27 @@ class VmShell:
                 elif ev.reason == "crashed" or ev.reason == "failed":
                     self.crashes.setdefault(ev.uuid, []).append(self.clock())
                     log.warning("vm_crashed", vm=ev.uuid, name=ev.name, reason=ev.reason)
+            elif ev.kind is EventKind.MIGRATED:
+                if ev.reason == "migrated-out":
+                    self.migrated_away.add(ev.uuid)
+                else:
+                    self.migrated_away.discard(ev.uuid)
+                    self.stopped_by_user.discard(ev.uuid)
             elif ev.kind is EventKind.STARTED:
                 self.stopped_by_user.discard(ev.uuid)
+                self.migrated_away.discard(ev.uuid)
         self.wake()
 
     # -- inventory --------------------------------------------------------------------------
 
-    def refresh_inventory(self) -> None:
+    def refresh_inventory(self, placements: dict[str, str] | None = None) -> None:
+        """Managed VMs defined here, and which of them count as running here.
+
+        A VM paused for an incoming live migration (placed on another host) is the source's VM
+        in transit, not a copy of ours: it is neither reported nor removed, or every migration to
+        this host would be destroyed on arrival.
+        """
+        placements = placements or {}
         managed = {}
         for info in self.hv.list_vms():
             try:
@@ -85,7 +105,10 @@ class VmShell:
             if mark is not None:
                 managed[info.uuid] = (info, mark)
         self.managed = managed
-        self.running = frozenset(u for u, (i, _) in managed.items() if i.active)
+        self.running = frozenset(
+            u for u, (i, _) in managed.items() if i.active
+            and not (i.state is VmState.PAUSED and i.reason in _IN_TRANSIT
+                     and placements.get(u, self.host) != self.host))
 
     def register_specs(self, placements: dict[str, str]) -> None:
         """Put vms/<uuid>/spec for managed VMs defined here that no other host owns."""
@@ -109,7 +132,12 @@ class VmShell:
     def reconcile(self, host_state: Any) -> list[core.AgentAction]:
         kvs, revision = self.cache.snapshot()
         view = build_view(kvs, self.keys, 0)
-        self.refresh_inventory()
+        self.refresh_inventory(dict(view.placements))
+        self.local_since = {u: self.local_since.get(u, revision + 1) for u in self.running}
+        report_revisions = {}
+        for h in view.hosts:
+            kv = kvs.get(self.keys.host_report(h))
+            report_revisions[h] = kv.mod_revision if kv is not None else 0
         if self.lease.alive:
             self.register_specs(dict(view.placements))
         with self._lock:
@@ -120,7 +148,9 @@ class VmShell:
                 reports={h: hv.running for h, hv in view.hosts.items() if h != self.host and hv.alive},
                 crashes={u: tuple(ts) for u, ts in self.crashes.items()},
                 stopped_by_user=frozenset(self.stopped_by_user),
-                relocation_requested=frozenset(self.relocation_requested))
+                relocation_requested=frozenset(self.relocation_requested),
+                migrated_away=frozenset(u for u in self.migrated_away if view.placements.get(u) == self.host),
+                local_since=dict(self.local_since), report_revisions=report_revisions)
         actions = core.step(inp, self.clock(), self.config)
         for a in actions:
             self.execute(a, view.specs)

@@ -368,6 +368,11 @@ def _is_ha(st: _Step, uuid: str) -> bool:
     return spec is not None and spec.policy != "none"
 
 
+def _cooperating(st: _Step, host: str) -> bool:
+    hv = st.view.hosts.get(host)
+    return hv is not None and hv.alive and st.states.get(host) in TAKES_VMS | {S.DRAINING}
+
+
 def _running_on(st: _Step, uuid: str) -> list[str]:
     # A confirmed-fenced host without a lease runs nothing: its last report was written before its
     # power went and is stale (reports are not on the lease), so it is not a running copy.
@@ -385,6 +390,14 @@ def _vms(st: _Step) -> None:
                      "haagent will not touch it until a human resolves it")
         elif uuid not in st.placements and len(where) == 1 and st.states.get(where[0]) in TAKES_VMS | {S.DRAINING}:
             st.actions.append(SetPlacement(uuid, where[0], "", "adopted: running there"))
+            st.placements[uuid] = where[0]
+        elif (len(where) == 1 and uuid in st.placements and where[0] != st.placements[uuid]
+              and uuid not in st.view.migrations and _cooperating(st, st.placements[uuid])
+              and _cooperating(st, where[0])):
+            # Moved by hand (virsh migrate): its owner is alive and does not run it, so placement
+            # follows the VM rather than the owner starting a second copy.
+            old = st.placements[uuid]
+            st.actions.append(SetPlacement(uuid, where[0], "", f"followed a live migration from {old}"))
             st.placements[uuid] = where[0]
     for uuid, mig in sorted(st.view.migrations.items()):
         if uuid not in frozen:

@@ -58,6 +58,18 @@ def return_host(lab, host: str, timeout: float = 60) -> None:
         store.close()
 
 
+def busy_host(lab) -> tuple[str, str]:
+    """A host that runs at least one VM, and one of its VMs."""
+    deadline = time.monotonic() + 30
+    while True:
+        for h in lab.hosts():
+            running = lab.running_vms(h) or []
+            if running:
+                return h, running[0]
+        assert time.monotonic() < deadline, "no host runs a VM"
+        time.sleep(0.2)
+
+
 def check(result) -> None:
     assert result.ok, f"{result.verdict}\n{json.dumps(result.to_json(), indent=1)}"
     moved = [v for v in result.vms if v["moved_from"]]
@@ -87,3 +99,48 @@ def test_crash_of_the_leaders_host(ha_lab):
     result = run_drill(ha_lab, "crash-leader", timeout=60, say=lambda m: None)
     check(result)
     assert result.target == result.leader_before
+    return_host(ha_lab, result.target)
+
+
+def test_crashed_vm_restarts_in_place(ha_lab):
+    """A QEMU killed with SIGKILL (a VM crash, not a shutdown) is restarted on the same host."""
+    h, vm = busy_host(ha_lab)
+    pid = ha_lab.exec(h, ["cat", f"/run/libvirt/qemu/{vm}.pid"], check=True).stdout.strip()
+    ha_lab.exec(h, ["kill", "-9", pid], check=True)
+    t0 = time.monotonic()
+    gone = False
+    while True:
+        now_running = vm in (ha_lab.running_vms(h) or [])
+        gone = gone or not now_running
+        new_pid = ha_lab.exec(h, ["cat", f"/run/libvirt/qemu/{vm}.pid"]).stdout.strip()
+        if now_running and new_pid and new_pid != pid:
+            break
+        assert time.monotonic() - t0 < 20, f"{vm} was not restarted on {h}"
+        time.sleep(0.1)
+    others = [x for x in ha_lab.hosts() if x != h]
+    assert all(vm not in (ha_lab.running_vms(x) or []) for x in others), "restarted elsewhere as well"
+
+
+def test_manual_live_migration_of_an_ha_vm(ha_lab):
+    """`virsh migrate` of an HA VM by hand: the old owner does not restart it, placement follows."""
+    keys = Keys(ha_lab.prefix)
+    src, vm = busy_host(ha_lab)
+    dst = next(h for h in ha_lab.hosts() if h != src)
+    ha_lab.exec(src, ["virsh", "migrate", "--live", "--p2p", "--persistent", "--undefinesource", vm,
+                      ha_lab.migration_uri(dst)], check=True, timeout=60)
+    store = EtcdStore(ha_lab.etcd_endpoints(), timeout=1)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            where = [h for h in ha_lab.hosts() if vm in (ha_lab.running_vms(h) or [])]
+            assert len(where) <= 1, f"{vm} running on {where}"
+            kvs, _ = store.get_prefix(keys.root)
+            placed = build_view({kv.key: kv for kv in kvs}, keys, 0).placements.get(ha_lab.vm_uuid(vm))
+            if where == [dst] and placed == dst:
+                break
+            assert time.monotonic() < deadline, f"{vm}: running on {where}, placed on {placed}"
+            time.sleep(0.1)
+        time.sleep(2)  # and it stays that way: the old owner does not start a second copy
+        assert [h for h in ha_lab.hosts() if vm in (ha_lab.running_vms(h) or [])] == [dst]
+    finally:
+        store.close()

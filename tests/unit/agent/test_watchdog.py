@@ -40,3 +40,15 @@ def test_feed_writes_to_a_fifo_reader(tmp_path):
     done = threading.Event()
     threading.Thread(target=lambda: (feed_watchdog(fifo), done.set()), daemon=True).start()
     assert done.wait(2)
+
+
+def test_a_vm_that_migrated_away_is_not_restarted_by_its_old_owner():
+    from haagent.manager.view import VmSpec
+
+    base = dict(host="h1", host_state=HostState.ACTIVE, lease_ok=True, lease_grant_revision=5,
+                placement_revision=9, placements={"vm1": "h1"}, specs={"vm1": VmSpec("vm1", "vm1")},
+                running=frozenset())
+    assert [a.vm for a in core.step(core.AgentInput(**base), 0.0, core.AgentConfig())
+            if isinstance(a, core.StartVm)] == ["vm1"]
+    moved = core.AgentInput(**base, migrated_away=frozenset({"vm1"}))
+    assert not [a for a in core.step(moved, 0.0, core.AgentConfig()) if isinstance(a, core.StartVm)]

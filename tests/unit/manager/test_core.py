@@ -99,3 +99,13 @@ def test_policy_placer_applies_the_naming_convention():
     specs = {"a": VmSpec("a", "acme-dev-api-1", 1, 512), "b": VmSpec("b", "acme-prod-api-1", 1, 512)}
     chosen, missed = policy_placer()(list(specs.values()), ClusterView(1, small, specs, {}), frozenset())
     assert chosen == {"b": "h1"} and set(missed) == {"a"}
+
+
+def test_placement_follows_a_manual_live_migration():
+    v = view(running={"a": set(), "b": {"vm1"}, "c": set()})
+    _, acts = step(v, new_status(0.0), 10.0, CFG, first_fit)
+    assert [(p.vm, p.host) for p in kinds(acts, SetPlacement)] == [("vm1", "b")]
+    # but never while the owner is not cooperating (it may be dead and still run it)
+    v = view(alive=("b", "c"), running={"a": set(), "b": {"vm1"}, "c": set()})
+    _, acts = step(v, new_status(0.0), 1.0, CFG, first_fit)
+    assert not kinds(acts, SetPlacement)
