@@ -185,7 +185,7 @@ class AgentDaemon:
             if self.election.is_leader and not self.lease.alive:
                 # By our own clock the lease may have expired on the server while we were cut
                 # off: act as if it did (another agent may already lead).
-                self.election._set(None, "lease may have expired while isolated")
+                self.election.step_down("lease may have expired while isolated")
             if not self.election.is_leader and self.lease.alive:
                 if self.election.try_acquire():
                     self._announce()

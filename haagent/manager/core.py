@@ -289,18 +289,18 @@ def _fenced(st: _Step, hv: HostView, op: Op, how: str) -> None:
     st.change_state(hv.name, S.FENCED, how)
     st.inflight.pop(hv.name, None)
     st.actions.append(Event("host_fenced", host=hv.name, op=op.id, detail={"how": how}))
-    _recover(st, hv, op)
+    _recover(st, hv)
 
 
 def _fenced_state(st: _Step, hv: HostView, requests) -> None:
     op = st.open_op(hv.name)
     if op is not None:
-        _recover(st, hv, op)
+        _recover(st, hv)
     else:
         st.change_state(hv.name, S.RECOVERING, "recovering (no open operation)")
 
 
-def _recover(st: _Step, hv: HostView, op: Op) -> None:
+def _recover(st: _Step, hv: HostView) -> None:
     """Place this host's HA VMs elsewhere (the global VM rule does the placing)."""
     st.change_state(hv.name, S.RECOVERING, "placing its HA VMs")
 

@@ -87,10 +87,10 @@ def run_drill(lab: Any, fault: str, timeout: float = 90.0, say: Any = print) -> 
                 view, lead = None, None
             if (view is not None and lead is not None
                     and all(view.hosts.get(h) and view.hosts[h].state is HostState.ACTIVE for h in hosts)
-                    and all(uuids[v] in view.placements for v in vms)
-                    and all(len(w) == 1 for w in _where(lab, hosts).values())
-                    and set(_where(lab, hosts)) >= set(vms)):
-                break
+                    and all(uuids[v] in view.placements for v in vms)):
+                settled = _where(lab, hosts)  # asks every libvirtd: only once etcd agrees
+                if all(len(settled.get(v, [])) == 1 for v in vms):
+                    break
             if time.monotonic() > deadline:
                 return DrillResult(False, fault, "", None, None, "cluster did not settle within 60s: "
                                    "every host active and every VM placed and running exactly once")

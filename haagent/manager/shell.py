@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 from haagent import metrics
-from haagent.errors import StoreError
+from haagent.errors import LeaseExpired, StoreError
 from haagent.log import get_logger
 from haagent.manager import core
 from haagent.manager.codec import action_ops, build_view, fence_result_step
@@ -114,8 +114,8 @@ class LeaderLoop:
         try:
             revision = self.election.guarded(ops).revision
         except StoreError as exc:
-            if "lease" in str(exc):
-                self._events_lease = 0
+            if isinstance(exc, LeaseExpired):
+                self._events_lease = 0  # the events lease ran out: grant a new one next time
             raise
         self._export_timeline(actions, view)
         return revision

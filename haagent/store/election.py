@@ -89,6 +89,10 @@ class Election:
             except Exception:  # one listener's bug must not hide the change from the others
                 log.exception("leadership_listener_failed")
 
+    def step_down(self, reason: str) -> None:
+        """Stop acting as leader locally (e.g. our lease may have expired while cut off)."""
+        self._set(None, reason)
+
     def _on_lease_event(self, event: LeaseEvent) -> None:
         # The leader key lived on the old lease: it is gone, and so is our leadership.
         if event.kind == "lease_lost" and self._leadership is not None:
