@@ -15,7 +15,7 @@ from typing import Callable
 from haagent import metrics
 from haagent.errors import LeaseExpired, StoreError
 from haagent.log import get_logger
-from haagent.store.client import EtcdStore, Put
+from haagent.store.client import Delete, EtcdStore, Put
 
 log = get_logger("haagent.lease")
 
@@ -46,6 +46,7 @@ class LeaseKeeper:
         self.lease_id = 0
         self.grant_revision = 0
         self._attached: dict[str, bytes] = {}
+        self._grant_ops: Callable[[int], list[Put | Delete]] | None = None
         self._listeners: list[Listener] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -77,6 +78,14 @@ class LeaseKeeper:
         if lease_id:
             self.store.put(key, data, lease=lease_id)
 
+    def on_grant(self, ops: Callable[[int], list[Put | Delete]]) -> None:
+        """Extra writes (not on the lease) made in the same transaction as every grant's puts.
+
+        ``ops(lease_id)`` returns them; the agent uses it to stamp ``hosts/<h>/lease`` (the grant
+        revision outlives the lease) and to clear its clean-stop record atomically with rejoining.
+        """
+        self._grant_ops = ops
+
     def detach(self, key: str) -> None:
         with self._lock:
             self._attached.pop(key, None)
@@ -88,8 +97,9 @@ class LeaseKeeper:
             self.lease_id, self.grant_revision = lease_id, revision
             self._last_ok = self.clock()
             attached = dict(self._attached)
-        if attached:
-            self.store.txn([], [Put(k, v, lease_id) for k, v in sorted(attached.items())])
+        extra = self._grant_ops(lease_id) if self._grant_ops is not None else []
+        if attached or extra:
+            self.store.txn([], [Put(k, v, lease_id) for k, v in sorted(attached.items())] + list(extra))
         self._emit(LeaseEvent("granted", lease_id, revision))
         return lease_id
 
