@@ -165,8 +165,30 @@ def fence_ack(name: str, yes: bool, config: Config) -> None:
     if not yes:
         fail(f"refusing without --yes: acknowledging {name} as off while it still runs would let its "
              "VMs run twice. Check its power first.", 2)
-    req = _request(config, "fence_ack", name)
-    click.echo(f"recorded: {name} acknowledged as off (request {req})")
+    from haagent.manager.codec import AckRefused, build_view, fence_ack_record
+    from haagent.store.client import Compare, Put
+
+    store, keys = _store(config)
+    try:
+        kvs, _ = store.get_prefix(keys.root)
+        snapshot = {kv.key: kv for kv in kvs}
+        try:
+            record = fence_ack_record(build_view(snapshot, keys, 0), name)
+        except AckRefused as exc:
+            fail(f"refused: {exc}", 2)
+        req = f"fence_ack-{name}-{uuidlib.uuid4().hex[:8]}"
+        # Bound to the failover read above: written only if the host's state has not moved since.
+        state = snapshot[keys.host_state(name)]
+        result = store.txn([Compare(keys.host_state(name), "mod", "==", state.mod_revision)],
+                           [Put(keys.request(req), json.dumps({**record, "at": time.time()}))])
+    except StoreError as exc:
+        fail(f"cannot reach etcd: {exc}")
+    finally:
+        store.close()
+    if not result.succeeded:
+        fail(f"refused: {name}'s state changed while the ack was being recorded; check `haagent status` and retry", 2)
+    click.echo(f"recorded: {name} acknowledged as off for failover {record['failover']} (request {req}); "
+               "the ack expires when that failover ends")
 
 
 # -- events --------------------------------------------------------------------------------------

@@ -8,90 +8,186 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Mapping, Protocol
 
-from haagent.manager.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, Event, FenceHost, HostView,
-                                  JournalStep, ManagerAction, Migration, Op, OpStep, Request, SetHostState,
-                                  SetPlacement, VmSpec)
+from haagent.manager.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, DeleteOp, Event, FenceHost,
+                                  HostView, JournalStep, ManagerAction, Migration, Op, OpStep, Request,
+                                  SetHostState, SetPlacement, VmSpec)
 from haagent.model import HostState
-from haagent.store.client import Delete, Put
+from haagent.store.client import Compare, Delete, Put
 from haagent.store.keys import Keys
 
 
 class KVLike(Protocol):
     value: bytes
     lease: int
+    mod_revision: int
+    create_revision: int
 
 
-def _json(kv: KVLike | None) -> Any:
-    if kv is None:
-        return None
+class BadRecord(ValueError):
+    """A stored value that does not have the documented shape; the message says what is wrong."""
+
+
+def _obj(kv: KVLike) -> dict[str, Any]:
     try:
-        return json.loads(kv.value)
+        d = json.loads(kv.value)
     except ValueError:
+        raise BadRecord("not JSON") from None
+    if not isinstance(d, dict):
+        raise BadRecord(f"expected a JSON object, got {type(d).__name__}")
+    return d
+
+
+def _str(d: Mapping[str, Any], name: str, default: str | None = None, *, empty: bool = True) -> str:
+    v = d.get(name, default)
+    if not isinstance(v, str) or (not empty and not v):
+        raise BadRecord(f"{name}: expected a{'' if empty else ' non-empty'} string, got {v!r:.40}")
+    return v
+
+
+def _int(d: Mapping[str, Any], name: str, default: int | None = None, *, minimum: int = 0) -> int:
+    v = d.get(name, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise BadRecord(f"{name}: expected an integer >= {minimum}, got {v!r:.40}")
+    return v
+
+
+def _num(d: Mapping[str, Any], name: str, default: float | None = None) -> float:
+    v = d.get(name, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+        raise BadRecord(f"{name}: expected a finite number, got {v!r:.40}")
+    return float(v)
+
+
+def _strs(d: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    v = d.get(name, [])
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise BadRecord(f"{name}: expected a list of strings, got {v!r:.40}")
+    return tuple(v)
+
+
+POLICIES = ("restart", "migrate", "none")
+
+
+def spec_from_record(uuid: str, d: Mapping[str, Any]) -> VmSpec:
+    """``vms/<uuid>/spec`` -> VmSpec, every field checked."""
+    priority = d.get("priority")
+    if priority is not None:
+        priority = _int(d, "priority", minimum=-(2**31))
+    policy = _str(d, "policy", "restart")
+    if policy not in POLICIES:
+        raise BadRecord(f"policy: expected one of {', '.join(POLICIES)}, got {policy!r:.40}")
+    return VmSpec(uuid, _str(d, "name", uuid, empty=False), _int(d, "vcpus", 1, minimum=1),
+                  _int(d, "memory_mib", 64, minimum=1), priority, policy, _str(d, "xml", ""), _strs(d, "groups"))
+
+
+def _self_fence(report: Mapping[str, Any]) -> float | None:
+    sf = report.get("self_fence")
+    if sf is None:
         return None
+    if not isinstance(sf, dict):
+        raise BadRecord(f"self_fence: expected an object or null, got {sf!r:.40}")
+    if sf.get("watchdog") is not True:
+        return None
+    # The later of the hardware timeout and the configured one: by then the host has reset.
+    timeout = _num(sf, "timeout")
+    configured = _num(sf, "self_fence_timeout", timeout)
+    if timeout <= 0:
+        raise BadRecord(f"self_fence.timeout: expected > 0, got {timeout}")
+    return max(timeout, configured)
 
 
 def build_view(kvs: Mapping[str, KVLike], keys: Keys, epoch: int) -> ClusterView:
-    """A ClusterView from every key under the cluster root."""
+    """A ClusterView from every key under the cluster root. Never raises on stored data.
+
+    A record that does not have its documented shape is left out (a host's unreadable state is
+    flagged ``state_bad``) and listed in ``bad_records`` with the reason, so the leader can raise
+    an alert naming the key while it keeps deciding for everything else.
+    """
     hosts: dict[str, dict[str, Any]] = {}
     specs: dict[str, VmSpec] = {}
     placements: dict[str, str] = {}
     migrations: dict[str, Migration] = {}
     steps: dict[str, list[tuple[str, OpStep]]] = {}
-    op_heads: dict[str, dict[str, Any]] = {}
+    op_heads: dict[str, tuple[dict[str, Any], int]] = {}
     requests: list[Request] = []
+    bad: list[tuple[str, str]] = []
     for key in sorted(kvs):
         kv = kvs[key]
-        if (parsed := keys.parse_host_key(key)) is not None:
-            name, leaf = parsed
-            h = hosts.setdefault(name, {"alive": False, "lease": 0, "state": None, "report": None})
-            if leaf == "alive":
-                h["alive"], h["lease"] = True, kv.lease
-            elif leaf == "state":
-                d = _json(kv) or {}
-                try:
-                    h["state"] = HostState(d.get("state"))
-                except ValueError:
-                    h["state"] = None
-            elif leaf == "report":
-                h["report"] = _json(kv)
-        elif (parsed := keys.parse_vm_key(key)) is not None:
-            uuid, leaf = parsed
-            d = _json(kv)
-            if not isinstance(d, dict):
-                continue
-            if leaf == "spec":
-                try:
-                    specs[uuid] = VmSpec.from_dict({**d, "uuid": uuid})
-                except (KeyError, ValueError, TypeError):
-                    continue
-            elif leaf == "placement" and d.get("host"):
-                placements[uuid] = str(d["host"])
-            elif leaf == "migration":
-                migrations[uuid] = Migration(uuid, d.get("from", ""), d.get("to", ""), int(d.get("epoch", 0)))
-        elif key.startswith(keys.ops):
-            op_id, _, leaf = key[len(keys.ops):].partition("/")
-            d = _json(kv) or {}
-            if leaf == "head":
-                op_heads[op_id] = d
-            elif leaf:
-                steps.setdefault(op_id, []).append(
-                    (leaf, OpStep(str(d.get("step", "")), float(d.get("at", 0.0)), d.get("detail", {}))))
-        elif key.startswith(keys.requests):
-            d = _json(kv) or {}
-            requests.append(Request(key[len(keys.requests):], str(d.get("kind", "")), str(d.get("host", "")),
-                                    str(d.get("vm", ""))))
+        try:
+            _decode(key, kv, keys, hosts, specs, placements, migrations, steps, op_heads, requests)
+        except BadRecord as exc:
+            bad.append((key, str(exc)))
+            if (parsed := keys.parse_host_key(key)) is not None and parsed[1] == "state":
+                hosts.setdefault(parsed[0], {})["state_bad"] = True
     ops = {}
-    for op_id, head in op_heads.items():
+    for op_id, (head, rev) in op_heads.items():
         ordered = tuple(s for _, s in sorted(steps.get(op_id, [])))
-        ops[op_id] = Op(op_id, str(head.get("kind", "failover")), str(head.get("host", "")),
-                        int(head.get("epoch", 0)), ordered)
+        ops[op_id] = Op(op_id, head["kind"], head["host"], head["epoch"], ordered, rev)
     host_views = {}
-    for name, h in hosts.items():
-        report = h["report"] or {}
-        host_views[name] = HostView(name, h["alive"], h["state"], int(report.get("cpus", 0) or 0),
-                                    int(report.get("memory_mib", 0) or 0),
-                                    frozenset(report.get("running_vms", ()) or ()), h["lease"])
-    return ClusterView(epoch, host_views, specs, placements, ops, migrations, tuple(requests))
+    for name, h in sorted(hosts.items()):
+        report, report_rev = h.get("report") or {}, h.get("report_rev", 0)
+        granted = max(h.get("granted_rev", 0), h.get("alive_rev", 0))
+        self_fence = report.get("self_fence_s") if report_rev > granted else None
+        host_views[name] = HostView(
+            name, h.get("alive", False), h.get("state"), report.get("cpus", 0), report.get("memory_mib", 0),
+            frozenset(report.get("running_vms", ())), h.get("lease", 0), h.get("failover", ""), granted,
+            h.get("stopped", False), self_fence, h.get("state_bad", False))
+    return ClusterView(epoch, host_views, specs, placements, ops, migrations, tuple(requests), tuple(bad))
+
+
+def _decode(key: str, kv: KVLike, keys: Keys, hosts: dict, specs: dict, placements: dict, migrations: dict,
+            steps: dict, op_heads: dict, requests: list) -> None:
+    if (parsed := keys.parse_host_key(key)) is not None:
+        name, leaf = parsed
+        h = hosts.setdefault(name, {})
+        if leaf == "alive":
+            h["alive"], h["lease"], h["alive_rev"] = True, kv.lease, kv.create_revision
+        elif leaf == "state":
+            d = _obj(kv)
+            value = d.get("state")
+            try:
+                state = HostState(value)
+            except ValueError:
+                raise BadRecord(f"state: expected one of {', '.join(s.value for s in HostState)}, "
+                                f"got {value!r:.40}") from None
+            h["state"], h["failover"] = state, _str(d, "failover", "")
+        elif leaf == "report":
+            d = _obj(kv)
+            h["report"] = {"cpus": _int(d, "cpus", 0), "memory_mib": _int(d, "memory_mib", 0),
+                           "running_vms": _strs(d, "running_vms"), "self_fence_s": _self_fence(d)}
+            h["report_rev"] = kv.mod_revision
+        elif leaf == "lease":
+            h["granted_rev"] = kv.mod_revision
+        elif leaf == "stopped":
+            d = _obj(kv)
+            _int(d, "lease", 0)
+            h["stopped"] = True
+    elif (parsed := keys.parse_vm_key(key)) is not None:
+        uuid, leaf = parsed
+        if leaf == "spec":
+            specs[uuid] = spec_from_record(uuid, _obj(kv))
+        elif leaf == "placement":
+            placements[uuid] = _str(_obj(kv), "host", empty=False)
+        elif leaf == "migration":
+            d = _obj(kv)
+            migrations[uuid] = Migration(uuid, _str(d, "from", empty=False), _str(d, "to", empty=False),
+                                         _int(d, "epoch", 0))
+    elif key.startswith(keys.ops):
+        op_id, _, leaf = key[len(keys.ops):].partition("/")
+        d = _obj(kv)
+        if leaf == "head":
+            op_heads[op_id] = ({"kind": _str(d, "kind", "failover"), "host": _str(d, "host", empty=False),
+                                "epoch": _int(d, "epoch", 0)}, kv.create_revision)
+        elif leaf:
+            detail = d.get("detail", {})
+            if not isinstance(detail, dict):
+                raise BadRecord(f"detail: expected an object, got {detail!r:.40}")
+            steps.setdefault(op_id, []).append(
+                (leaf, OpStep(_str(d, "step", empty=False), _num(d, "at", 0.0), detail, kv.mod_revision)))
+    elif key.startswith(keys.requests):
+        d = _obj(kv)
+        requests.append(Request(key[len(keys.requests):], _str(d, "kind", empty=False), _str(d, "host", ""),
+                                _str(d, "vm", ""), _str(d, "failover", "")))
 
 
 def action_ops(actions: Iterable[ManagerAction], view: ClusterView, keys: Keys, wall_now: float,
@@ -101,8 +197,10 @@ def action_ops(actions: Iterable[ManagerAction], view: ClusterView, keys: Keys, 
     seq: dict[str, int] = {op_id: len(op.steps) for op_id, op in view.ops.items()}
     for i, a in enumerate(actions):
         if isinstance(a, SetHostState):
-            ops.append(Put(keys.host_state(a.host), json.dumps(
-                {"state": a.new.value, "reason": a.reason, "epoch": view.epoch, "since": round(wall_now, 3)})))
+            record = {"state": a.new.value, "reason": a.reason, "epoch": view.epoch, "since": round(wall_now, 3)}
+            if a.failover:
+                record["failover"] = a.failover
+            ops.append(Put(keys.host_state(a.host), json.dumps(record)))
         elif isinstance(a, JournalStep):
             if a.op not in seq:
                 seq[a.op] = 0
@@ -119,6 +217,8 @@ def action_ops(actions: Iterable[ManagerAction], view: ClusterView, keys: Keys, 
             ops.append(Delete(keys.vm_migration(a.vm)))
         elif isinstance(a, ConsumeRequest):
             ops.append(Delete(keys.request(a.id)))
+        elif isinstance(a, DeleteOp):
+            ops.append(Delete(keys.op(a.op) + "/", prefix=True))
         elif isinstance(a, Event):
             ops.append(Put(keys.event(f"{wall_now:017.6f}-{i:03d}"), json.dumps(
                 {"kind": a.kind, "host": a.host, "vm": a.vm, "op": a.op, "detail": dict(a.detail),
@@ -131,10 +231,53 @@ def action_ops(actions: Iterable[ManagerAction], view: ClusterView, keys: Keys, 
     return [o for i, o in enumerate(ops) if last[o.key] == i]
 
 
+def action_compares(actions: Iterable[ManagerAction], keys: Keys) -> list[Compare]:
+    """Conditions the step's transaction needs besides the leader epoch.
+
+    A fence is dispatched only after its ``fence_start`` step is written, and that write holds
+    only while the host has no live lease: a fence start is then always newer than the host's
+    last lease loss, which is what lets a confirmation be matched against later lease grants.
+    """
+    return [Compare(keys.host_alive(a.host), "version", "==", 0) for a in actions if isinstance(a, FenceHost)]
+
+
+class AckRefused(ValueError):
+    """An operator's fence ack that the leader could not act on; the message says why."""
+
+
+ACKABLE = (HostState.SUSPECT, HostState.FENCING)
+
+
+def fence_ack_record(view: ClusterView, host: str) -> dict[str, str]:
+    """The ``requests/`` value for ``haagent fence ack HOST``: bound to the host's open failover.
+
+    Refused unless the host is suspect or fencing: an ack given at any other time would outlive
+    the failure it was meant for and could vouch for a later one.
+    """
+    hv = view.hosts.get(host)
+    if hv is None:
+        raise AckRefused(f"unknown host {host!r}")
+    if hv.state not in ACKABLE:
+        state = hv.state.value if hv.state else "unknown"
+        raise AckRefused(f"{host} is {state}, not suspect or fencing: an ack is accepted only for a host "
+                         "the leader is failing over")
+    if hv.alive:
+        raise AckRefused(f"{host} holds a live lease: it is running, not off")
+    return {"kind": "fence_ack", "host": host, "failover": hv.failover}
+
+
 def fence_result_step(op: str, host: str, result: str, reason: str, duration: float, at: float,
-                      device_results: Mapping[str, str] | None = None) -> JournalStep:
-    """The journal step the shell writes when a FenceHost finishes."""
-    detail: dict[str, Any] = {"result": result, "reason": reason, "duration_s": round(duration, 3)}
+                      device_results: Mapping[str, str] | None = None, attempt: int = 0,
+                      already_off: bool = False) -> JournalStep:
+    """The journal step the shell writes when a FenceHost finishes.
+
+    ``already_off``: the confirming level's first status reads found the power off before any
+    command was sent: the host died by itself; it was not cut off and switched off by us.
+    """
+    detail: dict[str, Any] = {"result": result, "reason": reason, "duration_s": round(duration, 3),
+                              "attempt": attempt}
+    if already_off:
+        detail["already_off"] = True
     if device_results:
         detail["devices"] = dict(device_results)
     return JournalStep(op, host, OpStep("fence", at, detail))
@@ -142,8 +285,8 @@ def fence_result_step(op: str, host: str, result: str, reason: str, duration: fl
 
 def timeline(op: Op) -> list[dict[str, Any]]:
     """An operation's steps as timeline rows (detect, confirm, fence, place, start per VM)."""
-    names = {"intent": "confirm", "fence": "fence", "fenced": "fenced", "place": "place",
-             "start": "start", "done": "done"}
+    names = {"intent": "confirm", "fence_start": "fence_start", "fence": "fence", "fenced": "fenced",
+             "place": "place", "start": "start", "done": "done"}
     t0 = op.steps[0].at if op.steps else 0.0
     rows = []
     for s in op.steps:

@@ -16,8 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping, Sequence
 
-from haagent.manager.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, Event, FenceHost, HostView,
-                                  JournalStep, ManagerAction, Op, OpStep, SetHostState, SetPlacement, VmSpec)
+from haagent.manager.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, DeleteOp, Event, FenceHost,
+                                  HostView, JournalStep, ManagerAction, Op, OpStep, SetHostState, SetPlacement,
+                                  VmSpec)
 from haagent.model import HostState as S
 
 # Allowed transitions: (from, to) -> one-line gloss of why.
@@ -27,8 +28,11 @@ TRANSITIONS: dict[tuple[S | None, S], str] = {
     (S.DRAINING, S.SUSPECT): "its lease is gone while draining",
     (S.SUSPECT, S.ACTIVE): "its lease came back before fencing started",
     (S.SUSPECT, S.FENCING): "fence_delay passed with no lease and no storm",
-    (S.FENCING, S.FENCED): "power confirmed off and lease gone, watchdog wait elapsed, or operator ack",
-    (S.FENCING, S.ACTIVE): "its lease came back and no fence confirmed power off: failover called off",
+    (None, S.SUSPECT): "its state record cannot be read and it holds no lease",
+    (S.FENCING, S.FENCED): "power confirmed off by a fence started after its last lease grant, its own "
+                           "reported watchdog wait elapsed, or operator ack",
+    (S.FENCING, S.ACTIVE): "its lease came back and no fence confirmed power off (or, after fence_inconsistent, "
+                           "an operator returned it): failover called off",
     (S.FENCED, S.RECOVERING): "its HA VMs are being placed elsewhere",
     (S.RECOVERING, S.FAILED): "every HA VM was placed (or reported unplaceable)",
     (S.FAILED, S.ACTIVE): "an operator returned it (or it stayed healthy for auto_return_after)",
@@ -52,10 +56,9 @@ class ManagerConfig:
     storm_threshold: float = 0.5  # hold when at least this fraction of known hosts turn suspect in storm_window
     storm_window: float = 30.0
     fence_retry_interval: float = 10.0
-    watchdog: bool = False
-    self_fence_timeout: float = 5.0
     watchdog_margin: float = 2.0
     auto_return_after: float | None = None  # seconds healthy before a failed host returns
+    keep_finished_ops: int = 50  # journals of finished operations kept in etcd (newest first)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,11 @@ class ManagerStatus:
     healthy_since: Mapping[str, float] = field(default_factory=dict)
     alerts: frozenset[Alert] = frozenset()
     storm_hold: frozenset[str] = frozenset()  # hosts caught in a storm, held until back or acked
+    # Hosts known dead, not cut off: a fence found the power already off, or an operator acked
+    # them. They leave the storm count (kept while they are in the storm window).
+    known_dead: frozenset[str] = frozenset()
+    alive_after_off: Mapping[str, float] = field(default_factory=dict)  # host -> first seen alive after an "off"
+    seeded: bool = False  # the first step has taken over the hosts already suspect or fencing
 
 
 # placer(vms to place, view, hosts to avoid) -> ({uuid: host}, {uuid: reasons})
@@ -93,7 +101,17 @@ class _Step:
         self.issued_at = dict(status.fence_issued_at)
         self.healthy = dict(status.healthy_since)
         self.suspect_log = [(h, t) for h, t in status.suspect_log if now - t <= config.storm_window]
+        if not status.seeded:
+            # A new leader inherits failures in progress: they count towards a storm as if just seen.
+            self.suspect_log += [(h, now) for h, hv in sorted(view.hosts.items())
+                                 if hv.state in (S.SUSPECT, S.FENCING)]
         self.storm_hold = set(status.storm_hold)
+        recent = {h for h, _ in self.suspect_log}
+        self.known_dead = {h for h in status.known_dead if h in recent}
+        self.alive_after_off = dict(status.alive_after_off)
+        self.failover: dict[str, str] = {h: hv.failover for h, hv in view.hosts.items() if hv.failover}
+        self.acks: dict[str, object] = {}  # host -> its valid fence_ack request
+        self.consumed: set[str] = set()
 
     # -- the only writer of host state ------------------------------------------------------
 
@@ -102,7 +120,41 @@ class _Step:
         if (old, new) not in TRANSITIONS:
             raise AssertionError(f"host={host} illegal transition {old} -> {new}")
         self.states[host] = new
-        self.actions.append(SetHostState(host, old, new, reason))
+        if new is S.ACTIVE:
+            self.failover.pop(host, None)
+        self.actions.append(SetHostState(host, old, new, reason, self.failover.get(host, "")))
+
+    def consume(self, req) -> None:
+        if req.id not in self.consumed:
+            self.consumed.add(req.id)
+            self.actions.append(ConsumeRequest(req.id))
+
+    def new_failover(self, host: str) -> str:
+        """The id of a host's failover: named in its state record from suspect on, and its op id."""
+        op = self.open_op(host)  # a failover journaled already (its state record may be unreadable)
+        fid = (self.failover.get(host) or (op.id if op else "")
+               or f"failover-{host}-{self.view.epoch}-{int(self.now * 1000)}")
+        self.failover[host] = fid
+        return fid
+
+    def dispatch_fence(self, host: str, op_id: str) -> None:
+        """Journal a fence start, then fence: the shell dispatches only once that write succeeds."""
+        op = self.view.ops.get(op_id)
+        n = 1 + max((int(s.detail["attempt"]) for s in (op.steps if op else ()) if s.step == "fence_start"
+                     and isinstance(s.detail.get("attempt"), int)), default=0)
+        self.journal(op_id, host, "fence_start", attempt=n)
+        self.actions.append(FenceHost(host, op_id, n))
+        self.inflight[host] = n
+        self.issued_at[host] = self.now
+
+    def keys_of(self, key: str) -> tuple[str, str]:
+        """(host, vm) a stored key belongs to, for an alert's labels."""
+        parts = key.rstrip("/").split("/")
+        if "hosts" in parts[:-1]:
+            return parts[parts.index("hosts") + 1], ""
+        if "vms" in parts[:-1]:
+            return "", parts[parts.index("vms") + 1]
+        return "", ""
 
     def alert(self, name: str, host: str = "", vm: str = "", message: str = "") -> None:
         self.alerts.add(Alert(name, host, vm, message))
@@ -112,7 +164,7 @@ class _Step:
 
     def open_op(self, host: str) -> Op | None:
         ops = [o for o in self.view.ops.values() if o.host == host and o.kind == "failover" and not o.finished]
-        return max(ops, key=lambda o: o.id) if ops else None
+        return max(ops, key=lambda o: (o.rev, o.id)) if ops else None  # newest opened
 
     @property
     def in_grace(self) -> bool:
@@ -129,12 +181,24 @@ class _Step:
         the threshold remain, they are ordinary failures and are fenced as usual.
         """
         known = [h for h, st in self.states.items() if st not in (S.MAINTENANCE, None)]
-        recent = {h for h, _ in self.suspect_log}
-        limit = self.cfg.storm_threshold * len(known)
-        if known and len(recent) >= limit:
+        # A single lost host is never a storm (in a 2-host cluster 1 of 2 is "half").
+        limit = max(2.0, self.cfg.storm_threshold * len(known))
+        dead = self.known_dead | set(self.acks)
+
+        def lost(h: str) -> bool:
+            return self.states.get(h) not in (S.ACTIVE, S.DRAINING, S.MAINTENANCE) and h not in dead
+
+        # Hosts lost within the window that are not back count, whatever became of them since: a
+        # host we switched off a few seconds before the next one vanished may have been cut off by
+        # the same fault. One whose fence found it already off, or that an operator acked, died.
+        recent = {h for h, _ in self.suspect_log if lost(h)}
+        if len(recent) >= limit:
             self.storm_hold |= recent
-        self.storm_hold = {h for h in self.storm_hold if self.states.get(h) is S.SUSPECT}
-        if not known or len(self.storm_hold) < limit:
+        if self.storm_hold:  # while it lasts, a host that turns suspect joins it
+            self.storm_hold |= {h for h, st in self.states.items() if st is S.SUSPECT}
+        # Time alone never releases a host: only coming back, being found off, or an ack.
+        self.storm_hold = {h for h in self.storm_hold if lost(h)}
+        if len(self.storm_hold) < limit:
             self.storm_hold = set()
         return bool(self.storm_hold)
 
@@ -146,7 +210,8 @@ class _Step:
             leader_since=self.status.leader_since,
             suspect_since=self.s_since, lost_at=self.lost_at, fence_inflight=self.inflight,
             fence_issued_at=self.issued_at, suspect_log=tuple(self.suspect_log),
-            healthy_since=self.healthy, alerts=frozenset(self.alerts), storm_hold=frozenset(self.storm_hold))
+            healthy_since=self.healthy, alerts=frozenset(self.alerts), storm_hold=frozenset(self.storm_hold),
+            known_dead=frozenset(self.known_dead), alive_after_off=self.alive_after_off, seeded=True)
         return status, self.actions
 
 
@@ -159,14 +224,52 @@ def step(view: ClusterView, status: ManagerStatus, now: float, config: ManagerCo
          placer: Placer) -> tuple[ManagerStatus, list[ManagerAction]]:
     """One leader decision round. Pure: same inputs, same outputs."""
     st = _Step(view, status, now, config, placer)
-    requests = {(r.kind, r.host): r for r in view.requests if r.host}
+    for key, why in view.bad_records:
+        host_key, vm_key = st.keys_of(key)
+        st.alert("bad_record", host=host_key, vm=vm_key,
+                 message=f"{key}: {why}; skipped until it is fixed or deleted")
+    requests = {(r.kind, r.host): r for r in view.requests if r.host and r.kind != "fence_ack"}
+    _take_acks(st)
     for name in sorted(view.hosts):
         _host(st, view.hosts[name], requests)
     _vms(st)
     for r in view.requests:
         if r.kind == "relocate":
             _relocate(st, r)
+    # An ack is for one failover: once that failover closes, unused, it is discarded.
+    for host, ack in sorted(st.acks.items()):
+        if st.states.get(host) not in (S.SUSPECT, S.FENCING) and ack.id not in st.consumed:  # type: ignore[attr-defined]
+            st.consume(ack)
+            st.actions.append(Event("fence_ack_discarded", host=host, detail={"reason": "its failover closed"}))
+    _forget_finished_ops(st)
     return st.finish()
+
+
+def _take_acks(st: _Step) -> None:
+    """Keep the acks bound to a host's open failover; discard the rest with an event."""
+    for r in st.view.requests:
+        if r.kind != "fence_ack":
+            continue
+        hv = st.view.hosts.get(r.host)
+        if hv is None:
+            why = "unknown host"
+        elif hv.state not in (S.SUSPECT, S.FENCING):
+            why = f"host is {hv.state.value if hv.state else 'unknown'}, not suspect or fencing"
+        elif not r.failover or r.failover != hv.failover:
+            why = f"it names failover {r.failover or '(none)'}, the open one is {hv.failover or '(none)'}"
+        elif r.host in st.acks:
+            why = "the failover already has an ack"
+        else:
+            st.acks[r.host] = r
+            continue
+        st.consume(r)
+        st.actions.append(Event("fence_ack_discarded", host=r.host, detail={"reason": why, "request": r.id}))
+
+
+def _forget_finished_ops(st: _Step) -> None:
+    finished = sorted((o for o in st.view.ops.values() if o.finished), key=lambda o: (o.rev, o.id), reverse=True)
+    for op in finished[st.cfg.keep_finished_ops:]:
+        st.actions.append(DeleteOp(op.id))
 
 
 # -- per-host state handlers -------------------------------------------------------------------
@@ -176,7 +279,9 @@ def _host(st: _Step, hv: HostView, requests: Mapping[tuple[str, str], object]) -
     state = st.states.get(hv.name)
     handler = _HANDLERS.get(state)
     if not hv.alive:
-        st.lost_at.setdefault(hv.name, st.now if not st.in_grace else st.status.leader_since)
+        # When this leader first saw it gone: never earlier than the real loss, which is what a
+        # self-fence wait must count from.
+        st.lost_at.setdefault(hv.name, st.now)
         st.healthy.pop(hv.name, None)
     else:
         st.lost_at.pop(hv.name, None)
@@ -189,11 +294,27 @@ def _unknown(st: _Step, hv: HostView, requests) -> None:
     if hv.alive:
         st.change_state(hv.name, S.ACTIVE, "joined")
         st.actions.append(Event("host_joined", host=hv.name))
+    elif hv.state_bad and not st.in_grace:
+        # Whatever it was, it holds no lease now: treat it as lost (recovery still needs a
+        # confirmed fence, so the worst case is fencing a host that is already off).
+        st.new_failover(hv.name)
+        st.change_state(hv.name, S.SUSPECT, "state record unreadable and no lease")
+        st.s_since[hv.name] = st.now
+        st.suspect_log.append((hv.name, st.now))
+        st.actions.append(Event("host_suspect", host=hv.name))
 
 
 def _active(st: _Step, hv: HostView, requests) -> None:
     if hv.alive or st.in_grace:
         return
+    if hv.stopped:
+        # Its agent stopped cleanly while it held its lease (shutdown_policy = freeze): the host
+        # is healthy and its VMs keep running, unprotected until the agent is back. Never fenced.
+        st.alert("agent_stopped", host=hv.name,
+                 message="its agent was stopped cleanly (shutdown_policy=freeze): its VMs keep running but "
+                         "are not restarted elsewhere if the host fails, until the agent is back")
+        return
+    st.new_failover(hv.name)
     st.change_state(hv.name, S.SUSPECT, "lease gone")
     st.s_since[hv.name] = st.now
     st.suspect_log.append((hv.name, st.now))
@@ -210,78 +331,123 @@ def _suspect(st: _Step, hv: HostView, requests) -> None:
         return
     since = st.s_since.setdefault(hv.name, st.now)
     if st.storm():
-        ack = requests.get(("fence_ack", hv.name))
+        ack = st.acks.get(hv.name)
         if ack is None:
-            st.alert("fencing_storm_hold", message=f"{len(st.storm_hold)} hosts lost their lease together "
-                     f"({', '.join(sorted(st.storm_hold))}): holding all fencing and recovery until they come "
-                     "back or an operator acknowledges each one with 'haagent fence ack HOST --yes'")
+            _storm_alert(st)
             return
         # An operator vouched for this one: it leaves the hold and is fenced (and recovered) now.
         st.storm_hold.discard(hv.name)
     elif st.now - since < st.cfg.fence_delay:
         return
-    op_id = f"failover-{hv.name}-{st.view.epoch}-{int(st.now * 1000)}"
+    op_id = st.new_failover(hv.name)
     st.journal(op_id, hv.name, "intent", detect_after=round(st.now - since, 3))
     st.change_state(hv.name, S.FENCING, f"no lease for {st.now - since:.1f}s")
-    st.actions.append(FenceHost(hv.name, op_id))
-    st.inflight[hv.name] = 0
-    st.issued_at[hv.name] = st.now
+    st.dispatch_fence(hv.name, op_id)
+
+
+def _storm_alert(st: _Step) -> None:
+    st.alert("fencing_storm_hold", message=f"{len(st.storm_hold)} hosts lost their lease together "
+             f"({', '.join(sorted(st.storm_hold))}): holding their fencing until they come back or an operator "
+             "acknowledges each one with 'haagent fence ack HOST --yes'")
+
+
+INCONSISTENT = ("fence reported power off, yet the host holds a lease granted after that fence started: the "
+                "device cannot be trusted. Nothing of it moves; if it is off, 'haagent fence ack {h} --yes'; "
+                "if it runs and its device is fixed, 'haagent host return {h}'")
 
 
 def _fencing(st: _Step, hv: HostView, requests) -> None:
     op = st.open_op(hv.name)
     if op is None:  # the journal is missing (e.g. state written, intent lost): start it again
-        op_id = f"failover-{hv.name}-{st.view.epoch}-{int(st.now * 1000)}"
+        op_id = st.new_failover(hv.name)
         st.journal(op_id, hv.name, "intent", resumed=True)
-        st.actions.append(FenceHost(hv.name, op_id))
-        st.inflight[hv.name], st.issued_at[hv.name] = 0, st.now
-        return
-    fences = [s for s in op.steps if s.step == "fence"]
-    confirmed = next((s for s in fences if s.detail.get("result") == "confirmed_off"), None)
-    ack = requests.get(("fence_ack", hv.name))
-    if confirmed is not None:
         if not hv.alive:
-            _fenced(st, hv, op, "power confirmed off")
-            return
-        # The device says off, yet the host's lease lives. Allow one TTL for the lease of a host
-        # that just lost power to expire; after that the fence lied: never start its VMs.
-        confirmed_at = st.issued_at.get(hv.name, st.now)
-        if st.now - confirmed_at > st.cfg.lease_ttl + st.cfg.watchdog_margin + st.cfg.fence_retry_interval:
-            st.alert("fence_inconsistent", host=hv.name,
-                     message="fence reported power off but the host still renews its lease; its VMs stay put")
+            st.dispatch_fence(hv.name, op_id)
         return
+    starts = {s.detail.get("attempt"): s for s in op.steps if s.step == "fence_start"}
+    fences = [s for s in op.steps if s.step == "fence"]
+    said_off = [s for s in fences if s.detail.get("result") == "confirmed_off"]
+    ack = st.acks.get(hv.name)
     if ack is not None and not hv.alive:
-        st.actions.append(ConsumeRequest(ack.id))  # type: ignore[attr-defined]
+        st.consume(ack)
+        st.known_dead.add(hv.name)
         _fenced(st, hv, op, "operator acknowledged (haagent fence ack)")
         return
-    if st.cfg.watchdog and not hv.alive:
-        lost = st.lost_at.get(hv.name, st.status.leader_since)
-        if st.now >= lost + st.cfg.self_fence_timeout + st.cfg.watchdog_margin:
-            _fenced(st, hv, op, "watchdog: lease expired and self_fence_timeout elapsed")
+    inconsistent = op.has("inconsistent")
+    if said_off and hv.alive and not inconsistent:
+        # Every fence start is written while the host has no lease, so a lease alive now was
+        # granted after the fence began: that "off" predates it and counts for nothing. Either the
+        # host came back just as it was switched off (its lease then lapses within a TTL, and a new
+        # fence, started after that, decides), or the device said off while the host ran: a lease
+        # still renewed a TTL and a margin later proves it, and the device is not trusted again.
+        first = st.alive_after_off.setdefault(hv.name, st.now)
+        if st.now - first <= st.cfg.lease_ttl + st.cfg.watchdog_margin:
             return
-    in_flight = hv.name in st.inflight and len(fences) <= st.inflight[hv.name]
+        st.journal(op.id, hv.name, "inconsistent", attempt=said_off[-1].detail.get("attempt", 0),
+                   alive_for=round(st.now - first, 3))
+        inconsistent = True
+    if not hv.alive:
+        st.alive_after_off.pop(hv.name, None)
+    if inconsistent:
+        ret = requests.get(("host_return", hv.name))
+        if ret is not None and hv.alive:
+            st.consume(ret)
+            _call_off(st, hv, op, "operator returned it after fence_inconsistent")
+            return
+        st.alert("fence_inconsistent", host=hv.name, message=INCONSISTENT.format(h=hv.name))
+        return
+    # A confirmation counts only from a fence started after the host's last lease grant.
+    valid = [s for s in said_off if (start := starts.get(s.detail.get("attempt"))) is not None
+             and start.rev > hv.granted_rev]
+    if valid and not hv.alive:
+        if valid[-1].detail.get("already_off"):
+            st.known_dead.add(hv.name)
+            _fenced(st, hv, op, "power found already off by the first status read")
+        else:
+            _fenced(st, hv, op, "power confirmed off")
+        return
+    if hv.self_fence is not None and not hv.alive:
+        # The host's own report (written during its last lease) says its watchdog resets it
+        # this long after it loses the lease.
+        lost = st.lost_at.get(hv.name, st.status.leader_since)
+        if st.now >= lost + hv.self_fence + st.cfg.watchdog_margin:
+            _fenced(st, hv, op, f"watchdog: lease expired and its self-fence time ({hv.self_fence:g}s) elapsed")
+            return
+    done = {s.detail.get("attempt") for s in fences}
+    in_flight = hv.name in st.inflight and st.inflight[hv.name] not in done
     if hv.alive and not in_flight:
         # Its lease came back and no fence confirmed power off, so nothing of it was moved: call
         # the failover off instead of fencing a host that cooperates again (a failing device
         # would otherwise leave it in fencing for good, its crashed VMs never restarted).
-        st.journal(op.id, hv.name, "done", aborted="lease back; no fence confirmed power off")
-        st.inflight.pop(hv.name, None)
-        st.s_since.pop(hv.name, None)
-        st.change_state(hv.name, S.ACTIVE, "lease back; no fence confirmed power off")
-        st.actions.append(Event("failover_aborted", host=hv.name, op=op.id))
+        _call_off(st, hv, op, "lease back; no fence confirmed power off")
         return
-    if fences:  # raised while a retry is in flight too: the alert stays up until fencing succeeds
+    stale_off = bool(fences) and fences[-1] in said_off
+    if stale_off and not in_flight and not hv.alive:
+        # Off, but said before the host's last lease grant: it may have been powered on since.
+        st.dispatch_fence(hv.name, op.id)
+        return
+    if fences and not stale_off:  # raised while a retry is in flight too, until fencing succeeds
         last = fences[-1]
         st.alert("fence_failed", host=hv.name,
                  message=f"fencing {last.detail.get('result')}: {last.detail.get('reason', '')}; "
                          "no recovery until fencing succeeds or an operator runs 'haagent fence ack'")
-    if in_flight:
+    if in_flight or hv.alive:
         return
     if fences and st.now - st.issued_at.get(hv.name, -1e18) < st.cfg.fence_retry_interval:
         return
-    st.actions.append(FenceHost(hv.name, op.id))
-    st.inflight[hv.name] = len(fences)
-    st.issued_at[hv.name] = st.now
+    if st.storm() and hv.name in st.storm_hold:
+        _storm_alert(st)
+        return  # no retry while the storm guard holds it
+    st.dispatch_fence(hv.name, op.id)
+
+
+def _call_off(st: _Step, hv: HostView, op: Op, why: str) -> None:
+    st.journal(op.id, hv.name, "done", aborted=why)
+    st.alive_after_off.pop(hv.name, None)
+    st.inflight.pop(hv.name, None)
+    st.s_since.pop(hv.name, None)
+    st.change_state(hv.name, S.ACTIVE, why)
+    st.actions.append(Event("failover_aborted", host=hv.name, op=op.id))
 
 
 def _fenced(st: _Step, hv: HostView, op: Op, how: str) -> None:
@@ -340,7 +506,7 @@ def _journal_starts(st: _Step, op: Op) -> bool:
 def _failed(st: _Step, hv: HostView, requests) -> None:
     ret = requests.get(("host_return", hv.name))
     if ret is not None:
-        st.actions.append(ConsumeRequest(ret.id))  # type: ignore[attr-defined]
+        st.consume(ret)
         st.change_state(hv.name, S.ACTIVE, "returned by operator")
         return
     after = st.cfg.auto_return_after
@@ -404,12 +570,11 @@ def _vms(st: _Step) -> None:
             _resolve_migration(st, uuid, mig)
     if st.in_grace:
         return
-    # During a storm only hosts an operator acknowledged are recovered; the rest wait.
-    storm = st.storm()
     # HA VMs whose host is confirmed fenced go elsewhere, by priority (the placer orders them).
+    # The storm guard holds fencing, not this: a host confirmed off runs nothing, whatever the cause.
     todo = [st.view.specs[u] for u, h in sorted(st.placements.items())
             if u not in frozen and u not in st.view.migrations and _is_ha(st, u)
-            and st.states.get(h) in CONFIRMED_FENCED and (not storm or _acked(st, h))]
+            and st.states.get(h) in CONFIRMED_FENCED]
     if not todo:
         return
     avoid = frozenset(h for h, s in st.states.items() if s not in TAKES_VMS)
@@ -432,13 +597,6 @@ def _vms(st: _Step) -> None:
             prior = op.last("place")
             merged = {**(prior.detail.get("placements", {}) if prior else {}), **placed}
             st.journal(op.id, old, "place", placements=merged)
-
-
-def _acked(st: _Step, host: str) -> bool:
-    """Whether the host's open failover was confirmed by an operator's ack."""
-    op = st.open_op(host)
-    fenced = op.last("fenced") if op else None
-    return fenced is not None and str(fenced.detail.get("how", "")).startswith("operator")
 
 
 def _view_with(st: _Step) -> ClusterView:
@@ -536,7 +694,9 @@ def _describe(a: ManagerAction) -> str:
         detail = " ".join(f"{k}={v}" for k, v in sorted(a.step.detail.items()))
         return f"op={a.op} step={a.step.step} {detail}".rstrip()
     if isinstance(a, FenceHost):
-        return f"fence host={a.host} op={a.op}"
+        return f"fence host={a.host} op={a.op} attempt={a.attempt}"
+    if isinstance(a, DeleteOp):
+        return f"forget finished op={a.op}"
     if isinstance(a, SetPlacement):
         return f"place vm={a.vm} on={a.host} ({a.reason})"
     if isinstance(a, ClearMigration):

@@ -2,11 +2,18 @@
 
 One thread (the agent loop) runs ``tick``; fence calls run on a small pool and hand their results
 back through a queue, so the journal has a single writer and its step numbers never collide.
+
+Fencing rules the shell keeps (docs/design.md, "Fencing"): a fence is dispatched only after the
+step's transaction, which journals its ``fence_start`` and holds only while this epoch leads and
+the host has no lease, has been written; fences run under a cancel event that is set the moment
+this process stops leading (or leads again under a new epoch), and results that come back under
+another epoch than the one that dispatched them are dropped, never journaled.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
@@ -15,7 +22,7 @@ from haagent import metrics
 from haagent.errors import LeaseExpired, StoreError
 from haagent.log import get_logger
 from haagent.manager import core
-from haagent.manager.codec import action_ops, build_view, fence_result_step
+from haagent.manager.codec import action_compares, action_ops, build_view, fence_result_step
 from haagent.manager.view import Alert, ClusterView, Event, FenceHost, JournalStep, SetHostState
 from haagent.model import HostState
 from haagent.store.election import Election
@@ -38,45 +45,73 @@ class LeaderLoop:
         self.clock, self.wall, self.wake = clock, wall, wake
         self.status: core.ManagerStatus | None = None
         self.epoch = 0
-        self._results: queue.Queue[JournalStep] = queue.Queue()
+        self._results: queue.Queue[tuple[int, JournalStep]] = queue.Queue()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fence")
         self._fencing: dict[str, Future] = {}
+        self._cancel = threading.Event()  # set when the epoch that dispatched the running fences ends
         self._alerts: set[Alert] = set()
         self._events_lease = 0
         self._health: Future | None = None
         self._health_due = 0.0
 
     def close(self) -> None:
+        self._cancel.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def deposed(self, why: str) -> None:
+        """This process no longer leads under the epoch it fenced with: stop its fences."""
+        if self.status is not None or self._fencing:
+            log.warning("manager_stopped", epoch=self.epoch, reason=why,
+                        fences_cancelled=sorted(h for h, f in self._fencing.items() if not f.done()))
+        self._cancel.set()
+        self._cancel = threading.Event()
+        self._fencing = {}
+        self.status = None
 
     def tick(self) -> None:
         lead = self.election.leadership
         if lead is None:
-            self.status = None
+            if self.status is not None:
+                self.deposed("leadership lost")
             return
         if self.status is None or self.epoch != lead.epoch:
+            if self.status is not None:
+                self.deposed(f"epoch changed from {self.epoch} to {lead.epoch}")
             self.status, self.epoch = core.new_status(self.clock()), lead.epoch
             log.info("manager_started", epoch=lead.epoch, grace_s=self.config.new_leader_grace)
         kvs, revision = self.cache.snapshot()
         view = build_view(kvs, self.keys, lead.epoch)
-        # Fence results first, so this step sees them.
+        # Fence results first, so this step sees them; results of another epoch are dropped.
         results = []
         while True:
             try:
-                results.append(self._results.get_nowait())
+                epoch, step = self._results.get_nowait()
             except queue.Empty:
                 break
+            if epoch == lead.epoch:
+                results.append(step)
+            else:
+                log.warning("fence_result_dropped", op=step.op, host=step.host, epoch=epoch, current=lead.epoch)
         if results:
             revision = self._write(results, view)
-            self.cache.wait_for(revision, 2.0)
+            if not revision or not self.cache.wait_for(revision, 2.0):
+                log.warning("manager_view_stale", waiting_for=revision)
+                return  # decide nothing from a view that does not hold our own last write
             kvs, _ = self.cache.snapshot()
             view = build_view(kvs, self.keys, lead.epoch)
-        self.status, actions = core.step(view, self.status, self.clock(), self.config, self.placer)
+        status, actions = core.step(view, self.status, self.clock(), self.config, self.placer)
         for line in core.actions_summary(a for a in actions if not isinstance(a, Alert)):
             log.info("manager_action", action=line, epoch=lead.epoch)
         if any(not isinstance(a, (Alert, FenceHost)) for a in actions):
             revision = self._write(actions, view)
-            self.cache.wait_for(revision, 2.0)
+            if not revision:
+                # A condition of the step no longer held (a host renewed its lease as we were about
+                # to fence it): nothing was written, nothing is dispatched; decide again next tick.
+                log.info("manager_step_retry", reason="a host's lease changed under the step")
+                return
+            if not self.cache.wait_for(revision, 2.0):
+                log.warning("manager_view_stale", waiting_for=revision)
+        self.status = status
         for a in actions:
             if isinstance(a, FenceHost):
                 self._fence(a)
@@ -112,13 +147,15 @@ class LeaderLoop:
         if not ops:
             return 0
         try:
-            revision = self.election.guarded(ops).revision
+            result = self.election.guarded(ops, action_compares(actions, self.keys))
         except StoreError as exc:
             if isinstance(exc, LeaseExpired):
                 self._events_lease = 0  # the events lease ran out: grant a new one next time
             raise
+        if not result.succeeded:
+            return 0
         self._export_timeline(actions, view)
-        return revision
+        return result.revision
 
     def _export_timeline(self, actions: list, view: ClusterView) -> None:
         """Failover phases as metrics: seconds from detection to each journaled step."""
@@ -144,21 +181,26 @@ class LeaderLoop:
         running = self._fencing.get(action.host)
         if running is not None and not running.done():
             return
-        log.warning("fencing_host", host=action.host, op=action.op)
+        log.warning("fencing_host", host=action.host, op=action.op, attempt=action.attempt)
+        epoch, cancel = self.epoch, self._cancel
 
         def run() -> None:
             started = self.clock()
             try:
-                result = self.fencer.fence_host(action.host)
+                result = self.fencer.fence_host(action.host, cancel=cancel)
                 outcome, reason = result.outcome.value, result.reason
                 devices = {d.device: d.outcome.value for lvl in result.levels for d in lvl.devices}
+                already_off = result.confirmed_off and any(
+                    lvl.number == result.level and lvl.devices and all(d.already_off for d in lvl.devices)
+                    for lvl in result.levels)
             except Exception as exc:  # a broken plugin must still produce a journaled failure
-                outcome, reason, devices = "failed", f"{type(exc).__name__}: {exc}", {}
+                outcome, reason, devices, already_off = "failed", f"{type(exc).__name__}: {exc}", {}, False
             took = self.clock() - started
             metrics.FENCE_OPERATIONS.labels(result=outcome).inc()
             log.warning("fence_result", host=action.host, op=action.op, result=outcome, reason=reason,
                         duration_s=round(took, 3))
-            self._results.put(fence_result_step(action.op, action.host, outcome, reason, took, self.clock(), devices))
+            self._results.put((epoch, fence_result_step(action.op, action.host, outcome, reason, took, self.clock(),
+                                                        devices, action.attempt, already_off)))
             self.wake()  # journal the result now, not at the next heartbeat
 
         self._fencing[action.host] = self._pool.submit(run)
@@ -175,10 +217,9 @@ class LeaderLoop:
 
 def manager_config(config: Any) -> core.ManagerConfig:
     """ManagerConfig from the validated haagent Config."""
-    t, m, a = config.timing, config.manager, config.agent
+    t, m = config.timing, config.manager
     return core.ManagerConfig(
         fence_delay=t.fence_delay, new_leader_grace=t.new_leader_grace, lease_ttl=float(t.lease_ttl),
         storm_threshold=m.storm_threshold, storm_window=m.storm_window,
-        fence_retry_interval=m.fence_retry_interval, watchdog=a.watchdog,
-        self_fence_timeout=a.self_fence_timeout, watchdog_margin=m.watchdog_margin,
+        fence_retry_interval=m.fence_retry_interval, watchdog_margin=m.watchdog_margin,
         auto_return_after=m.auto_return_after)

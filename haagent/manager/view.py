@@ -46,6 +46,13 @@ class HostView:
     memory_mib: int = 0
     running: frozenset[str] = frozenset()  # uuids its last report says run there
     lease: int = 0  # id of the lease its alive key lives on (0 when not alive)
+    failover: str = ""  # the open failover (op id) its state record names, from suspect on
+    granted_rev: int = 0  # store revision of its latest lease grant (hosts/<h>/lease), 0 unknown
+    stopped: bool = False  # its agent stopped cleanly while holding its lease (shutdown_policy)
+    # Seconds after losing its lease by which the host has reset itself (its armed watchdog), as
+    # the host itself reported during its current lease; None: it does not self-fence.
+    self_fence: float | None = None
+    state_bad: bool = False  # its state record exists but cannot be read
 
 
 @dataclass(frozen=True)
@@ -64,13 +71,15 @@ class Request:
     kind: str
     host: str = ""
     vm: str = ""
+    failover: str = ""  # fence_ack: the failover (op id) the operator acknowledged
 
 
 @dataclass(frozen=True)
 class OpStep:
-    step: str  # intent, fence, fenced, place, start, done, held
+    step: str  # intent, fence_start, fence, inconsistent, fenced, place, start, done
     at: float
     detail: Mapping[str, Any] = field(default_factory=dict)
+    rev: int = 0  # store revision the step was written at (0: not yet written)
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,7 @@ class Op:
     host: str
     epoch: int
     steps: tuple[OpStep, ...] = ()
+    rev: int = 0  # store revision of its head (when it was opened)
 
     def has(self, step: str) -> bool:
         return any(s.step == step for s in self.steps)
@@ -108,6 +118,7 @@ class ClusterView:
     ops: Mapping[str, Op] = field(default_factory=dict)
     migrations: Mapping[str, Migration] = field(default_factory=dict)
     requests: tuple[Request, ...] = ()
+    bad_records: tuple[tuple[str, str], ...] = ()  # (key, why) of records that cannot be read
 
 
 # -- actions the manager step emits ------------------------------------------------------------
@@ -119,6 +130,7 @@ class SetHostState:
     old: HostState | None
     new: HostState
     reason: str
+    failover: str = ""  # the open failover, kept in the state record until the host is active
 
 
 @dataclass(frozen=True)
@@ -136,6 +148,7 @@ class FenceHost:
 
     host: str
     op: str
+    attempt: int = 0  # matches the fence_start journal step written (guarded) before dispatch
 
 
 @dataclass(frozen=True)
@@ -157,6 +170,13 @@ class ConsumeRequest:
 
 
 @dataclass(frozen=True)
+class DeleteOp:
+    """Forget a finished operation's journal (its timeline went out as events already)."""
+
+    op: str
+
+
+@dataclass(frozen=True)
 class Alert:
     """A condition a human must look at; raised as a metric and an event until it clears."""
 
@@ -175,4 +195,5 @@ class Event:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
-ManagerAction = SetHostState | JournalStep | FenceHost | SetPlacement | ClearMigration | ConsumeRequest | Alert | Event
+ManagerAction = (SetHostState | JournalStep | FenceHost | SetPlacement | ClearMigration | ConsumeRequest | DeleteOp
+                 | Alert | Event)

@@ -6,8 +6,12 @@ A scenario directory holds ``README`` (one line), ``cluster.json``, ``cmdlist`` 
     at 5 power h2 off          power h2 on
     at 5 network h3 off        network h3 on        (a partition: cut off from etcd and peers)
     at 9 agent h1 crash        agent h1 start       (the agent process only; its VMs keep running)
+    at 9 agent h1 stop                              (a clean stop, SIGTERM: shutdown_policy freeze)
     bmc h2 fail                pdu h2 never-off     device h2 pdu-b lies
-                               (device modes: ok, fail, hang, never-off, lies)
+                               (device modes: ok, fail, hang, never-off, lies, empty)
+    at 5 corrupt h2 report     corrupt vm1 spec     (garbage in a record: host state|report|lease|
+                                                     stopped; vm spec|placement|migration; request)
+    at 30 repair                                    (every corrupted record put back)
     at 20 quorum lost          quorum back
     at 7 vm web-1 crash        vm web-1 shutdown    (a crash, or a shutdown by a user)
     at 20 ack h2               at 30 return h2      (haagent fence ack / haagent host return)
@@ -28,7 +32,8 @@ from haagent.agent.core import AgentConfig
 from haagent.manager.core import ManagerConfig
 from haagent.manager.view import VmSpec
 from haagent.sim.invariants import Invariants, check_recovered
-from haagent.sim.world import Device, InvariantViolation, SimConfig, SimHost, Simulation
+from haagent.sim.store import NoQuorum
+from haagent.sim.world import DEVICE_MODES, Device, InvariantViolation, SimConfig, SimHost, Simulation
 
 DEFAULT_END = 60.0
 CORPUS = Path(__file__).resolve().parents[2] / "tests" / "scenarios" / "failover"
@@ -86,10 +91,11 @@ def _number(word: str, source: str, n: int) -> float:
 
 _SHAPES = {
     "power": ("HOST", ("on", "off")), "network": ("HOST", ("on", "off")),
-    "agent": ("HOST", ("crash", "start")), "vm": ("VM", ("crash", "shutdown")),
-    "bmc": ("HOST", ("ok", "fail", "hang", "never-off", "lies")),
-    "pdu": ("HOST", ("ok", "fail", "hang", "never-off", "lies")),
+    "agent": ("HOST", ("crash", "start", "stop")), "vm": ("VM", ("crash", "shutdown")),
+    "bmc": ("HOST", DEVICE_MODES), "pdu": ("HOST", DEVICE_MODES),
 }
+_HOST_RECORDS = ("state", "report", "lease", "stopped")
+_VM_RECORDS = ("spec", "placement", "migration")
 
 
 def _validate(words: tuple[str, ...] | list[str], source: str, n: int) -> None:
@@ -107,6 +113,13 @@ def _validate(words: tuple[str, ...] | list[str], source: str, n: int) -> None:
     elif verb in ("ack", "return"):
         if len(words) != 2:
             raise ScenarioError(f"{source}:{n}: expected '{verb} HOST'")
+    elif verb == "corrupt":
+        if not (len(words) == 3 and words[2] in _HOST_RECORDS + _VM_RECORDS) and words[1:] != ["request"]:
+            raise ScenarioError(f"{source}:{n}: expected 'corrupt HOST {'|'.join(_HOST_RECORDS)}', "
+                                f"'corrupt VM {'|'.join(_VM_RECORDS)}' or 'corrupt request'")
+    elif verb == "repair":
+        if len(words) != 1:
+            raise ScenarioError(f"{source}:{n}: expected 'repair'")
     else:
         raise ScenarioError(f"{source}:{n}: unknown command {verb!r}")
 
@@ -126,7 +139,8 @@ def build(cluster: Mapping[str, Any], source: str = "cluster.json") -> Simulatio
     for name, h in sorted(dict(cluster.get("hosts", {})).items()):
         h = h or {}
         levels = [[Device(d) for d in level] for level in h.get("fencing", [["ipmi"]])]
-        hosts.append(SimHost(name, int(h.get("cpus", 8)), int(h.get("memory_mib", 8192)), levels))
+        hosts.append(SimHost(name, int(h.get("cpus", 8)), int(h.get("memory_mib", 8192)), levels,
+                             watchdog=h.get("watchdog")))
     specs, placements, running = [], {}, {}
     names = {h.name for h in hosts}
     for v in cluster.get("vms", []):
@@ -161,7 +175,7 @@ def apply(sim: Simulation, cmd: Command) -> None:
         elif verb == "network":
             sim.network(w[1], w[2] == "on")
         elif verb == "agent":
-            (sim.agent_crash if w[2] == "crash" else sim.agent_start)(w[1])
+            {"crash": sim.agent_crash, "start": sim.agent_start, "stop": sim.agent_stop}[w[2]](w[1])
         elif verb == "bmc":
             sim.set_device(w[1], "ipmi", w[2])
         elif verb == "pdu":
@@ -176,8 +190,28 @@ def apply(sim: Simulation, cmd: Command) -> None:
         elif verb in ("ack", "return"):
             if w[1] not in sim.hosts:
                 raise KeyError(f"unknown host {w[1]}")
-            ok = sim.request("fence_ack" if verb == "ack" else "host_return", host=w[1])
-            note = "" if ok else " (rejected: no quorum)"
+            refused = sim.request("fence_ack" if verb == "ack" else "host_return", host=w[1])
+            note = f" (refused: {refused})" if refused else ""
+        elif verb == "corrupt":
+            if w[1] == "request":
+                key = sim.keys.request("garbage")
+            elif w[2] in _HOST_RECORDS:
+                if w[1] not in sim.hosts:
+                    raise KeyError(f"unknown host {w[1]}")
+                key = f"{sim.keys.host(w[1])}{w[2]}"
+            else:
+                if w[1] not in sim.specs:
+                    raise KeyError(f"unknown vm {w[1]}")
+                key = f"{sim.keys.vms}{w[1]}/{w[2]}"
+            try:
+                sim.corrupt(key)
+            except NoQuorum:
+                note = " (rejected: no quorum)"
+        elif verb == "repair":
+            try:
+                sim.repair()
+            except NoQuorum:
+                note = " (rejected: no quorum)"
     except KeyError as exc:
         raise ScenarioError(f"line {cmd.line}: {cmd.text}: {exc.args[0]}") from None
     sim.say("fault", cmd.text + note)
@@ -234,7 +268,9 @@ def _summary(sim: Simulation, problems: list[str]) -> None:
     if lead:
         for al in sorted(lead[1].alerts, key=lambda a: (a.name, a.host, a.vm)):
             sim.say("end", " ".join(x for x in (f"alert {al.name}", f"host={al.host}" * bool(al.host), f"vm={al.vm}" * bool(al.vm)) if x))
-    if problems:
+    if sim.violations:
+        sim.say("end", f"SAFETY INVARIANT VIOLATED: {sim.violations[0]}")
+    elif problems:
         for p in problems:
             sim.say("end", f"not recovered: {p}")
     else:

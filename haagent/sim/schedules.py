@@ -6,11 +6,20 @@ failing seed replays exactly (``haagent sim random --seed N``) and can be saved 
 tick; after the heal, the run must reach quiescence (every HA VM that fits runs exactly once) by
 ``horizon``, and stops as soon as it does.
 
-What the generator never does, on purpose: a fence device that lies ("reports off, host keeps
-running"): with the host's lease gone for any reason no software can tell it from a dead host
-(DESIGN §4 trusts a confirmed power-off), and the one case the manager can catch, a host that
-renews its lease again before the lie is believed, is a race hand-written scenarios pin down.
-Nor an operator ``ack`` of a host that is not off: the ack is the operator's word that it is.
+The faults cover every input the leader trusts: power, network and agent faults (crashes, clean
+stops, restarts); fence devices that fail, hang, never cut power, answer status reads with no
+data, or lie while the host keeps renewing its lease; etcd quorum loss; garbage written into host,
+VM and request records; a leader cut off while its fence runs; VM crash loops; and operator acks
+at any moment of hosts that are off then, some of which are powered on again later (the CLI
+refuses an ack for a host that is not being failed over; the leader binds the rest to their
+failover). The heal puts back what an operator would: network, quorum, devices, agents, repaired
+records, acks for hosts still off, and a ``return`` for hosts whose device lied.
+
+What the generator never does, on purpose: a device that lies while its host has lost its lease
+for longer than a fence takes (cut off, or its agent dead): with the lease gone no software can
+tell that from a dead host (DESIGN §4 trusts a confirmed power-off); lies are generated only while
+the lease renews, or across a flap short enough that the host is back before a lie is acted upon.
+Nor an operator ack of a host that is running: the ack is the operator's word that it is off.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ def generate(seed: int) -> Schedule:
     cluster: dict[str, Any] = {
         "hosts": {},
         "vms": [],
-        "manager": {"storm_window": 10.0, "fence_retry_interval": 3.0, "watchdog": watchdog},
+        "manager": {"storm_window": 10.0, "fence_retry_interval": 3.0},
         "agent": {"watchdog": watchdog, "max_restart": 2},
         "sim": {"tick": 1.0},
     }
@@ -74,31 +83,63 @@ def generate(seed: int) -> Schedule:
 
     lines: list[str] = []
     off_at: dict[str, float] = {}  # hosts powered off by the schedule, and when
-    cut: set[str] = set()
+    back_on: set[str] = set()  # ... and powered on again before the heal
+    liars: set[str] = set()
+    lossy: set[str] = set()  # hosts with a fault that can take their lease away
     for _ in range(rng.randint(1, 4)):
         t = float(rng.randint(2, 15))
         h = rng.choice(hosts)
         kind = rng.choice(("power", "power", "network", "network", "agent", "bmc", "quorum", "vm", "vm",
-                           "flap", "pdu"))
+                           "flap", "pdu", "stop", "corrupt", "corrupt", "depose", "lie", "ackflap", "ackflap"))
+        if kind in ("power", "network", "flap", "agent", "stop", "depose", "ackflap") and h in liars:
+            continue  # a liar's lease may only lapse through the short flap below
         if kind == "power":
             lines.append(f"at {t:g} power {h} off")
             off_at.setdefault(h, t)
+            lossy.add(h)
             if rng.random() < 0.3:
                 lines.append(f"at {t + rng.randint(1, 8):g} power {h} on")
+                back_on.add(h)
         elif kind == "network":
             lines.append(f"at {t:g} network {h} off")
-            cut.add(h)
+            lossy.add(h)
         elif kind == "flap":
             lines.append(f"at {t:g} network {h} off")
             lines.append(f"at {t + rng.randint(1, 4):g} network {h} on")
+            lossy.add(h)
         elif kind == "agent":
             lines.append(f"at {t:g} agent {h} crash")
+            lossy.add(h)
             if rng.random() < 0.5:
                 lines.append(f"at {t + rng.randint(1, 6):g} agent {h} start")
+        elif kind == "stop":  # a clean stop (SIGTERM), sometimes a restart
+            lines.append(f"at {t:g} agent {h} stop")
+            lossy.add(h)
+            if rng.random() < 0.6:
+                lines.append(f"at {t + rng.randint(1, 8):g} agent {h} start")
         elif kind == "bmc" and cluster["hosts"][h]["fencing"]:
-            lines.append(f"at {t:g} bmc {h} {rng.choice(('fail', 'hang', 'never-off'))}")
+            lines.append(f"at {t:g} bmc {h} {rng.choice(('fail', 'hang', 'never-off', 'empty'))}")
         elif kind == "pdu" and cluster["hosts"][h]["fencing"][1:]:
-            lines.append(f"at {t:g} pdu {h} {rng.choice(('fail', 'hang'))}")
+            lines.append(f"at {t:g} pdu {h} {rng.choice(('fail', 'hang', 'empty'))}")
+        elif kind == "lie" and cluster["hosts"][h]["fencing"] and h not in lossy:
+            # The device says off while the host keeps its lease; sometimes the host flaps, back
+            # within 3 s (lease TTL 3 s, fence_delay 1 s, a fence 1 s, ticks of 1 s): by the
+            # time a lie comes back the leader sees the host alive again and never believes it.
+            liars.add(h)
+            lines.append(f"at {t:g} bmc {h} lies")
+            if rng.random() < 0.5:
+                off = min(t + rng.randint(0, 6), HEAL_AT - 4)
+                lines.append(f"at {off:g} network {h} off")
+                lines.append(f"at {off + rng.randint(1, 3):g} network {h} on")
+        elif kind == "ackflap" and cluster["hosts"][h]["fencing"] and h != hosts[0] and h not in lossy:
+            # Off with a slow device; an operator acks it while it is off; it is powered on again
+            # before the fence gives up, so the failover is called off and the ack must die with
+            # it. Later it is cut off with a dead device: that ack must not vouch for it.
+            t = float(rng.randint(2, 4))
+            lossy.add(h)
+            lines += [f"at {t:g} bmc {h} hang", f"at {t:g} power {h} off",
+                      f"at {t + rng.randint(4, 5):g} ack {h}", f"at {t + rng.randint(6, 7):g} power {h} on",
+                      f"at {t + 12:g} bmc {h} fail", f"at {t + 13:g} network {h} off"]
         elif kind == "quorum":
             lines.append(f"at {t:g} quorum lost")
             lines.append(f"at {t + rng.randint(1, 6):g} quorum back")
@@ -106,23 +147,54 @@ def generate(seed: int) -> Schedule:
             vm = rng.choice(vms)
             for k in range(rng.randint(1, 4)):  # sometimes often enough to be relocated
                 lines.append(f"at {t + 2 * k:g} vm {vm} crash")
-    # An honest operator acknowledges only a host that is really off.
+        elif kind == "corrupt":
+            what = rng.choice(("host", "host", "vm", "request"))
+            if what == "host":
+                lines.append(f"at {t:g} corrupt {h} {rng.choice(('state', 'report', 'lease', 'stopped'))}")
+            elif what == "vm" and vms:
+                lines.append(f"at {t:g} corrupt {rng.choice(vms)} {rng.choice(('spec', 'placement', 'migration'))}")
+            else:
+                lines.append(f"at {t:g} corrupt request")
+        elif kind == "depose" and h != hosts[0]:
+            # h dies; the first host (the usual leader) is cut off while its fence runs (a slow
+            # one, sometimes: it ends after that leader has lost its lease, so it must be dropped).
+            if cluster["hosts"][h]["fencing"] and rng.random() < 0.5:
+                lines.append(f"at {t:g} bmc {h} hang")
+            lines.append(f"at {t:g} power {h} off")
+            off_at.setdefault(h, t)
+            lossy.update({h, hosts[0]})
+            cut = t + rng.choice((3, 4, 5))
+            lines.append(f"at {cut:g} network {hosts[0]} off")
+            lines.append(f"at {cut + rng.randint(2, 8):g} network {hosts[0]} on")
+    # Operators acknowledge hosts that are off at that moment, at any time (the CLI refuses the
+    # ones not being failed over); some of those hosts are powered on again later.
     for h, t in sorted(off_at.items()):
-        if rng.random() < 0.3 and not any(f"power {h} on" in ln for ln in lines):
-            lines.append(f"at {t + rng.randint(3, 10):g} ack {h}")
-    # The heal: the network, quorum, devices and agents come back; some dead hosts power on.
-    heal = [f"at {HEAL_AT:g} quorum back"]
+        if rng.random() < 0.4:
+            ack = t + rng.randint(0, 12)
+            lines.append(f"at {ack:g} ack {h}")
+            if h not in back_on and rng.random() < 0.3:
+                lines.append(f"at {ack + rng.randint(1, 6):g} power {h} on")
+                back_on.add(h)
+    # The heal: the network, quorum, devices and agents come back; records are repaired; hosts
+    # still off are acknowledged (a storm hold waits for that); liars' hosts are returned.
+    heal = [f"at {HEAL_AT:g} quorum back", f"at {HEAL_AT:g} repair"]
     for h in hosts:
         heal.append(f"at {HEAL_AT:g} network {h} on")
         heal.append(f"at {HEAL_AT:g} agent {h} start")
         for level in cluster["hosts"][h]["fencing"]:
             for d in level:
                 heal.append(f"at {HEAL_AT:g} device {h} {d} ok")
-    for h in sorted(off_at):
+    still_off = sorted(set(off_at) - back_on)
+    for h in still_off:
+        heal.append(f"at {HEAL_AT + 2:g} ack {h}")
+        heal.append(f"at {HEAL_AT + 12:g} ack {h}")
+    for h in sorted(liars):
+        heal.append(f"at {HEAL_AT + 12:g} return {h}")
+    for h in still_off:
         if rng.random() < 0.4:
-            heal.append(f"at {HEAL_AT + rng.randint(5, 15):g} power {h} on")
+            heal.append(f"at {HEAL_AT + rng.randint(15, 25):g} power {h} on")
             if rng.random() < 0.5:
-                heal.append(f"at {HEAL_AT + 20:g} return {h}")
+                heal.append(f"at {HEAL_AT + 30:g} return {h}")
     lines = sorted(lines, key=lambda ln: float(ln.split()[1])) + heal
     lines.append(f"end {HORIZON:g}")
     return Schedule(seed, cluster, "\n".join(lines) + "\n")

@@ -28,18 +28,19 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 from haagent.agent import core as agent_core
-from haagent.agent.core import AgentConfig, AgentInput, FeedWatchdog, RequestRelocation, StartVm, StopVm
+from haagent.agent.core import AgentConfig, AgentInput, RequestRelocation, StartVm, StopVm
 from haagent.manager import core as manager_core
-from haagent.manager.codec import action_ops, build_view, fence_result_step
+from haagent.manager.codec import AckRefused, action_compares, action_ops, build_view, fence_ack_record, fence_result_step
 from haagent.manager.core import ManagerConfig, ManagerStatus, Placer
 from haagent.manager.view import (Alert, ClusterView, FenceHost, JournalStep, SetHostState, SetPlacement,
                                   VmSpec)
 from haagent.model import HostState
 from haagent.sim.store import NoQuorum, SimStore
-from haagent.store.client import Compare, Put
+from haagent.store.client import Compare, Delete, Put
 from haagent.store.keys import Keys
 
-DEVICE_MODES = ("ok", "fail", "hang", "never-off", "lies")
+GARBAGE = b'["not", "a", "record"]'
+DEVICE_MODES = ("ok", "fail", "hang", "never-off", "lies", "empty")
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Device:
     """One fence device of one host (a BMC, or one PDU outlet)."""
 
     name: str
-    mode: str = "ok"  # ok | fail | hang | never-off | lies
+    mode: str = "ok"  # ok | fail | hang | never-off | lies | empty (status replies carry no data)
 
 
 @dataclass
@@ -73,7 +74,7 @@ class AgentProc:
     alerts: frozenset[Alert] = frozenset()
     last_report: tuple[str, ...] | None = None  # running_vms last published
     relocation_requested: set[str] = field(default_factory=set)
-    fence_results: list[JournalStep] = field(default_factory=list)
+    fence_results: list[tuple[int, JournalStep]] = field(default_factory=list)  # (epoch that fenced, result)
     store_error: str = ""
 
 
@@ -91,6 +92,7 @@ class SimHost:
     crashes: dict[str, list[float]] = field(default_factory=dict)
     stopped_by_user: set[str] = field(default_factory=set)
     watchdog_fed_at: float | None = None  # None: the watchdog device is not armed
+    watchdog: bool | None = None  # this host's agent arms a watchdog (and reports it); None: the agent config
 
     def device(self, name: str) -> Device:
         for level in self.levels:
@@ -106,12 +108,15 @@ class PendingFence:
     op: str
     issuer: str
     proc: AgentProc  # the leader process running it; the fence dies with it
+    epoch: int  # the epoch it was dispatched under; results of another epoch are dropped
+    attempt: int
     started: float
     done_at: float
     result: str
     reason: str
     devices: dict[str, str]
     cuts_power: bool
+    already_off: bool = False
 
 
 class InvariantViolation(AssertionError):
@@ -140,6 +145,7 @@ class Simulation:
         self.fences: list[PendingFence] = []
         self.boots: dict[str, float] = {}  # host -> when it is back from a watchdog reset
         self.violations: list[str] = []
+        self.corrupted: dict[str, bytes | None] = {}
         self._view_cache: tuple[int, ClusterView] | None = None
         self._seq = 0
         self.checkers: list[Callable[["Simulation"], None]] = []
@@ -165,6 +171,7 @@ class Simulation:
         self.store.txn((), init)
         for h in self.hosts.values():
             h.agent = AgentProc()
+            h.watchdog = self.acfg.watchdog if h.watchdog is None else h.watchdog  # type: ignore[comparison-overlap]
 
     # -- logging ----------------------------------------------------------------------------
 
@@ -209,6 +216,37 @@ class Simulation:
         if h.powered:
             h.agent = None  # QEMU processes live on; the watchdog (if armed) is no longer fed
 
+    def agent_stop(self, name: str) -> None:
+        """A clean agent stop (SIGTERM): record it while the lease lives, disarm, revoke."""
+        h = self.hosts[name]
+        a = h.agent
+        if not h.powered or a is None:
+            return
+        if self.reaches_store(h) and a.lease:
+            stopped = json.dumps({"policy": "freeze", "lease": a.lease, "at": self.now})
+            ok, _ = self.store.txn([Compare(self.keys.host_alive(name), "version", ">", 0)],
+                                   [Put(self.keys.host_stopped(name), stopped)])
+            if a.epoch:  # resign
+                self.store.txn([Compare(self.keys.leader, "create", "==", a.epoch)], [Delete(self.keys.leader)])
+            self.store.revoke(a.lease)
+            self.say(f"agent {name}", "stopped cleanly" + ("" if ok else " (its lease was already gone)"))
+        h.agent = None
+        h.watchdog_fed_at = None  # magic close: the watchdog is disarmed, not starved
+
+    def corrupt(self, key: str) -> None:
+        """Overwrite a record with garbage, as a buggy tool or a careless operator with etcd access."""
+        old = self.store.kvs.get(key)
+        self.corrupted.setdefault(key, old.value if old else None)
+        self.store.put(key, GARBAGE, old.lease if old and old.lease in self.store.leases else None)
+
+    def repair(self) -> None:
+        """Put back each corrupted record its owner has not rewritten since (an operator fixing
+        what the alert named; a record already rewritten is left as its owner wrote it)."""
+        for key, value in sorted(self.corrupted.items()):
+            still = [Compare(key, "value", "==", GARBAGE)]
+            self.store.txn(still, [Delete(key)] if value is None else [Put(key, value)])
+        self.corrupted.clear()
+
     def agent_start(self, name: str) -> None:
         h = self.hosts[name]
         if h.powered and h.agent is None:
@@ -242,15 +280,23 @@ class Simulation:
                 return h.name
         return None
 
-    def request(self, kind: str, host: str = "", vm: str = "") -> bool:
-        """An operator request through the CLI (needs quorum, like any etcd write)."""
+    def request(self, kind: str, host: str = "", vm: str = "") -> str:
+        """An operator request through the CLI (needs quorum, like any etcd write): "" if recorded,
+        else why not. A fence ack goes through the CLI's own check and binding."""
         self._seq += 1
         rid = f"{kind}-{host or vm}-{int(self.now * 1000)}-{self._seq}"
         try:
-            self.store.put(self.keys.request(rid), json.dumps({"kind": kind, "host": host, "vm": vm}))
+            if kind == "fence_ack":
+                view, _ = self._view()
+                record = fence_ack_record(view, host)
+            else:
+                record = {"kind": kind, "host": host, "vm": vm}
+            self.store.put(self.keys.request(rid), json.dumps(record))
         except NoQuorum:
-            return False
-        return True
+            return "no quorum"
+        except AckRefused as exc:
+            return str(exc)
+        return ""
 
     # -- the clock --------------------------------------------------------------------------
 
@@ -275,12 +321,19 @@ class Simulation:
         target = self.hosts.get(action.host)
         devices: dict[str, str] = {}
         took = 0.0
-        result, reason, cuts = "failed", "no fencing levels configured", False
+        result, reason, cuts, already_off = "failed", "no fencing levels configured", False, False
         failures = []
         levels = target.levels if target else []
         for n, level in enumerate(levels, 1):
             level_ok, level_cuts = True, True
             for d in level:
+                if d.mode == "empty":
+                    # No status reply says off: the runner retries until power_timeout.
+                    took += self.cfg.device_timeout
+                    devices[d.name] = "timed_out"
+                    failures.append(("timed_out", f"level {n}: {d.name} status replies carry no power state"))
+                    level_ok = False
+                    break
                 if d.mode in ("ok", "lies"):
                     took += self.cfg.device_time
                     devices[d.name] = "confirmed_off"
@@ -299,12 +352,14 @@ class Simulation:
                 break  # the rest of the level is skipped
             if level_ok:
                 result, reason, cuts = "confirmed_off", f"level {n}", level_cuts
+                # A host resetting after its watchdog fired is powered (in POST): not "already off".
+                already_off = target is not None and not target.powered and target.name not in self.boots
                 break
         if failures and result != "confirmed_off":
             result = "timed_out" if all(kind == "timed_out" for kind, _ in failures) else "failed"
             reason = "; ".join(r for _, r in failures)
-        self.fences.append(PendingFence(action.host, action.op, issuer.name, proc, self.now, self.now + took,
-                                        result, reason, devices, cuts))
+        self.fences.append(PendingFence(action.host, action.op, issuer.name, proc, proc.epoch, action.attempt,
+                                        self.now, self.now + took, result, reason, devices, cuts, already_off))
 
     def _finish_fences(self) -> None:
         due = [f for f in self.fences if f.done_at <= self.now + 1e-9]
@@ -314,19 +369,27 @@ class Simulation:
             if issuer.agent is not f.proc:
                 self.say("fence", f"{f.host} abandoned: its leader process on {f.issuer} is gone")
                 continue
+            if f.proc.epoch != f.epoch:
+                # Deposed mid-fence: the cancel stops the runner before its next power command.
+                self.say("fence", f"{f.host} cancelled: {f.issuer} no longer leads under epoch {f.epoch}")
+                continue
             target = self.hosts[f.host]
             devs = " ".join(f"{k}:{v}" for k, v in sorted(f.devices.items()))
             self.say("fence", f"{f.host} {f.result} ({f.reason}) devices={devs or '-'} "
                               f"after {f.done_at - f.started:.1f}s")
-            if f.result == "confirmed_off" and f.cuts_power and target.powered:
+            if f.result == "confirmed_off" and f.cuts_power and target.name in self.boots:
+                del self.boots[target.name]  # switched off in the middle of its reset: it stays off
+                self.say("host", f"{f.host} powered off by its fence device while resetting")
+            elif f.result == "confirmed_off" and f.cuts_power and target.powered:
                 target.powered = False
                 self._host_down(target)
                 self.say("host", f"{f.host} powered off by its fence device")
-            f.proc.fence_results.append(fence_result_step(f.op, f.host, f.result, f.reason, f.done_at - f.started,
-                                                          self.now, f.devices))
+            f.proc.fence_results.append((f.epoch, fence_result_step(
+                f.op, f.host, f.result, f.reason, f.done_at - f.started, self.now, f.devices, f.attempt,
+                f.already_off)))
 
     def _watchdogs(self) -> None:
-        if not self.acfg.watchdog and not self.boots:
+        if not self.boots and not any(h.watchdog for h in self.hosts.values()):
             return
         for h in self.hosts.values():
             if h.powered and h.watchdog_fed_at is not None and \
@@ -355,8 +418,14 @@ class Simulation:
             else:
                 just_granted = True
                 a.lease = self.store.grant(ttl, self.now)
-                a.grant_rev = self.store.put(self.keys.host_alive(h.name), json.dumps({"host": h.name}), a.lease)
+                # As the agent's LeaseKeeper.on_grant: stamp the grant and clear a clean-stop record
+                # in the same transaction as the alive key.
+                _, a.grant_rev = self.store.txn((), [
+                    Put(self.keys.host_alive(h.name), json.dumps({"host": h.name}), a.lease),
+                    Put(self.keys.host_lease(h.name), json.dumps({"lease": a.lease, "at": self.now})),
+                    Delete(self.keys.host_stopped(h.name))])
                 a.lease_ok_until = self.now + ttl
+                a.last_report = None  # a new lease: publish the report again
                 self.say(who, "lease granted")
         lease_ok = self.now < a.lease_ok_until - 1e-9
         if a.lease_ok and not lease_ok:
@@ -364,6 +433,8 @@ class Simulation:
         elif lease_ok and not a.lease_ok and not just_granted:
             self.say(who, "lease refreshed again (etcd kept it through the outage)")
         a.lease_ok = lease_ok
+        if lease_ok and h.watchdog:
+            h.watchdog_fed_at = self.now  # fed from the heartbeat path, only while the lease lives
         if a.epoch and not lease_ok:
             self._step_down(h, a, "its lease expired")
         if reach and lease_ok and not a.epoch and (self.store.get(self.keys.leader) is None
@@ -396,10 +467,8 @@ class Simulation:
         else:
             # Cut off: act on nothing it cannot read; only the lease rule (self-fence) applies.
             inp = AgentInput(h.name, None, lease_ok, a.grant_rev, 0, {}, {}, frozenset(h.running))
-        for act in agent_core.step(inp, self.now, self.acfg):
-            if isinstance(act, FeedWatchdog):
-                h.watchdog_fed_at = self.now
-            elif isinstance(act, StartVm):
+        for act in agent_core.step(inp, self.now, replace(self.acfg, watchdog=h.watchdog)):
+            if isinstance(act, StartVm):
                 for check in self.start_checkers:
                     check(self, h.name, act.vm)
                 h.running.add(act.vm)
@@ -409,15 +478,17 @@ class Simulation:
                 h.running.discard(act.vm)
                 self.say(who, f"stop vm={act.vm} ({act.reason})")
             elif isinstance(act, RequestRelocation):
-                if reach and self.request("relocate", vm=act.vm):
+                if reach and not self.request("relocate", vm=act.vm):
                     a.relocation_requested.add(act.vm)
                     self.say(who, f"request relocation vm={act.vm} ({act.crashes} crashes in the window)")
         if reach:
             running = tuple(sorted(h.running))
-            if running != a.last_report:
+            if running != a.last_report and lease_ok:
+                self_fence = ({"watchdog": True, "timeout": self.acfg.self_fence_timeout,
+                               "self_fence_timeout": self.acfg.self_fence_timeout} if h.watchdog else None)
                 self.store.put(self.keys.host_report(h.name), json.dumps(
-                    {"host": h.name, "cpus": h.cpus, "memory_mib": h.memory_mib, "running_vms": list(running)},
-                    sort_keys=True))
+                    {"host": h.name, "cpus": h.cpus, "memory_mib": h.memory_mib, "running_vms": list(running),
+                     "self_fence": self_fence}, sort_keys=True))
                 a.last_report = running
         else:
             a.last_report = None  # re-publish once back: the world may have moved on
@@ -432,9 +503,13 @@ class Simulation:
 
     # -- the leader shell -------------------------------------------------------------------
 
-    def _guarded(self, a: AgentProc, ops: list) -> bool:
-        ok, _ = self.store.txn([Compare(self.keys.leader, "create", "==", a.epoch)], ops)
-        return ok
+    def _guarded(self, a: AgentProc, ops: list, compares: list | None = None) -> bool | None:
+        """True: written. None: only ``compares`` failed (retry next tick). False: deposed."""
+        ok, _ = self.store.txn([Compare(self.keys.leader, "create", "==", a.epoch), *(compares or [])], ops)
+        if ok:
+            return True
+        leader = self.store.get(self.keys.leader)
+        return None if leader is not None and leader.create_revision == a.epoch else False
 
     def _leader_tick(self, h: SimHost, a: AgentProc, reach: bool) -> None:
         who = f"mgr {h.name}"
@@ -451,7 +526,11 @@ class Simulation:
             return
         # Finished fences first: a step must see their outcome.
         while a.fence_results:
-            res = a.fence_results[0]
+            epoch, res = a.fence_results[0]
+            if epoch != a.epoch:
+                a.fence_results.pop(0)
+                self.say(who, f"fence result of epoch {epoch} dropped (op={res.op})")
+                continue
             view, _ = self._view()
             if not self._guarded(a, action_ops([res], replace(view, epoch=a.epoch), self.keys, self.now)):
                 self._step_down(h, a, "guarded write rejected")
@@ -462,9 +541,14 @@ class Simulation:
         assert a.mstatus is not None
         status, actions = manager_core.step(view, a.mstatus, self.now, self.mcfg, self.placer)
         ops = action_ops(actions, view, self.keys, self.now)
-        if ops and not self._guarded(a, ops):
-            self._step_down(h, a, "guarded write rejected")
-            return
+        if ops:
+            written = self._guarded(a, ops, action_compares(actions, self.keys))
+            if written is None:
+                self.say(who, "step not written: a host's lease changed under it; deciding again")
+                return
+            if not written:
+                self._step_down(h, a, "guarded write rejected")
+                return
         a.mstatus = status
         lines = manager_core.actions_summary([x for x in actions if not isinstance(x, Alert)])
         for line in lines:

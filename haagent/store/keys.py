@@ -39,6 +39,15 @@ class Keys:
     def host_state(self, host: str) -> str:
         return self.host(host) + "state"
 
+    def host_lease(self, host: str) -> str:
+        """Not on the lease: stamped in every grant's transaction, so its mod_revision is the
+        revision of the host's latest lease grant, known even after the lease is gone."""
+        return self.host(host) + "lease"
+
+    def host_stopped(self, host: str) -> str:
+        """A clean agent stop's record (written while the lease lived; deleted by the next grant)."""
+        return self.host(host) + "stopped"
+
     @property
     def vms(self) -> str:
         return self.root + "vms/"

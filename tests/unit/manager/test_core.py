@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from haagent.manager.core import ManagerConfig, new_status, step
-from haagent.manager.view import (Alert, ClusterView, FenceHost, HostView, JournalStep, Op, OpStep,
-                                  SetHostState, SetPlacement, VmSpec)
+from haagent.manager.view import (Alert, ClusterView, ConsumeRequest, Event, FenceHost, HostView, JournalStep, Op,
+                                  OpStep, Request, SetHostState, SetPlacement, VmSpec)
 from haagent.model import HostState as S
 
 CFG = ManagerConfig(fence_delay=1.0, new_leader_grace=3.0, lease_ttl=3.0)
@@ -37,33 +37,132 @@ def test_new_leader_waits_grace_before_declaring_a_host_dead():
     assert [(a.host, a.new) for a in kinds(acts, SetHostState)] == [("a", S.SUSPECT)]
 
 
+def _fencing_view(v, op_id, *steps, granted_rev=5, **host):
+    hosts = {**v.hosts, "a": replace(v.hosts["a"], state=S.FENCING, failover=op_id, granted_rev=granted_rev, **host)}
+    return replace(v, hosts=hosts, ops={op_id: Op(op_id, "failover", "a", 7, tuple(steps))})
+
+
 def test_power_loss_flow_fences_then_places():
     st = new_status(0.0)
     v = view(alive=("b", "c"))
     st, acts = step(v, st, 10.0, CFG, first_fit)  # suspect
-    v = replace(v, hosts={**v.hosts, "a": replace(v.hosts["a"], state=S.SUSPECT)})
+    [suspect] = kinds(acts, SetHostState)
+    assert suspect.new is S.SUSPECT and suspect.failover  # the failover is named from suspect on
+    v = replace(v, hosts={**v.hosts, "a": replace(v.hosts["a"], state=S.SUSPECT, failover=suspect.failover)})
     st, acts = step(v, st, 10.5, CFG, first_fit)
     assert not kinds(acts, FenceHost)  # fence_delay not yet over
     st, acts = step(v, st, 11.1, CFG, first_fit)
     fence = kinds(acts, FenceHost)
-    assert [f.host for f in fence] == ["a"] and not kinds(acts, SetPlacement)
+    assert [(f.host, f.op, f.attempt) for f in fence] == [("a", suspect.failover, 1)] and not kinds(acts, SetPlacement)
+    # the fence start is journaled in the same step, before the shell dispatches
+    assert [j.step.step for j in kinds(acts, JournalStep)] == ["intent", "fence_start"]
     op_id = fence[0].op
-    intent = kinds(acts, JournalStep)[0].step
-    v = replace(v, hosts={**v.hosts, "a": replace(v.hosts["a"], state=S.FENCING)},
-                ops={op_id: Op(op_id, "failover", "a", 7, (intent,))})
+    intent, start = (replace(j.step, rev=10) for j in kinds(acts, JournalStep))
+    v = _fencing_view(v, op_id, intent, start)
     st, acts = step(v, st, 12.0, CFG, first_fit)
     assert not kinds(acts, SetPlacement) and not kinds(acts, FenceHost)  # fence in flight
-    fenced = OpStep("fence", 12.5, {"result": "confirmed_off"})
-    v = replace(v, ops={op_id: Op(op_id, "failover", "a", 7, (intent, fenced))})
-    st, acts = step(v, st, 12.6, CFG, first_fit)
+    fenced = OpStep("fence", 12.5, {"result": "confirmed_off", "attempt": 1}, rev=11)
+    st, acts = step(_fencing_view(v, op_id, intent, start, fenced), st, 12.6, CFG, first_fit)
     assert [(a.old, a.new) for a in kinds(acts, SetHostState)] == [(S.FENCING, S.FENCED), (S.FENCED, S.RECOVERING)]
     assert [(p.vm, p.host) for p in kinds(acts, SetPlacement)] == [("vm1", "b")]
 
 
+def test_a_confirmation_from_before_the_last_lease_grant_does_not_count():
+    """The fence said off, then the host was granted a lease again: that off is stale."""
+    v = view(alive=("b", "c"))
+    start = OpStep("fence_start", 1.0, {"attempt": 1}, rev=10)
+    off = OpStep("fence", 2.0, {"result": "confirmed_off", "attempt": 1}, rev=11)
+    st = new_status(-10.0)
+    st, acts = step(_fencing_view(v, "op1", OpStep("intent", 1.0, rev=9), start, off, granted_rev=12), st, 5.0,
+                    CFG, first_fit)
+    assert not kinds(acts, SetPlacement) and not kinds(acts, SetHostState)
+    assert [(f.op, f.attempt) for f in kinds(acts, FenceHost)] == [("op1", 2)]  # fences again at once
+    # a confirmation without a journaled fence start (e.g. from an older version) never counts
+    st, acts = step(_fencing_view(v, "op1", OpStep("intent", 1.0), off, granted_rev=0), new_status(-10.0), 5.0,
+                    CFG, first_fit)
+    assert not kinds(acts, SetPlacement) and kinds(acts, FenceHost)
+
+
+def test_off_while_the_host_renews_its_lease_is_inconsistent_and_only_an_operator_ends_it():
+    v = view(alive=("a", "b", "c"))
+    start = OpStep("fence_start", 1.0, {"attempt": 1}, rev=10)
+    lie = OpStep("fence", 2.0, {"result": "confirmed_off", "attempt": 1}, rev=11)
+    fv = _fencing_view(v, "op1", OpStep("intent", 1.0), start, lie, granted_rev=12)
+    st, acts = step(fv, new_status(-10.0), 5.0, CFG, first_fit)
+    # within a TTL and a margin it may be an honest switch-off racing a reconnect: wait
+    assert not kinds(acts, JournalStep) and not kinds(acts, SetPlacement) and not kinds(acts, FenceHost)
+    st, acts = step(fv, st, 10.5, CFG, first_fit)
+    assert [j.step.step for j in kinds(acts, JournalStep)] == ["inconsistent"]
+    assert [a.name for a in kinds(acts, Alert)] == ["fence_inconsistent"]
+    flagged = OpStep("inconsistent", 5.0, {"attempt": 1}, rev=13)
+    # its lease is lost again later: the old "off" (and any new one) counts for nothing
+    v2 = _fencing_view(view(alive=("b", "c")), "op1", OpStep("intent", 1.0), start, lie, flagged, granted_rev=12)
+    st, acts = step(v2, st, 50.0, CFG, first_fit)
+    assert not kinds(acts, SetPlacement) and not kinds(acts, FenceHost) and not kinds(acts, SetHostState)
+    assert [a.name for a in kinds(acts, Alert)] == ["fence_inconsistent"]
+    ack = Request("r1", "fence_ack", "a", failover="op1")
+    _, acts = step(replace(v2, requests=(ack,)), st, 51.0, CFG, first_fit)
+    assert [(a.old, a.new) for a in kinds(acts, SetHostState)][:1] == [(S.FENCING, S.FENCED)]
+    # alive again, an operator's `host return` calls the failover off
+    v3 = _fencing_view(v, "op1", OpStep("intent", 1.0), start, lie, flagged, granted_rev=12)
+    _, acts = step(replace(v3, requests=(Request("r2", "host_return", "a"),)), st, 52.0, CFG, first_fit)
+    assert [(a.old, a.new) for a in kinds(acts, SetHostState)] == [(S.FENCING, S.ACTIVE)]
+
+
+def test_an_ack_counts_only_for_the_failover_it_names():
+    v = view(alive=("b", "c"))
+    fv = _fencing_view(v, "op-now", OpStep("intent", 1.0))
+    st = new_status(-10.0)
+    stale = Request("r1", "fence_ack", "a", failover="op-before")
+    _, acts = step(replace(fv, requests=(stale,)), st, 5.0, CFG, first_fit)
+    assert not kinds(acts, SetPlacement)
+    assert [c.id for c in kinds(acts, ConsumeRequest)] == ["r1"]
+    assert [e.kind for e in kinds(acts, Event)] == ["fence_ack_discarded"]
+    # an ack of a host that is not being failed over is discarded, never kept for later
+    _, acts = step(replace(view(), requests=(Request("r2", "fence_ack", "a", failover=""),)), st, 5.0, CFG, first_fit)
+    assert [c.id for c in kinds(acts, ConsumeRequest)] == ["r2"]
+    good = Request("r3", "fence_ack", "a", failover="op-now")
+    _, acts = step(replace(fv, requests=(good,)), st, 5.0, CFG, first_fit)
+    assert [c.id for c in kinds(acts, ConsumeRequest)] == ["r3"]
+    assert [(p.vm, p.host) for p in kinds(acts, SetPlacement)] == [("vm1", "b")]
+
+
+def test_an_unused_ack_is_discarded_when_its_failover_closes():
+    v = view(alive=("a", "b", "c"))
+    fv = _fencing_view(v, "op1", OpStep("intent", 1.0))
+    _, acts = step(replace(fv, requests=(Request("r1", "fence_ack", "a", failover="op1"),)), new_status(-10.0), 5.0,
+                   CFG, first_fit)
+    assert [(a.old, a.new) for a in kinds(acts, SetHostState)] == [(S.FENCING, S.ACTIVE)]
+    assert [c.id for c in kinds(acts, ConsumeRequest)] == ["r1"]
+
+
+def test_self_fencing_is_what_the_host_reported_not_the_leaders_config():
+    v = view(alive=("b", "c"))
+    fv = _fencing_view(v, "op1", OpStep("intent", 1.0), OpStep("fence_start", 1.0, {"attempt": 1}, rev=10),
+                       OpStep("fence", 2.0, {"result": "failed", "attempt": 1}, rev=11))
+    st = replace(new_status(-10.0), lost_at={"a": 0.0}, fence_inflight={"a": 1}, fence_issued_at={"a": 99.0})
+    _, acts = step(fv, st, 100.0, CFG, first_fit)
+    assert not kinds(acts, SetPlacement)  # no watchdog reported: never presumed self-fenced
+    armed = _fencing_view(v, "op1", OpStep("intent", 1.0), self_fence=5.0)
+    _, acts = step(armed, replace(st, lost_at={"a": 10.0}), 16.0, CFG, first_fit)
+    assert not kinds(acts, SetPlacement)  # 5 s + 2 s margin not yet over
+    _, acts = step(armed, replace(st, lost_at={"a": 10.0}), 17.0, CFG, first_fit)
+    assert [(p.vm, p.host) for p in kinds(acts, SetPlacement)] == [("vm1", "b")]
+
+
+def test_a_clean_agent_stop_is_not_a_failure():
+    v = view(alive=("b", "c"))
+    v = replace(v, hosts={**v.hosts, "a": replace(v.hosts["a"], stopped=True)})
+    _, acts = step(v, new_status(0.0), 10.0, CFG, first_fit)
+    assert not kinds(acts, SetHostState) and not kinds(acts, FenceHost)
+    assert [a.name for a in kinds(acts, Alert)] == ["agent_stopped"]
+
+
 def test_failed_fence_means_no_recovery_and_an_alert():
-    op = Op("op1", "failover", "a", 7, (OpStep("intent", 1.0), OpStep("fence", 2.0, {"result": "failed", "reason": "bmc"})))
+    op = Op("op1", "failover", "a", 7, (OpStep("intent", 1.0), OpStep("fence_start", 1.0, {"attempt": 1}),
+                                        OpStep("fence", 2.0, {"result": "failed", "reason": "bmc", "attempt": 1})))
     v = view(alive=("b", "c"), states={"a": S.FENCING, "b": S.ACTIVE, "c": S.ACTIVE}, ops={"op1": op})
-    st = replace(new_status(0.0), fence_inflight={"a": 0}, fence_issued_at={"a": 1.0})
+    st = replace(new_status(0.0), fence_inflight={"a": 1}, fence_issued_at={"a": 1.0})
     st, acts = step(v, st, 5.0, CFG, first_fit)
     assert not kinds(acts, SetPlacement)
     assert [a.name for a in kinds(acts, Alert)] == ["fence_failed"]
@@ -109,3 +208,72 @@ def test_placement_follows_a_manual_live_migration():
     v = view(alive=("b", "c"), running={"a": set(), "b": {"vm1"}, "c": set()})
     _, acts = step(v, new_status(0.0), 1.0, CFG, first_fit)
     assert not kinds(acts, SetPlacement)
+
+
+def test_storm_needs_two_hosts_and_counts_hosts_lost_apart_within_the_window():
+    # 2 hosts: one lost is "half", but a single lost host is never a storm
+    hosts = {h: HostView(h, h == "b", S.ACTIVE) for h in ("a", "b")}
+    v2 = ClusterView(7, hosts, {}, {})
+    st, acts = step(v2, new_status(0.0), 10.0, CFG, first_fit)
+    v2 = replace(v2, hosts={**hosts, "a": replace(hosts["a"], state=S.SUSPECT, failover="f")})
+    st, acts = step(v2, st, 11.5, CFG, first_fit)
+    assert kinds(acts, FenceHost) and not kinds(acts, Alert)
+    # 4 hosts: a is lost and fenced (switched off by us); b vanishes 5 s later: held
+    hosts = {h: HostView(h, h != "a", S.ACTIVE) for h in "abcd"}
+    v4 = ClusterView(7, hosts, {}, {})
+    st, _ = step(v4, new_status(0.0), 10.0, CFG, first_fit)
+    v4 = replace(v4, hosts={**hosts, "a": replace(hosts["a"], state=S.FAILED),
+                            "b": replace(hosts["b"], alive=False)})
+    st, acts = step(v4, st, 15.0, CFG, first_fit)
+    v4 = replace(v4, hosts={**v4.hosts, "b": replace(v4.hosts["b"], state=S.SUSPECT, failover="fb")})
+    st, acts = step(v4, st, 17.0, CFG, first_fit)
+    assert not kinds(acts, FenceHost)
+    assert [a.name for a in kinds(acts, Alert)] == ["fencing_storm_hold"]
+
+
+def test_a_bad_record_is_skipped_with_an_alert_and_the_step_goes_on():
+    from haagent.manager.codec import build_view
+    from haagent.store.client import KV
+    from haagent.store.keys import Keys
+
+    k = Keys("c")
+    raw = {
+        k.host_alive("a"): b"{}", k.host_state("a"): b'{"state": "active"}',
+        k.host_report("a"): b'{"cpus": "eight", "running_vms": ["u1"]}',
+        k.host_report("b"): b'{"running_vms": "abc"}', k.host_state("b"): b'{"state": 7}',
+        k.vm_spec("u1"): b'{"name": "web-1", "vcpus": 2}', k.vm_spec("u2"): b"[1]",
+        k.vm_placement("u1"): b'{"host": "a"}', k.vm_placement("u3"): b'{"host": ["a"]}',
+        k.request("x"): b"[1]", k.op("o1") + "/head": b'{"host": "a"}', k.op("o1") + "/0000": b'{"step": 1}',
+        k.host_state("c"): b"\xff\xfe",
+    }
+    kvs = {key: KV(key, value, i + 1, i + 1, 1, 0) for i, (key, value) in enumerate(sorted(raw.items()))}
+    v = build_view(kvs, k, 7)
+    assert sorted(key for key, _ in v.bad_records) == sorted([
+        k.host_report("a"), k.host_report("b"), k.host_state("b"), k.vm_spec("u2"), k.vm_placement("u3"),
+        k.request("x"), k.op("o1") + "/0000", k.host_state("c")])
+    assert v.hosts["b"].running == frozenset() and v.hosts["b"].state_bad  # not {'a', 'b', 'c'}
+    assert set(v.specs) == {"u1"} and v.placements == {"u1": "a"}
+    st, acts = step(v, new_status(0.0), 10.0, CFG, first_fit)
+    bad = sorted(a.message.split(":")[0] for a in kinds(acts, Alert) if a.name == "bad_record")
+    assert bad == sorted(key for key, _ in v.bad_records)
+    # b and c hold no lease and their state cannot be read: they are treated as lost (fenced
+    # before anything of theirs moves), not silently forgotten
+    assert sorted((a.host, a.new) for a in kinds(acts, SetHostState)) == [("b", S.SUSPECT), ("c", S.SUSPECT)]
+
+
+def test_fence_dispatch_is_conditional_on_the_host_having_no_lease():
+    from haagent.manager.codec import action_compares
+    from haagent.store.keys import Keys
+
+    k = Keys("c")
+    [cmp] = action_compares([FenceHost("a", "op1", 1), SetPlacement("vm1", "b", "", "")], k)
+    assert (cmp.key, cmp.target, cmp.op, cmp.value) == (k.host_alive("a"), "version", "==", 0)
+
+
+def test_finished_journals_are_forgotten_beyond_the_newest_few():
+    ops = {f"o{i}": Op(f"o{i}", "failover", "a", 7, (OpStep("intent", 1.0), OpStep("done", 2.0)), rev=i)
+           for i in range(5)}
+    ops["open"] = Op("open", "failover", "b", 7, (OpStep("intent", 1.0),), rev=1)
+    _, acts = step(view(ops=ops), new_status(0.0), 10.0, replace(CFG, keep_finished_ops=2), first_fit)
+    from haagent.manager.view import DeleteOp
+    assert sorted(d.op for d in kinds(acts, DeleteOp)) == ["o0", "o1", "o2"]
