@@ -131,7 +131,7 @@ def build_view(kvs: Mapping[str, KVLike], keys: Keys, epoch: int) -> ClusterView
         host_views[name] = HostView(
             name, h.get("alive", False), h.get("state"), report.get("cpus", 0), report.get("memory_mib", 0),
             frozenset(report.get("running_vms", ())), h.get("lease", 0), h.get("failover", ""), granted,
-            h.get("stopped", False), self_fence, h.get("state_bad", False))
+            h.get("stopped", ""), self_fence, h.get("state_bad", False))
     return ClusterView(epoch, host_views, specs, placements, ops, migrations, tuple(requests), tuple(bad))
 
 
@@ -159,9 +159,7 @@ def _decode(key: str, kv: KVLike, keys: Keys, hosts: dict, specs: dict, placemen
         elif leaf == "lease":
             h["granted_rev"] = kv.mod_revision
         elif leaf == "stopped":
-            d = _obj(kv)
-            _int(d, "lease", 0)
-            h["stopped"] = True
+            h["stopped"] = f"stopped:{_int(_obj(kv), 'lease', 0)}"
     elif (parsed := keys.parse_vm_key(key)) is not None:
         uuid, leaf = parsed
         if leaf == "spec":
@@ -251,12 +249,16 @@ ACKABLE = (HostState.SUSPECT, HostState.FENCING)
 def fence_ack_record(view: ClusterView, host: str) -> dict[str, str]:
     """The ``requests/`` value for ``haagent fence ack HOST``: bound to the host's open failover.
 
-    Refused unless the host is suspect or fencing: an ack given at any other time would outlive
-    the failure it was meant for and could vouch for a later one.
+    Refused unless the host is suspect or fencing (or frozen by a clean agent stop, holding no
+    lease): an ack given at any other time would outlive the failure it was meant for and could
+    vouch for a later one.
     """
     hv = view.hosts.get(host)
     if hv is None:
         raise AckRefused(f"unknown host {host!r}")
+    if hv.state is HostState.ACTIVE and hv.stopped and not hv.alive:
+        # Frozen by a clean agent stop: the ack names that stop, and starts its failover.
+        return {"kind": "fence_ack", "host": host, "failover": hv.stopped}
     if hv.state not in ACKABLE:
         state = hv.state.value if hv.state else "unknown"
         raise AckRefused(f"{host} is {state}, not suspect or fencing: an ack is accepted only for a host "

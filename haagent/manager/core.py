@@ -28,6 +28,7 @@ TRANSITIONS: dict[tuple[S | None, S], str] = {
     (S.DRAINING, S.SUSPECT): "its lease is gone while draining",
     (S.SUSPECT, S.ACTIVE): "its lease came back before fencing started",
     (S.SUSPECT, S.FENCING): "fence_delay passed with no lease and no storm",
+    (S.ACTIVE, S.FENCING): "an operator acked a host frozen by a clean agent stop (its agent is not back)",
     (None, S.SUSPECT): "its state record cannot be read and it holds no lease",
     (S.FENCING, S.FENCED): "power confirmed off by a fence started after its last lease grant, its own "
                            "reported watchdog wait elapsed, or operator ack",
@@ -238,7 +239,9 @@ def step(view: ClusterView, status: ManagerStatus, now: float, config: ManagerCo
             _relocate(st, r)
     # An ack is for one failover: once that failover closes, unused, it is discarded.
     for host, ack in sorted(st.acks.items()):
-        if st.states.get(host) not in (S.SUSPECT, S.FENCING) and ack.id not in st.consumed:  # type: ignore[attr-defined]
+        hv = st.view.hosts[host]
+        frozen = st.states.get(host) is S.ACTIVE and hv.stopped and not hv.alive and ack.failover == hv.stopped  # type: ignore[attr-defined]
+        if st.states.get(host) not in (S.SUSPECT, S.FENCING) and not frozen and ack.id not in st.consumed:  # type: ignore[attr-defined]
             st.consume(ack)
             st.actions.append(Event("fence_ack_discarded", host=host, detail={"reason": "its failover closed"}))
     _forget_finished_ops(st)
@@ -253,6 +256,9 @@ def _take_acks(st: _Step) -> None:
         hv = st.view.hosts.get(r.host)
         if hv is None:
             why = "unknown host"
+        elif hv.state is S.ACTIVE and hv.stopped and not hv.alive and r.failover == hv.stopped:
+            st.acks[r.host] = r  # frozen by a clean stop: this ack starts (and ends) its failover
+            continue
         elif hv.state not in (S.SUSPECT, S.FENCING):
             why = f"host is {hv.state.value if hv.state else 'unknown'}, not suspect or fencing"
         elif not r.failover or r.failover != hv.failover:
@@ -309,7 +315,17 @@ def _active(st: _Step, hv: HostView, requests) -> None:
         return
     if hv.stopped:
         # Its agent stopped cleanly while it held its lease (shutdown_policy = freeze): the host
-        # is healthy and its VMs keep running, unprotected until the agent is back. Never fenced.
+        # is healthy and its VMs keep running, unprotected until the agent is back. Never fenced,
+        # unless an operator vouches it is off after all (it died while its agent was stopped).
+        ack = st.acks.get(hv.name)
+        if ack is not None:
+            op_id = st.new_failover(hv.name)
+            st.journal(op_id, hv.name, "intent", frozen=hv.stopped)
+            st.change_state(hv.name, S.FENCING, "operator acked it while frozen by a clean agent stop")
+            st.consume(ack)
+            st.known_dead.add(hv.name)
+            _fenced(st, hv, Op(op_id, "failover", hv.name, st.view.epoch), "operator acknowledged (haagent fence ack)")
+            return
         st.alert("agent_stopped", host=hv.name,
                  message="its agent was stopped cleanly (shutdown_policy=freeze): its VMs keep running but "
                          "are not restarted elsewhere if the host fails, until the agent is back")

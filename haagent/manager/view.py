@@ -48,7 +48,7 @@ class HostView:
     lease: int = 0  # id of the lease its alive key lives on (0 when not alive)
     failover: str = ""  # the open failover (op id) its state record names, from suspect on
     granted_rev: int = 0  # store revision of its latest lease grant (hosts/<h>/lease), 0 unknown
-    stopped: bool = False  # its agent stopped cleanly while holding its lease (shutdown_policy)
+    stopped: str = ""  # its agent stopped cleanly while holding its lease: "stopped:<lease id>", else ""
     # Seconds after losing its lease by which the host has reset itself (its armed watchdog), as
     # the host itself reported during its current lease; None: it does not self-fence.
     self_fence: float | None = None

@@ -152,7 +152,7 @@ def test_self_fencing_is_what_the_host_reported_not_the_leaders_config():
 
 def test_a_clean_agent_stop_is_not_a_failure():
     v = view(alive=("b", "c"))
-    v = replace(v, hosts={**v.hosts, "a": replace(v.hosts["a"], stopped=True)})
+    v = replace(v, hosts={**v.hosts, "a": replace(v.hosts["a"], stopped="stopped:1")})
     _, acts = step(v, new_status(0.0), 10.0, CFG, first_fit)
     assert not kinds(acts, SetHostState) and not kinds(acts, FenceHost)
     assert [a.name for a in kinds(acts, Alert)] == ["agent_stopped"]
