@@ -127,7 +127,9 @@ def build_view(kvs: Mapping[str, KVLike], keys: Keys, epoch: int) -> ClusterView
     for name, h in sorted(hosts.items()):
         report, report_rev = h.get("report") or {}, h.get("report_rev", 0)
         granted = max(h.get("granted_rev", 0), h.get("alive_rev", 0))
-        self_fence = report.get("self_fence_s") if report_rev > granted else None
+        # Valid only if written during the host's last lease, and void after a clean stop (which
+        # disarms the watchdog with the magic close).
+        self_fence = report.get("self_fence_s") if report_rev > granted and not h.get("stopped") else None
         host_views[name] = HostView(
             name, h.get("alive", False), h.get("state"), report.get("cpus", 0), report.get("memory_mib", 0),
             frozenset(report.get("running_vms", ())), h.get("lease", 0), h.get("failover", ""), granted,

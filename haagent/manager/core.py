@@ -646,6 +646,13 @@ def _relocate(st: _Step, req) -> None:
     current = st.placements.get(uuid)
     if st.storm() or st.in_grace:
         return  # keep the request: it is handled once the hold ends
+    if spec is None and any(k.endswith(f"/vms/{uuid}/spec") for k, _ in st.view.bad_records):
+        return  # unreadable now, not gone: keep the request until the spec reads again
+    if current is not None and not _cooperating(st, current):
+        # Its host no longer holds a lease (or is leaving service): "not running" in its last
+        # report proves nothing now. Failover, which needs a confirmed fence, decides instead;
+        # the request waits (and is dropped once the VM runs again somewhere).
+        return
     if spec is None or current is None or _running_on(st, uuid):
         st.actions.append(ConsumeRequest(req.id))
         return  # gone, or it runs again somewhere: nothing to relocate

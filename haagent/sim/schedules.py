@@ -184,10 +184,16 @@ def generate(seed: int) -> Schedule:
         for level in cluster["hosts"][h]["fencing"]:
             for d in level:
                 heal.append(f"at {HEAL_AT:g} device {h} {d} ok")
-    still_off = sorted(set(off_at) - back_on)
+    power: dict[str, str] = {}  # each host's last power command before the heal decides
+    for ln in sorted(lines, key=lambda ln: float(ln.split()[1])):
+        w = ln.split()
+        if w[2] == "power" and float(w[1]) < HEAL_AT:
+            power[w[3]] = w[4]
+    still_off = sorted(h for h, state in power.items() if state == "off")
     for h in still_off:
         heal.append(f"at {HEAL_AT + 2:g} ack {h}")
         heal.append(f"at {HEAL_AT + 12:g} ack {h}")
+        heal.append(f"at {HEAL_AT + 25:g} ack {h}")  # after a slow recovery (e.g. watchdog resets)
     for h in sorted(liars):
         heal.append(f"at {HEAL_AT + 12:g} return {h}")
     for h in still_off:
