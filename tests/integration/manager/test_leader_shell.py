@@ -1,0 +1,116 @@
+"""The leader's shell on a real etcd: a fence is dispatched only after its start is journaled
+under the epoch and while the host has no lease; a deposed leader cancels its fences and never
+journals their results, even when the same process is elected again."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from haagent.manager import core
+from haagent.manager.codec import build_view
+from haagent.manager.shell import LeaderLoop
+from haagent.manager.view import FenceHost, JournalStep, OpStep
+from haagent.store.client import EtcdStore
+from haagent.store.election import Election
+from haagent.store.keys import Keys
+from haagent.store.lease import LeaseKeeper
+from haagent.store.watch import PrefixCache
+
+K = Keys("it")
+
+
+class GateFencer:
+    """The Fencer port, held open until the test releases it; records what it saw at dispatch."""
+
+    def __init__(self, store: EtcdStore):
+        self.store = store
+        self.release = threading.Event()
+        self.calls: list[dict] = []
+
+    def fence_host(self, host, cancel=None):
+        kvs, _ = self.store.get_prefix(K.ops)
+        starts = [json.loads(kv.value) for kv in kvs if b'"fence_start"' in kv.value]
+        self.calls.append({"host": host, "cancel": cancel, "starts_journaled": len(starts)})
+        self.release.wait(10)
+        from fencing.runner import FenceResult, Outcome
+        return FenceResult(host, Outcome.CONFIRMED_OFF, "level 1", level=1)
+
+
+def _placer(todo, view, avoid):
+    return {}, {s.uuid: ("test",) for s in todo}
+
+
+@pytest.fixture
+def leader(etcd1):
+    store = EtcdStore(etcd1.endpoints, timeout=1)
+    lease = LeaseKeeper(store, 2, interval=0.3)
+    lease.attach(K.host_alive("h1"), "{}")
+    lease.start()
+    election = Election(store, K, "h1", lease)
+    assert election.try_acquire()
+    cache = PrefixCache(store, K.root).start()
+    fencer = GateFencer(store)
+    cfg = core.ManagerConfig(fence_delay=0.1, new_leader_grace=0.0, lease_ttl=2.0, fence_retry_interval=0.2)
+    loop = LeaderLoop(K, election, cache, cfg, fencer, _placer)
+    for h in ("h1", "h2"):
+        store.put(K.host_state(h), json.dumps({"state": "active"}))
+    try:
+        yield store, election, cache, loop, fencer
+    finally:
+        fencer.release.set()
+        loop.close()
+        cache.stop()
+        lease.stop()
+        store.close()
+
+
+def _tick_until(loop, cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        loop.tick()
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def _steps(store, name):
+    kvs, _ = store.get_prefix(K.ops)
+    return [json.loads(kv.value) for kv in kvs if not kv.key.endswith("/head") and json.loads(kv.value)["step"] == name]
+
+
+def test_fence_starts_are_journaled_first_and_a_deposed_leaders_results_are_dropped(leader):
+    store, election, cache, loop, fencer = leader
+    _tick_until(loop, lambda: fencer.calls)  # h2 has no lease: suspect, then fencing
+    [call] = fencer.calls
+    assert call["host"] == "h2" and call["starts_journaled"] == 1  # the start was written before
+    assert not call["cancel"].is_set()
+    # deposed while the fence runs: its cancel event is set at once
+    election.step_down("test: deposed")
+    loop.tick()
+    assert call["cancel"].is_set()
+    # the same process wins again, under a new epoch; the old fence then finishes "off"
+    store.delete(K.leader)
+    assert election.try_acquire()
+    fencer.release.set()
+    time.sleep(0.3)
+    _tick_until(loop, lambda: len(fencer.calls) >= 2, timeout=8)  # the new epoch fences again
+    results = _steps(store, "fence")
+    assert all(r["detail"]["attempt"] != 1 for r in results), results  # the old result never landed
+
+
+def test_no_dispatch_when_the_host_holds_a_lease_at_write_time(leader):
+    store, election, cache, loop, fencer = leader
+    kvs, _ = cache.snapshot()
+    view = build_view(kvs, K, election.leadership.epoch)
+    start = [JournalStep("op-x", "h2", OpStep("fence_start", 0.0, {"attempt": 1})), FenceHost("h2", "op-x", 1)]
+    assert loop._write(start, view) > 0  # no lease: the start is journaled
+    lease, _ = store.grant(30)
+    store.put(K.host_alive("h2"), "{}", lease)  # the host renews (a new grant) as we decide
+    start = [JournalStep("op-y", "h2", OpStep("fence_start", 0.0, {"attempt": 1})), FenceHost("h2", "op-y", 1)]
+    assert loop._write(start, view) == 0  # the compare failed: nothing written, nothing dispatched
+    assert store.get(K.op("op-y") + "/head") is None and election.is_leader
