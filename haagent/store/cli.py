@@ -50,9 +50,16 @@ def status(config: Config, as_json: bool) -> None:
     lead = data["leader"]
     console.print(f"cluster [bold]{data['cluster']}[/]  leader: "
                   + (f"[bold green]{lead['host']}[/] (epoch {lead['epoch']})" if lead else "[bold red]none[/]"))
-    table = Table("host", "alive", "state", "cpus", "memory", "load", "report age")
+    table = Table("host", "alive", "state", "cpus", "memory", "load", "report age", "notes")
     for h in data["hosts"]:
         r = h["report"] or {}
+        notes = []
+        if h["failover"]:
+            notes.append(f"failover {h['failover']}")
+        if h["agent_stopped"] and not h["alive"]:
+            notes.append("[yellow]agent stopped cleanly: VMs frozen[/]")
+        if h["self_fence_s"] is not None:
+            notes.append(f"watchdog {h['self_fence_s']:g}s")
         table.add_row(
             h["name"] + (" *" if lead and lead["host"] == h["name"] else ""),
             "[green]yes[/]" if h["alive"] else "[red]no[/]",
@@ -61,5 +68,8 @@ def status(config: Config, as_json: bool) -> None:
             f"{r['memory_mib']} MiB" if "memory_mib" in r else "-",
             str(r.get("load", "-")),
             _age(h["report_age_s"]),
+            "; ".join(notes),
         )
     console.print(table)
+    for bad in data["bad_records"]:
+        console.print(f"[red]bad record[/] {bad['key']}: {bad['problem']} (runbooks/bad_record.md)")
