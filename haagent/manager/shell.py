@@ -1,13 +1,20 @@
-"""The leader's shell: view from the watch-fed cache, the pure step, guarded writes, fencing.
+"""The leader's shell: the view from the store, the pure step, guarded writes, fence dispatch.
 
-One thread (the agent loop) runs ``tick``; fence calls run on a small pool and hand their results
-back through a queue, so the journal has a single writer and its step numbers never collide.
+``LeaderShell`` is written once, over three ports, and both the agent daemon and the simulator
+drive it:
 
-Fencing rules the shell keeps (docs/design.md, "Fencing"): a fence is dispatched only after the
-step's transaction, which journals its ``fence_start`` and holds only while this epoch leads and
-the host has no lease, has been written; fences run under a cancel event that is set the moment
-this process stops leading (or leads again under a new epoch), and results that come back under
-another epoch than the one that dispatched them are dropped, never journaled.
+* ``LeaderStore``: our epoch (None when we do not lead), the decoded view, guarded writes;
+* ``FenceDispatch``: start a fence in the background, reporting its journal step when done;
+* a monotonic clock and a wall clock (journal timestamps are for display only).
+
+What it reports (actions, alerts, a deposition) goes to a ``sink(event, fields)``: the daemon
+turns that into logs and metrics, the simulator into its story.
+
+Fencing rules the shell keeps (docs/design.md, "Failover safety rules"): a fence is dispatched
+only after the step's transaction, which journals its ``fence_start`` and holds only while this
+epoch leads and the host has no lease, has committed; fences run under a cancel event that is set
+the moment this shell stops leading (or leads again under a new epoch), and results that come back
+under another epoch than the one that dispatched them are dropped, never journaled.
 """
 
 from __future__ import annotations
@@ -16,173 +23,218 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from dataclasses import replace
+from typing import Any, Callable, Mapping, Protocol
 
 from haagent import metrics
-from haagent.errors import LeaseExpired, StoreError
+from haagent.errors import LeaseExpired, NotLeader, StoreError
 from haagent.log import get_logger
 from haagent.manager import core
 from haagent.manager.codec import action_compares, action_ops, build_view, fence_result_step
-from haagent.manager.view import Alert, ClusterView, Event, FenceHost, JournalStep, SetHostState
+from haagent.manager.view import Alert, ClusterView, FenceHost, JournalStep, ManagerAction, SetHostState
 from haagent.model import HostState
-from haagent.store.election import Election
+from haagent.store.client import Compare, Delete, Put
 from haagent.store.keys import Keys
-from haagent.store.watch import PrefixCache
 
 log = get_logger("haagent.manager")
 
 EVENTS_TTL = 3600
 
+Sink = Callable[[str, Mapping[str, Any]], None]
 
-class LeaderLoop:
-    """Runs the manager step while this agent leads."""
 
-    def __init__(self, keys: Keys, election: Election, cache: PrefixCache, config: core.ManagerConfig,
-                 fencer: Any, placer: core.Placer, *, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, wake: Callable[[], None] = lambda: None):
-        self.keys, self.election, self.cache = keys, election, cache
-        self.config, self.fencer, self.placer = config, fencer, placer
-        self.clock, self.wall, self.wake = clock, wall, wake
+class LeaderStore(Protocol):
+    """The store as the leader's shell sees it."""
+
+    def epoch(self) -> int | None:
+        """Our leadership epoch now, or None when we do not lead."""
+
+    def view(self) -> ClusterView:
+        """The decoded cluster at the latest revision we can read (epoch not set)."""
+
+    def write(self, ops: list[Put | Delete], compares: list[Compare]) -> int:
+        """A transaction guarded by our epoch plus ``compares``: its revision, or 0 when one of
+        ``compares`` failed (nothing written). Raises NotLeader when our epoch is gone, and
+        StoreError when the store cannot be reached."""
+
+    def caught_up(self, revision: int) -> bool:
+        """Whether the view now holds ``revision`` (waiting a little if need be)."""
+
+    def events_lease(self) -> int | None:
+        """The lease events are put on (they expire on their own), if any."""
+
+
+class FenceDispatch(Protocol):
+    def start(self, action: FenceHost, cancel: threading.Event, done: Callable[[JournalStep], None]) -> None:
+        """Fence in the background; call ``done(step)`` with the result's journal step."""
+
+
+class LeaderShell:
+    """Runs the manager step while this process leads."""
+
+    def __init__(self, keys: Keys, config: core.ManagerConfig, placer: core.Placer, store: LeaderStore,
+                 fences: FenceDispatch, *, clock: Callable[[], float], wall: Callable[[], float],
+                 sink: Sink, wake: Callable[[], None] = lambda: None):
+        self.keys, self.config, self.placer, self.store, self.fences = keys, config, placer, store, fences
+        self.clock, self.wall, self.sink, self.wake = clock, wall, sink, wake
         self.status: core.ManagerStatus | None = None
         self.epoch = 0
+        self.alerts: frozenset[Alert] = frozenset()
         self._results: queue.Queue[tuple[int, JournalStep]] = queue.Queue()
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fence")
-        self._fencing: dict[str, Future] = {}
         self._cancel = threading.Event()  # set when the epoch that dispatched the running fences ends
-        self._alerts: set[Alert] = set()
-        self._events_lease = 0
-        self._health: Future | None = None
-        self._health_due = 0.0
+
+    @property
+    def leading(self) -> bool:
+        return self.status is not None
 
     def close(self) -> None:
         self._cancel.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def deposed(self, why: str) -> None:
         """This process no longer leads under the epoch it fenced with: stop its fences."""
-        if self.status is not None or self._fencing:
-            log.warning("manager_stopped", epoch=self.epoch, reason=why,
-                        fences_cancelled=sorted(h for h, f in self._fencing.items() if not f.done()))
+        if self.status is not None:
+            self.sink("deposed", {"epoch": self.epoch, "reason": why})
         self._cancel.set()
         self._cancel = threading.Event()
-        self._fencing = {}
         self.status = None
+        if self.alerts:  # no longer ours to raise: the next leader raises what still holds
+            self.sink("alerts_dropped", {"alerts": self.alerts})
+            self.alerts = frozenset()
+
+    def fence_done(self, epoch: int, step: JournalStep) -> None:
+        """A fence finished (any thread): journaled at the next tick if ``epoch`` still leads."""
+        self._results.put((epoch, step))
+        self.wake()
 
     def tick(self) -> None:
-        lead = self.election.leadership
-        if lead is None:
+        epoch = self.store.epoch()
+        if epoch is None:
             if self.status is not None:
                 self.deposed("leadership lost")
             return
-        if self.status is None or self.epoch != lead.epoch:
+        if self.status is None or self.epoch != epoch:
             if self.status is not None:
-                self.deposed(f"epoch changed from {self.epoch} to {lead.epoch}")
-            self.status, self.epoch = core.new_status(self.clock()), lead.epoch
-            log.info("manager_started", epoch=lead.epoch, grace_s=self.config.new_leader_grace)
-        kvs, revision = self.cache.snapshot()
-        view = build_view(kvs, self.keys, lead.epoch)
+                self.deposed(f"epoch changed from {self.epoch} to {epoch}")
+            self.status, self.epoch = core.new_status(self.clock()), epoch
+            self.sink("started", {"epoch": epoch, "grace_s": self.config.new_leader_grace})
+        try:
+            self._tick(epoch)
+        except NotLeader as exc:
+            self.deposed(str(exc))
+        except StoreError as exc:
+            self.sink("store_error", {"epoch": epoch, "error": str(exc)})
+
+    def _tick(self, epoch: int) -> None:
+        view = replace(self.store.view(), epoch=epoch)
+        self.sink("store_ok", {})
         # Fence results first, so this step sees them; results of another epoch are dropped.
         results = []
         while True:
             try:
-                epoch, step = self._results.get_nowait()
+                done_epoch, step = self._results.get_nowait()
             except queue.Empty:
                 break
-            if epoch == lead.epoch:
+            if done_epoch == epoch:
                 results.append(step)
             else:
-                log.warning("fence_result_dropped", op=step.op, host=step.host, epoch=epoch, current=lead.epoch)
+                self.sink("result_dropped", {"op": step.op, "host": step.host, "epoch": done_epoch,
+                                             "current": epoch})
         if results:
             revision = self._write(results, view)
-            if not revision or not self.cache.wait_for(revision, 2.0):
-                log.warning("manager_view_stale", waiting_for=revision)
+            if not revision or not self.store.caught_up(revision):
+                self.sink("stale_view", {"waiting_for": revision})
                 return  # decide nothing from a view that does not hold our own last write
-            kvs, _ = self.cache.snapshot()
-            view = build_view(kvs, self.keys, lead.epoch)
+            view = replace(self.store.view(), epoch=epoch)
         status, actions = core.step(view, self.status, self.clock(), self.config, self.placer)
-        for line in core.actions_summary(a for a in actions if not isinstance(a, Alert)):
-            log.info("manager_action", action=line, epoch=lead.epoch)
         if any(not isinstance(a, (Alert, FenceHost)) for a in actions):
             revision = self._write(actions, view)
             if not revision:
                 # A condition of the step no longer held (a host renewed its lease as we were about
                 # to fence it): nothing was written, nothing is dispatched; decide again next tick.
-                log.info("manager_step_retry", reason="a host's lease changed under the step")
+                self.sink("step_retry", {"reason": "a host's lease changed under the step"})
                 return
-            if not self.cache.wait_for(revision, 2.0):
-                log.warning("manager_view_stale", waiting_for=revision)
         self.status = status
+        for line in core.actions_summary(a for a in actions if not isinstance(a, Alert)):
+            self.sink("action", {"line": line, "epoch": epoch})
+        if any(not isinstance(a, (Alert, FenceHost)) for a in actions):
+            self.sink("committed", {"view": view, "actions": actions})
+            if not self.store.caught_up(revision):
+                self.sink("stale_view", {"waiting_for": revision})
         for a in actions:
             if isinstance(a, FenceHost):
-                self._fence(a)
-            elif isinstance(a, SetHostState):
-                for s in HostState:
-                    metrics.HOST_STATE.labels(host=a.host, state=s.value).set(1 if s is a.new else 0)
-        self._set_alerts({a for a in actions if isinstance(a, Alert)})
-        self._check_fence_paths()
+                self.fences.start(a, self._cancel, lambda step, e=epoch: self.fence_done(e, step))
+        self._set_alerts(frozenset(a for a in actions if isinstance(a, Alert)))
 
-    def _check_fence_paths(self) -> None:
-        """Every [fencing] check_interval, ask every fence device for its status (never acts)."""
-        interval = getattr(getattr(self.fencer, "config", None), "check_interval", 0)
-        if not interval or self.clock() < self._health_due or (self._health and not self._health.done()):
-            return
-        self._health_due = self.clock() + interval
-        from fencing.health import FenceHealthCheck
+    def _write(self, actions: list[ManagerAction] | list[JournalStep], view: ClusterView) -> int:
+        ops = action_ops(actions, view, self.keys, self.wall(), self.store.events_lease())
+        if not ops:
+            return 0
+        return self.store.write(ops, action_compares(actions, self.keys))
 
-        def run() -> None:
-            statuses = FenceHealthCheck(self.fencer).run_once()
-            broken = [f"{s.host}/{s.device}" for s in statuses if not s.ok]
-            if broken:
-                log.error("fence_paths_broken", paths=broken)
+    def _set_alerts(self, alerts: frozenset[Alert]) -> None:
+        for a in sorted(alerts - self.alerts, key=_alert_key):
+            self.sink("alert_raised", {"alert": a})
+        for a in sorted(self.alerts - alerts, key=_alert_key):
+            self.sink("alert_cleared", {"alert": a})
+        self.alerts = alerts
 
-        self._health = self._pool.submit(run)
 
-    def _write(self, actions: list, view: ClusterView) -> int:
-        if any(isinstance(a, Event) for a in actions) and not self._events_lease:
+def _alert_key(a: Alert) -> tuple[str, str, str]:
+    return (a.name, a.host, a.vm)
+
+
+# -- the production ports ----------------------------------------------------------------------
+
+
+class EtcdLeaderStore:
+    """LeaderStore over the agent's Election (epoch, guarded writes) and its watch-fed cache."""
+
+    def __init__(self, keys: Keys, election: Any, cache: Any):
+        self.keys, self.election, self.cache = keys, election, cache
+        self._events_lease = 0
+
+    def epoch(self) -> int | None:
+        lead = self.election.leadership
+        return lead.epoch if lead is not None else None
+
+    def view(self) -> ClusterView:
+        kvs, _ = self.cache.snapshot()
+        return build_view(kvs, self.keys, 0)
+
+    def write(self, ops: list[Put | Delete], compares: list[Compare]) -> int:
+        try:
+            result = self.election.guarded(ops, compares)
+        except LeaseExpired:
+            self._events_lease = 0  # the events lease ran out: grant a new one next time
+            raise
+        return result.revision if result.succeeded else 0
+
+    def caught_up(self, revision: int) -> bool:
+        return self.cache.wait_for(revision, 2.0)
+
+    def events_lease(self) -> int | None:
+        if not self._events_lease:
             try:
                 self._events_lease, _ = self.election.store.grant(EVENTS_TTL)
             except StoreError:
                 self._events_lease = 0
-        ops = action_ops(actions, view, self.keys, self.wall(), self._events_lease or None)
-        if not ops:
-            return 0
-        try:
-            result = self.election.guarded(ops, action_compares(actions, self.keys))
-        except StoreError as exc:
-            if isinstance(exc, LeaseExpired):
-                self._events_lease = 0  # the events lease ran out: grant a new one next time
-            raise
-        if not result.succeeded:
-            return 0
-        self._export_timeline(actions, view)
-        return result.revision
+        return self._events_lease or None
 
-    def _export_timeline(self, actions: list, view: ClusterView) -> None:
-        """Failover phases as metrics: seconds from detection to each journaled step."""
-        now = self.wall()
-        for a in actions:
-            if not isinstance(a, JournalStep):
-                continue
-            op = view.ops.get(a.op)
-            intent = op.last("intent") if op else None
-            if a.step.step == "intent":
-                metrics.FAILOVER_PHASE_SECONDS.labels(phase="confirm").observe(float(a.step.detail.get("detect_after", 0)))
-                continue
-            if intent is None:
-                continue
-            detected = intent.at - float(intent.detail.get("detect_after", 0))
-            metrics.FAILOVER_PHASE_SECONDS.labels(phase=a.step.step).observe(max(0.0, now - detected))
-            if a.step.step == "fenced":
-                how = str(a.step.detail.get("how", ""))
-                metrics.FAILOVERS.labels(how="operator" if how.startswith("operator") else
-                                         "watchdog" if how.startswith("watchdog") else "fence").inc()
 
-    def _fence(self, action: FenceHost) -> None:
-        running = self._fencing.get(action.host)
+class ThreadedFences:
+    """FenceDispatch over the Fencer port (``FenceRunner``): one fence per host at a time, on a
+    small pool, so a hung device never blocks the tick."""
+
+    def __init__(self, fencer: Any, clock: Callable[[], float] = time.monotonic, workers: int = 4):
+        self.fencer, self.clock = fencer, clock
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fence")
+        self._running: dict[str, Future] = {}
+
+    def start(self, action: FenceHost, cancel: threading.Event, done: Callable[[JournalStep], None]) -> None:
+        running = self._running.get(action.host)
         if running is not None and not running.done():
             return
         log.warning("fencing_host", host=action.host, op=action.op, attempt=action.attempt)
-        epoch, cancel = self.epoch, self._cancel
 
         def run() -> None:
             started = self.clock()
@@ -199,20 +251,113 @@ class LeaderLoop:
             metrics.FENCE_OPERATIONS.labels(result=outcome).inc()
             log.warning("fence_result", host=action.host, op=action.op, result=outcome, reason=reason,
                         duration_s=round(took, 3))
-            self._results.put((epoch, fence_result_step(action.op, action.host, outcome, reason, took, self.clock(),
-                                                        devices, action.attempt, already_off)))
-            self.wake()  # journal the result now, not at the next heartbeat
+            done(fence_result_step(action.op, action.host, outcome, reason, took, self.clock(), devices,
+                                   action.attempt, already_off))
 
-        self._fencing[action.host] = self._pool.submit(run)
+        self._running[action.host] = self.pool.submit(run)
 
-    def _set_alerts(self, alerts: set[Alert]) -> None:
-        for a in alerts - self._alerts:
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class DaemonSink:
+    """The daemon's view of the shell: structured logs, metrics, and the failover timeline."""
+
+    def __init__(self, wall: Callable[[], float] = time.time):
+        self.wall = wall
+
+    def __call__(self, event: str, f: Mapping[str, Any]) -> None:
+        if event == "action":
+            log.info("manager_action", action=f["line"], epoch=f["epoch"])
+        elif event == "committed":
+            self._committed(f["view"], f["actions"])
+        elif event == "alert_raised":
+            a = f["alert"]
             log.error("alert_raised", alert=a.name, host=a.host, vm=a.vm, message=a.message)
             metrics.ALERT.labels(name=a.name, host=a.host, vm=a.vm).set(1)
-        for a in self._alerts - alerts:
+        elif event == "alert_cleared":
+            a = f["alert"]
             log.info("alert_cleared", alert=a.name, host=a.host, vm=a.vm)
             metrics.ALERT.labels(name=a.name, host=a.host, vm=a.vm).set(0)
-        self._alerts = alerts
+        elif event == "alerts_dropped":
+            for a in f["alerts"]:
+                metrics.ALERT.labels(name=a.name, host=a.host, vm=a.vm).set(0)
+            log.info("alerts_dropped", reason="no longer the leader", alerts=sorted(a.name for a in f["alerts"]))
+        elif event == "started":
+            log.info("manager_started", **f)
+        elif event == "deposed":
+            log.warning("manager_stopped", **f)
+        elif event in ("result_dropped", "stale_view", "store_error"):
+            log.warning(f"manager_{event}", **f)
+        elif event == "step_retry":
+            log.info("manager_step_retry", **f)
+
+    def _committed(self, view: ClusterView, actions: list[ManagerAction]) -> None:
+        """Host states and failover phases as metrics (seconds from detection to each step)."""
+        now = self.wall()
+        for a in actions:
+            if isinstance(a, SetHostState):
+                for s in HostState:
+                    metrics.HOST_STATE.labels(host=a.host, state=s.value).set(1 if s is a.new else 0)
+            if not isinstance(a, JournalStep):
+                continue
+            op = view.ops.get(a.op)
+            intent = op.last("intent") if op else None
+            if a.step.step == "intent":
+                metrics.FAILOVER_PHASE_SECONDS.labels(phase="confirm").observe(float(a.step.detail.get("detect_after", 0)))
+                continue
+            if intent is None:
+                continue
+            detected = intent.at - float(intent.detail.get("detect_after", 0))
+            metrics.FAILOVER_PHASE_SECONDS.labels(phase=a.step.step).observe(max(0.0, now - detected))
+            if a.step.step == "fenced":
+                how = str(a.step.detail.get("how", ""))
+                metrics.FAILOVERS.labels(how="operator" if how.startswith("operator") else
+                                         "watchdog" if how.startswith("watchdog") else "fence").inc()
+
+
+class LeaderLoop:
+    """The daemon's leader: the shared shell over etcd, the fence runner, logs and metrics, plus
+    the periodic fence path check."""
+
+    def __init__(self, keys: Keys, election: Any, cache: Any, config: core.ManagerConfig, fencer: Any,
+                 placer: core.Placer, *, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time, wake: Callable[[], None] = lambda: None):
+        self.fencer, self.clock = fencer, clock
+        self.fences = ThreadedFences(fencer, clock)
+        self.shell = LeaderShell(keys, config, placer, EtcdLeaderStore(keys, election, cache), self.fences,
+                                 clock=clock, wall=wall, sink=DaemonSink(wall), wake=wake)
+        self._health: Future | None = None
+        self._health_due = 0.0
+
+    @property
+    def status(self) -> core.ManagerStatus | None:
+        return self.shell.status
+
+    def close(self) -> None:
+        self.shell.close()
+        self.fences.close()
+
+    def tick(self) -> None:
+        self.shell.tick()
+        if self.shell.leading:
+            self._check_fence_paths()
+
+    def _check_fence_paths(self) -> None:
+        """Every [fencing] check_interval, ask every fence device for its status (never acts)."""
+        interval = getattr(getattr(self.fencer, "config", None), "check_interval", 0)
+        if not interval or self.clock() < self._health_due or (self._health and not self._health.done()):
+            return
+        self._health_due = self.clock() + interval
+        from fencing.health import FenceHealthCheck
+
+        def run() -> None:
+            statuses = FenceHealthCheck(self.fencer).run_once()
+            broken = [f"{s.host}/{s.device}" for s in statuses if not s.ok]
+            if broken:
+                log.error("fence_paths_broken", paths=broken)
+
+        self._health = self.fences.pool.submit(run)
 
 
 def manager_config(config: Any) -> core.ManagerConfig:

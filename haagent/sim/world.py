@@ -24,14 +24,17 @@ the fault schedules, from a seeded RNG.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 from haagent.agent import core as agent_core
 from haagent.agent.core import AgentConfig, AgentInput, RequestRelocation, StartVm, StopVm
 from haagent.manager import core as manager_core
-from haagent.manager.codec import AckRefused, action_compares, action_ops, build_view, fence_ack_record, fence_result_step
-from haagent.manager.core import ManagerConfig, ManagerStatus, Placer
+from haagent.errors import NotLeader, StoreUnavailable
+from haagent.manager.codec import AckRefused, build_view, fence_ack_record, fence_result_step
+from haagent.manager.core import ManagerConfig, Placer
+from haagent.manager.shell import LeaderShell
 from haagent.manager.view import (Alert, ClusterView, FenceHost, JournalStep, SetHostState, SetPlacement,
                                   VmSpec)
 from haagent.model import HostState
@@ -70,12 +73,14 @@ class AgentProc:
     grant_rev: int = 0
     lease_ok: bool = False
     epoch: int = 0  # >0 while it believes it leads
-    mstatus: ManagerStatus | None = None
-    alerts: frozenset[Alert] = frozenset()
+    leader: LeaderShell | None = None  # the production leader shell, made at its first election
     last_report: tuple[str, ...] | None = None  # running_vms last published
     relocation_requested: set[str] = field(default_factory=set)
-    fence_results: list[tuple[int, JournalStep]] = field(default_factory=list)  # (epoch that fenced, result)
     store_error: str = ""
+
+    @property
+    def alerts(self) -> frozenset[Alert]:
+        return self.leader.alerts if self.leader is not None else frozenset()
 
 
 @dataclass
@@ -108,7 +113,9 @@ class PendingFence:
     op: str
     issuer: str
     proc: AgentProc  # the leader process running it; the fence dies with it
-    epoch: int  # the epoch it was dispatched under; results of another epoch are dropped
+    epoch: int  # the epoch that started it
+    cancel: threading.Event  # set by the leader shell when that epoch ends
+    done: Callable[[JournalStep], None]  # hands the result to the leader shell
     attempt: int
     started: float
     done_at: float
@@ -317,7 +324,8 @@ class Simulation:
 
     # -- fences -----------------------------------------------------------------------------
 
-    def _start_fence(self, issuer: SimHost, proc: AgentProc, action: FenceHost) -> None:
+    def _start_fence(self, issuer: SimHost, proc: AgentProc, action: FenceHost, cancel: threading.Event,
+                     done: Callable[[JournalStep], None]) -> None:
         target = self.hosts.get(action.host)
         devices: dict[str, str] = {}
         took = 0.0
@@ -358,7 +366,7 @@ class Simulation:
         if failures and result != "confirmed_off":
             result = "timed_out" if all(kind == "timed_out" for kind, _ in failures) else "failed"
             reason = "; ".join(r for _, r in failures)
-        self.fences.append(PendingFence(action.host, action.op, issuer.name, proc, proc.epoch, action.attempt,
+        self.fences.append(PendingFence(action.host, action.op, issuer.name, proc, proc.epoch, cancel, done, action.attempt,
                                         self.now, self.now + took, result, reason, devices, cuts, already_off))
 
     def _finish_fences(self) -> None:
@@ -369,7 +377,7 @@ class Simulation:
             if issuer.agent is not f.proc:
                 self.say("fence", f"{f.host} abandoned: its leader process on {f.issuer} is gone")
                 continue
-            if f.proc.epoch != f.epoch:
+            if f.cancel.is_set():
                 # Deposed mid-fence: the cancel stops the runner before its next power command.
                 self.say("fence", f"{f.host} cancelled: {f.issuer} no longer leads under epoch {f.epoch}")
                 continue
@@ -384,9 +392,8 @@ class Simulation:
                 target.powered = False
                 self._host_down(target)
                 self.say("host", f"{f.host} powered off by its fence device")
-            f.proc.fence_results.append((f.epoch, fence_result_step(
-                f.op, f.host, f.result, f.reason, f.done_at - f.started, self.now, f.devices, f.attempt,
-                f.already_off)))
+            f.done(fence_result_step(f.op, f.host, f.result, f.reason, f.done_at - f.started, self.now, f.devices,
+                                     f.attempt, f.already_off))
 
     def _watchdogs(self) -> None:
         if not self.boots and not any(h.watchdog for h in self.hosts.values()):
@@ -448,7 +455,11 @@ class Simulation:
                 if kv is not None and kv.lease == a.lease:
                     ok, rev, how = True, kv.create_revision, "leader again (the leader key is still ours)"
             if ok:
-                a.epoch, a.mstatus, a.alerts, a.fence_results = rev, manager_core.new_status(self.now), frozenset(), []
+                a.epoch = rev
+                if a.leader is None:
+                    a.leader = LeaderShell(self.keys, self.mcfg, self.placer, _SimLeaderStore(self, h, a),
+                                           _SimFences(self, h, a), clock=lambda: self.now, wall=lambda: self.now,
+                                           sink=_SimSink(self, h, a))
                 self.say(f"mgr {h.name}", f"{how} (epoch {rev})")
 
         # Reconcile local VMs to placement.
@@ -492,80 +503,14 @@ class Simulation:
                 a.last_report = running
         else:
             a.last_report = None  # re-publish once back: the world may have moved on
-        if a.epoch:
-            self._leader_tick(h, a, reach)
+        if a.leader is not None:
+            a.leader.tick()
 
     def _step_down(self, h: SimHost, a: AgentProc, why: str) -> None:
         self.say(f"mgr {h.name}", f"leadership lost: {why}")
-        a.epoch, a.mstatus, a.fence_results = 0, None, []
-        if a.alerts:
-            a.alerts = frozenset()
-
-    # -- the leader shell -------------------------------------------------------------------
-
-    def _guarded(self, a: AgentProc, ops: list, compares: list | None = None) -> bool | None:
-        """True: written. None: only ``compares`` failed (retry next tick). False: deposed."""
-        ok, _ = self.store.txn([Compare(self.keys.leader, "create", "==", a.epoch), *(compares or [])], ops)
-        if ok:
-            return True
-        leader = self.store.get(self.keys.leader)
-        return None if leader is not None and leader.create_revision == a.epoch else False
-
-    def _leader_tick(self, h: SimHost, a: AgentProc, reach: bool) -> None:
-        who = f"mgr {h.name}"
-        if not reach:
-            err = "no quorum" if h.powered and not h.partitioned else "store unreachable"
-            if a.store_error != err:
-                self.say(who, f"cannot read the store ({err}): decides nothing")
-            a.store_error = err
-            return
-        a.store_error = ""
-        leader = self.store.get(self.keys.leader)
-        if leader is None or leader.create_revision != a.epoch:
-            self._step_down(h, a, "the leader key is no longer ours")
-            return
-        # Finished fences first: a step must see their outcome.
-        while a.fence_results:
-            epoch, res = a.fence_results[0]
-            if epoch != a.epoch:
-                a.fence_results.pop(0)
-                self.say(who, f"fence result of epoch {epoch} dropped (op={res.op})")
-                continue
-            view, _ = self._view()
-            if not self._guarded(a, action_ops([res], replace(view, epoch=a.epoch), self.keys, self.now)):
-                self._step_down(h, a, "guarded write rejected")
-                return
-            a.fence_results.pop(0)
-        view, _ = self._view()
-        view = replace(view, epoch=a.epoch)
-        assert a.mstatus is not None
-        status, actions = manager_core.step(view, a.mstatus, self.now, self.mcfg, self.placer)
-        ops = action_ops(actions, view, self.keys, self.now)
-        if ops:
-            written = self._guarded(a, ops, action_compares(actions, self.keys))
-            if written is None:
-                self.say(who, "step not written: a host's lease changed under it; deciding again")
-                return
-            if not written:
-                self._step_down(h, a, "guarded write rejected")
-                return
-        a.mstatus = status
-        lines = manager_core.actions_summary([x for x in actions if not isinstance(x, Alert)])
-        for line in lines:
-            self.say(who, line)
-        alerts = frozenset(x for x in actions if isinstance(x, Alert))
-        for al in sorted(alerts - a.alerts, key=_alert_key):
-            self.say(who, manager_core.actions_summary([al])[0])
-        for al in sorted(a.alerts - alerts, key=_alert_key):
-            self.say(who, " ".join(x for x in (f"alert cleared {al.name}", al.host and f"host={al.host}",
-                                               al.vm and f"vm={al.vm}") if x))
-        a.alerts = alerts
-        if ops:
-            for hook in self.on_commit:
-                hook(self, view, actions)
-        for x in actions:
-            if isinstance(x, FenceHost):
-                self._start_fence(h, a, x)
+        a.epoch = 0
+        if a.leader is not None:
+            a.leader.deposed(why)
 
     # -- questions the checkers and the final summary ask -----------------------------------
 
@@ -594,8 +539,85 @@ class Simulation:
         return json.loads(kv.value).get("host") if kv is not None else None
 
 
-def _alert_key(a: Alert) -> tuple[str, str, str]:
-    return (a.name, a.host, a.vm)
+class _SimLeaderStore:
+    """The model etcd as one agent's leader shell sees it (see ``LeaderStore``)."""
+
+    def __init__(self, sim: Simulation, host: SimHost, proc: AgentProc):
+        self.sim, self.host, self.proc = sim, host, proc
+
+    def epoch(self) -> int | None:
+        if not self.proc.epoch:
+            return None
+        if self.sim.reaches_store(self.host):
+            leader = self.sim.store.get(self.sim.keys.leader)
+            if leader is None or leader.create_revision != self.proc.epoch:
+                self.sim._step_down(self.host, self.proc, "the leader key is no longer ours")
+                return None
+        return self.proc.epoch  # cut off, it cannot tell: it goes on believing until its lease lapses
+
+    def view(self) -> ClusterView:
+        if not self.sim.reaches_store(self.host):
+            h = self.host
+            raise StoreUnavailable("no quorum" if h.powered and not h.partitioned else "store unreachable")
+        return self.sim._view()[0]
+
+    def write(self, ops: list, compares: list) -> int:
+        sim = self.sim
+        ok, rev = sim.store.txn([Compare(sim.keys.leader, "create", "==", self.proc.epoch), *compares], ops)
+        if ok:
+            return rev
+        leader = sim.store.get(sim.keys.leader)
+        if leader is not None and leader.create_revision == self.proc.epoch:
+            return 0
+        sim._step_down(self.host, self.proc, "guarded write rejected")
+        raise NotLeader("guarded write rejected")
+
+    def caught_up(self, revision: int) -> bool:
+        return True  # the model store is read synchronously
+
+    def events_lease(self) -> int | None:
+        return None
+
+
+class _SimFences:
+    """Fences on the virtual clock: they finish after their devices' durations (see ``_start_fence``)."""
+
+    def __init__(self, sim: Simulation, host: SimHost, proc: AgentProc):
+        self.sim, self.host, self.proc = sim, host, proc
+
+    def start(self, action: FenceHost, cancel: threading.Event, done: Callable[[JournalStep], None]) -> None:
+        self.sim._start_fence(self.host, self.proc, action, cancel, done)
+
+
+class _SimSink:
+    """The leader shell's reports, told as the simulation's story."""
+
+    def __init__(self, sim: Simulation, host: SimHost, proc: AgentProc):
+        self.sim, self.proc, self.who = sim, proc, f"mgr {host.name}"
+
+    def __call__(self, event: str, f: Mapping[str, object]) -> None:
+        say = lambda text: self.sim.say(self.who, text)  # noqa: E731
+        if event == "action":
+            say(str(f["line"]))
+        elif event == "committed":
+            for hook in self.sim.on_commit:
+                hook(self.sim, f["view"], f["actions"])  # type: ignore[arg-type]
+        elif event == "alert_raised":
+            say(manager_core.actions_summary([f["alert"]])[0])  # type: ignore[list-item]
+        elif event == "alert_cleared":
+            al = f["alert"]
+            say(" ".join(x for x in (f"alert cleared {al.name}", al.host and f"host={al.host}",  # type: ignore[attr-defined]
+                                     al.vm and f"vm={al.vm}") if x))  # type: ignore[attr-defined]
+        elif event == "store_error":
+            if self.proc.store_error != f["error"]:
+                say(f"cannot read the store ({f['error']}): decides nothing")
+            self.proc.store_error = str(f["error"])
+        elif event == "store_ok":
+            self.proc.store_error = ""
+        elif event == "step_retry":
+            say("step not written: a host's lease changed under it; deciding again")
+        elif event == "result_dropped":
+            say(f"fence result of epoch {f['epoch']} dropped (op={f['op']})")
 
 
 __all__ = ["AgentProc", "Device", "InvariantViolation", "PendingFence", "SetHostState", "SetPlacement",

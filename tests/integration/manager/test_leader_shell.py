@@ -108,9 +108,9 @@ def test_no_dispatch_when_the_host_holds_a_lease_at_write_time(leader):
     kvs, _ = cache.snapshot()
     view = build_view(kvs, K, election.leadership.epoch)
     start = [JournalStep("op-x", "h2", OpStep("fence_start", 0.0, {"attempt": 1})), FenceHost("h2", "op-x", 1)]
-    assert loop._write(start, view) > 0  # no lease: the start is journaled
+    assert loop.shell._write(start, view) > 0  # no lease: the start is journaled
     lease, _ = store.grant(30)
     store.put(K.host_alive("h2"), "{}", lease)  # the host renews (a new grant) as we decide
     start = [JournalStep("op-y", "h2", OpStep("fence_start", 0.0, {"attempt": 1})), FenceHost("h2", "op-y", 1)]
-    assert loop._write(start, view) == 0  # the compare failed: nothing written, nothing dispatched
+    assert loop.shell._write(start, view) == 0  # the compare failed: nothing written, nothing dispatched
     assert store.get(K.op("op-y") + "/head") is None and election.is_leader
