@@ -20,7 +20,7 @@ def run() -> str:
 
     from haagent.lab.lab import Lab
     from haagent.manager.codec import build_view
-    from haagent.manager.drill import run_drill
+    from haagent.lab.drill import run_drill
     from haagent.model import HostState
     from haagent.store.client import EtcdStore
     from haagent.store.keys import Keys

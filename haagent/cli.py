@@ -75,7 +75,7 @@ def fail(message: str, code: int = 1) -> None:
     "vm": "haagent.manager.cli:vm",
     "host": "haagent.manager.cli:host",
     "events": "haagent.manager.cli:events",
-    "drill": "haagent.manager.drill:drill",
+    "drill": "haagent.lab.drill:drill",
 })
 @click.version_option(package_name="haagent")
 def main() -> None:

@@ -30,5 +30,4 @@ HOST_STATE = Gauge("haagent_host_state", "1 for the state each host is in (leade
 FAILOVERS = Counter("haagent_failovers_total", "Host failovers, by how the host was confirmed fenced", ["how"], registry=REGISTRY)
 FAILOVER_PHASE_SECONDS = Histogram("haagent_failover_phase_seconds", "Seconds from detection to each failover phase",
                                    ["phase"], registry=REGISTRY, buckets=(0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120, 300))
-FENCE_OPERATIONS = Counter("haagent_fence_operations_total", "Host fence operations run by the leader", ["result"], registry=REGISTRY)
 VM_ACTIONS = Counter("haagent_vm_actions_total", "VM starts and stops by the agent", ["action", "result"], registry=REGISTRY)

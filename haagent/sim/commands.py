@@ -19,7 +19,7 @@ from haagent.cli import fail
 @click.option("--list", "list_only", is_flag=True, help="List the corpus and each README line.")
 @click.option("--show", is_flag=True, help="Print the run's log instead of diffing it.")
 def scenario(names: tuple[str, ...], update: bool, run_all: bool, list_only: bool, show: bool) -> None:
-    """Run failover scenarios (tests/scenarios/failover/NAME) and diff each log with its golden."""
+    """Run failover scenarios (haagent/sim/scenarios/NAME, shipped with the package) and diff each log with its golden."""
     from haagent.sim.scenario import CORPUS, ScenarioError, corpus, locate, run_dir
 
     if list_only:

@@ -36,7 +36,7 @@ from haagent.sim.store import NoQuorum
 from haagent.sim.world import DEVICE_MODES, Device, InvariantViolation, SimConfig, SimHost, Simulation
 
 DEFAULT_END = 60.0
-CORPUS = Path(__file__).resolve().parents[2] / "tests" / "scenarios" / "failover"
+CORPUS = Path(__file__).resolve().parent / "scenarios"  # ships with the package: haagent sim scenario NAME works anywhere
 
 
 class ScenarioError(ValueError):

@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from haagent.manager.codec import build_view
-from haagent.manager.drill import run_drill
+from haagent.lab.drill import run_drill
 from haagent.model import HostState
 from haagent.store.client import EtcdStore
 from haagent.lab.lab import Lab
