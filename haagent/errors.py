@@ -53,10 +53,6 @@ class StoreTimeout(StoreUnavailable):
     """A store call did not finish within its timeout."""
 
 
-class StoreConflict(StoreError, PermanentError):
-    """A transaction's compare failed (the key changed under us)."""
-
-
 class StoreRequestInvalid(StoreError, PermanentError):
     """etcd rejected the request itself (e.g. a transaction that writes one key twice)."""
 

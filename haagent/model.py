@@ -6,9 +6,8 @@ manager, the agent and the simulator can pass them around without importing each
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 
 
 class HostState(str, Enum):
@@ -55,32 +54,3 @@ class NumaCell:
     free_mib: int | None = None
     # page size in KiB -> (total pages, free pages)
     hugepages: dict[int, tuple[int, int]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class HostReport:
-    """What an agent publishes about its host at ``hosts/<h>/report`` (only when it changes)."""
-
-    host: str
-    cpus: int = 0
-    memory_mib: int = 0
-    cpu_model: str = ""
-    numa: tuple[NumaCell, ...] = ()
-    load: float = 0.0
-    memory_used_mib: int = 0
-    running_vms: tuple[str, ...] = ()  # uuids
-    health: dict[str, str] = field(default_factory=dict)
-    version: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "HostReport":
-        d = dict(d)
-        d["numa"] = tuple(NumaCell(**{**c, "cpus": tuple(c.get("cpus", ())),
-                                      "hugepages": {int(k): tuple(v) for k, v in c.get("hugepages", {}).items()}})
-                          for c in d.get("numa", ()))
-        d["running_vms"] = tuple(d.get("running_vms", ()))
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in known})

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from policies import numa
-from policies.state import ClusterState, HostState, Req
+from policies.state import ClusterState, HostUsage, Req
 
 RESTART = "restart"  # failover restart or first start: no live migration involved
 MIGRATE = "migrate"  # live migration (drain, rebalance): the VM's memory moves as it runs
@@ -30,11 +30,11 @@ class Filter:
     def applies(self, req: Req, ctx: Context, state: ClusterState) -> bool:
         return True
 
-    def check(self, host: HostState, req: Req, ctx: Context, state: ClusterState) -> str | None:
+    def check(self, host: HostUsage, req: Req, ctx: Context, state: ClusterState) -> str | None:
         raise NotImplementedError
 
-    def filter_all(self, hosts: list[HostState], req: Req, ctx: Context, state: ClusterState
-                   ) -> list[HostState]:
+    def filter_all(self, hosts: list[HostUsage], req: Req, ctx: Context, state: ClusterState
+                   ) -> list[HostUsage]:
         """Optional fast screen: the hosts that pass, in order. Must agree with ``check``."""
         return [h for h in hosts if self.check(h, req, ctx, state) is None]
 

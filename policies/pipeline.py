@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from policies.filters import DEFAULT_FILTERS, Context, Filter
-from policies.state import ClusterState, HostState, Req
+from policies.state import ClusterState, HostUsage, Req
 from policies.weighers import DEFAULT_WEIGHERS, Weigher
 
 
@@ -61,8 +61,8 @@ class Pipeline:
         return filters, weighers
 
     def passing(self, req: Req, ctx: Context, state: ClusterState,
-                hosts: Sequence[HostState] | None = None
-                ) -> tuple[list[HostState], dict[str, _Tally]]:
+                hosts: Sequence[HostUsage] | None = None
+                ) -> tuple[list[HostUsage], dict[str, _Tally]]:
         """Hosts that pass every filter (in name order), and a tally of rejections per filter.
 
         Filter by filter over the shrinking host list, as Nova does; a filter with a fast
@@ -75,7 +75,7 @@ class Pipeline:
             if not current:
                 break
             suspects = current
-            keep: list[HostState] = []
+            keep: list[HostUsage] = []
             if type(f).filter_all is not Filter.filter_all:
                 try:
                     keep = f.filter_all(current, req, ctx, state)
@@ -104,7 +104,7 @@ class Pipeline:
             current = keep
         return current, tallies
 
-    def weigh(self, req: Req, ctx: Context, state: ClusterState, hosts: Sequence[HostState]
+    def weigh(self, req: Req, ctx: Context, state: ClusterState, hosts: Sequence[HostUsage]
               ) -> tuple[list[float], dict[str, tuple[list[float], list[float], float]], list[str]]:
         """Total score per host, plus per weigher (raw, normalised, multiplier) and failures."""
         _, weighers = self._active(req, ctx, state)

@@ -31,7 +31,9 @@ class CellState:
         self.hp_used: dict[int, int] = {}
 
 
-class HostState:
+class HostUsage:
+    """One host as the placement engine tracks it: capacity, what is bound to it, its load."""
+
     __slots__ = ("name", "host", "active", "state", "tags", "family", "cpus", "memory", "normal_memory",
                  "shared_vcpus", "dedicated", "memory_alloc", "cpu_load", "mem_load", "cells",
                  "vms", "version", "shape", "memo")
@@ -129,7 +131,7 @@ class ClusterState:
         self.config = config
         self.cpu_ratio = config.cpu_overcommit
         self.mem_ratio = config.memory_overcommit
-        self.hosts = [HostState(h) for h in sorted(cluster.hosts, key=lambda h: h.name)]
+        self.hosts = [HostUsage(h) for h in sorted(cluster.hosts, key=lambda h: h.name)]
         self.by_name = {hs.name: hs for hs in self.hosts}
         self.rules = {g.name: GroupRule(g.name, g.policy, g.hard) for g in cluster.groups}
         # group name -> host name -> member VM names there; filled as VMs are added.
@@ -211,7 +213,7 @@ class ClusterState:
         for g in req.hard_groups + req.soft_groups:
             self.members[g.name][host].discard(req.name)
 
-    def _bind(self, hs: HostState, req: Req, cells: tuple[int, ...], sign: int) -> None:
+    def _bind(self, hs: HostUsage, req: Req, cells: tuple[int, ...], sign: int) -> None:
         if not cells:
             return
         part = numa.split(req, len(cells))
@@ -223,7 +225,7 @@ class ClusterState:
             if part[3]:
                 c.hp_used[req.hp_size] = c.hp_used.get(req.hp_size, 0) + sign * part[3]
 
-    def fit(self, req: Req, hs: HostState) -> tuple[int, ...] | None:
+    def fit(self, req: Req, hs: HostUsage) -> tuple[int, ...] | None:
         """``numa.fit`` for this VM on this host, memoised until the host changes."""
         memo = hs.memo
         if memo is not None and memo[0] is req and memo[1] == hs.version:

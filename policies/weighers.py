@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from policies import numa
 from policies.filters import Context
-from policies.state import ClusterState, HostState, Req
+from policies.state import ClusterState, HostUsage, Req
 
 
 class Weigher:
@@ -19,10 +19,10 @@ class Weigher:
     def applies(self, req: Req, ctx: Context, state: ClusterState) -> bool:
         return True
 
-    def raw(self, host: HostState, req: Req, ctx: Context, state: ClusterState) -> float:
+    def raw(self, host: HostUsage, req: Req, ctx: Context, state: ClusterState) -> float:
         raise NotImplementedError
 
-    def raw_all(self, hosts: list[HostState], req: Req, ctx: Context, state: ClusterState
+    def raw_all(self, hosts: list[HostUsage], req: Req, ctx: Context, state: ClusterState
                 ) -> list[float]:
         """Raw values for many hosts; a weigher may do this faster but must agree with ``raw``."""
         return [self.raw(h, req, ctx, state) for h in hosts]

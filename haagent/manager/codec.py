@@ -132,7 +132,7 @@ def build_view(kvs: Mapping[str, KVLike], keys: Keys, epoch: int) -> ClusterView
         self_fence = report.get("self_fence_s") if report_rev > granted and not h.get("stopped") else None
         host_views[name] = HostView(
             name, h.get("alive", False), h.get("state"), report.get("cpus", 0), report.get("memory_mib", 0),
-            frozenset(report.get("running_vms", ())), h.get("lease", 0), h.get("failover", ""), granted,
+            frozenset(report.get("running_vms", ())), h.get("failover", ""), granted,
             h.get("stopped", ""), self_fence, h.get("state_bad", False))
     return ClusterView(epoch, host_views, specs, placements, ops, migrations, tuple(requests), tuple(bad))
 
@@ -143,7 +143,7 @@ def _decode(key: str, kv: KVLike, keys: Keys, hosts: dict, specs: dict, placemen
         name, leaf = parsed
         h = hosts.setdefault(name, {})
         if leaf == "alive":
-            h["alive"], h["lease"], h["alive_rev"] = True, kv.lease, kv.create_revision
+            h["alive"], h["alive_rev"] = True, kv.create_revision
         elif leaf == "state":
             d = _obj(kv)
             value = d.get("state")

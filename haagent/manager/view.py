@@ -45,7 +45,6 @@ class HostView:
     cpus: int = 0
     memory_mib: int = 0
     running: frozenset[str] = frozenset()  # uuids its last report says run there
-    lease: int = 0  # id of the lease its alive key lives on (0 when not alive)
     failover: str = ""  # the open failover (op id) its state record names, from suspect on
     granted_rev: int = 0  # store revision of its latest lease grant (hosts/<h>/lease), 0 unknown
     stopped: str = ""  # its agent stopped cleanly while holding its lease: "stopped:<lease id>", else ""

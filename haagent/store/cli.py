@@ -29,6 +29,7 @@ def status(config: Config, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from haagent.model import HOST_STATE_GLOSS, HostState
     from haagent.store.client import EtcdStore
     from haagent.store.keys import Keys
     from haagent.store.status import cluster_status
@@ -54,6 +55,8 @@ def status(config: Config, as_json: bool) -> None:
     for h in data["hosts"]:
         r = h["report"] or {}
         notes = []
+        if h["state"] not in (None, "active"):
+            notes.append(HOST_STATE_GLOSS[HostState(h["state"])])
         if h["failover"]:
             notes.append(f"failover {h['failover']}")
         if h["agent_stopped"] and not h["alive"]:
