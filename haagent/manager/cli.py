@@ -166,7 +166,7 @@ def fence_ack(name: str, yes: bool, config: Config) -> None:
         fail(f"refusing without --yes: acknowledging {name} as off while it still runs would let its "
              "VMs run twice. Check its power first.", 2)
     from haagent.manager.codec import AckRefused, build_view, fence_ack_record
-    from haagent.store.client import Compare, Put
+    from haagent.store.port import Compare, Put
 
     store, keys = _store(config)
     try:

@@ -12,7 +12,7 @@ from haagent.manager.view import (Alert, ClearMigration, ClusterView, ConsumeReq
                                   HostView, JournalStep, ManagerAction, Migration, Op, OpStep, Request,
                                   SetHostState, SetPlacement, VmSpec)
 from haagent.model import HostState
-from haagent.store.client import Compare, Delete, Put
+from haagent.store.port import Compare, Delete, Put
 from haagent.store.keys import Keys
 
 

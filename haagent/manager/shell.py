@@ -33,7 +33,7 @@ from haagent.manager import core
 from haagent.manager.codec import action_compares, action_ops, build_view, fence_result_step
 from haagent.manager.view import Alert, ClusterView, FenceHost, JournalStep, ManagerAction, SetHostState
 from haagent.model import HostState
-from haagent.store.client import Compare, Delete, Put
+from haagent.store.port import Compare, Delete, Put
 from haagent.store.keys import Keys
 
 log = get_logger("haagent.manager")

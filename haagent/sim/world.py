@@ -39,7 +39,7 @@ from haagent.manager.view import (Alert, ClusterView, FenceHost, JournalStep, Se
                                   VmSpec)
 from haagent.model import HostState
 from haagent.sim.store import NoQuorum, SimStore
-from haagent.store.client import Compare, Delete, Put
+from haagent.store.port import Compare, Delete, Put
 from haagent.store.keys import Keys
 
 GARBAGE = b'["not", "a", "record"]'
@@ -143,7 +143,7 @@ class Simulation:
         self.acfg = agent or AgentConfig()
         self.placer = placer or manager_core.policy_placer()
         self.keys = Keys(self.cfg.cluster)
-        self.store = SimStore()
+        self.store = SimStore(clock=lambda: self.now)
         self.hosts = {h.name: h for h in sorted(hosts, key=lambda h: h.name)}
         self.specs = {s.uuid: s for s in specs}
         self.now = 0.0
@@ -192,7 +192,7 @@ class Simulation:
 
     def _view(self) -> tuple[ClusterView, int]:
         """The decoded store at its current revision (cached: most ticks write nothing)."""
-        rev = self.store.revision
+        rev = self.store._revision  # no quorum check: the cache key only
         if self._view_cache is None or self._view_cache[0] != rev:
             kvs, _ = self.store.snapshot(self.keys.root)
             self._view_cache = (rev, build_view(kvs, self.keys, 0))
@@ -231,8 +231,8 @@ class Simulation:
             return
         if self.reaches_store(h) and a.lease:
             stopped = json.dumps({"policy": "freeze", "lease": a.lease, "at": self.now})
-            ok, _ = self.store.txn([Compare(self.keys.host_alive(name), "version", ">", 0)],
-                                   [Put(self.keys.host_stopped(name), stopped)])
+            ok = self.store.txn([Compare(self.keys.host_alive(name), "version", ">", 0)],
+                                [Put(self.keys.host_stopped(name), stopped)]).succeeded
             if a.epoch:  # resign
                 self.store.txn([Compare(self.keys.leader, "create", "==", a.epoch)], [Delete(self.keys.leader)])
             self.store.revoke(a.lease)
@@ -273,7 +273,7 @@ class Simulation:
             h.device(device).mode = mode
 
     def set_quorum(self, ok: bool) -> None:
-        self.store.set_quorum(ok, self.now)
+        self.store.set_quorum(ok)
 
     def vm_crash(self, uuid: str, by_user: bool = False) -> str | None:
         """Kill a running VM (a crash, or a user's shutdown); the host it ran on, or None."""
@@ -313,7 +313,7 @@ class Simulation:
 
     def tick_body(self) -> None:
         """One tick at ``now``: leases expire, fences finish, watchdogs fire, every agent runs."""
-        self.store.expire(self.now)
+        self.store.expire()
         self._finish_fences()
         self._watchdogs()
         for h in self.hosts.values():
@@ -420,17 +420,17 @@ class Simulation:
         who = f"agent {h.name}"
         just_granted = False
         if reach:
-            if a.lease and self.store.refresh(a.lease, self.now):
+            if a.lease and self.store.refresh(a.lease) > 0:
                 a.lease_ok_until = self.now + ttl
             else:
                 just_granted = True
-                a.lease = self.store.grant(ttl, self.now)
+                a.lease, _ = self.store.grant(ttl)
                 # As the agent's LeaseKeeper.on_grant: stamp the grant and clear a clean-stop record
                 # in the same transaction as the alive key.
-                _, a.grant_rev = self.store.txn((), [
+                a.grant_rev = self.store.txn((), [
                     Put(self.keys.host_alive(h.name), json.dumps({"host": h.name}), a.lease),
                     Put(self.keys.host_lease(h.name), json.dumps({"lease": a.lease, "at": self.now})),
-                    Delete(self.keys.host_stopped(h.name))])
+                    Delete(self.keys.host_stopped(h.name))]).revision
                 a.lease_ok_until = self.now + ttl
                 a.last_report = None  # a new lease: publish the report again
                 self.say(who, "lease granted")
@@ -446,8 +446,9 @@ class Simulation:
             self._step_down(h, a, "its lease expired")
         if reach and lease_ok and not a.epoch and (self.store.get(self.keys.leader) is None
                                                    or self.store.get(self.keys.leader).lease == a.lease):
-            ok, rev = self.store.txn([Compare(self.keys.leader, "create", "==", 0)],
-                                     [Put(self.keys.leader, json.dumps({"host": h.name, "lease": a.lease}), a.lease)])
+            won = self.store.txn([Compare(self.keys.leader, "create", "==", 0)],
+                                 [Put(self.keys.leader, json.dumps({"host": h.name, "lease": a.lease}), a.lease)])
+            ok, rev = won.succeeded, won.revision
             how = "leader now"
             if not ok:
                 # As Election.try_acquire: the key may still be ours, on a lease etcd kept alive.
@@ -563,9 +564,9 @@ class _SimLeaderStore:
 
     def write(self, ops: list, compares: list) -> int:
         sim = self.sim
-        ok, rev = sim.store.txn([Compare(sim.keys.leader, "create", "==", self.proc.epoch), *compares], ops)
-        if ok:
-            return rev
+        result = sim.store.txn([Compare(sim.keys.leader, "create", "==", self.proc.epoch), *compares], ops)
+        if result.succeeded:
+            return result.revision
         leader = sim.store.get(sim.keys.leader)
         if leader is not None and leader.create_revision == self.proc.epoch:
             return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import etcd3
@@ -22,6 +21,7 @@ from haagent import metrics
 from haagent.config import EtcdConfig, EtcdEndpoint, parse_endpoint
 from haagent.errors import LeaseExpired, StoreError, StoreRequestInvalid, StoreTimeout, StoreUnavailable
 from haagent.log import get_logger
+from haagent.store.port import KV, Compare, Delete, Put, TxnResult  # noqa: F401  (the vocabulary, re-exported)
 
 log = get_logger("haagent.store")
 
@@ -44,45 +44,6 @@ _GRPC_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
-
-
-@dataclass(frozen=True)
-class KV:
-    key: str
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    version: int
-    lease: int
-
-
-@dataclass(frozen=True)
-class Put:
-    key: str
-    value: bytes | str
-    lease: int | None = None
-
-
-@dataclass(frozen=True)
-class Delete:
-    key: str
-    prefix: bool = False
-
-
-@dataclass(frozen=True)
-class Compare:
-    """``Compare(key, "create", "==", 0)``: target is create, mod, version or value."""
-
-    key: str
-    target: str
-    op: str
-    value: Any
-
-
-@dataclass(frozen=True)
-class TxnResult:
-    succeeded: bool
-    revision: int
 
 
 def _to_bytes(v: bytes | str) -> bytes:
