@@ -65,6 +65,33 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def open_store(config: "Config") -> tuple[Any, Any]:
+    """The etcd store and key layout a command talks to."""
+    from haagent.store.client import EtcdStore
+    from haagent.store.keys import Keys
+
+    return EtcdStore.from_config(config.etcd), Keys(config.cluster)
+
+
+def send_request(config: "Config", kind: str, host: str = "", **extra: object) -> str:
+    """Put one operator request for the leader under ``requests/``; its id."""
+    import json
+    import time
+    import uuid
+
+    from haagent.errors import StoreError
+
+    store, keys = open_store(config)
+    req_id = f"{kind}-{host or extra.get('vm', '')}-{uuid.uuid4().hex[:8]}"
+    try:
+        store.put(keys.request(req_id), json.dumps({"kind": kind, "host": host, "at": time.time(), **extra}))
+    except StoreError as exc:
+        fail(f"cannot reach etcd: {exc}")
+    finally:
+        store.close()
+    return req_id
+
+
 @click.group(cls=LazyGroup, lazy={
     "agent": "haagent.agent.cli:agent",
     "status": "haagent.store.cli:status",
@@ -72,7 +99,7 @@ def fail(message: str, code: int = 1) -> None:
     "fence": "fencing.cli:fence",
     "lab": "haagent.lab.cli:lab",
     "sim": "haagent.sim.cli:sim",
-    "vm": "haagent.manager.cli:vm",
+    "vm": "haagent.agent.vm_cli:vm",
     "host": "haagent.manager.cli:host",
     "events": "haagent.manager.cli:events",
     "drill": "haagent.lab.drill:drill",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Mapping, Protocol
 
-from haagent.manager.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, DeleteOp, Event, FenceHost,
+from haagent.manager.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, DeleteOp, Event, FenceHost, ForgetVm,
                                   HostView, JournalStep, ManagerAction, Migration, Op, OpStep, Request,
                                   SetHostState, SetPlacement, VmSpec)
 from haagent.model import HostState
@@ -219,6 +219,8 @@ def action_ops(actions: Iterable[ManagerAction], view: ClusterView, keys: Keys, 
             ops.append(Delete(keys.request(a.id)))
         elif isinstance(a, DeleteOp):
             ops.append(Delete(keys.op(a.op) + "/", prefix=True))
+        elif isinstance(a, ForgetVm):
+            ops += [Delete(keys.vm_spec(a.vm)), Delete(keys.vm_placement(a.vm)), Delete(keys.vm_migration(a.vm))]
         elif isinstance(a, Event):
             ops.append(Put(keys.event(f"{wall_now:017.6f}-{i:03d}"), json.dumps(
                 {"kind": a.kind, "host": a.host, "vm": a.vm, "op": a.op, "detail": dict(a.detail),

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping, Sequence
 
-from haagent.manager.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, DeleteOp, Event, FenceHost,
+from haagent.manager.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, DeleteOp, Event, FenceHost, ForgetVm,
                                   HostView, JournalStep, ManagerAction, Op, OpStep, SetHostState, SetPlacement,
                                   VmSpec)
 from haagent.model import HostState as S
@@ -237,6 +237,12 @@ def step(view: ClusterView, status: ManagerStatus, now: float, config: ManagerCo
     for r in view.requests:
         if r.kind == "relocate":
             _relocate(st, r)
+        elif r.kind == "unmanage":
+            _forget(st, r)
+        elif r.kind not in KNOWN_REQUESTS:
+            st.consume(r)
+            st.actions.append(Event("request_discarded", host=r.host, vm=r.vm,
+                                    detail={"request": r.id, "reason": f"unknown kind {r.kind!r}"}))
     # An ack is for one failover: once that failover closes, unused, it is discarded.
     for host, ack in sorted(st.acks.items()):
         hv = st.view.hosts[host]
@@ -246,6 +252,18 @@ def step(view: ClusterView, status: ManagerStatus, now: float, config: ManagerCo
             st.actions.append(Event("fence_ack_discarded", host=host, detail={"reason": "its failover closed"}))
     _forget_finished_ops(st)
     return st.finish()
+
+
+KNOWN_REQUESTS = frozenset({"fence_ack", "host_return", "relocate", "unmanage"})
+
+
+def _forget(st: _Step, req) -> None:
+    """`haagent vm unmanage`: the VM leaves HA; placement is the leader's to delete."""
+    st.consume(req)
+    if req.vm in st.view.specs or req.vm in st.placements:
+        st.actions.append(ForgetVm(req.vm))
+        st.placements.pop(req.vm, None)
+        st.actions.append(Event("vm_unmanaged", vm=req.vm))
 
 
 def _take_acks(st: _Step) -> None:
@@ -720,6 +738,8 @@ def _describe(a: ManagerAction) -> str:
         return f"fence host={a.host} op={a.op} attempt={a.attempt}"
     if isinstance(a, DeleteOp):
         return f"forget finished op={a.op}"
+    if isinstance(a, ForgetVm):
+        return f"forget vm={a.vm} (unmanaged)"
     if isinstance(a, SetPlacement):
         return f"place vm={a.vm} on={a.host} ({a.reason})"
     if isinstance(a, ClearMigration):

@@ -169,6 +169,13 @@ class ConsumeRequest:
 
 
 @dataclass(frozen=True)
+class ForgetVm:
+    """An operator unmanaged this VM: its spec, placement and any migration record go."""
+
+    vm: str
+
+
+@dataclass(frozen=True)
 class DeleteOp:
     """Forget a finished operation's journal (its timeline went out as events already)."""
 
@@ -195,4 +202,5 @@ class Event:
 
 
 ManagerAction = (SetHostState | JournalStep | FenceHost | SetPlacement | ClearMigration | ConsumeRequest | DeleteOp
+                 | ForgetVm
                  | Alert | Event)

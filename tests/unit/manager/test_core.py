@@ -277,3 +277,13 @@ def test_finished_journals_are_forgotten_beyond_the_newest_few():
     _, acts = step(view(ops=ops), new_status(0.0), 10.0, replace(CFG, keep_finished_ops=2), first_fit)
     from haagent.manager.view import DeleteOp
     assert sorted(d.op for d in kinds(acts, DeleteOp)) == ["o0", "o1", "o2"]
+
+
+def test_unmanage_is_a_request_the_leader_carries_out():
+    from haagent.manager.view import ForgetVm
+
+    v = replace(view(), requests=(Request("r1", "unmanage", vm="vm1"), Request("r2", "bogus")))
+    _, acts = step(v, new_status(0.0), 10.0, CFG, first_fit)
+    assert [f.vm for f in kinds(acts, ForgetVm)] == ["vm1"]
+    assert sorted(c.id for c in kinds(acts, ConsumeRequest)) == ["r1", "r2"]
+    assert sorted(e.kind for e in kinds(acts, Event)) == ["request_discarded", "vm_unmanaged"]

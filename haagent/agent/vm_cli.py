@@ -1,0 +1,116 @@
+"""The HA mark on this host's VMs: ``haagent vm manage|unmanage|list``.
+
+The mark lives in the domain's own XML (a libvirt ``<metadata>`` element, docs/design.md); the
+agent registers marked VMs in etcd. Changes of placement go through the leader, as requests.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from haagent.cli import LazyGroup, config_option, fail, open_store, send_request
+from haagent.config import Config
+from haagent.errors import HaagentError, StoreError
+
+
+def _hypervisor(config: Config):
+    from haagent.hypervisor.libvirt_impl import LibvirtHypervisor
+
+    try:
+        return LibvirtHypervisor(config.libvirt_uri)
+    except HaagentError as exc:
+        fail(f"cannot reach libvirt at {config.libvirt_uri}: {exc}")
+
+
+# -- vm ------------------------------------------------------------------------------------------
+
+
+@click.group(cls=LazyGroup)
+def vm() -> None:
+    """Mark which VMs on this host are HA (a libvirt <metadata> element)."""
+
+
+@vm.command("manage")
+@click.argument("name")
+@click.option("--priority", type=int, default=None,
+              help="higher restarts first; default: by the naming convention (prod before dev), else 0")
+@click.option("--policy", type=click.Choice(["restart", "migrate", "none"]), default="restart", show_default=True)
+@config_option
+def manage(name: str, priority: int | None, policy: str, config: Config) -> None:
+    """Make VM highly available: restart it elsewhere if its host dies."""
+    from haagent.agent.managed import NS, PREFIX, validate
+
+    try:
+        mark = validate(priority, policy)
+    except HaagentError as exc:
+        fail(str(exc), 2)
+    hv = _hypervisor(config)
+    try:
+        info = hv.vm_info(name)
+        if not info.persistent:
+            fail(f"{name} is a transient domain: define it (virsh define) before making it HA", 2)
+        hv.set_metadata(info.uuid, NS, PREFIX, mark.element())
+        hv.set_autostart(info.uuid, False)  # haagent starts it; libvirt must not, on a returning host
+    except HaagentError as exc:
+        fail(str(exc), 2)
+    finally:
+        hv.close()
+    shown = priority if priority is not None else "by naming convention"
+    click.echo(f"{name} ({info.uuid}) is now HA: priority {shown}, policy {policy}, autostart off. "
+               "The agent registers it in etcd within a second.")
+
+
+@vm.command("unmanage")
+@click.argument("name")
+@config_option
+def unmanage(name: str, config: Config) -> None:
+    """Stop treating VM as HA (it keeps running where it is)."""
+    from haagent.agent.managed import NS, PREFIX
+
+    hv = _hypervisor(config)
+    try:
+        info = hv.vm_info(name)
+        hv.set_metadata(info.uuid, NS, PREFIX, None)
+    except HaagentError as exc:
+        fail(str(exc), 2)
+    finally:
+        hv.close()
+    # Placement belongs to the leader (only its epoch-guarded writes change it): ask it to forget
+    # the VM rather than deleting its keys here.
+    req = send_request(config, "unmanage", "", vm=info.uuid)
+    click.echo(f"{name} ({info.uuid}) is no longer HA (request {req}: the leader forgets its placement)")
+
+
+@vm.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def list_vms(config: Config, as_json: bool) -> None:
+    """HA VMs in the cluster: priority, policy, placement, where they run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from haagent.manager.codec import build_view
+
+    store, keys = open_store(config)
+    try:
+        kvs, _ = store.get_prefix(keys.root)
+    except StoreError as exc:
+        fail(f"cannot reach etcd: {exc}")
+    finally:
+        store.close()
+    view = build_view({kv.key: kv for kv in kvs}, keys, 0)
+    rows = []
+    for u, spec in sorted(view.specs.items(), key=lambda x: (-(x[1].priority or 0), x[1].name)):
+        running = sorted(h for h, hv in view.hosts.items() if u in hv.running)
+        rows.append({"uuid": u, "name": spec.name, "priority": spec.priority, "policy": spec.policy,
+                     "placement": view.placements.get(u), "running_on": running})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("name", "uuid", "priority", "policy", "placement", "running on")
+    for r in rows:
+        table.add_row(r["name"], r["uuid"], "-" if r["priority"] is None else str(r["priority"]), r["policy"], r["placement"] or "-",
+                      ", ".join(r["running_on"]) or "[red]nowhere[/]")
+    Console().print(table)
