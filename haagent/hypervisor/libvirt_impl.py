@@ -693,14 +693,18 @@ class LibvirtHypervisor(Hypervisor):
         stop_poll.set()
         abandoned = not done.is_set()
 
-        on_src, on_dst, def_src, def_dst = self._sides(
-            dom, dest, max(t0 + deadline - self._clock(), 0.05) if not outcome.get("ok")
-            else self._check_timeout)
+        # Where the VM runs now decides everything after a failed or abandoned call, so both sides
+        # are asked with a budget of their own (check_timeout), not whatever the deadline left: on
+        # a busy machine a probe that got 50 ms answered "unknown" where it would have said "source".
+        locate_until = max(t0 + deadline, self._clock() + self._check_timeout)
+        on_src, on_dst, def_src, def_dst = self._sides(dom, dest, max(locate_until - self._clock(), 0.05))
         # Right after a failed migration the destination may still hold the paused incoming
-        # domain for a moment while libvirt tears it down: ask again before saying "both".
-        while on_src and on_dst and not outcome.get("ok") and self._clock() < t0 + deadline - 0.1:
+        # domain for a moment while libvirt tears it down, and a side may not have answered yet:
+        # ask again before saying "both" or "unknown".
+        while (not outcome.get("ok") and ((on_src and on_dst) or on_src is None or on_dst is None)
+               and self._clock() < locate_until - 0.1):
             time.sleep(0.1)
-            on_src, on_dst, def_src, def_dst = self._sides(dom, dest, max(t0 + deadline - self._clock() - 0.05, 0.05))
+            on_src, on_dst, def_src, def_dst = self._sides(dom, dest, max(locate_until - self._clock() - 0.05, 0.05))
 
         err: HaagentError | None = None
         if outcome.get("ok"):
