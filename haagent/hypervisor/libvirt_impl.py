@@ -23,7 +23,7 @@ from tenacity import Retrying, retry_if_exception_type, wait_exponential, wait_r
 
 from haagent.errors import (HaagentError, HypervisorError, HypervisorUnavailable, InvalidDomain,
                             MigrationAborted, OperationInvalid, VmNotFound)
-from haagent.hypervisor.errors import translate
+from haagent.hypervisor.translate import translate
 from haagent.hypervisor.options import MigrationOptions
 from haagent.hypervisor.port import (EventCallback, EventKind, HostInfo, Hypervisor, Location,
                                      MigrationControl, MigrationOutcome, MigrationProgress,

@@ -8,7 +8,7 @@ libvirt = pytest.importorskip("libvirt")
 
 from haagent.errors import (HypervisorUnavailable, InvalidDomain, MigrationError,  # noqa: E402
                             OperationInvalid, VmNotFound)
-from haagent.hypervisor.errors import translate  # noqa: E402
+from haagent.hypervisor.translate import translate  # noqa: E402
 from haagent.hypervisor.libvirt_impl import ensure_event_loop  # noqa: E402
 
 pytestmark = pytest.mark.libvirt
