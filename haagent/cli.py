@@ -6,95 +6,17 @@ Feature areas own their commands in their own modules; this file wires them in l
 
 from __future__ import annotations
 
-import importlib
 import sys
-from typing import Any, Callable
 
 import click
 
-from haagent.config import DEFAULT_PATH, Config, load_config
-from haagent.errors import ConfigError
-
-
-class LazyGroup(click.Group):
-    """A click group whose subcommands live in other modules, imported on first use."""
-
-    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.lazy = dict(lazy or {})
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in self.lazy:
-            module, _, attr = self.lazy[name].partition(":")
-            return getattr(importlib.import_module(module), attr)
-        return super().get_command(ctx, name)
-
-
-def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add ``--config FILE``; the command receives a validated ``config: Config``.
-
-    Validation happens before the command body runs; on failure the problems are printed one
-    per line and the command exits 2, the same for every command.
-    """
-
-    def load(ctx: click.Context, _param: click.Parameter, value: str) -> Config:
-        try:
-            return load_config(value)
-        except ConfigError as exc:
-            report_config_error(exc)
-            ctx.exit(2)
-            raise AssertionError("unreachable")  # pragma: no cover
-
-    return click.option("--config", "config", default=DEFAULT_PATH, show_default=True,
-                        metavar="FILE", callback=load, help="haagent TOML config file")(f)
-
-
-def report_config_error(exc: ConfigError) -> None:
-    where = f"{exc.source}: " if exc.source else ""
-    click.echo(f"haagent: invalid configuration {where.rstrip(': ')}".rstrip(), err=True)
-    for problem in exc.problems:
-        click.echo(problem, err=True)
-
-
-def fail(message: str, code: int = 1) -> None:
-    """Print one line to stderr and exit, with no traceback."""
-    click.echo(f"haagent: {message}", err=True)
-    sys.exit(code)
-
-
-def open_store(config: "Config") -> tuple[Any, Any]:
-    """The etcd store and key layout a command talks to."""
-    from haagent.store.client import EtcdStore
-    from haagent.store.keys import Keys
-
-    return EtcdStore.from_config(config.etcd), Keys(config.cluster)
-
-
-def send_request(config: "Config", kind: str, host: str = "", **extra: object) -> str:
-    """Put one operator request for the leader under ``requests/``; its id."""
-    import json
-    import time
-    import uuid
-
-    from haagent.errors import StoreError
-
-    store, keys = open_store(config)
-    req_id = f"{kind}-{host or extra.get('vm', '')}-{uuid.uuid4().hex[:8]}"
-    try:
-        store.put(keys.request(req_id), json.dumps({"kind": kind, "host": host, "at": time.time(), **extra}))
-    except StoreError as exc:
-        fail(f"cannot reach etcd: {exc}")
-    finally:
-        store.close()
-    return req_id
+from haagent.clikit import LazyGroup, config_option  # noqa: F401  (commands import them from here too)
+from haagent.config import Config
 
 
 @click.group(cls=LazyGroup, lazy={
     "agent": "haagent.agent.cli:agent",
-    "status": "haagent.store.cli:status",
+    "status": "haagent.manager.status:status",
     "plan": "policies.cli:plan",
     "fence": "fencing.cli:fence",
     "lab": "haagent.lab.cli:lab",

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from haagent.cli import config_option
+from haagent.clikit import config_option
 from haagent.config import Config
 from haagent.log import configure
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from haagent.manager.view import VmSpec
+from haagent.state.view import VmSpec
 from haagent.model import HostState
 
 STARTS_VMS = frozenset({HostState.ACTIVE, HostState.DRAINING})

@@ -140,7 +140,7 @@ class AgentDaemon:
     def _start_cache(self) -> None:
         """The watch-fed copy of the cluster's keys, and the shells that read it."""
         from haagent.agent.core import AgentConfig
-        from haagent.manager.core import policy_placer
+        from haagent.manager.placer import policy_placer
         from haagent.manager.shell import LeaderLoop, manager_config
 
         while not self._stop.is_set():

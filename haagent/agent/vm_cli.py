@@ -10,7 +10,8 @@ import json
 
 import click
 
-from haagent.cli import LazyGroup, config_option, fail, open_store, send_request
+from haagent.clikit import LazyGroup, config_option, fail
+from haagent.state.requests import open_store, send_request
 from haagent.config import Config
 from haagent.errors import HaagentError, StoreError
 
@@ -91,7 +92,7 @@ def list_vms(config: Config, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from haagent.manager.codec import build_view
+    from haagent.state.codec import build_view
 
     store, keys = open_store(config)
     try:

@@ -18,8 +18,8 @@ from haagent.agent.managed import HaMark, parse_mark, with_mark
 from haagent.errors import HypervisorError, InvalidDomain, VmNotFound
 from haagent.hypervisor.port import EventKind, Hypervisor, VmEvent
 from haagent.log import get_logger
-from haagent.manager.codec import build_view
-from haagent.manager.view import VmSpec
+from haagent.state.codec import build_view
+from haagent.state.view import VmSpec
 from haagent.model import VmState
 from haagent.store.client import EtcdStore
 from haagent.store.keys import Keys

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import click
 
-from haagent.cli import fail
+from haagent.clikit import fail
 from haagent.errors import LabError
 from haagent.lab import layout as L
 

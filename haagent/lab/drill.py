@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from haagent.cli import fail
+from haagent.clikit import fail
 
 POLL = 0.1
 
@@ -56,7 +56,7 @@ def _store(lab: Any) -> Any:
 
 
 def _cluster(lab: Any, store: Any) -> Any:
-    from haagent.manager.codec import build_view
+    from haagent.state.codec import build_view
     from haagent.store.keys import Keys
 
     keys = Keys(lab.prefix)
@@ -66,7 +66,7 @@ def _cluster(lab: Any, store: Any) -> Any:
 
 def run_drill(lab: Any, fault: str, timeout: float = 90.0, say: Any = print) -> DrillResult:
     from haagent.errors import StoreError
-    from haagent.manager.codec import timeline
+    from haagent.state.codec import timeline
     from haagent.model import HostState
     from haagent.store.election import read_leader
     from haagent.store.keys import Keys

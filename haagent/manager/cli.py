@@ -8,7 +8,8 @@ import uuid as uuidlib
 
 import click
 
-from haagent.cli import LazyGroup, config_option, fail, open_store, send_request
+from haagent.clikit import LazyGroup, config_option, fail
+from haagent.state.requests import open_store, send_request
 from haagent.config import Config
 from haagent.errors import HaagentError, StoreError
 
@@ -40,7 +41,7 @@ def fence_ack(name: str, yes: bool, config: Config) -> None:
     if not yes:
         fail(f"refusing without --yes: acknowledging {name} as off while it still runs would let its "
              "VMs run twice. Check its power first.", 2)
-    from haagent.manager.codec import AckRefused, build_view, fence_ack_record
+    from haagent.state.codec import AckRefused, build_view, fence_ack_record
     from haagent.store.port import Compare, Put
 
     store, keys = open_store(config)
@@ -86,7 +87,7 @@ def _event_line(d: dict) -> str:
 @click.option("--json", "as_json", is_flag=True)
 def events(config: Config, follow: bool, as_json: bool) -> None:
     """Recent cluster events and failover timelines (kept for an hour)."""
-    from haagent.manager.codec import build_view, timeline
+    from haagent.state.codec import build_view, timeline
 
     store, keys = open_store(config)
     try:

@@ -30,8 +30,8 @@ from haagent import metrics
 from haagent.errors import LeaseExpired, NotLeader, StoreError
 from haagent.log import get_logger
 from haagent.manager import core
-from haagent.manager.codec import action_compares, action_ops, build_view, fence_result_step
-from haagent.manager.view import Alert, ClusterView, FenceHost, JournalStep, ManagerAction, SetHostState
+from haagent.state.codec import action_compares, action_ops, build_view, fence_result_step
+from haagent.state.view import Alert, ClusterView, FenceHost, JournalStep, ManagerAction, SetHostState
 from haagent.model import HostState
 from haagent.store.port import Compare, Delete, Put
 from haagent.store.keys import Keys

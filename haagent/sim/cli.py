@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from haagent.cli import LazyGroup
+from haagent.clikit import LazyGroup
 
 import click
 

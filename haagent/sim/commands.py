@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from haagent.cli import fail
+from haagent.clikit import fail
 
 
 @click.command("scenario")

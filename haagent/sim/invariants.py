@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from haagent.manager.core import CONFIRMED_FENCED
-from haagent.manager.view import ClusterView, SetPlacement
+from haagent.state.view import ClusterView, SetPlacement
 from haagent.sim.world import InvariantViolation, Simulation
 
 

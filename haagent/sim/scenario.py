@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 
 from haagent.agent.core import AgentConfig
 from haagent.manager.core import ManagerConfig
-from haagent.manager.view import VmSpec
+from haagent.state.view import VmSpec
 from haagent.sim.invariants import Invariants, check_recovered
 from haagent.sim.store import NoQuorum
 from haagent.sim.world import DEVICE_MODES, Device, InvariantViolation, SimConfig, SimHost, Simulation

@@ -32,10 +32,11 @@ from haagent.agent import core as agent_core
 from haagent.agent.core import AgentConfig, AgentInput, RequestRelocation, StartVm, StopVm
 from haagent.manager import core as manager_core
 from haagent.errors import NotLeader, StoreUnavailable
-from haagent.manager.codec import AckRefused, build_view, fence_ack_record, fence_result_step
+from haagent.state.codec import AckRefused, build_view, fence_ack_record, fence_result_step
 from haagent.manager.core import ManagerConfig, Placer
+from haagent.manager.placer import policy_placer
 from haagent.manager.shell import LeaderShell
-from haagent.manager.view import (Alert, ClusterView, FenceHost, JournalStep, SetHostState, SetPlacement,
+from haagent.state.view import (Alert, ClusterView, FenceHost, JournalStep, SetHostState, SetPlacement,
                                   VmSpec)
 from haagent.model import HostState
 from haagent.sim.store import NoQuorum, SimStore
@@ -141,7 +142,7 @@ class Simulation:
         self.cfg = sim or SimConfig()
         self.mcfg = manager or ManagerConfig()
         self.acfg = agent or AgentConfig()
-        self.placer = placer or manager_core.policy_placer()
+        self.placer = placer or policy_placer()
         self.keys = Keys(self.cfg.cluster)
         self.store = SimStore(clock=lambda: self.now)
         self.hosts = {h.name: h for h in sorted(hosts, key=lambda h: h.name)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from haagent.manager.core import ManagerConfig, new_status, step
-from haagent.manager.view import (Alert, ClusterView, ConsumeRequest, Event, FenceHost, HostView, JournalStep, Op,
+from haagent.state.view import (Alert, ClusterView, ConsumeRequest, Event, FenceHost, HostView, JournalStep, Op,
                                   OpStep, Request, SetHostState, SetPlacement, VmSpec)
 from haagent.model import HostState as S
 
@@ -186,7 +186,7 @@ def test_storm_holds_fencing():
 
 def test_policy_placer_applies_the_naming_convention():
     """Two instances of one prod service go to different hosts; prod is placed before dev."""
-    from haagent.manager.core import policy_placer
+    from haagent.manager.placer import policy_placer
 
     hosts = {h: HostView(h, True, S.ACTIVE, 8, 8192) for h in ("h1", "h2")}
     specs = {"u1": VmSpec("u1", "acme-prod-api-1", 1, 512), "u2": VmSpec("u2", "acme-prod-api-2", 1, 512)}
@@ -232,7 +232,7 @@ def test_storm_needs_two_hosts_and_counts_hosts_lost_apart_within_the_window():
 
 
 def test_a_bad_record_is_skipped_with_an_alert_and_the_step_goes_on():
-    from haagent.manager.codec import build_view
+    from haagent.state.codec import build_view
     from haagent.store.client import KV
     from haagent.store.keys import Keys
 
@@ -262,7 +262,7 @@ def test_a_bad_record_is_skipped_with_an_alert_and_the_step_goes_on():
 
 
 def test_fence_dispatch_is_conditional_on_the_host_having_no_lease():
-    from haagent.manager.codec import action_compares
+    from haagent.state.codec import action_compares
     from haagent.store.keys import Keys
 
     k = Keys("c")
@@ -275,12 +275,12 @@ def test_finished_journals_are_forgotten_beyond_the_newest_few():
            for i in range(5)}
     ops["open"] = Op("open", "failover", "b", 7, (OpStep("intent", 1.0),), rev=1)
     _, acts = step(view(ops=ops), new_status(0.0), 10.0, replace(CFG, keep_finished_ops=2), first_fit)
-    from haagent.manager.view import DeleteOp
+    from haagent.state.view import DeleteOp
     assert sorted(d.op for d in kinds(acts, DeleteOp)) == ["o0", "o1", "o2"]
 
 
 def test_unmanage_is_a_request_the_leader_carries_out():
-    from haagent.manager.view import ForgetVm
+    from haagent.state.view import ForgetVm
 
     v = replace(view(), requests=(Request("r1", "unmanage", vm="vm1"), Request("r2", "bogus")))
     _, acts = step(v, new_status(0.0), 10.0, CFG, first_fit)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Mapping, Protocol
 
-from haagent.manager.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, DeleteOp, Event, FenceHost, ForgetVm,
+from haagent.state.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, DeleteOp, Event, FenceHost, ForgetVm,
                                   HostView, JournalStep, ManagerAction, Migration, Op, OpStep, Request,
                                   SetHostState, SetPlacement, VmSpec)
 from haagent.model import HostState
