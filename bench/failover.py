@@ -19,7 +19,7 @@ def run() -> str:
     import uuid
 
     from haagent.lab.lab import Lab
-    from haagent.manager.codec import build_view
+    from haagent.state.codec import build_view
     from haagent.lab.drill import run_drill
     from haagent.model import HostState
     from haagent.store.client import EtcdStore

@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from haagent.cli import LazyGroup, config_option, fail
+from haagent.clikit import LazyGroup, config_option, fail
 from haagent.config import Config
 
 

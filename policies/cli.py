@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from haagent.cli import fail
+from haagent.clikit import fail
 from haagent.errors import PlacementInputError
 from policies.capacity import capacity as run_capacity
 from policies.config import PolicyConfig, parse_policy_section

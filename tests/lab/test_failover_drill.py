@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from haagent.manager.codec import build_view
+from haagent.state.codec import build_view
 from haagent.lab.drill import run_drill
 from haagent.model import HostState
 from haagent.store.client import EtcdStore

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from haagent.manager import core
-from haagent.manager.codec import build_view
+from haagent.state.codec import build_view
 from haagent.manager.shell import LeaderLoop
-from haagent.manager.view import FenceHost, JournalStep, OpStep
+from haagent.state.view import FenceHost, JournalStep, OpStep
 from haagent.store.client import EtcdStore
 from haagent.store.election import Election
 from haagent.store.keys import Keys

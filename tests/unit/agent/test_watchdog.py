@@ -43,7 +43,7 @@ def test_feed_writes_to_a_fifo_reader(tmp_path):
 
 
 def test_a_vm_that_migrated_away_is_not_restarted_by_its_old_owner():
-    from haagent.manager.view import VmSpec
+    from haagent.state.view import VmSpec
 
     base = dict(host="h1", host_state=HostState.ACTIVE, lease_ok=True, lease_grant_revision=5,
                 placement_revision=9, placements={"vm1": "h1"}, specs={"vm1": VmSpec("vm1", "vm1")},
