@@ -25,12 +25,11 @@ def agent(config: Config) -> None:
         hypervisor = LibvirtHypervisor(config.libvirt_uri)
     fencer = None
     if config.fencing is not None:
-        from fencing.plugin import PluginContext
         from fencing.runner import FenceRunner
-        from haagent.agent.acks import EtcdAckSource
 
-        acks = EtcdAckSource(config)
-        fencer = FenceRunner(config.fencing, context=PluginContext(ack_source=acks))
+        # No ack source: in the cluster an operator's ack is a request the leader's core binds
+        # to one failover (docs/design.md, "Operator acks"); a manual device only says so.
+        fencer = FenceRunner(config.fencing)
     daemon = AgentDaemon(config, hypervisor=hypervisor, fencer=fencer)
     daemon.install_signals()
     code = daemon.run()
