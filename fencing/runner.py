@@ -126,7 +126,7 @@ class DeviceStatus:
 class Fencer(Protocol):
     """The port the failover manager fences through."""
 
-    def fence_host(self, host: str) -> FenceResult: ...
+    def fence_host(self, host: str, cancel: threading.Event | None = None) -> FenceResult: ...
 
     def status(self, host: str) -> tuple[DeviceStatus, ...]: ...
 
@@ -159,6 +159,15 @@ class PowerTimeout(Exception):
     """The device's power_timeout ran out (status still on, or no time left for another call)."""
 
 
+class Cancelled(FenceError):
+    """The fence was cancelled (its leader stopped leading): no further power command is sent."""
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled: the leader that started this fence no longer leads")
+
+
 def _classify(exc: BaseException) -> tuple[Outcome, str]:
     if isinstance(exc, (FenceTimeout, PowerTimeout)):
         return Outcome.TIMED_OUT, str(exc)
@@ -186,9 +195,13 @@ class FenceRunner:
 
     # -- the Fencer port -----------------------------------------------------------------------
 
-    def fence_host(self, host: str) -> FenceResult:
-        """Power ``host`` off through its levels and confirm it; never raises for device failures."""
-        return self.run_levels(host, self.config.levels_for(host))
+    def fence_host(self, host: str, cancel: threading.Event | None = None) -> FenceResult:
+        """Power ``host`` off through its levels and confirm it; never raises for device failures.
+
+        Once ``cancel`` is set no further power command or status poll is sent: the result is
+        FAILED with a reason starting "cancelled".
+        """
+        return self.run_levels(host, self.config.levels_for(host), cancel)
 
     def status(self, host: str) -> tuple[DeviceStatus, ...]:
         """Read every device of every level of ``host`` once (no action taken)."""
@@ -200,7 +213,8 @@ class FenceRunner:
 
     # -- levels --------------------------------------------------------------------------------
 
-    def run_levels(self, host: str, levels: Sequence[Sequence[FenceDevice]]) -> FenceResult:
+    def run_levels(self, host: str, levels: Sequence[Sequence[FenceDevice]],
+                   cancel: threading.Event | None = None) -> FenceResult:
         """Walk ``levels`` in order until one confirms ``host`` off."""
         t0 = self.clock.monotonic()
         results: list[LevelResult] = []
@@ -210,7 +224,7 @@ class FenceRunner:
             return result
         log.info("fence.start", host=host, levels=len(levels))
         for number, level in enumerate(levels, start=1):
-            lr = self.run_level(host, number, level)
+            lr = self.run_level(host, number, level, cancel)
             results.append(lr)
             log.info("fence.level", host=host, level=number, outcome=lr.outcome.value,
                      devices={d.device: d.outcome.value for d in lr.devices}, seconds=round(lr.duration, 3))
@@ -231,7 +245,8 @@ class FenceRunner:
         self._record_host(result)
         return result
 
-    def run_level(self, host: str, number: int, level: Sequence[FenceDevice]) -> LevelResult:
+    def run_level(self, host: str, number: int, level: Sequence[FenceDevice],
+                  cancel: threading.Event | None = None) -> LevelResult:
         """All devices in order; the first failure fails the level and skips the rest."""
         t0 = self.clock.monotonic()
         devices: list[DeviceResult] = []
@@ -241,7 +256,7 @@ class FenceRunner:
                 devices.append(DeviceResult(device.name, device.plugin, Outcome.SKIPPED,
                                             f"not tried: {failed.device} failed first"))
                 continue
-            dr = self.fence_device(host, device)
+            dr = self.fence_device(host, device, cancel)
             devices.append(dr)
             if dr.outcome not in (Outcome.CONFIRMED_OFF, Outcome.UNCONFIRMED):
                 failed = dr
@@ -255,7 +270,7 @@ class FenceRunner:
 
     # -- one device ----------------------------------------------------------------------------
 
-    def fence_device(self, host: str, device: FenceDevice) -> DeviceResult:
+    def fence_device(self, host: str, device: FenceDevice, cancel: threading.Event | None = None) -> DeviceResult:
         """Status first, act, poll until off; bounded by the device's power_timeout."""
         t0 = self.clock.monotonic()
         deadline = t0 + device.power_timeout
@@ -263,6 +278,7 @@ class FenceRunner:
         plugin = None
         already_off = False
         try:
+            _check(cancel)
             plugin = self._plugin(host, device)
             if plugin.confirms_power:
                 state = self._call(plugin, device, "status", lambda t: plugin.status(t), deadline, attempts)
@@ -270,11 +286,13 @@ class FenceRunner:
                     already_off = True
                     return self._device_done(host, device, Outcome.CONFIRMED_OFF, "already off", None,
                                              True, attempts[0], t0)
+            _check(cancel)
             log.info("fence.act", host=host, device=device.name, command=plugin.describe("off"))
             self._call(plugin, device, "set_power", lambda t: plugin.set_power(False, t), deadline, attempts)
             if not plugin.confirms_power:
                 return self._confirm_soft(host, device, plugin, deadline, attempts, t0)
             while True:
+                _check(cancel)
                 state = self._call(plugin, device, "status", lambda t: plugin.status(t), deadline, attempts)
                 if state is PowerState.OFF:
                     return self._device_done(host, device, Outcome.CONFIRMED_OFF, "power off confirmed", None,

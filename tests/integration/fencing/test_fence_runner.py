@@ -208,3 +208,21 @@ def test_no_secret_in_logs_or_results(bmc_proc, bmc_password_file, secret_dir):
             assert secret not in text
     lines = [json.loads(line) for line in buf.getvalue().splitlines()]
     assert any(e.get("event") == "fence.act" and "password=***" in e["command"] for e in lines)
+
+
+def test_cancel_stops_the_runner_before_its_next_power_command(bmc_proc, bmc_password_file):
+    """A leader deposed mid-fence sets the cancel event: the runner sends nothing more."""
+    import threading
+
+    slow = bmc_proc("--never-off")  # accepts off, never switches: the runner polls until cancelled
+    second = bmc_proc()
+    runner = make_runner({"slow": ipmi_dev(slow.port, bmc_password_file, power_timeout=8),
+                          "next": ipmi_dev(second.port, bmc_password_file)}, [["slow"], ["next"]])
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+    result = runner.fence_host("kvm01", cancel=cancel)
+    assert not result.confirmed_off
+    level1, level2 = result.levels
+    assert level1.devices[0].reason.startswith("cancelled") and level1.devices[0].duration < 4
+    assert level2.devices[0].reason.startswith("cancelled")  # level 2 was never asked to act
+    assert power_is_on(second.port, bmc_password_file)
