@@ -46,7 +46,9 @@ class CmdlineWatcher:
     """Samples the command lines of every descendant of this process while a fence runs."""
 
     def __init__(self) -> None:
-        self.seen: dict[int, str] = {}
+        # every distinct command line sampled, per pid: a forked child shows its parent's command
+        # line until it execs, so one pid can be the agent and then the ipmitool it runs
+        self.seen: dict[int, set[str]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -55,8 +57,7 @@ class CmdlineWatcher:
             for pid in descendants(os.getpid()):
                 try:
                     with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        self.seen.setdefault(pid, "")
-                        self.seen[pid] += " | " + f.read().replace(b"\0", b" ").decode(errors="replace")
+                        self.seen.setdefault(pid, set()).add(f.read().replace(b"\0", b" ").decode(errors="replace"))
                 except OSError:
                     pass
             time.sleep(0.002)
@@ -81,9 +82,9 @@ def test_fence_ipmilan_against_fake_bmc(sim_daemon, bmc_password_file):
         result = runner.fence_host("kvm01")
     assert result.confirmed_off, result.reason
     assert "is off" in ipmitool(bmc.port, bmc_password_file, "chassis", "power", "status").stdout
-    agents = {pid: c for pid, c in watcher.seen.items() if "fence_ipmilan" in c}
+    agents = [c for samples in watcher.seen.values() for c in samples if "fence_ipmilan" in c]
     assert agents, "the watcher saw the agent run"
-    for cmdline in agents.values():  # our direct children: the secret travels only on stdin
+    for cmdline in agents:  # our direct children: the secret travels only on stdin
         assert BMC_PASSWORD not in cmdline
     # NOTE: fence_ipmilan itself then runs `ipmitool -P <password>`; ipmitool blanks it in its argv
     # within moments of starting, but it is briefly visible. That is the agent's design, outside
