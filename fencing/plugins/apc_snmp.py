@@ -93,9 +93,16 @@ class ApcSnmpPlugin(FencePlugin):
             raise FenceDeviceError(f"{where}: the PDU answered {status}")
         from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 
+        from pysnmp.proto.rfc1902 import Integer, Integer32
+
+        if not var_binds:
+            raise FenceDeviceError(f"{where}: the PDU answered with no value")
         answer = var_binds[0][1]
         if isinstance(answer, (NoSuchInstance, NoSuchObject, EndOfMibView)):
             raise FenceDeviceError(f"{where}: no such outlet on this PDU")
+        # Only an INTEGER is an outlet state: a string "2" from a confused agent is not "off".
+        if not isinstance(answer, (Integer, Integer32)):
+            raise FenceDeviceError(f"{where}: the PDU answered a {type(answer).__name__}, not an outlet state")
         return int(answer)
 
     @staticmethod

@@ -144,7 +144,12 @@ class IpmiPlugin(FencePlugin):
 
     def status(self, timeout: float) -> PowerState:
         response = self._with_session(timeout, 0x00, 0x01)  # Get Chassis Status
-        data = response.get("data") or [0]
+        data = response.get("data")
+        # Only an explicit answer says "off": a reply without its status bytes is a broken BMC, and
+        # reading it as off would skip the power-off and confirm a running host.
+        if not data or not isinstance(data[0], int):
+            raise FenceDeviceError(f"BMC {self.opts['address']}:{self.opts.get('port', 623)}: chassis status "
+                                   "reply carries no power state")
         return PowerState.ON if data[0] & 0x01 else PowerState.OFF
 
     def set_power(self, on: bool, timeout: float) -> None:

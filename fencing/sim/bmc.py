@@ -72,7 +72,7 @@ class FakeBmc(pyghmi_bmc.Bmc):
 
     ``off_delay``: seconds between accepting "power off" and the power going off.
     ``never_off``: accept "power off" and never switch (a stuck relay).
-    ``fault_file``: JSON ``{"mode": "ok"|"fail"|"hang", "off_delay": S}`` re-read on every request;
+    ``fault_file``: JSON ``{"mode": "ok"|"fail"|"hang"|"empty", "off_delay": S}`` re-read on every request;
     its ``off_delay`` replaces the constructor's. Use :meth:`start`/:meth:`stop` to run it in a
     thread, or :meth:`serve_forever` to run it in the calling thread.
     """
@@ -133,8 +133,11 @@ class FakeBmc(pyghmi_bmc.Bmc):
 
     def handle_raw_request(self, request: Any, session: Any) -> Any:
         self.requests += 1
-        if request["netfn"] == 0 and request["command"] in (1, 2) and self.faults.current().mode == "fail":
+        mode = self.faults.current().mode
+        if request["netfn"] == 0 and request["command"] in (1, 2) and mode == "fail":
             return session.send_ipmi_response(code=CC_UNSPECIFIED)
+        if request["netfn"] == 0 and request["command"] == 1 and mode == "empty":
+            return session.send_ipmi_response(code=0)  # success, and no chassis status bytes at all
         return super().handle_raw_request(request, session)
 
     def get_power_state(self) -> str:

@@ -226,3 +226,17 @@ def test_cancel_stops_the_runner_before_its_next_power_command(bmc_proc, bmc_pas
     assert level1.devices[0].reason.startswith("cancelled") and level1.devices[0].duration < 4
     assert level2.devices[0].reason.startswith("cancelled")  # level 2 was never asked to act
     assert power_is_on(second.port, bmc_password_file)
+
+
+def test_an_empty_status_reply_is_never_read_as_off(bmc_proc, bmc_password_file, tmp_path):
+    """A BMC answering Get Chassis Status with success and no data: fencing must not confirm."""
+    from fencing.sim.faults import write_fault_file
+
+    faults = tmp_path / "faults.json"
+    write_fault_file(str(faults), "empty")
+    bmc = bmc_proc("--fault-file", str(faults))
+    result = make_runner({"bmc": ipmi_dev(bmc.port, bmc_password_file)}, [["bmc"]]).fence_host("kvm01")
+    assert not result.confirmed_off, result.reason
+    assert "no power state" in result.levels[0].devices[0].reason
+    write_fault_file(str(faults), "ok")
+    assert power_is_on(bmc.port, bmc_password_file)  # and no off was ever sent
