@@ -48,8 +48,10 @@ def run() -> str:
     with tempfile.TemporaryDirectory() as tmp:
         pw = Path(tmp) / "pw"
         pw.write_text("bench-password\n")
+        pw.chmod(0o600)
         community = Path(tmp) / "community"
         community.write_text("private\n")
+        community.chmod(0o600)
         bmc = subprocess.Popen([sys.executable, "-m", "haagent.cli", "sim", "bmc", "--listen", "127.0.0.1:0",
                                 "--user", "admin", "--password-file", str(pw)], stdout=subprocess.PIPE, text=True,
                                cwd=ROOT)

@@ -157,6 +157,7 @@ def _read_options(cls: type[FencePlugin], table: Mapping[str, Any], path: str, p
             problems.append(f"{path}.{key}: cannot be set per host; set it in [{device_path}]")
             continue
         checked, problem = _check_value(opt, value)
+        problem = problem or cls.check_option(key, checked)
         if problem:
             problems.append(f"{path}.{key}: {problem}")
         else:

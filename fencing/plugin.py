@@ -127,6 +127,11 @@ class FencePlugin(ABC):
         return value
 
     @classmethod
+    def check_option(cls, name: str, value: Any) -> str | None:
+        """A plugin's own rule for one option value, beyond its type; a problem text or None."""
+        return None
+
+    @classmethod
     def option(cls, name: str) -> Option | None:
         return next((o for o in cls.options if o.name == name), None)
 
@@ -145,11 +150,15 @@ def discover_plugins() -> dict[str, type[FencePlugin]]:
 
 
 def secret_file_ok(path: str) -> str | None:
-    """None if ``path`` is a readable, non-empty file; else a problem text (never the content)."""
+    """None if ``path`` is a readable, non-empty file only its owner can read or write (0600 or
+    0400); else a problem text naming the file and the fix (never the content)."""
     if not os.path.isabs(path):
         return f"must be an absolute path (got {path!r})"
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
         return f"file not found or not readable: {path}"
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        return f"{path} is readable or writable by group or others (mode {mode:04o}); run: chmod 600 {path}"
     if os.path.getsize(path) == 0:
         return f"file is empty: {path}"
     return None

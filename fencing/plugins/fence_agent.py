@@ -14,8 +14,10 @@ import re
 import shutil
 import signal
 import subprocess
+from typing import Any
 
 from haagent.errors import FenceAuthError, FenceDeviceError, FenceTimeout, FenceUnreachable
+from haagent.log import is_secret_key
 
 from fencing.plugin import FencePlugin, Option, PowerState
 
@@ -51,6 +53,24 @@ class FenceAgentPlugin(FencePlugin):
         Option("parameters", "string_list", default=(), per_host=True,
                help='extra non-secret "key=value" lines, e.g. ["lanplus=1", "cipher=3"]'),
     )
+
+    @classmethod
+    def check_option(cls, name: str, value: Any) -> str | None:
+        if name != "parameters":
+            return None
+        for item in value:
+            key, sep, _ = item.partition("=")
+            key = key.strip()
+            if not sep or not key:
+                return f'each entry must be "key=value" (got {item!r:.40})'
+            if any(c in item for c in "\n\r\0"):
+                # one line each on the agent's stdin: a newline would smuggle in a second line
+                return f"{key}: a line break or NUL is not allowed in a parameter"
+            if key == "action":
+                return "action is chosen by haagent (status, off, on), never set here"
+            if is_secret_key(key) or key.endswith("_script"):
+                return f"{key}: secrets are not accepted inline; put it in a file and set password_file (and secret_key)"
+        return None
 
     def _stdin(self, action: str, timeout: float) -> tuple[str, str | None]:
         lines = [f"action={action}"]

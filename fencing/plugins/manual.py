@@ -1,8 +1,10 @@
-"""``manual``: an operator confirms the host is off (``haagent fence ack HOST``); the plugin waits.
+"""``manual``: an operator confirms the host is off (``haagent fence ack HOST --yes``).
 
-The ack store is a port (:class:`fencing.plugin.AckSource`) lent by the runner's context: the
-cluster keeps acks in etcd; :class:`FileAckSource` and :class:`MemoryAckSource` serve tests and
-single-host trials. Give a manual device a long ``power_timeout``: it is how long to wait.
+In the cluster the agent gives the runner no ack source: the leader's core takes the ack itself,
+bound to the failover it is for, and a manual device fails at once with a reason saying what to
+do, without holding one of the leader's fence workers. With an ack source (``FileAckSource``,
+``MemoryAckSource``: tests and single-host trials) the device polls it for ``power_timeout``;
+an ack counts only if given at most ``ack_max_age`` seconds before this fence began.
 """
 
 from __future__ import annotations
@@ -58,17 +60,20 @@ class ManualPlugin(FencePlugin):
     name = "manual"
     description = "wait for an operator's `haagent fence ack HOST`"
     options = (
-        Option("ack_max_age", "float", default=60.0, minimum=0, maximum=86400,
+        Option("ack_max_age", "float", default=0.0, minimum=0, maximum=86400,
                help="an ack given this many seconds before fencing began still counts"),
     )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.since = self.context.wall_time() - float(self.opts.get("ack_max_age", 60.0))
+        self.since = self.context.wall_time() - float(self.opts.get("ack_max_age", 0.0))
 
     def _source(self):
         if self.context.ack_source is None:
-            raise FenceDeviceError(f"device {self.device}: no ack source is configured for manual fencing")
+            # In the cluster the leader itself takes the operator's ack (a request bound to this
+            # failover), so this device only says so, at once, rather than hold a fence worker.
+            raise FenceDeviceError(f"manual fencing: waiting for `haagent fence ack {self.host} --yes` "
+                                   "once the host is confirmed off by hand")
         return self.context.ack_source
 
     def status(self, timeout: float) -> PowerState:

@@ -40,6 +40,7 @@ def test_addresses_per_host() -> None:
 def test_generated_agent_config_is_valid(tmp_path: Path) -> None:
     password = tmp_path / "password"
     password.write_text("secret\n")
+    password.chmod(0o600)
     text = L.agent_toml("lab1", "h2", ["http://10.99.0.11:2379", "http://10.99.0.12:2379"],
                         L.fencing_toml(["h1", "h2", "h3"], str(password)))
     cfg = parse_config(tomllib.loads(text))

@@ -20,6 +20,7 @@ def secret_dir(tmp_path: Path) -> Path:
 def bmc_password_file(secret_dir: Path) -> Path:
     path = secret_dir / "bmc-password"
     path.write_text(BMC_PASSWORD + "\n")
+    path.chmod(0o600)
     return path
 
 

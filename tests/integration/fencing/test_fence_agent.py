@@ -96,6 +96,7 @@ def test_fence_ipmilan_wrong_password_fails(sim_daemon, bmc_password_file, secre
                      "--password-file", str(bmc_password_file))
     wrong = secret_dir / "wrong"
     wrong.write_text("nope")
+    wrong.chmod(0o600)
     runner = runner_for({"plugin": "fence_agent", "agent": "fence_ipmilan", "ip": "127.0.0.1", "ipport": bmc.port,
                          "username": "admin", "password_file": str(wrong), "retries": 0,
                          "parameters": ["lanplus=1", "cipher=3"], "power_timeout": 15, "call_timeout": 10})
@@ -106,6 +107,7 @@ def test_fence_ipmilan_wrong_password_fails(sim_daemon, bmc_password_file, secre
 def test_fence_apc_snmp_against_fake_pdu(secret_dir):
     community = secret_dir / "community"
     community.write_text("private\n")
+    community.chmod(0o600)
     pdu = FakePdu(address="127.0.0.1", port=0, outlets=4).start()
     try:
         runner = runner_for({"plugin": "fence_agent", "agent": "fence_apc_snmp", "ip": "127.0.0.1",

@@ -68,6 +68,7 @@ def pdu():
 def community_file(secret_dir):
     path = secret_dir / "community"
     path.write_text("private\n")
+    path.chmod(0o600)
     return path
 
 
@@ -98,6 +99,7 @@ def test_ipmi_failures_are_classified_and_bounded(case, bmc_proc, bmc_password_f
     if case == "wrong_password":
         pwfile = secret_dir / "wrong"
         pwfile.write_text("wrong-password")
+        pwfile.chmod(0o600)
     elif case == "unknown_user":
         extra["username"] = "mallory"
     elif case == "nothing_listening":
@@ -169,6 +171,7 @@ def test_pdu_level_of_two_outlets_confirms(pdu, community_file):
 def test_pdu_read_only_community_is_an_auth_failure(pdu, secret_dir):
     ro = secret_dir / "ro"
     ro.write_text("public\n")
+    ro.chmod(0o600)
     p = pdu(outlets=2)
     runner = make_runner({"pdu": {"plugin": "apc_snmp", "address": "127.0.0.1", "port": p.port,
                                   "community_file": str(ro), "outlet": 1, "power_timeout": 3}}, [["pdu"]])
@@ -200,6 +203,7 @@ def test_no_secret_in_logs_or_results(bmc_proc, bmc_password_file, secret_dir):
     log.configure("json", "debug", stream=buf)
     wrong = secret_dir / "wrong"
     wrong.write_text("Wrong-pw-99182\n")
+    wrong.chmod(0o600)
     bmc = bmc_proc()
     for pw in (wrong, bmc_password_file):
         result = make_runner({"bmc": ipmi_dev(bmc.port, pw)}, [["bmc"]]).fence_host("kvm01")
@@ -240,3 +244,14 @@ def test_an_empty_status_reply_is_never_read_as_off(bmc_proc, bmc_password_file,
     assert "no power state" in result.levels[0].devices[0].reason
     write_fault_file(str(faults), "ok")
     assert power_is_on(bmc.port, bmc_password_file)  # and no off was ever sent
+
+
+def test_manual_in_the_cluster_says_what_to_do_at_once():
+    """No ack source (the cluster: the leader takes acks itself): no worker is held for power_timeout."""
+    import time
+
+    runner = make_runner({"by-hand": {"plugin": "manual", "power_timeout": 600}}, [["by-hand"]])
+    t0 = time.monotonic()
+    result = runner.fence_host("kvm01")
+    assert time.monotonic() - t0 < 2 and not result.confirmed_off
+    assert "haagent fence ack kvm01 --yes" in result.levels[0].devices[0].reason

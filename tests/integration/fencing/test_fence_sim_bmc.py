@@ -44,6 +44,7 @@ def test_unknown_user_is_answered_at_once(fake_bmc, bmc_password_file):
 def test_wrong_password_fails(fake_bmc, secret_dir):
     bad = secret_dir / "bad"
     bad.write_text("not-the-password")
+    bad.chmod(0o600)
     bmc = fake_bmc()
     r = ipmitool(bmc.port, bad, "chassis", "power", "status")
     assert r.returncode != 0 and "Chassis Power" not in r.stdout

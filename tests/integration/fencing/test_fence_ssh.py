@@ -128,6 +128,7 @@ def test_unknown_host_key_is_rejected(sshd_ns):
     assert not mark.exists()
     empty = d / "empty_known_hosts"
     empty.write_text("")
+    empty.chmod(0o600)
     out = run_in_ns(sshd_ns["ns"], opts(d, known_hosts=str(empty)), ["status"])
     assert out["status"][0] == "FenceAuthError"
 

@@ -13,6 +13,7 @@ from haagent.errors import ConfigError
 def pw(tmp_path):
     path = tmp_path / "pw"
     path.write_text("secret\n")
+    path.chmod(0o600)
     return str(path)
 
 
@@ -119,3 +120,31 @@ def test_whole_config_reports_fencing_problems(pw):
     with pytest.raises(ConfigError) as err:
         parse_config(data)
     assert any(p.startswith("fencing.devices.x.plugin: unknown plugin 'nope'") for p in err.value.problems)
+
+
+def test_a_secret_file_others_can_read_is_refused_naming_the_fix(pw):
+    import os
+
+    os.chmod(pw, 0o644)
+    _, problems = parse(good(pw))
+    assert f"fencing.devices.ipmi-kvm01.password_file: {pw} is readable or writable by group or others " \
+           f"(mode 0644); run: chmod 600 {pw}" in problems
+    os.chmod(pw, 0o400)
+    assert parse(good(pw))[1] == []
+
+
+@pytest.mark.parametrize("param,why", [
+    ("passwd=hunter2", "passwd: secrets are not accepted inline"),
+    ("passwd_script=/bin/echo", "passwd_script: secrets are not accepted inline"),
+    ("community=private", "community: secrets are not accepted inline"),
+    ("action=reboot", "action is chosen by haagent"),
+    ("lanplus=1\naction=reboot", "lanplus: a line break or NUL is not allowed"),
+    ("lanplus", 'each entry must be "key=value"'),
+])
+def test_fence_agent_parameters_carry_no_secret_action_or_extra_line(pw, param, why):
+    raw = {"devices": {"agent": {"plugin": "fence_agent", "agent": "fence_ipmilan", "ip": "10.0.0.9",
+                                 "password_file": pw, "parameters": ["cipher=3", param]}},
+           "hosts": {"kvm01": {"levels": [["agent"]]}}}
+    _, problems = parse(raw)
+    assert any(p.startswith("fencing.devices.agent.parameters: ") and why in p for p in problems), problems
+    assert not any("hunter2" in p or "private" in p for p in problems)  # the secret is never echoed
