@@ -117,8 +117,8 @@ class Reader:
             return ()
         return tuple(value)
 
-    def file(self, key: str) -> str | None:
-        """An optional path to a readable file."""
+    def file(self, key: str, secret: bool = False) -> str | None:
+        """An optional path to a readable file; a ``secret`` one must be private (0600 or 0400)."""
         value = self.string(key, None)
         if value is None:
             return None
@@ -127,6 +127,11 @@ class Reader:
             return None
         if not os.access(value, os.R_OK):
             self.problem(key, f"file not found or not readable: {value}")
+            return None
+        mode = os.stat(value).st_mode & 0o777
+        if secret and mode & 0o077:
+            self.problem(key, f"{value} is readable or writable by group or others (mode {mode:04o}); "
+                              f"run: chmod 600 {value}")
             return None
         return value
 
@@ -168,7 +173,7 @@ def parse_endpoint(url: str) -> EtcdEndpoint:
 @dataclass(frozen=True)
 class EtcdConfig:
     endpoints: tuple[EtcdEndpoint, ...]
-    timeout: float = 2.0
+    timeout: float = 1.0  # at most lease_ttl / 3 (check-config says why)
     ca_cert: str | None = None
     cert: str | None = None
     key: str | None = None
@@ -200,6 +205,12 @@ class AgentSection:
     watchdog: bool = False
     self_fence_timeout: float = 5.0
     watchdog_device: str | None = None
+    shutdown_policy: str = "freeze"  # a clean stop: keep VMs running, never fence (docs/design.md)
+    # where domain specs from etcd may keep disks, kernels and the like (haagent/agent/domain_policy.py)
+    image_dirs: tuple[str, ...] = ("/var/lib/libvirt/images",)
+
+
+SHUTDOWN_POLICIES = ("freeze",)  # "migrate" comes with host drain
 
 
 @dataclass(frozen=True)
@@ -228,8 +239,6 @@ class Config:
     # Filled by the fencing and policies packages' own parsers.
     fencing: Any = None
     policy: Any = None
-    # Sections later features own ([agent], [manager]); kept raw and read-only.
-    extra: Mapping[str, Any] = field(default_factory=dict)
     source: str | None = None
 
 
@@ -247,21 +256,12 @@ SectionParser = Callable[[Any, str, list[str]], Any]
 
 
 def _section_parsers() -> dict[str, SectionParser]:
-    parsers: dict[str, SectionParser] = {}
-    try:
-        from fencing.config import parse_fencing_section
-        parsers["fencing"] = parse_fencing_section
-    except ImportError:  # pragma: no cover - the fencing package ships with haagent
-        pass
-    try:
-        from policies.config import parse_policy_section
-        parsers["policy"] = parse_policy_section
-    except ImportError:  # pragma: no cover
-        pass
-    return parsers
+    """The sections other packages own ([fencing], [policy]...), registered as entry points in the
+    ``haagent.config_sections`` group: the loader never imports them by name, so they may use
+    this module without an import circle."""
+    from importlib.metadata import entry_points
 
-
-_RAW_SECTIONS: tuple[str, ...] = ()
+    return {ep.name: ep.load() for ep in sorted(entry_points(group="haagent.config_sections"), key=lambda e: e.name)}
 
 
 def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
@@ -286,8 +286,8 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
     urls = [ep.url for ep in endpoints]
     if len(set(urls)) != len(urls):
         e.problem("endpoints", "lists the same endpoint twice")
-    etcd_timeout = e.number("timeout", 2.0, positive=True, maximum=60)
-    ca_cert, cert, key = e.file("ca_cert"), e.file("cert"), e.file("key")
+    etcd_timeout = e.number("timeout", EtcdConfig.timeout, positive=True, maximum=60)
+    ca_cert, cert, key = e.file("ca_cert"), e.file("cert"), e.file("key", secret=True)
     if (e.table.get("cert") is None) != (e.table.get("key") is None):
         e.problem("cert", "cert and key must be given together")
     if any(ep.scheme == "https" for ep in endpoints) and "ca_cert" not in e.table:
@@ -308,6 +308,11 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
     if grace is not None and ttl is not None and grace < ttl:
         t.problem("new_leader_grace", f"must be at least lease_ttl ({ttl:g}) so agents can reconnect first (got {t.table.get('new_leader_grace', grace)!r})")
     report_interval = t.number("report_interval", TimingConfig.report_interval, positive=True, maximum=3600)
+    if ttl is not None and etcd_timeout is not None and etcd_timeout > ttl / 3:
+        # The keepalive runs every TTL/3: a refresh must be able to time out and be retried (on
+        # another endpoint) before the lease expires, or one slow member costs the host its lease.
+        problems.append(f"etcd.timeout: must be at most timing.lease_ttl / 3 ({ttl / 3:.2f}s), so a stuck "
+                        f"refresh is retried before the lease expires (got {etcd_timeout!r})")
     t.finish()
 
     lv = top.sub("libvirt")
@@ -324,9 +329,20 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         watchdog=a.boolean("watchdog", False),
         self_fence_timeout=a.number("self_fence_timeout", AgentSection.self_fence_timeout, positive=True, maximum=600),
         watchdog_device=a.string("watchdog_device", None),
+        shutdown_policy=a.string("shutdown_policy", AgentSection.shutdown_policy, choices=SHUTDOWN_POLICIES),
+        image_dirs=tuple(a.string_list("image_dirs", list(AgentSection.image_dirs))),
     )
     if agent.watchdog_device is not None and not os.path.isabs(agent.watchdog_device):
         a.problem("watchdog_device", f"must be an absolute path (got {agent.watchdog_device!r})")
+    if agent.watchdog and agent.watchdog_device is None:
+        a.problem("watchdog_device", "is required when watchdog = true (e.g. /dev/watchdog): without a "
+                                     "device nothing resets this host, and the leader would wrongly presume it did")
+    if agent.watchdog and agent.self_fence_timeout is not None and agent.self_fence_timeout != int(agent.self_fence_timeout):
+        a.problem("self_fence_timeout", "must be a whole number of seconds with watchdog = true: the device "
+                                        f"is set to it (got {agent.self_fence_timeout!r})")
+    for i, d in enumerate(agent.image_dirs):
+        if not os.path.isabs(d):
+            problems.append(f"agent.image_dirs[{i}]: must be an absolute path (got {d!r})")
     a.finish()
 
     mg = top.sub("manager")
@@ -359,14 +375,6 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
     for name, parser in _section_parsers().items():
         raw = top.raw(name)
         sections[name] = parser(None if raw is _MISSING else raw, name, problems)
-    extra = {}
-    for name in _RAW_SECTIONS:
-        value = top.raw(name)
-        if value is not _MISSING:
-            if not isinstance(value, dict):
-                problems.append(f"{name}: must be a table (got {type(value).__name__})")
-            else:
-                extra[name] = value
     top.finish()
 
     if problems:
@@ -378,7 +386,7 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         libvirt_uri=libvirt_uri, libvirt_enabled=libvirt_enabled, agent=agent, manager=manager,
         metrics_listen=metrics_listen or None, log=log_cfg,
         fencing=sections.get("fencing"), policy=sections.get("policy"),
-        extra=extra, source=source,
+        source=source,
     )
 
 

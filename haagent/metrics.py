@@ -30,4 +30,6 @@ HOST_STATE = Gauge("haagent_host_state", "1 for the state each host is in (leade
 FAILOVERS = Counter("haagent_failovers_total", "Host failovers, by how the host was confirmed fenced", ["how"], registry=REGISTRY)
 FAILOVER_PHASE_SECONDS = Histogram("haagent_failover_phase_seconds", "Seconds from detection to each failover phase",
                                    ["phase"], registry=REGISTRY, buckets=(0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120, 300))
+TICK_ERRORS = Counter("haagent_tick_errors_total", "Agent loop rounds that failed on an unexpected error (logged with a traceback)", registry=REGISTRY)
+VM_SPECS_REJECTED = Counter("haagent_vm_specs_rejected_total", "Domain specs from etcd refused by the allowlist, by rule", ["rule"], registry=REGISTRY)
 VM_ACTIONS = Counter("haagent_vm_actions_total", "VM starts and stops by the agent", ["action", "result"], registry=REGISTRY)

@@ -8,7 +8,8 @@
   reports that VM running;
 * a managed VM that crashed (not one a user shut down) restarts in place up to ``max_restart``
   times per ``restart_window``; after that the agent asks the leader to relocate it;
-* watchdog mode: once the lease is lost, kill every managed VM and stop feeding the watchdog.
+* watchdog mode: once the lease is lost, kill every managed VM (the watchdog is fed from the
+  lease keepalive, so it starves by itself and resets the host: haagent/agent/watchdog.py).
 """
 
 from __future__ import annotations
@@ -71,12 +72,7 @@ class RequestRelocation:
     crashes: int
 
 
-@dataclass(frozen=True)
-class FeedWatchdog:
-    pass
-
-
-AgentAction = StartVm | StopVm | RequestRelocation | FeedWatchdog
+AgentAction = StartVm | StopVm | RequestRelocation
 
 
 def step(inp: AgentInput, now: float, config: AgentConfig) -> list[AgentAction]:
@@ -87,8 +83,6 @@ def step(inp: AgentInput, now: float, config: AgentConfig) -> list[AgentAction]:
             # Self-fence: the leader will restart these elsewhere after self_fence_timeout.
             actions += [StopVm(u, "self-fence: lease lost (watchdog mode)") for u in sorted(inp.running)]
         return actions
-    if config.watchdog:
-        actions.append(FeedWatchdog())
 
     for uuid in sorted(inp.running):
         owner = inp.placements.get(uuid)

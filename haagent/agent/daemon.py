@@ -17,7 +17,8 @@ from haagent import __version__, metrics
 from haagent.config import Config
 from haagent.errors import NotLeader, StoreError
 from haagent.log import get_logger
-from haagent.store.client import EtcdStore, Put
+from haagent.agent.watchdog import Watchdog
+from haagent.store.client import Compare, Delete, EtcdStore, Put
 from haagent.store.election import Election, Leadership
 from haagent.store.keys import Keys
 from haagent.store.lease import LeaseEvent, LeaseKeeper
@@ -78,6 +79,15 @@ class AgentDaemon:
         self._leader_watch: ResumingWatch | None = None
         self.lease.subscribe(self._on_lease_event)
         self.election.on_change(self._on_leadership)
+        # Every grant stamps hosts/<h>/lease (its revision is the grant's, known after the lease
+        # is gone) and deletes a clean-stop record, in the transaction that puts the alive key.
+        self.lease.on_grant(lambda lease_id: [
+            Put(self.keys.host_lease(self.host), json.dumps({"lease": lease_id, "at": round(time.time(), 3)})),
+            Delete(self.keys.host_stopped(self.host))])
+        self.watchdog: Watchdog | None = None
+        if config.agent.watchdog and config.agent.watchdog_device:
+            self.watchdog = Watchdog(config.agent.watchdog_device, int(config.agent.self_fence_timeout))
+            self.lease.on_alive(self.watchdog.feed)  # fed from the heartbeat, only while it renews
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -108,6 +118,8 @@ class AgentDaemon:
     # -- main loop --------------------------------------------------------------------------
 
     def run(self) -> int:
+        if self.watchdog is not None:
+            self.watchdog.arm()  # raises WatchdogError: the agent refuses to start unprotected
         metrics.serve(self.config.metrics_listen)
         log.info("agent_starting", host=self.host, cluster=self.config.cluster, version=__version__,
                  endpoints=[str(e) for e in self.config.etcd.endpoints])
@@ -158,7 +170,7 @@ class AgentDaemon:
             a = self.config.agent
             self.vms = VmShell(self.host, self.hypervisor, self.store, self.keys, self.lease, self.cache,
                                AgentConfig(a.max_restart, a.restart_window, a.watchdog, a.self_fence_timeout),
-                               wake=self._wake.set, watchdog_device=a.watchdog_device)
+                               wake=self._wake.set)
         if self.leader_work is None:
             self.leader = LeaderLoop(self.keys, self.election, self.cache, manager_config(self.config),
                                      self.fencer, policy_placer(self.config.policy), wake=self._wake.set)
@@ -198,6 +210,9 @@ class AgentDaemon:
             log.warning("stepped_down", reason=str(exc))
         except StoreError as exc:
             log.warning("agent_tick_failed", error=str(exc))
+        except Exception:  # a bug or a record nobody foresaw: log it, keep heartbeating and leading
+            log.exception("agent_tick_crashed")
+            metrics.TICK_ERRORS.inc()
 
     def _announce(self) -> None:
         lead = self.election.leadership
@@ -216,16 +231,38 @@ class AgentDaemon:
         self._last_report_at = now
         facts = self.facts()
         load = round(os.getloadavg()[0], 1)
+        self_fence = (self.watchdog.report(self.config.agent.self_fence_timeout)
+                      if self.watchdog is not None else None)
         report = {"host": self.host, "version": __version__, **facts, "load": load,
-                  "running_vms": running, "reported_at": round(time.time(), 3)}
+                  "running_vms": running, "reported_at": round(time.time(), 3), "self_fence": self_fence}
         tolerance = max(1.0, 0.25 * max(1, int(facts.get("cpus", 1))))
         if not report_changed(self._last_report, report, tolerance):
             return
         self.store.put(self.keys.host_report(self.host), json.dumps(report, sort_keys=True))
         self._last_report = report
 
+    def _record_clean_stop(self) -> None:
+        """shutdown_policy freeze: say so while the lease lives, so the leader does not fence us."""
+        if not self.lease.lease_id:
+            return
+        record = json.dumps({"policy": self.config.agent.shutdown_policy, "lease": self.lease.lease_id,
+                             "at": round(time.time(), 3), "pid": os.getpid()})
+        try:
+            written = self.store.txn([Compare(self.keys.host_alive(self.host), "version", ">", 0)],
+                                     [Put(self.keys.host_stopped(self.host), record)]).succeeded
+        except StoreError as exc:
+            log.warning("clean_stop_not_recorded", error=str(exc))
+            return
+        if written:
+            log.info("clean_stop_recorded", policy=self.config.agent.shutdown_policy)
+        else:
+            log.warning("clean_stop_not_recorded", error="the lease was already gone")
+
     def _shutdown(self) -> int:
         log.info("agent_stopping", host=self.host)
+        self._record_clean_stop()
+        if self.watchdog is not None:
+            self.watchdog.disarm()
         if self._leader_watch:
             self._leader_watch.stop()
         if self.cache is not None:

@@ -7,7 +7,6 @@ the watch-fed cache and carries out what it returns.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from typing import Any, Callable
@@ -35,10 +34,9 @@ _IN_TRANSIT = frozenset({"migration", "starting-up", "postcopy"})
 class VmShell:
     def __init__(self, host: str, hv: Hypervisor, store: EtcdStore, keys: Keys, lease: LeaseKeeper,
                  cache: PrefixCache, config: core.AgentConfig, *, wake: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.monotonic, watchdog_device: str | None = None):
+                 clock: Callable[[], float] = time.monotonic):
         self.host, self.hv, self.store, self.keys, self.lease, self.cache = host, hv, store, keys, lease, cache
         self.config, self.wake, self.clock = config, wake, clock
-        self.watchdog_device = watchdog_device
         self._lock = threading.Lock()
         self.crashes: dict[str, list[float]] = {}
         self.stopped_by_user: set[str] = set()
@@ -172,8 +170,6 @@ class VmShell:
                 with self._lock:
                     self.relocation_requested.add(a.vm)
                 log.warning("vm_relocation_requested", vm=a.vm, crashes=a.crashes)
-            elif isinstance(a, core.FeedWatchdog):
-                self._feed_watchdog()
         except HypervisorError as exc:
             metrics.VM_ACTIONS.labels(action=type(a).__name__, result="error").inc()
             log.error("vm_action_failed", action=type(a).__name__, vm=getattr(a, "vm", ""), error=str(exc))
@@ -189,24 +185,3 @@ class VmShell:
         self.hv.start(uuid)
         metrics.VM_ACTIONS.labels(action="start", result="ok").inc()
         log.info("vm_started", vm=uuid, name=spec.name, reason=reason)
-
-    def _feed_watchdog(self) -> None:
-        if self.watchdog_device:
-            feed_watchdog(self.watchdog_device)
-
-
-def feed_watchdog(path: str) -> bool:
-    """One keepalive write to a watchdog device (or a FIFO standing in for one); never blocks."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        log.warning("watchdog_feed_failed", device=path, error=exc.strerror)
-        return False
-    try:
-        os.write(fd, b"1")
-        return True
-    except OSError as exc:
-        log.warning("watchdog_feed_failed", device=path, error=exc.strerror)
-        return False
-    finally:
-        os.close(fd)

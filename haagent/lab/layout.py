@@ -252,7 +252,7 @@ host = "{host}"
 
 [etcd]
 endpoints = [{endpoints}]
-timeout = 2.0
+timeout = 1.0
 
 [libvirt]
 # The host's own libvirtd, inside the host's mount namespace.

@@ -47,6 +47,7 @@ class LeaseKeeper:
         self.grant_revision = 0
         self._attached: dict[str, bytes] = {}
         self._grant_ops: Callable[[int], list[Put | Delete]] | None = None
+        self._on_alive: list[Callable[[], None]] = []
         self._listeners: list[Listener] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -78,6 +79,18 @@ class LeaseKeeper:
         if lease_id:
             self.store.put(key, data, lease=lease_id)
 
+    def on_alive(self, callback: Callable[[], None]) -> None:
+        """Called on the keepalive thread after every successful grant or refresh (the heartbeat:
+        the agent feeds its watchdog here, so only a lease that really renews keeps it fed)."""
+        self._on_alive.append(callback)
+
+    def _alive(self) -> None:
+        for callback in list(self._on_alive):
+            try:
+                callback()
+            except Exception:  # never let a hook stop the keepalive
+                log.exception("lease_alive_hook_failed")
+
     def on_grant(self, ops: Callable[[int], list[Put | Delete]]) -> None:
         """Extra writes (not on the lease) made in the same transaction as every grant's puts.
 
@@ -92,15 +105,19 @@ class LeaseKeeper:
 
     def grant(self) -> int:
         """Grant a fresh lease and put every attached key on it; returns the lease id."""
+        # The server's countdown starts no earlier than the request is sent: stamp that moment,
+        # so our own view of the lease can only expire early, never late.
+        sent = self.clock()
         lease_id, revision = self.store.grant(self.ttl)
         with self._lock:
             self.lease_id, self.grant_revision = lease_id, revision
-            self._last_ok = self.clock()
+            self._last_ok = sent
             attached = dict(self._attached)
         extra = self._grant_ops(lease_id) if self._grant_ops is not None else []
         if attached or extra:
             self.store.txn([], [Put(k, v, lease_id) for k, v in sorted(attached.items())] + list(extra))
         self._emit(LeaseEvent("granted", lease_id, revision))
+        self._alive()
         return lease_id
 
     def start(self) -> None:
@@ -151,9 +168,10 @@ class LeaseKeeper:
                 self._emit(LeaseEvent("isolated", self.lease_id, detail=str(exc)))
             return
         if ttl > 0:
-            self._last_ok = self.clock()
-            metrics.LEASE_REFRESH_SECONDS.observe(self._last_ok - started)
+            self._last_ok = started  # when the refresh was sent (see grant)
+            metrics.LEASE_REFRESH_SECONDS.observe(self.clock() - started)
             self._reconnected()
+            self._alive()
             return
         # NOTE: TTL 0 means the server already deleted our lease and every key on it: another
         # agent may be fencing us. Re-grant, re-put, and let listeners (election, agent) react.

@@ -106,3 +106,28 @@ def test_sigterm_resigns_and_revokes_lease(etcd1, agents):
     assert store.get(keys.host_alive(lead.host)) is None
     new = wait_for(lambda: (l := read_leader(store, keys)) and l.host != lead.host and l, 3, "a new leader")
     assert new.epoch > lead.epoch
+
+
+def test_a_clean_stop_is_recorded_and_the_host_is_not_failed_over(etcd1, agents, tmp_path):
+    import json as _json
+
+    keys = Keys("it")
+    store = EtcdStore(etcd1.endpoints, timeout=1)
+    lead = wait_for(lambda: len(store.get_prefix(keys.hosts)[0]) >= 3 and read_leader(store, keys), 20, "a leader")
+    victim = next(h for h in ("a", "b", "c") if h != lead.host)
+    wait_for(lambda: store.get(keys.host_state(victim)), 10, "the leader to write its state")
+    alive = store.get(keys.host_alive(victim))
+    stamp = store.get(keys.host_lease(victim))
+    assert stamp is not None and stamp.mod_revision == alive.create_revision  # stamped with the grant
+    agents[victim].send_signal(signal.SIGTERM)
+    assert agents[victim].wait(10) == 0
+    stopped = store.get(keys.host_stopped(victim))
+    assert stopped is not None and _json.loads(stopped.value)["lease"] == alive.lease
+    time.sleep(TTL + 2.5)  # well past lease_ttl + fence_delay: a crash would be suspect by now
+    state = _json.loads(store.get(keys.host_state(victim)).value)["state"]
+    assert state == "active", state
+    # back: the grant deletes the record and stamps hosts/<h>/lease in the alive key's transaction
+    agents[victim] = spawn(tmp_path, victim, etcd1.endpoints)
+    alive = wait_for(lambda: store.get(keys.host_alive(victim)), 10, "the agent to rejoin")
+    assert store.get(keys.host_stopped(victim)) is None
+    assert store.get(keys.host_lease(victim)).mod_revision == alive.create_revision

@@ -1,12 +1,15 @@
-"""Watchdog mode: fed while the lease lives, starved (and VMs killed) once it is lost."""
+"""Watchdog mode: the device is armed once with its timeout set and read back, fed from the lease
+keepalive, disarmed with the magic close; the agent core kills VMs once the lease is lost."""
 
 from __future__ import annotations
 
 import os
-import threading
+import struct
+
+import pytest
 
 from haagent.agent import core
-from haagent.agent.vms import feed_watchdog
+from haagent.agent.watchdog import WDIOC_GETTIMEOUT, WDIOC_SETTIMEOUT, Watchdog, WatchdogError
 from haagent.model import HostState
 
 CFG = core.AgentConfig(watchdog=True, self_fence_timeout=5)
@@ -17,38 +20,110 @@ def inp(lease_ok: bool) -> core.AgentInput:
                            placement_revision=9, placements={"vm1": "h1"}, specs={}, running=frozenset({"vm1"}))
 
 
-def test_feeds_only_while_the_lease_lives_and_kills_vms_when_lost():
-    assert core.FeedWatchdog() in core.step(inp(True), 0.0, CFG)
+def test_vms_are_killed_when_the_lease_is_lost():
+    assert not [a for a in core.step(inp(True), 0.0, CFG) if isinstance(a, core.StopVm)]
     lost = core.step(inp(False), 0.0, CFG)
-    assert core.FeedWatchdog() not in lost
     assert [a.vm for a in lost if isinstance(a, core.StopVm)] == ["vm1"]
 
 
-def test_feed_writes_to_a_fifo_reader(tmp_path):
-    fifo = str(tmp_path / "watchdog")
-    os.mkfifo(fifo)
-    got: list[bytes] = []
-    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the stand-in device: a reader holds it open
+class FakeDevice:
+    """A watchdog driver: the ioctls it answers, and every byte written (a FIFO carries them)."""
+
+    def __init__(self, tmp_path, keeps: int | None = None, ioctl_works: bool = True):
+        self.fifo = str(tmp_path / "watchdog")
+        os.mkfifo(self.fifo)
+        self.reader = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)
+        self.keeps, self.ioctl_works, self.calls = keeps, ioctl_works, []
+        self.timeout = 60
+
+    def ioctl(self, fd, request, arg):
+        self.calls.append(request)
+        if not self.ioctl_works:
+            raise OSError(25, "Inappropriate ioctl for device")
+        if request == WDIOC_SETTIMEOUT:
+            wanted = struct.unpack("i", arg)[0]
+            self.timeout = self.keeps if self.keeps is not None else wanted
+            return struct.pack("i", self.timeout)
+        if request == WDIOC_GETTIMEOUT:
+            return struct.pack("i", self.timeout)
+        raise AssertionError(hex(request))
+
+    def written(self) -> bytes:
+        try:
+            return os.read(self.reader, 64)
+        except BlockingIOError:
+            return b""
+
+    def close(self):
+        os.close(self.reader)
+
+
+def test_armed_with_the_timeout_set_and_read_back_fed_and_closed_with_the_magic_v(tmp_path):
+    dev = FakeDevice(tmp_path)
+    wd = Watchdog(dev.fifo, 5, ioctl=dev.ioctl)
     try:
-        assert feed_watchdog(fifo)
-        assert feed_watchdog(fifo)
-        got.append(os.read(fd, 16))
+        assert wd.arm() == 5 and wd.armed
+        assert dev.calls == [WDIOC_SETTIMEOUT, WDIOC_GETTIMEOUT]
+        assert wd.report(5.0) == {"watchdog": True, "timeout": 5, "self_fence_timeout": 5.0}
+        assert wd.feed() and wd.feed()
+        assert dev.written() == b"\0\0"  # kept open: no close (which would disarm or warn) per feed
+        wd.disarm()
+        assert dev.written() == b"V" and not wd.armed and wd.report(5.0) is None
+        assert not wd.feed()
     finally:
-        os.close(fd)
-    assert got == [b"11"]
-    # nobody reads any more (the device is gone): feeding fails without blocking or raising
-    done = threading.Event()
-    threading.Thread(target=lambda: (feed_watchdog(fifo), done.set()), daemon=True).start()
-    assert done.wait(2)
+        dev.close()
 
 
-def test_a_vm_that_migrated_away_is_not_restarted_by_its_old_owner():
-    from haagent.state.view import VmSpec
+def test_a_device_that_keeps_a_longer_timeout_is_refused(tmp_path):
+    dev = FakeDevice(tmp_path, keeps=30)
+    try:
+        with pytest.raises(WatchdogError) as err:
+            Watchdog(dev.fifo, 5, ioctl=dev.ioctl).arm()
+        assert "30s timeout, above agent.self_fence_timeout (5s)" in str(err.value)
+        assert dev.written() == b"V"  # it was opened: disarmed again on the way out
+    finally:
+        dev.close()
 
-    base = dict(host="h1", host_state=HostState.ACTIVE, lease_ok=True, lease_grant_revision=5,
-                placement_revision=9, placements={"vm1": "h1"}, specs={"vm1": VmSpec("vm1", "vm1")},
-                running=frozenset())
-    assert [a.vm for a in core.step(core.AgentInput(**base), 0.0, core.AgentConfig())
-            if isinstance(a, core.StartVm)] == ["vm1"]
-    moved = core.AgentInput(**base, migrated_away=frozenset({"vm1"}))
-    assert not [a for a in core.step(moved, 0.0, core.AgentConfig()) if isinstance(a, core.StartVm)]
+
+def test_a_device_without_the_timeout_ioctls_is_refused(tmp_path):
+    dev = FakeDevice(tmp_path, ioctl_works=False)  # e.g. the bare FIFO
+    try:
+        with pytest.raises(WatchdogError) as err:
+            Watchdog(dev.fifo, 5, ioctl=dev.ioctl).arm()
+        assert "does not take a timeout" in str(err.value)
+    finally:
+        dev.close()
+    with pytest.raises(WatchdogError):
+        Watchdog(str(tmp_path / "nope"), 5).arm()
+
+
+def test_fed_only_while_the_lease_keepalive_succeeds():
+    """The agent feeds from LeaseKeeper.on_alive: no successful refresh, no feed."""
+    from haagent.errors import StoreUnavailable
+    from haagent.store.lease import LeaseKeeper
+
+    class Store:
+        timeout = 1.0
+        fail = False
+
+        def grant(self, ttl):
+            return 7, 1
+
+        def txn(self, compares, ops):
+            return None
+
+        def refresh(self, lease_id):
+            if self.fail:
+                raise StoreUnavailable("cut off")
+            return 3
+
+    fed = []
+    store = Store()
+    keeper = LeaseKeeper(store, 3, interval=1.0, clock=lambda: 0.0)
+    keeper.on_alive(lambda: fed.append(1))
+    keeper.grant()
+    keeper.refresh_once()
+    assert len(fed) == 2
+    store.fail = True
+    keeper.refresh_once()
+    assert len(fed) == 2

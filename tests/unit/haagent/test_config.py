@@ -55,6 +55,15 @@ BAD = [
     (with_(log={"format": "xml"}), "log.format: must be one of auto, json, console (got 'xml')"),
     (with_(etcd=5), "etcd: must be a table (got int)"),
     (with_(clutser="x"), "clutser: unknown key"),
+    (with_(etcd={"timeout": 2.0}), "etcd.timeout: must be at most timing.lease_ttl / 3 (1.00s), so a stuck "
+                                   "refresh is retried before the lease expires (got 2.0)"),
+    (with_(agent={"watchdog": True}), "agent.watchdog_device: is required when watchdog = true (e.g. /dev/watchdog): "
+                                      "without a device nothing resets this host, and the leader would wrongly "
+                                      "presume it did"),
+    (with_(agent={"watchdog": True, "watchdog_device": "/dev/watchdog", "self_fence_timeout": 4.5}),
+     "agent.self_fence_timeout: must be a whole number of seconds with watchdog = true: the device is set to it (got 4.5)"),
+    (with_(agent={"shutdown_policy": "fence"}), "agent.shutdown_policy: must be one of freeze (got 'fence')"),
+    (with_(agent={"image_dirs": ["images"]}), "agent.image_dirs[0]: must be an absolute path (got 'images')"),
 ]
 
 
@@ -123,3 +132,17 @@ def test_status_without_etcd_says_so_in_one_line(tmp_path):
     r = run_cli("status", "--config", str(cfg))
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "cannot reach etcd" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_key_file_others_can_read_is_refused_naming_the_fix(tmp_path):
+    key = tmp_path / "agent.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    key.chmod(0o644)
+    cert = tmp_path / "agent.pem"
+    cert.write_text("cert\n")
+    with pytest.raises(ConfigError) as err:
+        parse_config(with_(etcd={"cert": str(cert), "key": str(key)}))
+    assert f"etcd.key: {key} is readable or writable by group or others (mode 0644); run: chmod 600 {key}" \
+        in err.value.problems
+    key.chmod(0o600)
+    assert parse_config(with_(etcd={"cert": str(cert), "key": str(key)})).etcd.key == str(key)
