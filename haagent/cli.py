@@ -15,7 +15,7 @@ from haagent.config import Config
 
 
 @click.group(cls=LazyGroup, lazy={
-    "agent": "haagent.agent.cli:agent",
+    "agent": "haagent.daemon:agent",
     "status": "haagent.manager.status:status",
     "plan": "policies.cli:plan",
     "fence": "fencing.cli:fence",

@@ -68,7 +68,7 @@ def _haagent_argv() -> list[str]:
 def _agent_available() -> bool:
     import importlib.util
     try:
-        return importlib.util.find_spec("haagent.agent.cli") is not None
+        return importlib.util.find_spec("haagent.daemon") is not None
     except ImportError:
         return False
 

@@ -1,7 +1,9 @@
-"""The agent daemon's shell: heartbeat, election, report, metrics, and a clean SIGTERM.
+"""The composition root: ``haagent agent`` builds the agent process (heartbeat, election,
+report, metrics, the VM shell, the watchdog, a clean SIGTERM) and, when elected, its leader loop.
 
-Decisions stay in pure step functions (the manager and agent steps); this module only wires the
-ports (etcd, libvirt, clock) and runs the loop.
+Decisions stay in pure step functions (the manager and agent steps) and their shells
+(``haagent.manager.shell``, ``haagent.agent.vms``); this module only wires the ports (etcd,
+libvirt, fence devices, clock) and runs the loop.
 """
 
 from __future__ import annotations
@@ -9,15 +11,19 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable
 
+import click
+
 from haagent import __version__, metrics
+from haagent.agent.watchdog import Watchdog, WatchdogError
+from haagent.clikit import config_option, report_config_error
 from haagent.config import Config
 from haagent.errors import NotLeader, StoreError
-from haagent.log import get_logger
-from haagent.agent.watchdog import Watchdog
+from haagent.log import configure, get_logger
 from haagent.store.client import Compare, Delete, EtcdStore, Put
 from haagent.store.election import Election, Leadership
 from haagent.store.keys import Keys
@@ -276,3 +282,32 @@ class AgentDaemon:
         self.store.close()
         log.info("agent_stopped", host=self.host)
         return 0
+
+
+@click.command("agent")
+@config_option
+def agent(config: Config) -> None:
+    """Run the agent: heartbeat, campaign for leadership, run VMs, lead when elected."""
+    configure(config.log.format, config.log.level)
+    hypervisor = None
+    if config.libvirt_enabled:
+        from haagent.hypervisor.libvirt_impl import LibvirtHypervisor
+
+        hypervisor = LibvirtHypervisor(config.libvirt_uri)
+    fencer = None
+    if config.fencing is not None:
+        from fencing.runner import FenceRunner
+
+        # No ack source: in the cluster an operator's ack is a request the leader's core binds
+        # to one failover (docs/design.md, "Operator acks"); a manual device only says so.
+        fencer = FenceRunner(config.fencing)
+    daemon = AgentDaemon(config, hypervisor=hypervisor, fencer=fencer)
+    daemon.install_signals()
+    try:
+        code = daemon.run()
+    except WatchdogError as exc:  # refuse to run unprotected: one line per problem, exit 2
+        report_config_error(exc)
+        code = 2
+    if hypervisor is not None:
+        hypervisor.close()
+    sys.exit(code)
