@@ -226,9 +226,23 @@ def _vm(obj: Any, i: int, problems: list[str]) -> Vm | None:
               tuple(groups), affinity, frozenset(tags), migratable, ha, cpu_load, cells)
 
 
+def _non_finite(value: Any, path: str) -> list[str]:
+    """Where a decoded document holds NaN or +-Infinity (Python's json accepts them, and 1e400
+    becomes infinity): one problem per field, before anything tries to use them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{path}: must be a finite number (got {value!r})"]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _non_finite(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _non_finite(v, f"{path}[{i}]")]
+    return []
+
+
 def parse_cluster(data: Any) -> tuple[Cluster, PolicyConfig]:
     """Validate a decoded cluster document; raise PlacementInputError naming each bad field."""
-    problems: list[str] = []
+    problems: list[str] = _non_finite(data, "")
+    if problems:
+        raise PlacementInputError("; ".join(problems))
     top = _Fields(data, "cluster", problems)
     raw_hosts, raw_vms, raw_groups = top.get("hosts"), top.get("vms", []), top.get("groups", [])
     raw_policy = top.get("policy", None)

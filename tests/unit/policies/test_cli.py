@@ -64,3 +64,12 @@ def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, cluster, needle):
     assert p.returncode == 2
     assert needle in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("number,shown", [("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf"), ("1e400", "inf")])
+def test_non_finite_numbers_are_one_line_errors_not_tracebacks(tmp_path, number, shown):
+    text = ('{"hosts": [{"name": "h1", "cpus": 8, "memory_mib": 4096}], '
+            f'"vms": [{{"name": "v", "vcpus": 1, "memory_mib": {number}}}]}}')
+    p = run("place", cluster=text, tmp_path=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert f"vms[0].memory_mib: must be a finite number (got {shown})" in p.stderr
