@@ -208,6 +208,8 @@ class AgentSection:
     shutdown_policy: str = "freeze"  # a clean stop: keep VMs running, never fence (docs/design.md)
     # where domain specs from etcd may keep disks, kernels and the like (haagent/agent/domain_policy.py)
     image_dirs: tuple[str, ...] = ("/var/lib/libvirt/images",)
+    block_device_dirs: tuple[str, ...] = ()  # e.g. ("/dev/mapper",) for multipath shared storage
+    network_disk_protocols: tuple[str, ...] = ()  # e.g. ("rbd",) for Ceph
 
 
 SHUTDOWN_POLICIES = ("freeze",)  # "migrate" comes with host drain
@@ -331,6 +333,8 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         watchdog_device=a.string("watchdog_device", None),
         shutdown_policy=a.string("shutdown_policy", AgentSection.shutdown_policy, choices=SHUTDOWN_POLICIES),
         image_dirs=tuple(a.string_list("image_dirs", list(AgentSection.image_dirs))),
+        block_device_dirs=tuple(a.string_list("block_device_dirs", [])),
+        network_disk_protocols=tuple(a.string_list("network_disk_protocols", [])),
     )
     if agent.watchdog_device is not None and not os.path.isabs(agent.watchdog_device):
         a.problem("watchdog_device", f"must be an absolute path (got {agent.watchdog_device!r})")
@@ -340,9 +344,10 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
     if agent.watchdog and agent.self_fence_timeout is not None and agent.self_fence_timeout != int(agent.self_fence_timeout):
         a.problem("self_fence_timeout", "must be a whole number of seconds with watchdog = true: the device "
                                         f"is set to it (got {agent.self_fence_timeout!r})")
-    for i, d in enumerate(agent.image_dirs):
-        if not os.path.isabs(d):
-            problems.append(f"agent.image_dirs[{i}]: must be an absolute path (got {d!r})")
+    for name in ("image_dirs", "block_device_dirs"):
+        for i, d in enumerate(getattr(agent, name)):
+            if not os.path.isabs(d):
+                problems.append(f"agent.{name}[{i}]: must be an absolute path (got {d!r})")
     a.finish()
 
     mg = top.sub("manager")

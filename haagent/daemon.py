@@ -176,7 +176,8 @@ class AgentDaemon:
             a = self.config.agent
             self.vms = VmShell(self.host, self.hypervisor, self.store, self.keys, self.lease, self.cache,
                                AgentConfig(a.max_restart, a.restart_window, a.watchdog, a.self_fence_timeout),
-                               wake=self._wake.set)
+                               wake=self._wake.set,
+                               disks=(a.image_dirs, a.block_device_dirs, a.network_disk_protocols))
         if self.leader_work is None:
             self.leader = LeaderLoop(self.keys, self.election, self.cache, manager_config(self.config),
                                      self.fencer, policy_placer(self.config.policy), wake=self._wake.set)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from haagent import metrics
 from haagent.agent import core
+from haagent.agent.domain_policy import SpecRejected, check_domain
 from haagent.agent.managed import HaMark, parse_mark, with_mark
 from haagent.errors import HypervisorError, InvalidDomain, VmNotFound
 from haagent.hypervisor.port import EventKind, Hypervisor, VmEvent
@@ -34,9 +35,12 @@ _IN_TRANSIT = frozenset({"migration", "starting-up", "postcopy"})
 class VmShell:
     def __init__(self, host: str, hv: Hypervisor, store: EtcdStore, keys: Keys, lease: LeaseKeeper,
                  cache: PrefixCache, config: core.AgentConfig, *, wake: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 disks: Any = None):
         self.host, self.hv, self.store, self.keys, self.lease, self.cache = host, hv, store, keys, lease, cache
         self.config, self.wake, self.clock = config, wake, clock
+        # (image_dirs, block_device_dirs, network_disk_protocols) a domain spec may use here
+        self.disks = disks if disks is not None else (("/var/lib/libvirt/images",), (), ())
         self._lock = threading.Lock()
         self.crashes: dict[str, list[float]] = {}
         self.stopped_by_user: set[str] = set()
@@ -180,6 +184,12 @@ class VmShell:
         except VmNotFound:
             if not spec.xml:
                 raise InvalidDomain(f"no domain XML registered for {uuid}") from None
+            try:
+                check_domain(spec.xml, *self.disks)  # etcd write access must not be root here
+            except SpecRejected as exc:
+                metrics.VM_SPECS_REJECTED.labels(rule=exc.rule).inc()
+                log.error("vm_spec_rejected", vm=uuid, name=spec.name, rule=exc.rule, reason=str(exc))
+                raise InvalidDomain(f"domain spec of {uuid} refused: {exc}") from None
             self.hv.define(spec.xml, autostart=False)
         self.hv.set_autostart(uuid, False)
         self.hv.start(uuid)

@@ -605,7 +605,8 @@ class Lab:
             (lay.etcd_dir(h) / "data").mkdir(parents=True, exist_ok=True)
             os.chmod(lay.etcd_dir(h) / "data", 0o700)
         endpoints = [f"http://{L.address(m)}:{L.ETCD_CLIENT_PORT}" for m in members]
-        _write(lay.agent_config(h), L.agent_toml(self.prefix, h, endpoints, self._fencing_section(h)))
+        _write(lay.agent_config(h), L.agent_toml(self.prefix, h, endpoints, self._fencing_section(h),
+                                                         str(lay.shared_dir)))
 
     def _fencing_section(self, h: str) -> str:
         """Every host's BMC as an IPMI fence device: any host may be the leader that fences."""

@@ -242,7 +242,7 @@ def domain_xml(name: str, vm_uuid: str, prefix: str, kvm: bool, disk: str | None
 """
 
 
-def agent_toml(prefix: str, host: str, etcd_endpoints: list[str], fencing: str = "") -> str:
+def agent_toml(prefix: str, host: str, etcd_endpoints: list[str], fencing: str, images: str) -> str:
     """The agent's config on one lab host: every address in it is a lab address."""
     endpoints = ", ".join(f'"{e}"' for e in etcd_endpoints)
     return f"""\
@@ -263,6 +263,10 @@ listen = "{address(host)}:{METRICS_PORT}"
 
 [log]
 format = "json"
+
+[agent]
+# the lab's shared storage: domain specs from etcd may keep their disks only there
+image_dirs = ["{images}"]
 {fencing}"""
 
 
