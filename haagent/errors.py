@@ -49,6 +49,14 @@ class StoreUnavailable(StoreError, TransientError):
     """No endpoint answered, or the cluster has no quorum."""
 
 
+class StoreCompacted(StoreError, TransientError):
+    """A watch asked for a revision etcd has compacted away: reload, then watch from there."""
+
+    def __init__(self, message: str, compact_revision: int = 0):
+        super().__init__(message)
+        self.compact_revision = compact_revision
+
+
 class StoreTimeout(StoreUnavailable):
     """A store call did not finish within its timeout."""
 

@@ -210,7 +210,10 @@ class EtcdLeaderStore:
         return result.revision if result.succeeded else 0
 
     def caught_up(self, revision: int) -> bool:
-        return self.cache.wait_for(revision, 2.0)
+        if self.cache.wait_for(revision, 2.0):
+            return True
+        self.cache.restart()  # our own write did not come back on the stream: re-watch
+        return False
 
     def events_lease(self) -> int | None:
         if not self._events_lease:

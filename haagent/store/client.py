@@ -19,7 +19,8 @@ from etcd3 import transactions as etcd_tx
 
 from haagent import metrics
 from haagent.config import EtcdConfig, EtcdEndpoint, parse_endpoint
-from haagent.errors import LeaseExpired, StoreError, StoreRequestInvalid, StoreTimeout, StoreUnavailable
+from haagent.errors import (LeaseExpired, StoreCompacted, StoreError, StoreRequestInvalid, StoreTimeout,
+                            StoreUnavailable)
 from haagent.log import get_logger
 from haagent.store.port import KV, Compare, Delete, Put, TxnResult  # noqa: F401  (the vocabulary, re-exported)
 
@@ -66,6 +67,9 @@ def _kv(kv: Any) -> KV:
 
 def translate(exc: BaseException, what: str) -> StoreError:
     """Map an etcd3/grpc exception to the project's error tree."""
+    if isinstance(exc, etcd_exc.RevisionCompactedError):
+        return StoreCompacted(f"etcd {what}: revision compacted (now {exc.compacted_revision})",
+                              exc.compacted_revision)
     if isinstance(exc, etcd_exc.ConnectionTimeoutError | etcd_exc.WatchTimedOut):
         return StoreTimeout(f"etcd {what}: timed out (no quorum or endpoint unreachable)")
     if isinstance(exc, etcd_exc.ConnectionFailedError | etcd_exc.NoServerAvailableError):
@@ -130,6 +134,11 @@ class EtcdStore:
                 endpoint = etcd3.Endpoint(ep.host, ep.port, secure=secure, creds=creds,
                                           time_retry=0, opts=_GRPC_OPTIONS)
                 client = etcd3.MultiEndpointEtcd3Client(endpoints=[endpoint], timeout=self.timeout)
+                # NOTE: require a leader on every call and stream: a member cut off from quorum then
+                # refuses calls at once and cancels its watch streams (etcd checks every election
+                # timeout), instead of keeping a stream open and quiet while writes succeed through
+                # the other members. Every call, and the watcher made from this client, sends it.
+                client.metadata = (("hasleader", "true"),)
                 self._clients[index] = client
             return client
 
@@ -152,7 +161,7 @@ class EtcdStore:
                 raise
             except Exception as exc:  # translated below; anything untranslatable re-raises
                 err = translate(exc, what)
-                if isinstance(err, (LeaseExpired, StoreRequestInvalid)):
+                if isinstance(err, (LeaseExpired, StoreRequestInvalid, StoreCompacted)):
                     raise err from exc
                 last = err
                 metrics.STORE_ERRORS.labels(kind=type(err).__name__).inc()

@@ -3,6 +3,10 @@
 etcd3's watches die on any disconnect and are never re-created. ``ResumingWatch`` re-watches from
 ``last_seen + 1`` so that every event is delivered exactly once, in revision order. If the
 revision it needs was compacted away it reloads the prefix and tells the handler to resync.
+
+A stream on a member cut off from quorum is cancelled by that member (the store requires a
+leader on every call), and re-established through the store's endpoint failover. A caller that
+finds the cache behind one of its own writes can also ``restart()`` it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Callable, Protocol
 import etcd3.events as etcd_events
 import etcd3.exceptions as etcd_exc
 
-from haagent.errors import StoreError
+from haagent.errors import StoreCompacted, StoreError
 from haagent.log import get_logger
 from haagent.store.client import KV, EtcdStore
 
@@ -74,7 +78,7 @@ class ResumingWatch:
             try:
                 self._establish()
                 delay = self.retry_interval
-            except etcd_exc.RevisionCompactedError:
+            except StoreCompacted:
                 self._resync()
                 continue
             except StoreError as exc:
@@ -86,6 +90,11 @@ class ResumingWatch:
             if not self._stop.is_set():
                 self.restarts += 1
                 self._stop.wait(self.retry_interval)
+
+    def restart(self) -> None:
+        """Re-establish the stream from the last seen revision (e.g. it looks quiet)."""
+        log.warning("watch_restarted", prefix=self.prefix, last_seen=self.last_seen)
+        self._wake.set()
 
     def _establish(self) -> None:
         with self._lock:
@@ -159,6 +168,11 @@ class PrefixCache:
     def stop(self) -> None:
         if self._watch:
             self._watch.stop()
+
+    def restart(self) -> None:
+        """Watch again from the last revision seen: for a caller that found the cache behind."""
+        if self._watch:
+            self._watch.restart()
 
     def on_resync(self, kvs: list[KV], revision: int) -> None:
         with self._cond:

@@ -141,6 +141,33 @@ def test_crash_then_revive(lab3: Lab) -> None:
         eventually(lambda: lab3.agent_alive_in_etcd(victim), 30, what="agent rejoined (alive key)")
 
 
+def test_a_watch_on_a_member_cut_off_from_quorum_moves_to_the_majority(lab3: Lab) -> None:
+    """The stream stays open on a member that lost its peers; the store requires a leader, so
+    that member cancels it and the watch resumes on the majority, missing nothing."""
+    from haagent.store.client import EtcdStore
+    from haagent.store.watch import PrefixCache
+
+    members = lab3.etcd_members()
+    isolated = members[-1]
+    store = EtcdStore([lab3.etcd_endpoint(isolated)] + [lab3.etcd_endpoint(m) for m in members[:-1]], timeout=1)
+    cache = PrefixCache(store, "/lab-watch/").start()  # its stream is on the isolated member
+    lab3.bmc(isolated, "fail")  # keep the agents' leader from fencing it meanwhile (see below)
+    try:
+        assert cache.wait_for(store.put("/lab-watch/before", "x"), 5)
+        lab3.partition(isolated)
+        try:
+            rev = eventually(lambda: store.put("/lab-watch/during", "x"), 15, what="write through the majority")
+            assert cache.wait_for(rev, 10), f"cache stuck at {cache.revision}, the store is at {rev}"
+            assert cache.get("/lab-watch/during") is not None
+        finally:
+            lab3.heal(isolated)
+        eventually(lambda: lab3.agent_alive_in_etcd(isolated), 30, what="agent back after heal")
+    finally:
+        cache.stop()
+        store.close()
+        lab3.bmc(isolated, "ok")
+
+
 def test_partition_majority_writes_isolated_member_fails(lab3: Lab) -> None:
     isolated = lab3.etcd_members()[-1]
     majority = lab3.etcd_members()[0]
