@@ -40,7 +40,7 @@ def _measure(devices: dict, power_on) -> tuple[float, float, int]:
 def run() -> str:
     from fencing.plugins.apc_snmp import ApcSnmpPlugin
     from fencing.plugins.ipmi import IpmiPlugin
-    from fencing.sim.pdu import FakePdu
+    from fencing.fakes.pdu import FakePdu
     from haagent import log
 
     log.configure("json", "error", stream=open(os.devnull, "w"))

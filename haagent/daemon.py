@@ -19,7 +19,9 @@ from typing import Any, Callable
 import click
 
 from haagent import __version__, metrics
+from fencing.runner import Fencer
 from haagent.agent.watchdog import Watchdog, WatchdogError
+from haagent.hypervisor.port import Hypervisor
 from haagent.clikit import config_option, report_config_error
 from haagent.config import Config
 from haagent.errors import NotLeader, StoreError
@@ -62,8 +64,8 @@ class AgentDaemon:
 
     def __init__(self, config: Config, *, store: EtcdStore | None = None,
                  leader_work: Callable[["AgentDaemon"], None] | None = None,
-                 facts: Callable[[], dict[str, Any]] = host_facts, hypervisor: Any = None,
-                 fencer: Any = None):
+                 facts: Callable[[], dict[str, Any]] = host_facts, hypervisor: Hypervisor | None = None,
+                 fencer: Fencer | None = None):
         self.config = config
         self.host = config.host
         self.keys = Keys(config.cluster)
@@ -180,7 +182,8 @@ class AgentDaemon:
                                disks=(a.image_dirs, a.block_device_dirs, a.network_disk_protocols))
         if self.leader_work is None:
             self.leader = LeaderLoop(self.keys, self.election, self.cache, manager_config(self.config),
-                                     self.fencer, policy_placer(self.config.policy), wake=self._wake.set)
+                                     self.fencer or _no_fencing(), policy_placer(self.config.policy),
+                                     wake=self._wake.set)
 
     def own_state(self) -> Any:
         from haagent.model import HostState
@@ -283,6 +286,14 @@ class AgentDaemon:
         self.store.close()
         log.info("agent_stopped", host=self.host)
         return 0
+
+
+def _no_fencing() -> Fencer:
+    """Without a [fencing] section every fence fails, saying so (recovery then needs an ack)."""
+    from fencing.config import FencingConfig
+    from fencing.runner import FenceRunner
+
+    return FenceRunner(FencingConfig())
 
 
 @click.command("agent")

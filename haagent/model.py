@@ -47,7 +47,10 @@ class VmState(str, Enum):
 
 
 @dataclass(frozen=True)
-class NumaCell:
+class HostCell:
+    """One NUMA cell of a host as libvirt reports it (the placement engine's own cell, with
+    capacity to bind, is ``policies.NumaCell``)."""
+
     id: int
     cpus: tuple[int, ...]
     memory_mib: int

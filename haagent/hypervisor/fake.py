@@ -24,7 +24,7 @@ from haagent.hypervisor.port import (EventCallback, EventKind, HostInfo, Hypervi
                                      RawStats, RawVmCounters, ShutdownOutcome, Subscription,
                                      VmEvent, VmInfo)
 from haagent.hypervisor.xmlparse import DomainSpec, parse_domain
-from haagent.model import NumaCell, VmState
+from haagent.model import HostCell, VmState
 
 _NS = uuidlib.UUID("6b1f2a52-0e4f-4a53-9a43-3c1d5a1e7f10")
 
@@ -101,9 +101,9 @@ class FakeCluster:
 
 
 def default_cells(cells: int = 2, cpus_per_cell: int = 4, memory_mib_per_cell: int = 8192,
-                  hugepages_2m_per_cell: int = 0) -> tuple[NumaCell, ...]:
+                  hugepages_2m_per_cell: int = 0) -> tuple[HostCell, ...]:
     huge = {2048: (hugepages_2m_per_cell, hugepages_2m_per_cell)} if hugepages_2m_per_cell else {}
-    return tuple(NumaCell(id=i, cpus=tuple(range(i * cpus_per_cell, (i + 1) * cpus_per_cell)),
+    return tuple(HostCell(id=i, cpus=tuple(range(i * cpus_per_cell, (i + 1) * cpus_per_cell)),
                           memory_mib=memory_mib_per_cell, free_mib=memory_mib_per_cell,
                           hugepages=dict(huge)) for i in range(cells))
 
@@ -112,7 +112,7 @@ class FakeHypervisor(Hypervisor):
     """One simulated host. All calls are synchronous; faults come from its ``FakeCluster``."""
 
     def __init__(self, uri: str, *, cluster: FakeCluster | None = None, hostname: str | None = None,
-                 numa: tuple[NumaCell, ...] | None = None, cpu_model: str = "qemu64",
+                 numa: tuple[HostCell, ...] | None = None, cpu_model: str = "qemu64",
                  cpu_features: tuple[str, ...] = (), shared_paths: tuple[str, ...] = ()):
         self.uri = uri
         self.cluster = cluster or FakeCluster()

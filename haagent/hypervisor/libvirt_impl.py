@@ -32,7 +32,7 @@ from haagent.hypervisor.port import (EventCallback, EventKind, HostInfo, Hypervi
                                      VmEvent, VmInfo)
 from haagent.hypervisor.xmlparse import parse_capabilities, parse_domain
 from haagent.log import get_logger
-from haagent.model import NumaCell, VmState
+from haagent.model import HostCell, VmState
 
 log = get_logger("haagent.hypervisor")
 T = TypeVar("T")
@@ -371,7 +371,7 @@ class LibvirtHypervisor(Hypervisor):
         for i, c in enumerate(topo.cells):
             fp = free_pages.get(c.id, {})
             huge = {s: (tot, int(fp.get(s, 0))) for s, (tot, _) in c.hugepages.items()}
-            cells.append(NumaCell(id=c.id, cpus=c.cpus, memory_mib=c.memory_mib,
+            cells.append(HostCell(id=c.id, cpus=c.cpus, memory_mib=c.memory_mib,
                                   free_mib=int(free[i]) // 2**20 if i < len(free) else None,
                                   hugepages=huge))
         return HostInfo(

@@ -14,7 +14,7 @@ from typing import Callable
 
 from haagent.errors import HaagentError
 from haagent.hypervisor.options import MigrationOptions
-from haagent.model import NumaCell, VmState
+from haagent.model import HostCell, VmState
 
 # -- host inventory ----------------------------------------------------------------------------
 
@@ -34,7 +34,7 @@ class HostInfo:
     threads_per_core: int
     cpus: int
     memory_mib: int
-    numa: tuple[NumaCell, ...]
+    numa: tuple[HostCell, ...]
     page_sizes_kib: tuple[int, ...] = ()
     # The <cpu> element of the host capabilities, for libvirt's own compareCPU checks.
     cpu_xml: str = field(default="", repr=False)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from haagent.errors import InvalidDomain
 from haagent.hypervisor.port import DiskInfo, NumaTuning
-from haagent.model import NumaCell
+from haagent.model import HostCell
 
 _UNIT_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024,
              "m": 1024, "mib": 1024, "mb": 1000 ** 2 / 1024, "g": 1024 ** 2, "gib": 1024 ** 2,
@@ -70,7 +70,7 @@ class HostTopology:
     cores_per_socket: int
     threads_per_core: int
     page_sizes_kib: tuple[int, ...]
-    cells: tuple[NumaCell, ...]  # free_mib None and free hugepages unknown: capabilities have neither
+    cells: tuple[HostCell, ...]  # free_mib None and free hugepages unknown: capabilities have neither
     cpu_xml: str
 
 
@@ -98,7 +98,7 @@ def parse_capabilities(xml: str) -> HostTopology:
                 # Free counts are not in capabilities; the adapter fills them in (getFreePages).
                 huge[size] = (int(p.text or 0), 0)
         cpus = tuple(sorted(int(c.get("id")) for c in cell.findall("cpus/cpu")))
-        cells.append(NumaCell(id=int(cell.get("id", len(cells))), cpus=cpus,
+        cells.append(HostCell(id=int(cell.get("id", len(cells))), cpus=cpus,
                               memory_mib=mem_kib // 1024, free_mib=None, hugepages=huge))
     all_cpus = sum(len(c.cpus) for c in cells)
     sockets = int(topo.get("sockets", 1)) if topo is not None else 1

@@ -1,6 +1,6 @@
 """The lab's BMC supervisor: one process per lab, in the management network's namespace.
 
-It serves one fake IPMI BMC (fencing.sim.bmc.FakeBmc) per host, each on its own management
+It serves one fake IPMI BMC (fencing.fakes.bmc.FakeBmc) per host, each on its own management
 address, port 623. A BMC's power is the host's real power: "off" is ``Lab.crash``, "on" starts
 ``Lab.revive`` and returns at once (a real BMC does not wait for the OS to boot), and "status"
 reads whether the host's init is alive. One process for all BMCs keeps the lab small; it runs
@@ -24,7 +24,7 @@ log = get_logger("haagent.lab.bmcd")
 
 
 class LabPower:
-    """The power a lab host's BMC switches (fencing.sim.power.PowerBackend)."""
+    """The power a lab host's BMC switches (fencing.fakes.power.PowerBackend)."""
 
     def __init__(self, lab: Lab, host: str):
         self.lab = lab
@@ -60,7 +60,7 @@ class LabPower:
 
 def serve(prefix: str) -> None:
     """Serve every host's BMC until SIGTERM."""
-    from fencing.sim.bmc import FakeBmc
+    from fencing.fakes.bmc import FakeBmc
 
     configure("json")
     lab = Lab(prefix)

@@ -76,7 +76,7 @@ def _agent_available() -> bool:
 def _bmc_available() -> bool:
     import importlib.util
     try:
-        return importlib.util.find_spec("fencing.sim.bmc") is not None
+        return importlib.util.find_spec("fencing.fakes.bmc") is not None
     except ImportError:
         return False
 
@@ -816,7 +816,7 @@ class Lab:
 
     def _start_bmcd(self, step: Progress) -> None:
         if not _bmc_available():
-            step("fake BMCs not available in this installation (fencing.sim.bmc): skipped")
+            step("fake BMCs not available in this installation (fencing.fakes.bmc): skipped")
             return
         log = self.layout.bmc_dir / "bmcd.log"
         with open(log, "ab") as out:
@@ -876,9 +876,9 @@ class Lab:
 
 
 def from_fencing_faults_write(path: Path, mode: str, off_delay: float) -> None:
-    """Write a BMC fault file in the format fencing/sim/faults.py reads on every request."""
+    """Write a BMC fault file in the format fencing/fakes/faults.py reads on every request."""
     try:
-        from fencing.sim.faults import write_fault_file
+        from fencing.fakes.faults import write_fault_file
     except ImportError:
         _write(path, json.dumps({"mode": mode, "off_delay": float(off_delay)}))
         return

@@ -34,7 +34,11 @@ from haagent.state.codec import action_compares, action_ops, build_view, fence_r
 from haagent.state.view import Alert, ClusterView, FenceHost, JournalStep, ManagerAction, SetHostState
 from haagent.model import HostState
 from haagent.store.port import Compare, Delete, Put
+from haagent.store.election import Election
 from haagent.store.keys import Keys
+from haagent.store.watch import PrefixCache
+
+from fencing.runner import Fencer
 
 log = get_logger("haagent.manager")
 
@@ -189,7 +193,7 @@ def _alert_key(a: Alert) -> tuple[str, str, str]:
 class EtcdLeaderStore:
     """LeaderStore over the agent's Election (epoch, guarded writes) and its watch-fed cache."""
 
-    def __init__(self, keys: Keys, election: Any, cache: Any):
+    def __init__(self, keys: Keys, election: Election, cache: PrefixCache):
         self.keys, self.election, self.cache = keys, election, cache
         self._events_lease = 0
 
@@ -228,7 +232,7 @@ class ThreadedFences:
     """FenceDispatch over the Fencer port (``FenceRunner``): one fence per host at a time, on a
     small pool, so a hung device never blocks the tick."""
 
-    def __init__(self, fencer: Any, clock: Callable[[], float] = time.monotonic, workers: int = 4):
+    def __init__(self, fencer: Fencer, clock: Callable[[], float] = time.monotonic, workers: int = 4):
         self.fencer, self.clock = fencer, clock
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fence")
         self._running: dict[str, Future] = {}
@@ -322,8 +326,8 @@ class LeaderLoop:
     """The daemon's leader: the shared shell over etcd, the fence runner, logs and metrics, plus
     the periodic fence path check."""
 
-    def __init__(self, keys: Keys, election: Any, cache: Any, config: core.ManagerConfig, fencer: Any,
-                 placer: core.Placer, *, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, keys: Keys, election: Election, cache: PrefixCache, config: core.ManagerConfig,
+                 fencer: Fencer, placer: core.Placer, *, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, wake: Callable[[], None] = lambda: None):
         self.fencer, self.clock = fencer, clock
         self.fences = ThreadedFences(fencer, clock)

@@ -8,8 +8,8 @@ import click
 
 
 @click.group(cls=LazyGroup, lazy={
-    "bmc": "fencing.sim.cli:bmc",
-    "pdu": "fencing.sim.cli:pdu",
+    "bmc": "fencing.fakes.cli:bmc",
+    "pdu": "fencing.fakes.cli:pdu",
     "scenario": "haagent.sim.commands:scenario",
     "random": "haagent.sim.commands:random_cmd",
 })

@@ -138,17 +138,6 @@ class Election:
         """Who leads now, as etcd says (not our cached view)."""
         return read_leader(self.store, self.keys)
 
-    def verify(self) -> bool:
-        """Check our leadership against etcd; step down if it is no longer ours."""
-        lead = self._leadership
-        if lead is None:
-            return False
-        current = read_leader(self.store, self.keys)
-        if current is None or current.epoch != lead.epoch:
-            self._set(None, "leader key changed")
-            return False
-        return True
-
     # -- guarded writes ---------------------------------------------------------------------
 
     def guarded(self, ops: Iterable[Put | Delete], compare: Iterable[Compare] = ()) -> TxnResult:

@@ -99,10 +99,6 @@ class LeaseKeeper:
         """
         self._grant_ops = ops
 
-    def detach(self, key: str) -> None:
-        with self._lock:
-            self._attached.pop(key, None)
-
     def grant(self) -> int:
         """Grant a fresh lease and put every attached key on it; returns the lease id."""
         # The server's countdown starts no earlier than the request is sent: stamp that moment,

@@ -27,7 +27,7 @@ def bmc_password_file(secret_dir: Path) -> Path:
 @pytest.fixture
 def fake_bmc():
     """Start in-process fake BMCs on free loopback ports; all are stopped at teardown."""
-    from fencing.sim.bmc import FakeBmc
+    from fencing.fakes.bmc import FakeBmc
 
     started = []
 

@@ -11,7 +11,7 @@ import pytest
 from fence_helpers import BMC_PASSWORD, ipmitool
 from fencing.config import parse_fencing_section
 from fencing.runner import FenceRunner, Outcome
-from fencing.sim.pdu import FakePdu
+from fencing.fakes.pdu import FakePdu
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/sbin/fence_ipmilan"), reason="fence-agents not installed")
 

@@ -14,8 +14,8 @@ from fencing.config import parse_fencing_section
 from fencing.plugin import PluginContext
 from fencing.plugins.manual import MemoryAckSource
 from fencing.runner import FenceRunner, Outcome
-from fencing.sim.faults import write_fault_file
-from fencing.sim.pdu import FakePdu
+from fencing.fakes.faults import write_fault_file
+from fencing.fakes.pdu import FakePdu
 from haagent import log
 
 
@@ -234,7 +234,7 @@ def test_cancel_stops_the_runner_before_its_next_power_command(bmc_proc, bmc_pas
 
 def test_an_empty_status_reply_is_never_read_as_off(bmc_proc, bmc_password_file, tmp_path):
     """A BMC answering Get Chassis Status with success and no data: fencing must not confirm."""
-    from fencing.sim.faults import write_fault_file
+    from fencing.fakes.faults import write_fault_file
 
     faults = tmp_path / "faults.json"
     write_fault_file(str(faults), "empty")

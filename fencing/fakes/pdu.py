@@ -5,7 +5,7 @@ and accepts 1 (on), 2 (off), 3 (reboot); ``sPDUOutletName.N`` = ...2.1.4.N. ``sy
 APC id that Debian's ``fence_apc_snmp`` maps to this table. The read-only community may read, the
 read-write one may also set; anything else gets no answer, as on a real agent.
 
-Each outlet switches a :class:`~fencing.sim.power.PowerBackend` (in-memory by default), so the lab
+Each outlet switches a :class:`~fencing.fakes.power.PowerBackend` (in-memory by default), so the lab
 can put a host behind an outlet. ``delay`` seconds pass between an accepted set and the switch.
 """
 
@@ -24,8 +24,8 @@ from pysnmp.proto import rfc1902, rfc1905
 from pysnmp.smi import error as smi_error
 from pysnmp.smi.instrum import AbstractMibInstrumController
 
-from fencing.sim.faults import FaultControl
-from fencing.sim.power import InMemoryPower, PowerBackend
+from fencing.fakes.faults import FaultControl
+from fencing.fakes.power import InMemoryPower, PowerBackend
 
 OUTLET_CTL = (1, 3, 6, 1, 4, 1, 318, 1, 1, 4, 4, 2, 1, 3)
 OUTLET_NAME = (1, 3, 6, 1, 4, 1, 318, 1, 1, 4, 4, 2, 1, 4)

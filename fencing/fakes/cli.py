@@ -52,8 +52,8 @@ def _wait_for_signal() -> None:
 def bmc(listen: str, user: str, password_file: str, off_delay: float, never_off: bool,
         start_off: bool, fault_file: str | None) -> None:
     """Run a fake IPMI 2.0 lanplus BMC (cipher suite 3) until SIGTERM or Ctrl-C."""
-    from fencing.sim.bmc import FakeBmc
-    from fencing.sim.power import InMemoryPower
+    from fencing.fakes.bmc import FakeBmc
+    from fencing.fakes.power import InMemoryPower
 
     address, port = _split_listen(listen, 623)
     password = _read_secret(password_file, "password")
@@ -87,7 +87,7 @@ def bmc(listen: str, user: str, password_file: str, off_delay: float, never_off:
 def pdu(listen: str, outlets: int, delay: float, read_community_file: str | None,
         write_community_file: str | None, fault_file: str | None) -> None:
     """Run a fake APC PDU (SNMP v1/v2c, sPDUOutletCtl) until SIGTERM or Ctrl-C."""
-    from fencing.sim.pdu import FakePdu
+    from fencing.fakes.pdu import FakePdu
 
     address, port = _split_listen(listen, 161)
     read = _read_secret(read_community_file, "community") if read_community_file else "public"

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from fence_helpers import BMC_PASSWORD, ipmitool
-from fencing.sim.faults import write_fault_file
-from fencing.sim.power import InMemoryPower
+from fencing.fakes.faults import write_fault_file
+from fencing.fakes.power import InMemoryPower
 
 
 def test_ipmitool_status_off_on(fake_bmc, bmc_password_file):

@@ -9,8 +9,8 @@ pyghmi's server has two protocol faults that this class works around:
 * It never answers a RAKP1 for an unknown user, so clients hang (>150 s for pyghmi). We answer
   with RAKP2 status 0x0d (unauthorized name), which clients report as an auth error at once.
 
-Power is a :class:`~fencing.sim.power.PowerBackend`; faults (``fail``, ``hang``, ``off_delay``)
-can be changed live through a JSON fault file (see :mod:`fencing.sim.faults`).
+Power is a :class:`~fencing.fakes.power.PowerBackend`; faults (``fail``, ``hang``, ``off_delay``)
+can be changed live through a JSON fault file (see :mod:`fencing.fakes.faults`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import pyghmi.ipmi.bmc as pyghmi_bmc
 import pyghmi.ipmi.private.serversession as serversession
 import pyghmi.ipmi.private.session as ipmisession
 
-from fencing.sim.faults import FaultControl
-from fencing.sim.power import InMemoryPower, PowerBackend
+from fencing.fakes.faults import FaultControl
+from fencing.fakes.power import InMemoryPower, PowerBackend
 
 # RMCP+ status codes (IPMI 2.0 table 13-15).
 RMCP_NO_CIPHER_MATCH = 0x11
