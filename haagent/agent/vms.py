@@ -36,9 +36,10 @@ class VmShell:
     def __init__(self, host: str, hv: Hypervisor, store: EtcdStore, keys: Keys, lease: LeaseKeeper,
                  cache: PrefixCache, config: core.AgentConfig, *, wake: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.monotonic,
-                 disks: Any = None):
+                 disks: Any = None, views: "ViewCache | None" = None):
         self.host, self.hv, self.store, self.keys, self.lease, self.cache = host, hv, store, keys, lease, cache
         self.config, self.wake, self.clock = config, wake, clock
+        self.views = views or ViewCache(keys)
         # (image_dirs, block_device_dirs, network_disk_protocols) a domain spec may use here
         self.disks = disks if disks is not None else (("/var/lib/libvirt/images",), (), ())
         self._lock = threading.Lock()
@@ -49,6 +50,8 @@ class VmShell:
         self.local_since: dict[str, int] = {}
         self._our_stops: set[str] = set()
         self._specs_written: dict[str, str] = {}
+        self._marks: dict[str, HaMark | None] = {}  # domain XML -> its HA mark, as last parsed
+        self._records: dict[str, tuple[str, HaMark, str]] = {}  # uuid -> (XML, mark, spec record)
         self.running: frozenset[str] = frozenset()
         self.managed: dict[str, tuple[Any, HaMark]] = {}
         self._sub = hv.subscribe(self.on_event)
@@ -99,13 +102,18 @@ class VmShell:
         """
         placements = placements or {}
         managed = {}
+        marks: dict[str, HaMark | None] = {}
         for info in self.hv.list_vms():
             try:
-                mark = parse_mark(info.xml or self.hv.vm_xml(info.uuid))
+                xml = info.xml or self.hv.vm_xml(info.uuid)
+                # most rounds see the same XML as the last one: parse each distinct text once
+                mark = self._marks[xml] if xml in self._marks else parse_mark(xml)
             except (InvalidDomain, VmNotFound):
                 continue
+            marks[xml] = mark
             if mark is not None:
                 managed[info.uuid] = (info, mark)
+        self._marks = marks
         self.managed = managed
         self.running = frozenset(
             u for u, (i, _) in managed.items() if i.active
@@ -118,9 +126,13 @@ class VmShell:
             owner = placements.get(uuid)
             if owner not in (None, self.host):
                 continue
-            spec = VmSpec(uuid, info.name, info.vcpus, info.memory_mib, mark.priority, mark.policy,
-                          with_mark(self.hv.vm_xml(uuid, migratable=True), mark))
-            value = json.dumps({**spec.to_dict(), "registered_by": self.host}, sort_keys=True)
+            source = self.hv.vm_xml(uuid, migratable=True)
+            known = self._records.get(uuid)
+            if known is not None and known[:2] == (source, mark):
+                value = known[2]
+            else:
+                value = spec_record(self.host, self.hv, info, mark, source)
+                self._records[uuid] = (source, mark, value)
             if self._specs_written.get(uuid) == value:
                 continue
             current = self.cache.get(self.keys.vm_spec(uuid))
@@ -133,8 +145,14 @@ class VmShell:
 
     def reconcile(self, host_state: Any) -> list[core.AgentAction]:
         kvs, revision = self.cache.snapshot()
-        view = build_view(kvs, self.keys, 0)
+        view = self.views.view(kvs, revision)
         self.refresh_inventory(dict(view.placements))
+        with self._lock:
+            # Placed elsewhere now: this host's crash history of it, and its request, are moot
+            # (if it ever comes back here it restarts in place again before being relocated).
+            for u in sorted(u for u in self.relocation_requested if view.placements.get(u) != self.host):
+                self.relocation_requested.discard(u)
+                self.crashes.pop(u, None)
         self.local_since = {u: self.local_since.get(u, revision + 1) for u in self.running}
         report_revisions = {}
         for h in view.hosts:
@@ -195,3 +213,28 @@ class VmShell:
         self.hv.start(uuid)
         metrics.VM_ACTIONS.labels(action="start", result="ok").inc()
         log.info("vm_started", vm=uuid, name=spec.name, reason=reason)
+
+
+def spec_record(host: str, hv: Hypervisor, info: Any, mark: HaMark, source: str | None = None) -> str:
+    """The ``vms/<uuid>/spec`` value an agent registers for a managed VM defined on its host."""
+    xml = source if source is not None else hv.vm_xml(info.uuid, migratable=True)
+    spec = VmSpec(info.uuid, info.name, info.vcpus, info.memory_mib, mark.priority, mark.policy,
+                  with_mark(xml, mark))
+    return json.dumps({**spec.to_dict(), "registered_by": host}, sort_keys=True)
+
+
+class ViewCache:
+    """Decoded views by store revision: most rounds see a revision already decoded (a heartbeat
+    with no change), and the simulator's agents share one."""
+
+    def __init__(self, keys: Keys, keep: int = 8):
+        self.keys, self.keep = keys, keep
+        self._views: dict[int, Any] = {}
+
+    def view(self, kvs: Any, revision: int) -> Any:
+        found = self._views.get(revision)
+        if found is None:
+            found = self._views[revision] = build_view(kvs, self.keys, 0)
+            if len(self._views) > self.keep:
+                del self._views[min(self._views)]
+        return found

@@ -92,7 +92,7 @@ def check_recovered(sim: Simulation) -> list[str]:
         spec = sim.specs[uuid]
         if spec.policy == "none":
             continue
-        if any(uuid in h.stopped_by_user for h in sim.hosts.values()):
+        if uuid in sim.user_stopped:
             continue
         where = sim.where(uuid)
         placed = sim.stored_placement(uuid)

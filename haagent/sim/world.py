@@ -1,44 +1,48 @@
 """The simulated cluster: hosts, VMs, BMCs and PDUs, partitions, etcd quorum, on a virtual clock.
 
-The simulation runs the production decision code unchanged: ``haagent.manager.core.step`` and
-``haagent.agent.core.step``, with the production codec (``build_view``/``action_ops``) over a
-model etcd (``SimStore``). Only the shells are the simulator's own, and they follow the
-production shells' rules:
+The simulation runs the code that ships: the leader is ``haagent.manager.shell.LeaderShell`` and
+each agent's VM reconcile is ``haagent.agent.vms.VmShell`` (both with the production codec),
+over ports the simulator implements: a model etcd (``SimStore``, which passes the same store
+contract as a real etcd), one ``FakeHypervisor`` per host (libvirt's events included), a cache
+that goes stale while its host is cut off, and fences that finish on the virtual clock. The world
+model is what the simulator keeps of its own:
 
-* agent, every tick: refresh its lease (or grant a new one and put ``hosts/<h>/alive`` on it);
-  campaign (put-if-absent on ``leader``) when nobody leads; read the store; run the agent step;
-  apply StartVm/StopVm to the host; publish ``hosts/<h>/report`` (running_vms) when it changed;
-* leader, every tick: journal finished fences; read the store, build the view, run the manager
-  step; write ``action_ops`` in ONE transaction guarded by the epoch (no quorum, unreachable or a
-  stale epoch: nothing is written and the step's new status is dropped, so it is retried);
-  FenceHost actions start simulated fences that finish after the devices' durations.
+* each agent, every tick: refresh its lease (or grant a new one, stamping ``hosts/<h>/lease``
+  and clearing a clean-stop record in the same transaction), campaign when nobody leads, run its
+  VM shell, publish ``hosts/<h>/report`` when its running VMs changed, and if it leads, run its
+  leader shell (which journals finished fences, steps, and writes in one epoch-guarded
+  transaction before dispatching fences);
+* hosts lose power (their QEMUs die, definitions stay), are cut off, reset by their watchdog;
+  fence devices confirm, fail, hang, never cut power, lie, or answer with no data.
 
-VMs are a set of uuids per host rather than ``FakeHypervisor`` instances: the simulator must be
-able to start one VM on two hosts at once (nothing here prevents a double start, so the
-invariant checker can catch one), and it runs thousands of schedules per test session.
+Hosts have separate hypervisors, so nothing prevents one VM from running on two hosts at once:
+catching that is the invariant checker's job (a start is checked before it happens, too).
 
-Deterministic: no wall clock, no threads; hosts are visited in sorted order; randomness only in
-the fault schedules, from a seeded RNG.
+Deterministic: no wall clock, no threads of its own; hosts are visited in sorted order;
+randomness only in the fault schedules, from a seeded RNG.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
-from haagent.agent import core as agent_core
-from haagent.agent.core import AgentConfig, AgentInput, RequestRelocation, StartVm, StopVm
+from haagent.agent.core import AgentConfig, RequestRelocation, StartVm, StopVm
+from haagent.agent.managed import HaMark, with_mark
+from haagent.agent.vms import ViewCache, VmShell, spec_record
 from haagent.manager import core as manager_core
-from haagent.errors import NotLeader, StoreUnavailable
+from haagent.errors import NotLeader, StoreError, StoreUnavailable
+from haagent.hypervisor.fake import FakeCluster, FakeHypervisor
 from haagent.state.codec import AckRefused, build_view, fence_ack_record, fence_result_step
 from haagent.manager.core import ManagerConfig, Placer
 from haagent.manager.placer import policy_placer
 from haagent.manager.shell import LeaderShell
 from haagent.state.view import (Alert, ClusterView, FenceHost, JournalStep, SetHostState, SetPlacement,
                                   VmSpec)
-from haagent.model import HostState
+from haagent.model import HostState, VmState
 from haagent.sim.store import NoQuorum, SimStore
 from haagent.store.port import Compare, Delete, Put
 from haagent.store.keys import Keys
@@ -75,8 +79,9 @@ class AgentProc:
     lease_ok: bool = False
     epoch: int = 0  # >0 while it believes it leads
     leader: LeaderShell | None = None  # the production leader shell, made at its first election
+    vms: VmShell | None = None  # the production agent VM shell (its memory dies with the process)
+    cache: tuple[dict, int] = ({}, 0)  # the last snapshot it could read (stale while cut off)
     last_report: tuple[str, ...] | None = None  # running_vms last published
-    relocation_requested: set[str] = field(default_factory=set)
     store_error: str = ""
 
     @property
@@ -93,12 +98,21 @@ class SimHost:
     powered: bool = True
     partitioned: bool = False
     agent: AgentProc | None = None
-    running: set[str] = field(default_factory=set)
-    # what libvirt remembers about shut-off domains: crash times, and shutdowns by a user
-    crashes: dict[str, list[float]] = field(default_factory=dict)
-    stopped_by_user: set[str] = field(default_factory=set)
+    hv: FakeHypervisor | None = None  # its libvirtd (the simulation gives every host one)
     watchdog_fed_at: float | None = None  # None: the watchdog device is not armed
     watchdog: bool | None = None  # this host's agent arms a watchdog (and reports it); None: the agent config
+
+    @property
+    def running(self) -> frozenset[str]:
+        """Domains QEMU runs here now (whatever the agent or etcd believe)."""
+        if self.hv is None:
+            return frozenset()
+        return frozenset(i.uuid for i in self.hv.list_vms() if i.state in (VmState.RUNNING, VmState.PAUSED))
+
+    def stop_all(self) -> None:
+        """Power is gone: every QEMU dies (the definitions stay, as libvirt keeps them on disk)."""
+        for uuid in sorted(self.running):
+            self.hv._set_state(self.hv._find(uuid), VmState.SHUTOFF, "destroyed", None, "")
 
     def device(self, name: str) -> Device:
         for level in self.levels:
@@ -139,6 +153,12 @@ class Simulation:
                  sim: SimConfig | None = None, placer: Placer | None = None,
                  migrations: Mapping[str, tuple[str, str]] | None = None,
                  running: Mapping[str, list[str]] | None = None):
+        import structlog
+
+        if not structlog.is_configured():  # the production shells log; the simulation tells its own story
+            from haagent.log import configure
+
+            configure("console", "error", stream=sys.stderr)
         self.cfg = sim or SimConfig()
         self.mcfg = manager or ManagerConfig()
         self.acfg = agent or AgentConfig()
@@ -159,18 +179,32 @@ class Simulation:
         self.checkers: list[Callable[["Simulation"], None]] = []
         self.start_checkers: list[Callable[["Simulation", str, str], None]] = []
         self.on_commit: list[Callable[["Simulation", ClusterView, list], None]] = []
-        # The cluster as it stood before the run: specs, placements and states written, VMs up.
+        self.user_stopped: set[str] = set()  # VMs a user shut down (for the liveness check)
+        self.views = ViewCache(self.keys)  # decoded views, shared by the agents' VM shells
+        self.fakes = FakeCluster(clock=lambda: self.now)
+        for h in self.hosts.values():
+            h.hv = _SimHypervisor(self, h.name)
+        # The cluster as it stood before the run: VMs defined and running where placed (or where
+        # ``running`` says), their specs as their agents register them, placements, states.
+        up: dict[str, list[str]] = {u: [h] for u, h in placements.items()}
+        up.update({u: list(w) for u, w in (running or {}).items()})
         init = []
         for s in sorted(specs, key=lambda s: s.uuid):
-            init.append(Put(self.keys.vm_spec(s.uuid), json.dumps(s.to_dict(), sort_keys=True)))
+            xml = domain_xml(s)
+            for host in up.get(s.uuid, []):
+                info = self.hosts[host].hv.define(xml, autostart=False)
+                self.hosts[host].hv._set_state(self.hosts[host].hv._find(info.uuid), VmState.RUNNING, "booted",
+                                               None, "")
+            owner = placements.get(s.uuid)
+            if owner is not None and owner in up.get(s.uuid, []):
+                hv = self.hosts[owner].hv
+                record = spec_record(owner, hv, hv.vm_info(s.uuid), HaMark(s.priority, s.policy))
+            else:
+                record = json.dumps({**replace(s, xml=xml).to_dict(), "registered_by": ""}, sort_keys=True)
+            init.append(Put(self.keys.vm_spec(s.uuid), record))
         for uuid, host in sorted(placements.items()):
             init.append(Put(self.keys.vm_placement(uuid), json.dumps({"host": host, "epoch": 0, "op": "",
                                                                       "reason": "initial"})))
-            if running is None or uuid not in running:
-                self.hosts[host].running.add(uuid)
-        for uuid, where in sorted((running or {}).items()):
-            for host in where:
-                self.hosts[host].running.add(uuid)
         for name in self.hosts:
             init.append(Put(self.keys.host_state(name), json.dumps({"state": "active", "reason": "initial",
                                                                      "epoch": 0, "since": 0.0})))
@@ -212,9 +246,14 @@ class Simulation:
             self._host_down(h)
 
     def _host_down(self, h: SimHost) -> None:
-        h.running.clear()
-        h.agent = None
+        self._agent_gone(h)
+        h.stop_all()
         h.watchdog_fed_at = None
+
+    def _agent_gone(self, h: SimHost) -> None:
+        if h.agent is not None and h.agent.vms is not None:
+            h.agent.vms.close()  # the process is gone: nobody listens to libvirt's events
+        h.agent = None
 
     def network(self, name: str, up: bool) -> None:
         self.hosts[name].partitioned = not up
@@ -222,7 +261,7 @@ class Simulation:
     def agent_crash(self, name: str) -> None:
         h = self.hosts[name]
         if h.powered:
-            h.agent = None  # QEMU processes live on; the watchdog (if armed) is no longer fed
+            self._agent_gone(h)  # QEMU processes live on; the watchdog (if armed) is no longer fed
 
     def agent_stop(self, name: str) -> None:
         """A clean agent stop (SIGTERM): record it while the lease lives, disarm, revoke."""
@@ -238,7 +277,7 @@ class Simulation:
                 self.store.txn([Compare(self.keys.leader, "create", "==", a.epoch)], [Delete(self.keys.leader)])
             self.store.revoke(a.lease)
             self.say(f"agent {name}", "stopped cleanly" + ("" if ok else " (its lease was already gone)"))
-        h.agent = None
+        self._agent_gone(h)
         h.watchdog_fed_at = None  # magic close: the watchdog is disarmed, not starved
 
     def corrupt(self, key: str) -> None:
@@ -280,11 +319,11 @@ class Simulation:
         """Kill a running VM (a crash, or a user's shutdown); the host it ran on, or None."""
         for h in self.hosts.values():
             if h.powered and uuid in h.running:
-                h.running.discard(uuid)
                 if by_user:
-                    h.stopped_by_user.add(uuid)
+                    h.hv.shutdown(uuid, 0)  # libvirt tells the agent: stopped, reason shutdown
+                    self.user_stopped.add(uuid)
                 else:
-                    h.crashes.setdefault(uuid, []).append(self.now)
+                    self.fakes.kill_qemu(h.hv.uri, uuid)  # QEMU died: a CRASHED event
                 return h.name
         return None
 
@@ -464,36 +503,24 @@ class Simulation:
                                            sink=_SimSink(self, h, a))
                 self.say(f"mgr {h.name}", f"{how} (epoch {rev})")
 
-        # Reconcile local VMs to placement.
-        if reach:
-            view, rev = self._view()
-            hv = view.hosts.get(h.name)
-            inp = AgentInput(h.name, hv.state if hv else None, lease_ok, a.grant_rev, rev, view.placements,
-                             view.specs, frozenset(h.running),
-                             {n: o.running for n, o in view.hosts.items() if n != h.name and o.alive},
-                             {u: tuple(t) for u, t in h.crashes.items()}, frozenset(h.stopped_by_user),
-                             frozenset(a.relocation_requested))
-            moved = {u for u in a.relocation_requested if view.placements.get(u) != h.name}
-            for u in sorted(moved):  # placed elsewhere now: this host's crash history is moot
-                a.relocation_requested.discard(u)
-                h.crashes.pop(u, None)
-        else:
-            # Cut off: act on nothing it cannot read; only the lease rule (self-fence) applies.
-            inp = AgentInput(h.name, None, lease_ok, a.grant_rev, 0, {}, {}, frozenset(h.running))
-        for act in agent_core.step(inp, self.now, replace(self.acfg, watchdog=h.watchdog)):
+        # Reconcile local VMs to placement: the production VM shell, over this host's libvirt,
+        # reading the store as the daemon's watch-fed cache would (stale while cut off).
+        if a.vms is None:
+            a.vms = VmShell(h.name, h.hv, _SimAgentStore(self, h), self.keys, _SimLease(a), _SimCache(self, h, a),
+                            replace(self.acfg, watchdog=h.watchdog), clock=lambda: self.now, disks=SIM_DISKS,
+                            views=self.views)
+        try:
+            actions = a.vms.reconcile(_own_state(a.vms.cache, self.keys, h.name))
+        except StoreError:
+            actions = []  # e.g. no quorum for a spec or a request: the daemon logs it and goes on
+        for act in actions:
             if isinstance(act, StartVm):
-                for check in self.start_checkers:
-                    check(self, h.name, act.vm)
-                h.running.add(act.vm)
-                h.stopped_by_user.discard(act.vm)
+                self.user_stopped.discard(act.vm)
                 self.say(who, f"start vm={act.vm} ({act.reason})")
             elif isinstance(act, StopVm):
-                h.running.discard(act.vm)
                 self.say(who, f"stop vm={act.vm} ({act.reason})")
             elif isinstance(act, RequestRelocation):
-                if reach and not self.request("relocate", vm=act.vm):
-                    a.relocation_requested.add(act.vm)
-                    self.say(who, f"request relocation vm={act.vm} ({act.crashes} crashes in the window)")
+                self.say(who, f"request relocation vm={act.vm} ({act.crashes} crashes in the window)")
         if reach:
             running = tuple(sorted(h.running))
             if running != a.last_report and lease_ok:
@@ -539,6 +566,86 @@ class Simulation:
     def stored_placement(self, uuid: str) -> str | None:
         kv = self.store.kvs.get(self.keys.vm_placement(uuid))
         return json.loads(kv.value).get("host") if kv is not None else None
+
+
+SIM_DISKS = (("/sim/images",), (), ())  # what a simulated agent's domain allowlist accepts
+
+
+def domain_xml(spec: VmSpec) -> str:
+    """A simulated VM's domain: its size and its HA mark (what ``haagent vm manage`` leaves)."""
+    xml = (f"<domain type='qemu'><name>{spec.name}</name><uuid>{spec.uuid}</uuid>"
+           f"<memory unit='MiB'>{spec.memory_mib}</memory><vcpu>{spec.vcpus}</vcpu>"
+           "<os><type arch='x86_64'>hvm</type></os>"
+           "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices></domain>")
+    return with_mark(xml, HaMark(spec.priority, spec.policy))
+
+
+def _own_state(cache: "_SimCache", keys: Keys, host: str) -> HostState | None:
+    """The host's state as its agent reads it from its cache (the daemon's ``own_state``)."""
+    kv = cache.get(keys.host_state(host))
+    if kv is None:
+        return None
+    try:
+        return HostState(json.loads(kv.value).get("state"))
+    except (ValueError, AttributeError):
+        return None
+
+
+class _SimHypervisor(FakeHypervisor):
+    """A host's libvirtd; a start is checked against every other host first (a double start is
+    a violation even if it lasts one tick)."""
+
+    def __init__(self, sim: "Simulation", host: str):
+        super().__init__(f"sim:///{host}", cluster=sim.fakes, hostname=host)
+        self.sim, self.host = sim, host
+
+    def start(self, vm: str):  # type: ignore[override]
+        for check in self.sim.start_checkers:
+            check(self.sim, self.host, vm)
+        return super().start(vm)
+
+
+class _SimLease:
+    """The agent's lease as its VM shell asks about it (``LeaseKeeper``'s two answers)."""
+
+    def __init__(self, proc: AgentProc):
+        self.proc = proc
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.lease_ok
+
+    @property
+    def grant_revision(self) -> int:
+        return self.proc.grant_rev
+
+
+class _SimCache:
+    """The daemon's watch-fed cache: current while the host reaches the store, else the last copy."""
+
+    def __init__(self, sim: "Simulation", host: SimHost, proc: AgentProc):
+        self.sim, self.host, self.proc = sim, host, proc
+
+    def snapshot(self) -> tuple[dict, int]:
+        if self.sim.reaches_store(self.host):
+            kvs, rev = self.sim.store.snapshot(self.sim.keys.root)
+            self.proc.cache = (dict(kvs), rev)
+        return dict(self.proc.cache[0]), self.proc.cache[1]
+
+    def get(self, key: str):
+        return self.proc.cache[0].get(key)
+
+
+class _SimAgentStore:
+    """The agent's store calls (spec registration, relocation requests); a cut-off host's fail."""
+
+    def __init__(self, sim: "Simulation", host: SimHost):
+        self.sim, self.host = sim, host
+
+    def put(self, key: str, value: bytes | str, lease: int | None = None) -> int:
+        if not self.sim.reaches_store(self.host):
+            raise StoreUnavailable("store unreachable")
+        return self.sim.store.put(key, value, lease)
 
 
 class _SimLeaderStore:

@@ -22,7 +22,13 @@ def test_two_running_copies_are_caught():
     sim = build(CLUSTER)
     inv = Invariants(sim).attach()
     sim.tick_body()
-    sim.hosts["h1"].running.add("web-1")  # nothing in the model prevents a double start
+    # nothing in the model prevents a double start: a second copy defined and started on h1
+    from haagent.hypervisor.fake import FakeHypervisor
+    from haagent.sim.world import domain_xml
+
+    hv = sim.hosts["h1"].hv
+    hv.define(domain_xml(sim.specs["web-1"]))
+    FakeHypervisor.start(hv, "web-1")  # past the start check: the tick checker must catch it
     with pytest.raises(InvariantViolation, match="web-1 runs on 2 hosts"):
         inv.after_tick()
 
