@@ -22,7 +22,7 @@ EXPLORED = {
     "ack refused by the CLI": "(refused:",
     "ack discarded by the leader": "event fence_ack_discarded",
     "device lied, caught (fence_inconsistent)": "step=inconsistent",
-    "status replies without data": "carry no power state",
+    "status replies without data": "carries no power state",
     "bad record alerted": "ALERT bad_record",
     "clean agent stop": "stopped cleanly",
     "fence of a deposed leader cancelled": "cancelled: ",

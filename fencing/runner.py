@@ -104,6 +104,13 @@ class FenceResult:
     def confirmed_off(self) -> bool:
         return self.outcome is Outcome.CONFIRMED_OFF
 
+    @property
+    def found_off(self) -> bool:
+        """Confirmed by first status reads that found the power already off, before any command:
+        the host died by itself (it was not cut off and switched off by us)."""
+        return self.confirmed_off and any(lvl.number == self.level and lvl.devices
+                                          and all(d.already_off for d in lvl.devices) for lvl in self.levels)
+
 
 @dataclass(frozen=True)
 class DeviceStatus:

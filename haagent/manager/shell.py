@@ -238,20 +238,24 @@ class ThreadedFences:
         self._running: dict[str, Future] = {}
 
     def start(self, action: FenceHost, cancel: threading.Event, done: Callable[[JournalStep], None]) -> None:
-        running = self._running.get(action.host)
-        if running is not None and not running.done():
-            return
+        # One fence per host at a time, and no dispatch is ever dropped: one still running (a
+        # deposed epoch's, cancelled and winding down) is waited for first. A dropped dispatch
+        # would leave the core waiting forever for a result that never comes.
+        previous = self._running.get(action.host)
         log.warning("fencing_host", host=action.host, op=action.op, attempt=action.attempt)
 
         def run() -> None:
+            if previous is not None:
+                try:
+                    previous.result()
+                except Exception:  # its own failure was reported by itself
+                    pass
             started = self.clock()
             try:
                 result = self.fencer.fence_host(action.host, cancel=cancel)
                 outcome, reason = result.outcome.value, result.reason
                 devices = {d.device: d.outcome.value for lvl in result.levels for d in lvl.devices}
-                already_off = result.confirmed_off and any(
-                    lvl.number == result.level and lvl.devices and all(d.already_off for d in lvl.devices)
-                    for lvl in result.levels)
+                already_off = result.found_off
             except Exception as exc:  # a broken plugin must still produce a journaled failure
                 outcome, reason, devices, already_off = "failed", f"{type(exc).__name__}: {exc}", {}, False
             took = self.clock() - started  # (the runner counts outcomes: haagent_fence_results_total)

@@ -13,7 +13,8 @@ VM and request records; a leader cut off while its fence runs; VM crash loops; a
 at any moment of hosts that are off then, some of which are powered on again later (the CLI
 refuses an ack for a host that is not being failed over; the leader binds the rest to their
 failover). The heal puts back what an operator would: network, quorum, devices, agents, repaired
-records, acks for hosts still off, and a ``return`` for hosts whose device lied.
+records, acks for hosts still off, and a ``return`` for hosts whose device lied or that were
+powered on again.
 
 What the generator never does, on purpose: a device that lies while its host has lost its lease
 for longer than a fence takes (cut off, or its agent dead): with the lease gone no software can
@@ -194,7 +195,9 @@ def generate(seed: int) -> Schedule:
         heal.append(f"at {HEAL_AT + 2:g} ack {h}")
         heal.append(f"at {HEAL_AT + 12:g} ack {h}")
         heal.append(f"at {HEAL_AT + 25:g} ack {h}")  # after a slow recovery (e.g. watchdog resets)
-    for h in sorted(liars):
+    # A host whose device lied, or that someone powered on again while it was being fenced, may
+    # be held with fence_inconsistent: the operator, seeing it run, returns it.
+    for h in sorted(liars | back_on):
         heal.append(f"at {HEAL_AT + 12:g} return {h}")
     for h in still_off:
         if rng.random() < 0.4:

@@ -39,6 +39,7 @@ from haagent.hypervisor.fake import FakeCluster, FakeHypervisor
 from haagent.state.codec import AckRefused, build_view, fence_ack_record, fence_result_step
 from haagent.manager.core import ManagerConfig, Placer
 from haagent.manager.placer import policy_placer
+from haagent.sim.fences import run_fence
 from haagent.manager.shell import LeaderShell
 from haagent.state.view import (Alert, ClusterView, FenceHost, JournalStep, SetHostState, SetPlacement,
                                   VmSpec)
@@ -67,6 +68,7 @@ class Device:
 
     name: str
     mode: str = "ok"  # ok | fail | hang | never-off | lies | empty (status replies carry no data)
+    switched_off: bool = False  # a PDU outlet a fence switched off (on again when the host is)
 
 
 @dataclass
@@ -153,12 +155,11 @@ class Simulation:
                  sim: SimConfig | None = None, placer: Placer | None = None,
                  migrations: Mapping[str, tuple[str, str]] | None = None,
                  running: Mapping[str, list[str]] | None = None):
-        import structlog
+        from haagent.log import configure
 
-        if not structlog.is_configured():  # the production shells log; the simulation tells its own story
-            from haagent.log import configure
-
-            configure("console", "error", stream=sys.stderr)
+        # The production shells and the fence runner log as they would on a host; the simulation
+        # tells its own story instead, so only what is critical gets through.
+        configure("console", "critical", stream=sys.stderr)
         self.cfg = sim or SimConfig()
         self.mcfg = manager or ManagerConfig()
         self.acfg = agent or AgentConfig()
@@ -180,6 +181,7 @@ class Simulation:
         self.start_checkers: list[Callable[["Simulation", str, str], None]] = []
         self.on_commit: list[Callable[["Simulation", ClusterView, list], None]] = []
         self.user_stopped: set[str] = set()  # VMs a user shut down (for the liveness check)
+        self.fence_cuts: set[tuple[str, str]] = set()  # (host, device) that accepted off in this run
         self.views = ViewCache(self.keys)  # decoded views, shared by the agents' VM shells
         self.fakes = FakeCluster(clock=lambda: self.now)
         for h in self.hosts.values():
@@ -241,6 +243,9 @@ class Simulation:
             return
         h.powered = on
         if on:
+            for level in h.levels:  # whoever powers it on switches its outlets back on
+                for d in level:
+                    d.switched_off = False
             h.agent = AgentProc()  # boots; managed VMs have autostart off, so nothing runs yet
         else:
             self._host_down(h)
@@ -366,48 +371,16 @@ class Simulation:
 
     def _start_fence(self, issuer: SimHost, proc: AgentProc, action: FenceHost, cancel: threading.Event,
                      done: Callable[[JournalStep], None]) -> None:
-        target = self.hosts.get(action.host)
-        devices: dict[str, str] = {}
-        took = 0.0
-        result, reason, cuts, already_off = "failed", "no fencing levels configured", False, False
-        failures = []
-        levels = target.levels if target else []
-        for n, level in enumerate(levels, 1):
-            level_ok, level_cuts = True, True
-            for d in level:
-                if d.mode == "empty":
-                    # No status reply says off: the runner retries until power_timeout.
-                    took += self.cfg.device_timeout
-                    devices[d.name] = "timed_out"
-                    failures.append(("timed_out", f"level {n}: {d.name} status replies carry no power state"))
-                    level_ok = False
-                    break
-                if d.mode in ("ok", "lies"):
-                    took += self.cfg.device_time
-                    devices[d.name] = "confirmed_off"
-                    level_cuts = level_cuts and d.mode == "ok"
-                    continue
-                level_ok = False
-                if d.mode == "fail":
-                    took += self.cfg.device_fail_time
-                    devices[d.name] = "failed"
-                    failures.append(("failed", f"level {n}: {d.name} failed (device error)"))
-                else:
-                    took += self.cfg.device_timeout
-                    devices[d.name] = "timed_out"
-                    what = "hung" if d.mode == "hang" else "power never dropped"
-                    failures.append(("timed_out", f"level {n}: {d.name} {what}"))
-                break  # the rest of the level is skipped
-            if level_ok:
-                result, reason, cuts = "confirmed_off", f"level {n}", level_cuts
-                # A host resetting after its watchdog fired is powered (in POST): not "already off".
-                already_off = target is not None and not target.powered and target.name not in self.boots
-                break
-        if failures and result != "confirmed_off":
-            result = "timed_out" if all(kind == "timed_out" for kind, _ in failures) else "failed"
-            reason = "; ".join(r for _, r in failures)
-        self.fences.append(PendingFence(action.host, action.op, issuer.name, proc, proc.epoch, cancel, done, action.attempt,
-                                        self.now, self.now + took, result, reason, devices, cuts, already_off))
+        """Run the real fence runner on virtual time now; deliver its result when that time comes."""
+        result, took, cuts = run_fence(self, action.host, self.now)
+        devices = {d.device: d.outcome.value for lvl in result.levels for d in lvl.devices}
+        self.fences.append(PendingFence(action.host, action.op, issuer.name, proc, proc.epoch, cancel, done,
+                                        action.attempt, self.now, self.now + took, result.outcome.value,
+                                        result.reason, devices, cuts, result.found_off))
+
+    def fence_cut(self, host: str, device: str) -> bool:
+        """Whether ``device`` of ``host`` accepted "off" in the fence run under way."""
+        return (host, device) in self.fence_cuts
 
     def _finish_fences(self) -> None:
         due = [f for f in self.fences if f.done_at <= self.now + 1e-9]
@@ -425,6 +398,11 @@ class Simulation:
             devs = " ".join(f"{k}:{v}" for k, v in sorted(f.devices.items()))
             self.say("fence", f"{f.host} {f.result} ({f.reason}) devices={devs or '-'} "
                               f"after {f.done_at - f.started:.1f}s")
+            if f.cuts_power:
+                for level in target.levels:
+                    for d in level:
+                        if d.name.startswith("pdu") and d.mode == "ok":
+                            d.switched_off = True
             if f.result == "confirmed_off" and f.cuts_power and target.name in self.boots:
                 del self.boots[target.name]  # switched off in the middle of its reset: it stays off
                 self.say("host", f"{f.host} powered off by its fence device while resetting")

@@ -7,14 +7,17 @@ vocabulary below (``Put``, ``Delete``, ``Compare``) and translated here.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import etcd3
 import etcd3.exceptions as etcd_exc
 import grpc
 from etcd3 import etcdrpc
+from etcd3.etcdrpc import kv_pb2
 from etcd3 import transactions as etcd_tx
 
 from haagent import metrics
@@ -25,16 +28,6 @@ from haagent.log import get_logger
 from haagent.store.port import KV, Compare, Delete, Put, TxnResult  # noqa: F401  (the vocabulary, re-exported)
 
 log = get_logger("haagent.store")
-
-# NOTE: python3-etcd3 0.13.0's watch thread calls ``six.itervalues`` without importing six, so
-# when a watch stream dies its callbacks are never told and the watch silently goes quiet. Give
-# the module the one function it uses; ResumingWatch relies on hearing about dead streams.
-import etcd3.watch as _etcd_watch  # noqa: E402
-
-if not hasattr(_etcd_watch, "six"):
-    import types
-
-    _etcd_watch.six = types.SimpleNamespace(itervalues=lambda d: iter(list(d.values())))  # type: ignore[attr-defined]
 
 # NOTE: etcd rejects client pings more often than --grpc-keepalive-min-time (5 s by default) with
 # GOAWAY "too_many_pings"; 5 s pings still notice a half-open connection long before TCP would.
@@ -59,6 +52,30 @@ def prefix_end(prefix: str) -> bytes:
             b[i] += 1
             return bytes(b[: i + 1])
     return b"\0"
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    kind: str  # put or delete
+    key: str
+    value: bytes
+    revision: int  # mod_revision of the change
+    create_revision: int
+    lease: int = 0
+    version: int = 0  # the key's version after the change (0 for a delete)
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    """One response of a watch stream: its events in revision order, or none for a progress
+    notification, whose ``revision`` is the revision the member had reached when it answered."""
+
+    events: tuple[WatchEvent, ...]
+    revision: int
+
+    @property
+    def progress(self) -> bool:
+        return not self.events
 
 
 def _kv(kv: Any) -> KV:
@@ -260,25 +277,137 @@ class EtcdStore:
 
     # -- watches ----------------------------------------------------------------------------
 
-    def add_watch(self, prefix: str, start_revision: int, callback: Callable[[Any], None]) -> Callable[[], None]:
-        """Low-level prefix watch on the current endpoint; returns a cancel function.
+    def open_watch(self, prefix: str, start_revision: int,
+                   on_response: Callable[[WatchBatch | StoreError], None], *,
+                   after: EtcdEndpoint | None = None) -> "WatchStream":
+        """Watch every key under ``prefix`` from ``start_revision`` on a stream of its own.
 
-        ``callback`` gets an etcd3 WatchResponse or an exception (the stream died). Use
-        ``haagent.store.watch.ResumingWatch``, which resumes from the last seen revision.
+        Tries the endpoint after ``after`` first (the one a dead or quiet stream was on), else
+        the current one, then the others, within two timeouts. ``on_response`` gets every
+        WatchBatch, then at most one StoreError when the stream ends (StoreCompacted when
+        ``start_revision`` was compacted away). Use ``haagent.store.watch.ResumingWatch``.
         """
-        def run(c: etcd3.MultiEndpointEtcd3Client) -> Any:
-            return c, c.add_watch_callback(prefix, callback, range_end=prefix_end(prefix),
-                                           start_revision=start_revision)
-
-        client, watch_id = self.call("watch", run)
-
-        def cancel() -> None:
+        if self._closed:
+            raise StoreUnavailable("etcd watch: store is closed")
+        n = len(self.endpoints)
+        first = (self.endpoints.index(after) + 1) % n if after in self.endpoints else self._current
+        deadline = time.monotonic() + 2 * self.timeout
+        last: StoreError | None = None
+        for step in range(n):
+            index = (first + step) % n
             try:
-                client.cancel_watch(watch_id)
-            except Exception:  # the stream may already be gone; cancelling is best effort
-                pass
+                return WatchStream(self._client(index), self.endpoints[index], prefix, start_revision,
+                                   on_response, self.timeout)
+            except StoreCompacted:
+                raise
+            except StoreError as err:
+                last = err
+                metrics.STORE_ERRORS.labels(kind=type(err).__name__).inc()
+                log.debug("etcd_call_failed", what="watch", endpoint=str(self.endpoints[index]), error=str(err))
+                if time.monotonic() >= deadline:
+                    break
+        assert last is not None
+        raise last
 
-        return cancel
+
+class WatchStream:
+    """One prefix watch on a gRPC stream of its own, built here rather than by python3-etcd3.
+
+    python3-etcd3 0.13.0's shared Watcher cannot ask for progress, drops the answers (they carry
+    watch id -1), never reports a dead stream (its thread calls ``six`` without importing it)
+    and ends every watch of a client when one stream dies. This stream sends the client's
+    require-leader metadata (a member that loses its leader cancels it), asks for progress
+    notifications, and reports its end once, as a StoreError.
+    """
+
+    def __init__(self, client: etcd3.MultiEndpointEtcd3Client, endpoint: EtcdEndpoint, prefix: str,
+                 start_revision: int, on_response: Callable[[WatchBatch | StoreError], None],
+                 timeout: float):
+        self.endpoint = endpoint
+        self._on_response = on_response
+        self._requests: queue.Queue[Any] = queue.Queue()
+        self._created = threading.Event()
+        self._ended = False  # the caller was told, or closed it: say nothing more
+        self._error: StoreError | None = None
+        self._lock = threading.Lock()
+        create = etcdrpc.WatchCreateRequest(key=prefix.encode(), range_end=prefix_end(prefix),
+                                            start_revision=start_revision, progress_notify=True)
+        self._requests.put(etcdrpc.WatchRequest(create_request=create))
+        try:
+            # NOTE: no deadline on the stream: it lives until closed; quiet streams are the
+            # caller's to notice (ResumingWatch asks for progress and times the answers).
+            self._call = etcdrpc.WatchStub(client.channel).Watch(
+                self._request_iter(), credentials=client.call_credentials, metadata=client.metadata)
+        except Exception as exc:  # the channel itself (a quarantined endpoint); translated
+            raise translate(exc, "watch") from exc
+        self._reader = threading.Thread(target=self._read, name=f"watch-stream:{prefix}", daemon=True)
+        self._reader.start()
+        if not self._created.wait(timeout):
+            self.close()
+            raise StoreTimeout(f"etcd watch on {endpoint}: not created within {timeout}s")
+        if self._error is not None:
+            self.close()
+            raise self._error
+
+    def request_progress(self) -> None:
+        """Ask the member for a progress notification (answered at once by a live member)."""
+        self._requests.put(etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest()))
+
+    def close(self) -> None:
+        with self._lock:
+            self._ended = True
+        self._requests.put(None)
+        self._call.cancel()
+
+    def _request_iter(self) -> Iterator[Any]:
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            yield request
+
+    def _read(self) -> None:
+        try:
+            for rs in self._call:
+                if not self._handle(rs):
+                    return
+            self._end(StoreUnavailable(f"etcd watch on {self.endpoint}: stream ended"))
+        except grpc.RpcError as exc:
+            self._end(translate(exc, f"watch on {self.endpoint}"))
+
+    def _handle(self, rs: Any) -> bool:
+        if rs.compact_revision:
+            # the start revision was compacted away (etcd says so after, or in, the created reply)
+            self._end(StoreCompacted(f"etcd watch: revision compacted (now {rs.compact_revision})",
+                                     rs.compact_revision))
+            return False
+        if rs.canceled:
+            self._end(StoreUnavailable(f"etcd watch on {self.endpoint}: cancelled: {rs.cancel_reason}"))
+            return False
+        if rs.created:
+            self._created.set()
+            return True
+        events = tuple(WatchEvent("delete" if ev.type == kv_pb2.Event.DELETE else "put", ev.kv.key.decode(),
+                                  ev.kv.value, ev.kv.mod_revision, ev.kv.create_revision, ev.kv.lease,
+                                  ev.kv.version)
+                       for ev in rs.events)
+        with self._lock:
+            if self._ended:
+                return False
+        self._on_response(WatchBatch(events, rs.header.revision))
+        return True
+
+    def _end(self, error: StoreError) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        self._call.cancel()
+        if not self._created.is_set():
+            self._error = error  # the opener raises it
+            self._created.set()
+            return
+        self._on_response(error)
 
 
 def _compare(c: Compare) -> Any:

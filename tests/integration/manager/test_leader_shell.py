@@ -93,12 +93,15 @@ def test_fence_starts_are_journaled_first_and_a_deposed_leaders_results_are_drop
     election.step_down("test: deposed")
     loop.tick()
     assert call["cancel"].is_set()
-    # the same process wins again, under a new epoch; the old fence then finishes "off"
+    # the same process wins again, under a new epoch, and fences again while the old (cancelled)
+    # fence has not returned yet: that dispatch must wait for it, not be dropped
     store.delete(K.leader)
     assert election.try_acquire()
-    fencer.release.set()
-    time.sleep(0.3)
-    _tick_until(loop, lambda: len(fencer.calls) >= 2, timeout=8)  # the new epoch fences again
+    _tick_until(loop, lambda: any(st["detail"]["attempt"] == 2 for st in _steps(store, "fence_start")))
+    assert len(fencer.calls) == 1
+    fencer.release.set()  # the old fence finishes "off": its result is dropped; the new one runs
+    _tick_until(loop, lambda: len(fencer.calls) >= 2, timeout=8)
+    _tick_until(loop, lambda: any(r["detail"]["attempt"] == 2 for r in _steps(store, "fence")), timeout=8)
     results = _steps(store, "fence")
     assert all(r["detail"]["attempt"] != 1 for r in results), results  # the old result never landed
 
