@@ -32,6 +32,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from haagent.config import Reader
+from haagent.fields import Fields
 from haagent.log import is_secret_key
 
 from fencing.plugin import FencePlugin, Option, discover_plugins, secret_file_ok
@@ -97,42 +98,32 @@ class FencingConfig:
 
 
 def _check_value(opt: Option, value: Any) -> tuple[Any, str | None]:
-    """Coerce one option value; return (value, problem)."""
+    """Coerce one option value through the one field reader; return (value, problem)."""
+    problems: list[str] = []
+    f = Fields({opt.name: value}, "", problems)
     t = opt.type
     if t in ("string", "path", "choice"):
-        if not isinstance(value, str) or (t != "choice" and not value):
-            return None, f"must be a non-empty string (got {value!r})"
-        if t == "path":
+        checked = f.string(opt.name, non_empty=t != "choice", choices=opt.choices if t == "choice" else None,
+                           fallback=False)
+        if checked is not None and t == "path":
             if opt.secret:
-                problem = secret_file_ok(value)
+                problem = secret_file_ok(checked)
                 if problem:
                     return None, problem
-            elif not os.path.isabs(value):
-                return None, f"must be an absolute path (got {value!r})"
-        if t == "choice" and value not in opt.choices:
-            return None, f"must be one of {', '.join(map(str, opt.choices))} (got {value!r})"
-        return value, None
-    if t == "bool":
-        if not isinstance(value, bool):
-            return None, f"must be true or false (got {value!r})"
-        return value, None
-    if t in ("int", "float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None, f"must be a number (got {value!r})"
-        if t == "int" and value != int(value):
-            return None, f"must be a whole number (got {value!r})"
-        if opt.minimum is not None and value < opt.minimum:
-            return None, f"must be at least {opt.minimum:g} (got {value!r})"
-        if opt.maximum is not None and value > opt.maximum:
-            return None, f"must be at most {opt.maximum:g} (got {value!r})"
-        if opt.choices and value not in opt.choices:
-            return None, f"must be one of {', '.join(map(str, opt.choices))} (got {value!r})"
-        return (int(value) if t == "int" else float(value)), None
-    if t == "string_list":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            return None, f"must be a list of strings (got {value!r})"
-        return tuple(value), None
-    return None, f"unsupported option type {t}"  # pragma: no cover - Option validates types
+            elif not os.path.isabs(checked):
+                return None, f"must be an absolute path (got {checked!r})"
+    elif t == "bool":
+        checked = f.boolean(opt.name, None)
+    elif t in ("int", "float"):
+        checked = f.number(opt.name, minimum=opt.minimum, maximum=opt.maximum, integer=t == "int",
+                           choices=tuple(opt.choices) if opt.choices else None, fallback=False)
+    elif t == "string_list":
+        checked = f.string_list(opt.name)
+    else:  # pragma: no cover - Option validates types
+        return None, f"unsupported option type {t}"
+    if problems:
+        return None, problems[0].split(": ", 1)[1]
+    return checked, None
 
 
 def _read_options(cls: type[FencePlugin], table: Mapping[str, Any], path: str, problems: list[str],

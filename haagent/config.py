@@ -9,7 +9,6 @@ own parsers through the same problem list, so one run of ``haagent check-config`
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import re
 import tomllib
@@ -19,103 +18,16 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from haagent.errors import ConfigError
+from haagent.fields import MISSING, Fields
 
 DEFAULT_PATH = "/etc/haagent/haagent.toml"
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
-_MISSING = object()
+_MISSING = MISSING
 
 
-class Reader:
-    """Reads typed fields out of one TOML table, recording problems instead of raising."""
-
-    def __init__(self, table: Any, path: str, problems: list[str]):
-        self.path = path
-        self.problems = problems
-        self.seen: set[str] = set()
-        if table is _MISSING or table is None:
-            table = {}
-        if not isinstance(table, dict):
-            self.problem("", f"must be a table (got {type(table).__name__})")
-            table = {}
-        self.table: dict[str, Any] = table
-
-    def name(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path and key else (self.path or key)
-
-    def problem(self, key: str, message: str) -> None:
-        self.problems.append(f"{self.name(key)}: {message}")
-
-    def raw(self, key: str) -> Any:
-        self.seen.add(key)
-        return self.table.get(key, _MISSING)
-
-    def sub(self, key: str) -> "Reader":
-        return Reader(self.raw(key), self.name(key), self.problems)
-
-    def string(self, key: str, default: Any = _MISSING, *, choices: tuple[str, ...] | None = None,
-               pattern: re.Pattern[str] | None = None, pattern_hint: str = "") -> Any:
-        value = self.raw(key)
-        if value is _MISSING:
-            if default is _MISSING:
-                self.problem(key, "is required")
-            return None if default is _MISSING else default
-        if not isinstance(value, str):
-            self.problem(key, f"must be a string (got {value!r})")
-            return None if default is _MISSING else default
-        if choices is not None and value not in choices:
-            self.problem(key, f"must be one of {', '.join(choices)} (got {value!r})")
-            return None if default is _MISSING else default
-        if pattern is not None and not pattern.match(value):
-            self.problem(key, f"{pattern_hint} (got {value!r})")
-            return None if default is _MISSING else default
-        return value
-
-    def number(self, key: str, default: Any = _MISSING, *, minimum: float | None = None,
-               maximum: float | None = None, positive: bool = False, integer: bool = False) -> Any:
-        value = self.raw(key)
-        if value is _MISSING:
-            if default is _MISSING:
-                self.problem(key, "is required")
-                return None
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            self.problem(key, f"must be a number (got {value!r})")
-            return None if default is _MISSING else default
-        if integer and value != int(value):
-            self.problem(key, f"must be a whole number (got {value!r})")
-            return None if default is _MISSING else default
-        if positive and value <= 0:
-            self.problem(key, f"must be greater than 0 (got {value!r})")
-            return None if default is _MISSING else default
-        if minimum is not None and value < minimum:
-            self.problem(key, f"must be at least {minimum:g} (got {value!r})")
-            return None if default is _MISSING else default
-        if maximum is not None and value > maximum:
-            self.problem(key, f"must be at most {maximum:g} (got {value!r})")
-            return None if default is _MISSING else default
-        return int(value) if integer else float(value)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.raw(key)
-        if value is _MISSING:
-            return default
-        if not isinstance(value, bool):
-            self.problem(key, f"must be true or false (got {value!r})")
-            return default
-        return value
-
-    def string_list(self, key: str, default: Any = _MISSING) -> Any:
-        value = self.raw(key)
-        if value is _MISSING:
-            if default is _MISSING:
-                self.problem(key, "is required")
-                return ()
-            return default
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.problem(key, f"must be a list of strings (got {value!r})")
-            return ()
-        return tuple(value)
+class Reader(Fields):
+    """Reads typed fields out of one TOML table (``haagent.fields.Fields``), plus files."""
 
     def file(self, key: str, secret: bool = False) -> str | None:
         """An optional path to a readable file; a ``secret`` one must be private (0600 or 0400)."""
@@ -134,11 +46,6 @@ class Reader:
                               f"run: chmod 600 {value}")
             return None
         return value
-
-    def finish(self) -> None:
-        """Report keys nobody read: usually a typo an operator wants to hear about."""
-        for key in sorted(set(self.table) - self.seen):
-            self.problem(key, "unknown key")
 
 
 @dataclass(frozen=True)

@@ -13,96 +13,36 @@ from pathlib import Path
 from typing import Any
 
 from haagent.errors import PlacementInputError
+from haagent.fields import MISSING, Fields
 from policies.config import DEFAULT, PolicyConfig, parse_policy_section
 from policies.model import (GROUP_POLICIES, HOST_STATES, NUMA_MODES, Cluster, Group, Host,
                             HostAffinity, NumaCell, Vm)
 
-_MISSING = object()
+_MISSING = MISSING
 _MAX_SHOWN = 5
 
 
-class _Fields:
-    """Reads one JSON object, recording one problem line per bad field."""
+class _Fields(Fields):
+    """One JSON object of a cluster file: the one field reader, with the cluster file's ways (an
+    absent or null field is missing; strings and names must not be empty; unknown "fields")."""
 
     def __init__(self, obj: Any, where: str, problems: list[str]):
-        self.where = where
-        self.problems = problems
-        self.seen: set[str] = set()
-        if not isinstance(obj, dict):
-            problems.append(f"{where}: must be an object (got {_short(obj)})")
-            obj = {}
-        self.obj = obj
+        super().__init__(obj, where, problems, kind="object", unknown="unknown field", show=_short,
+                         null_is_missing=True)
 
-    def problem(self, key: str, message: str) -> None:
-        self.problems.append(f"{self.where}.{key}: {message}")
+    @property
+    def where(self) -> str:
+        return self.path
 
-    def present(self, key: str) -> bool:
-        self.seen.add(key)
-        return self.obj.get(key) is not None
+    def string(self, key: str, default: Any = _MISSING, choices: tuple[str, ...] | None = None) -> Any:  # type: ignore[override]
+        return super().string(key, default, choices=choices, non_empty=True, fallback=False)
 
-    def get(self, key: str, default: Any = _MISSING) -> Any:
-        """The raw value; ``default`` when absent or null, and a problem if it is required."""
-        if not self.present(key):
-            if default is _MISSING:
-                self.problem(key, "is required")
-                return None
-            return default
-        return self.obj[key]
-
-    def integer(self, key: str, default: Any = _MISSING, minimum: int = 0) -> Any:
-        if not self.present(key):
-            return self.get(key, default)
-        value = self.obj[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-            self.problem(key, f"must be a whole number (got {_short(value)})")
-            return None
-        if value < minimum:
-            self.problem(key, f"must be at least {minimum} (got {value!r})")
-            return None
-        return int(value)
-
-    def number(self, key: str) -> float | None:
+    def number(self, key: str) -> float | None:  # type: ignore[override]
         """An optional non-negative number."""
-        if not self.present(key):
-            return None
-        value = self.obj[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            self.problem(key, f"must be a number (got {_short(value)})")
-            return None
-        if value < 0:
-            self.problem(key, f"must not be negative (got {value!r})")
-            return None
-        return float(value)
-
-    def string(self, key: str, default: Any = _MISSING, choices: tuple[str, ...] | None = None) -> Any:
-        if not self.present(key):
-            return self.get(key, default)
-        value = self.obj[key]
-        if not isinstance(value, str) or not value:
-            self.problem(key, f"must be a non-empty string (got {_short(value)})")
-            return None
-        if choices and value not in choices:
-            self.problem(key, f"must be one of {', '.join(choices)} (got {value!r})")
-            return None
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.get(key, default)
-        if not isinstance(value, bool):
-            self.problem(key, f"must be true or false (got {_short(value)})")
-            return default
-        return value
+        return super().number(key, None, non_negative=True, fallback=False)
 
     def strings(self, key: str) -> tuple[str, ...]:
-        value = self.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            self.problem(key, f"must be a list of names (got {_short(value)})")
-            return ()
-        return tuple(value)
-
-    def finish(self) -> None:
-        for key in sorted(set(self.obj) - self.seen):
-            self.problem(key, "unknown field")
+        return self.string_list(key, [], names=True)
 
 
 def _short(value: Any) -> str:

@@ -402,6 +402,7 @@ class WatchStream:
             if self._ended:
                 return
             self._ended = True
+        self._requests.put(None)  # ends the request iterator, or gRPC's thread waits on it forever
         self._call.cancel()
         if not self._created.is_set():
             self._error = error  # the opener raises it

@@ -19,9 +19,9 @@ A watch stream can go wrong without ending. Two defences:
 
 ``confirmed_at`` is the monotonic time of the newest probe (or resync read) that the cache had
 caught up with: every write that completed before it is in the cache. Progress notifications only
-ever confirm freshness; the resume point moves with events and resyncs alone (etcd before 3.4.25 /
-3.5.8 may send a requested progress notification ahead of queued events, etcd #15220; that can
-make ``confirmed_at`` early by those events' delivery time, never lose an event).
+ever confirm freshness; the resume point moves with events and resyncs alone (etcd without the fix
+for etcd #15220, such as Debian's 3.4.23, may send a requested progress notification ahead of
+queued events: that can make ``confirmed_at`` early by those events' delivery time, never lose one).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import threading
 import time
 from typing import Callable, Protocol
 
+from haagent.config import EtcdEndpoint
 from haagent.errors import StoreCompacted, StoreError
 from haagent.log import get_logger
 from haagent.store.client import KV, EtcdStore, WatchBatch, WatchEvent, WatchStream
@@ -85,7 +86,7 @@ class ResumingWatch:
         self._thread = threading.Thread(target=self._supervise, name=f"watch:{prefix}", daemon=True)
 
     @property
-    def endpoint(self):
+    def endpoint(self) -> EtcdEndpoint | None:
         """The endpoint the current stream is on (None between streams)."""
         stream = self._stream
         return stream.endpoint if stream is not None else None
@@ -111,7 +112,7 @@ class ResumingWatch:
 
     def _supervise(self) -> None:
         delay = self.retry_interval
-        leave: object = None  # the endpoint of the last stream abandoned: try the next one first
+        leave: EtcdEndpoint | None = None  # the endpoint of the last stream abandoned: try the next one first
         while not self._stop.is_set():
             if self._needs_resync and not self._resync():
                 self._stop.wait(delay)
@@ -170,14 +171,14 @@ class ResumingWatch:
             return "quiet"
         return None
 
-    def _establish(self, leave: object) -> None:
+    def _establish(self, leave: EtcdEndpoint | None) -> None:
         with self._lock:
             self._generation += 1
             generation = self._generation
             start = self.last_seen + 1
             self._probes.clear()  # the new stream is judged by its own probes
         stream = self.store.open_watch(self.prefix, start, lambda r: self._on_response(generation, r),
-                                       after=leave)  # type: ignore[arg-type]
+                                       after=leave)
         if self._stop.is_set():  # stop() gave up waiting for us: do not leave a stream behind
             stream.close()
             return
@@ -246,7 +247,7 @@ class ResumingWatch:
             events = [ev for ev in response.events if ev.revision > self.last_seen]
             if response.progress:
                 # NOTE: a progress revision confirms freshness but never moves the resume point:
-                # on etcd < 3.4.25 it can overtake queued events (etcd #15220).
+                # without etcd's fix for #15220 it can overtake queued events.
                 self._watched_through = max(self._watched_through, response.revision)
             elif events:
                 self.last_seen = events[-1].revision
