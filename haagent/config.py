@@ -14,11 +14,15 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from haagent.errors import ConfigError
 from haagent.fields import MISSING, Fields
+
+if TYPE_CHECKING:  # names only: the sections' packages register their parsers, never imported here
+    from fencing.config import FencingConfig
+    from policies.config import PolicyConfig
 
 DEFAULT_PATH = "/etc/haagent/haagent.toml"
 
@@ -145,9 +149,9 @@ class Config:
     manager: ManagerSection = field(default_factory=ManagerSection)
     metrics_listen: str | None = "127.0.0.1:9464"
     log: LogConfig = field(default_factory=LogConfig)
-    # Filled by the fencing and policies packages' own parsers.
-    fencing: Any = None
-    policy: Any = None
+    # Filled by the fencing and policies packages' own parsers (entry points, see _section_parsers).
+    fencing: FencingConfig | None = None
+    policy: PolicyConfig | None = None
     source: str | None = None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Protocol
 
 from haagent import metrics
 from haagent.agent import core
@@ -21,10 +21,8 @@ from haagent.log import get_logger
 from haagent.state.codec import build_view
 from haagent.state.view import VmSpec
 from haagent.model import VmState
-from haagent.store.client import EtcdStore
 from haagent.store.keys import Keys
-from haagent.store.lease import LeaseKeeper
-from haagent.store.watch import PrefixCache
+from haagent.store.port import KV
 
 log = get_logger("haagent.agent.vms")
 
@@ -32,11 +30,36 @@ log = get_logger("haagent.agent.vms")
 _IN_TRANSIT = frozenset({"migration", "starting-up", "postcopy"})
 
 
+class SpecStore(Protocol):
+    """The writes the agent's VM shell makes: its specs and its relocation requests (``Store``)."""
+
+    def put(self, key: str, value: bytes | str, lease: int | None = None) -> int: ...
+
+
+class LeaseState(Protocol):
+    """What the VM shell asks of the agent's lease (``LeaseKeeper``)."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def grant_revision(self) -> int: ...
+
+
+class StoreCache(Protocol):
+    """The watch-fed copy of the cluster's keys (``PrefixCache``)."""
+
+    def snapshot(self) -> tuple[Mapping[str, KV], int]: ...
+
+    def get(self, key: str) -> KV | None: ...
+
+
 class VmShell:
-    def __init__(self, host: str, hv: Hypervisor, store: EtcdStore, keys: Keys, lease: LeaseKeeper,
-                 cache: PrefixCache, config: core.AgentConfig, *, wake: Callable[[], None] = lambda: None,
+    def __init__(self, host: str, hv: Hypervisor, store: SpecStore, keys: Keys, lease: LeaseState,
+                 cache: StoreCache, config: core.AgentConfig, *, wake: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.monotonic,
-                 disks: Any = None, views: "ViewCache | None" = None):
+                 disks: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None = None,
+                 views: "ViewCache | None" = None):
         self.host, self.hv, self.store, self.keys, self.lease, self.cache = host, hv, store, keys, lease, cache
         self.config, self.wake, self.clock = config, wake, clock
         self.views = views or ViewCache(keys)
