@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import Any, Callable, Mapping, Protocol
 
 from haagent import metrics
-from haagent.errors import LeaseExpired, NotLeader, StoreError
+from haagent.errors import LeaseExpired, NotLeader, StoreError, StoreUnavailable
 from haagent.log import get_logger
 from haagent.manager import core
 from haagent.state.codec import action_compares, action_ops, build_view, fence_result_step
@@ -202,6 +202,11 @@ class EtcdLeaderStore:
         return lead.epoch if lead is not None else None
 
     def view(self) -> ClusterView:
+        if self.cache.stale():
+            # Neither an event nor a progress answer within the watch's bound: what the cache holds
+            # may be behind what other members committed. Decide nothing from it (the watch is
+            # already moving to another endpoint).
+            raise StoreUnavailable("the watch-fed view is not known to be current")
         kvs, _ = self.cache.snapshot()
         return build_view(kvs, self.keys, 0)
 
