@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -169,13 +170,17 @@ def _vm(obj: Any, i: int, problems: list[str]) -> Vm | None:
 def _non_finite(value: Any, path: str) -> list[str]:
     """Where a decoded document holds NaN or +-Infinity (Python's json accepts them, and 1e400
     becomes infinity): one problem per field, before anything tries to use them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return [f"{path}: must be a finite number (got {value!r})"]
-    if isinstance(value, dict):
-        return [p for k, v in value.items() for p in _non_finite(v, f"{path}.{k}" if path else str(k))]
-    if isinstance(value, list):
-        return [p for i, v in enumerate(value) for p in _non_finite(v, f"{path}[{i}]")]
-    return []
+    problems = []
+    todo = [(path, value)]  # a stack, not recursion: json decodes deeper nesting than Python recurses
+    while todo:
+        where, v = todo.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            problems.append(f"{where}: must be a finite number (got {v!r})")
+        elif isinstance(v, dict):
+            todo.extend(reversed([(f"{where}.{k}" if where else str(k), x) for k, x in v.items()]))
+        elif isinstance(v, list):
+            todo.extend(reversed([(f"{where}[{i}]", x) for i, x in enumerate(v)]))
+    return problems
 
 
 def parse_cluster(data: Any) -> tuple[Cluster, PolicyConfig]:
@@ -251,6 +256,11 @@ def load_cluster(path: str | Path) -> tuple[Cluster, PolicyConfig]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PlacementInputError(f"{path}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PlacementInputError(f"{path}: not valid JSON: nested too deeply") from None
+    except ValueError:  # an integer beyond Python's digit limit for str -> int
+        raise PlacementInputError(f"{path}: not valid JSON: an integer has more than "
+                                  f"{sys.get_int_max_str_digits()} digits") from None
     try:
         return parse_cluster(data)
     except PlacementInputError as exc:

@@ -79,3 +79,22 @@ def test_load_cluster_reports_unreadable_and_malformed_files(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(PlacementInputError, match="not valid JSON"):
         load_cluster(bad)
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"hosts": [{"name": "h1", "cpus": NaN, "memory_mib": 1}]}', "hosts[0].cpus: must be a finite number (got nan)"),
+    ('{"hosts": [{"name": "h1", "cpus": 8, "memory_mib": 1e400}]}', "hosts[0].memory_mib: must be a finite number (got inf)"),
+    ('{"hosts": [], "vms": [{"name": "v", "vcpus": 1, "memory_mib": 1, "cpu_load": -Infinity}]}',
+     "vms[0].cpu_load: must be a finite number (got -inf)"),
+    # json decodes these, then anything walking them recursively (or int()) used to crash
+    ('{"hosts": ' + "[" * 900 + "]" * 900 + "}", "hosts[0]: must be an object"),
+    ("[" * 100_000, "not valid JSON: nested too deeply"),
+    ('{"hosts": [{"name": "h1", "cpus": ' + "9" * 5000 + ', "memory_mib": 1}]}',
+     "not valid JSON: an integer has more than 4300 digits"),
+])
+def test_what_pythons_json_lets_through_is_one_line_not_a_traceback(tmp_path, text, message):
+    path = tmp_path / "cluster.json"
+    path.write_text(text)
+    with pytest.raises(PlacementInputError) as info:
+        load_cluster(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
