@@ -58,13 +58,15 @@ class VmShell:
     def __init__(self, host: str, hv: Hypervisor, store: SpecStore, keys: Keys, lease: LeaseState,
                  cache: StoreCache, config: core.AgentConfig, *, wake: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.monotonic,
-                 disks: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None = None,
+                 disks: tuple[tuple[str, ...], ...] | None = None,
                  views: "ViewCache | None" = None):
         self.host, self.hv, self.store, self.keys, self.lease, self.cache = host, hv, store, keys, lease, cache
         self.config, self.wake, self.clock = config, wake, clock
         self.views = views or ViewCache(keys)
-        # (image_dirs, block_device_dirs, network_disk_protocols) a domain spec may use here
+        # (image_dirs, block_device_dirs, network_disk_protocols[, metadata_namespaces]) a domain
+        # spec may use here: check_domain's arguments
         self.disks = disks if disks is not None else (("/var/lib/libvirt/images",), (), ())
+        self._rejected: dict[str, str] = {}  # uuid -> the domain XML the allowlist refused
         self._lock = threading.Lock()
         self.crashes: dict[str, list[float]] = {}
         self.stopped_by_user: set[str] = set()
@@ -225,12 +227,16 @@ class VmShell:
         except VmNotFound:
             if not spec.xml:
                 raise InvalidDomain(f"no domain XML registered for {uuid}") from None
+            if self._rejected.get(uuid) == spec.xml:
+                return  # refused already: said and counted once, until the spec changes
             try:
                 check_domain(spec.xml, *self.disks)  # etcd write access must not be root here
             except SpecRejected as exc:
+                self._rejected[uuid] = spec.xml
                 metrics.VM_SPECS_REJECTED.labels(rule=exc.rule).inc()
                 log.error("vm_spec_rejected", vm=uuid, name=spec.name, rule=exc.rule, reason=str(exc))
-                raise InvalidDomain(f"domain spec of {uuid} refused: {exc}") from None
+                return
+            self._rejected.pop(uuid, None)
             self.hv.define(spec.xml, autostart=False)
         self.hv.set_autostart(uuid, False)
         self.hv.start(uuid)
