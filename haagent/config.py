@@ -121,6 +121,8 @@ class AgentSection:
     image_dirs: tuple[str, ...] = ("/var/lib/libvirt/images",)
     block_device_dirs: tuple[str, ...] = ()  # e.g. ("/dev/mapper",) for multipath shared storage
     network_disk_protocols: tuple[str, ...] = ()  # e.g. ("rbd",) for Ceph
+    # namespaces a spec's <metadata> may use besides haagent's own (libosinfo: virt-install's OS id)
+    metadata_namespaces: tuple[str, ...] = ("http://libosinfo.org/xmlns/libvirt/domain/1.0",)
 
 
 SHUTDOWN_POLICIES = ("freeze",)  # "migrate" comes with host drain
@@ -246,6 +248,7 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         image_dirs=tuple(a.string_list("image_dirs", list(AgentSection.image_dirs))),
         block_device_dirs=tuple(a.string_list("block_device_dirs", [])),
         network_disk_protocols=tuple(a.string_list("network_disk_protocols", [])),
+        metadata_namespaces=tuple(a.string_list("metadata_namespaces", list(AgentSection.metadata_namespaces))),
     )
     if agent.watchdog_device is not None and not os.path.isabs(agent.watchdog_device):
         a.problem("watchdog_device", f"must be an absolute path (got {agent.watchdog_device!r})")
@@ -255,10 +258,23 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
     if agent.watchdog and agent.self_fence_timeout is not None and agent.self_fence_timeout != int(agent.self_fence_timeout):
         a.problem("self_fence_timeout", "must be a whole number of seconds with watchdog = true: the device "
                                         f"is set to it (got {agent.self_fence_timeout!r})")
+    elif agent.watchdog and agent.self_fence_timeout is not None and ttl is not None and agent.self_fence_timeout < ttl:
+        # The device is fed on each lease renewal: shorter than the TTL, it resets hosts whose
+        # leases are alive whenever renewals stall (every host at once on an etcd leader change).
+        a.problem("self_fence_timeout", f"must be at least timing.lease_ttl ({int(ttl)}) with watchdog = true: "
+                                        "the device is fed on each lease renewal, so a shorter timeout resets a "
+                                        "healthy host whenever etcd stalls although its lease is still alive "
+                                        f"(got {a.table.get('self_fence_timeout', agent.self_fence_timeout)!r})")
     for name in ("image_dirs", "block_device_dirs"):
         for i, d in enumerate(getattr(agent, name)):
             if not os.path.isabs(d):
                 problems.append(f"agent.{name}[{i}]: must be an absolute path (got {d!r})")
+            elif os.path.normpath(d) == "/":
+                problems.append(f"agent.{name}[{i}]: must not be / (every host file would be allowed)")
+    for i, ns in enumerate(agent.metadata_namespaces):
+        if "://" not in ns:
+            problems.append(f"agent.metadata_namespaces[{i}]: must be an XML namespace URI like "
+                            f"http://libosinfo.org/xmlns/libvirt/domain/1.0 (got {ns!r})")
     a.finish()
 
     mg = top.sub("manager")

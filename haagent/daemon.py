@@ -22,7 +22,7 @@ from haagent import __version__, metrics
 from fencing.runner import Fencer
 from haagent.agent.watchdog import Watchdog, WatchdogError
 from haagent.hypervisor.port import Hypervisor
-from haagent.clikit import config_option, report_config_error
+from haagent.clikit import config_option
 from haagent.config import Config
 from haagent.errors import NotLeader, StoreError
 from haagent.log import configure, get_logger
@@ -65,7 +65,8 @@ class AgentDaemon:
     def __init__(self, config: Config, *, store: EtcdStore | None = None,
                  leader_work: Callable[["AgentDaemon"], None] | None = None,
                  facts: Callable[[], dict[str, Any]] = host_facts, hypervisor: Hypervisor | None = None,
-                 fencer: Fencer | None = None):
+                 fencer: Fencer | None = None, watchdog: Watchdog | None = None,
+                 watchdog_write_only: bool = False):
         self.config = config
         self.host = config.host
         self.keys = Keys(config.cluster)
@@ -92,9 +93,12 @@ class AgentDaemon:
         self.lease.on_grant(lambda lease_id: [
             Put(self.keys.host_lease(self.host), json.dumps({"lease": lease_id, "at": round(time.time(), 3)})),
             Delete(self.keys.host_stopped(self.host))])
-        self.watchdog: Watchdog | None = None
-        if config.agent.watchdog and config.agent.watchdog_device:
-            self.watchdog = Watchdog(config.agent.watchdog_device, int(config.agent.self_fence_timeout))
+        self.watchdog = watchdog
+        if self.watchdog is None and config.agent.watchdog and config.agent.watchdog_device:
+            # A device that took a timeout below lease_ttl would reset a host whose lease is alive.
+            self.watchdog = Watchdog(config.agent.watchdog_device, int(config.agent.self_fence_timeout),
+                                     minimum=config.timing.lease_ttl, allow_write_only=watchdog_write_only)
+        if self.watchdog is not None:
             self.lease.on_alive(self.watchdog.feed)  # fed from the heartbeat, only while it renews
 
     # -- wiring -----------------------------------------------------------------------------
@@ -106,6 +110,10 @@ class AgentDaemon:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        if not self.lease.lease_id:
+            # Still waiting for the first grant (etcd down at start): that loop watches only the
+            # lease's own stop, so without this a SIGTERM waits for etcd or for SIGKILL.
+            self.lease.stop(revoke=False)
 
     def _on_lease_event(self, event: LeaseEvent) -> None:
         if event.kind in ("lease_lost", "reconnected"):
@@ -126,8 +134,7 @@ class AgentDaemon:
     # -- main loop --------------------------------------------------------------------------
 
     def run(self) -> int:
-        if self.watchdog is not None:
-            self.watchdog.arm()  # raises WatchdogError: the agent refuses to start unprotected
+        """Raises WatchdogError (after a clean stop) when the watchdog cannot be armed as configured."""
         metrics.serve(self.config.metrics_listen)
         log.info("agent_starting", host=self.host, cluster=self.config.cluster, version=__version__,
                  endpoints=[str(e) for e in self.config.etcd.endpoints])
@@ -136,6 +143,8 @@ class AgentDaemon:
         self.lease.start()
         if self._stop.is_set():
             return self._shutdown()
+        if self.watchdog is not None:
+            self._arm_watchdog(self.watchdog)
         self._start_leader_watch()
         self._start_cache()
         log.info("agent_started", host=self.host, lease=self.lease.lease_id,
@@ -146,6 +155,22 @@ class AgentDaemon:
             self.tick()
             self._wake.wait(interval)
         return self._shutdown()
+
+    def _arm_watchdog(self, watchdog: Watchdog) -> None:
+        """Arm only now that we hold a lease, before any VM is looked at.
+
+        NOTE: opening the device restarts its countdown. Armed before the first grant, an agent
+        that crashed and was restarted (Restart=always) would keep resetting the timer of a host
+        with no lease while its VMs ran on, and the leader would restart them elsewhere, trusting
+        the last report's self_fence. Here the old countdown runs on until we hold a lease again.
+        """
+        try:
+            watchdog.arm()
+        except WatchdogError:
+            # Refuse as a clean stop would: the grant just deleted any clean-stop record, and
+            # without one the leader would fence a host whose agent merely refused to run.
+            self._shutdown()
+            raise
 
     def _start_leader_watch(self) -> None:
         while not self._stop.is_set():
@@ -179,7 +204,8 @@ class AgentDaemon:
             self.vms = VmShell(self.host, self.hypervisor, self.store, self.keys, self.lease, self.cache,
                                AgentConfig(a.max_restart, a.restart_window, a.watchdog, a.self_fence_timeout),
                                wake=self._wake.set,
-                               disks=(a.image_dirs, a.block_device_dirs, a.network_disk_protocols))
+                               disks=(a.image_dirs, a.block_device_dirs, a.network_disk_protocols,
+                                      a.metadata_namespaces))
         if self.leader_work is None:
             self.leader = LeaderLoop(self.keys, self.election, self.cache, manager_config(self.config),
                                      self.fencer or _no_fencing(), policy_placer(self.config.policy),
@@ -241,7 +267,7 @@ class AgentDaemon:
         self._last_report_at = now
         facts = self.facts()
         load = round(os.getloadavg()[0], 1)
-        self_fence = (self.watchdog.report(self.config.agent.self_fence_timeout)
+        self_fence = (self.watchdog.report(int(self.config.agent.self_fence_timeout))
                       if self.watchdog is not None else None)
         report = {"host": self.host, "version": __version__, **facts, "load": load,
                   "running_vms": running, "reported_at": round(time.time(), 3), "self_fence": self_fence}
@@ -298,7 +324,10 @@ def _no_fencing() -> Fencer:
 
 @click.command("agent")
 @config_option
-def agent(config: Config) -> None:
+@click.option("--watchdog-write-only", is_flag=True, hidden=True,
+              help="Testing only: feed a watchdog node that takes no ioctl (a FIFO) by writes; "
+                   "it is never reported as a self-fence.")
+def agent(config: Config, watchdog_write_only: bool) -> None:
     """Run the agent: heartbeat, campaign for leadership, run VMs, lead when elected."""
     configure(config.log.format, config.log.level)
     hypervisor = None
@@ -313,12 +342,12 @@ def agent(config: Config) -> None:
         # No ack source: in the cluster an operator's ack is a request the leader's core binds
         # to one failover (docs/design.md, "Operator acks"); a manual device only says so.
         fencer = FenceRunner(config.fencing)
-    daemon = AgentDaemon(config, hypervisor=hypervisor, fencer=fencer)
+    daemon = AgentDaemon(config, hypervisor=hypervisor, fencer=fencer, watchdog_write_only=watchdog_write_only)
     daemon.install_signals()
     try:
         code = daemon.run()
-    except WatchdogError as exc:  # refuse to run unprotected: one line per problem, exit 2
-        report_config_error(exc)
+    except WatchdogError as exc:  # refuse to run unprotected: one line, exit 2
+        click.echo(f"haagent: refusing to run: {'; '.join(exc.problems)}", err=True)
         code = 2
     if hypervisor is not None:
         hypervisor.close()

@@ -131,3 +131,19 @@ def test_a_clean_stop_is_recorded_and_the_host_is_not_failed_over(etcd1, agents,
     alive = wait_for(lambda: store.get(keys.host_alive(victim)), 10, "the agent to rejoin")
     assert store.get(keys.host_stopped(victim)) is None
     assert store.get(keys.host_lease(victim)).mod_revision == alive.create_revision
+
+
+def test_sigterm_while_etcd_is_unreachable_at_start_exits_at_once(tmp_path):
+    """The first grant's retry loop used to ignore SIGTERM: the agent hung until SIGKILL."""
+    from haagent.store.etcd_server import free_port
+
+    proc = spawn(tmp_path, "lonely", [f"http://127.0.0.1:{free_port()}"])  # nothing listens there
+    try:
+        time.sleep(2)
+        assert proc.poll() is None  # still trying to get its first lease
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

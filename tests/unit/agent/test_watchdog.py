@@ -3,6 +3,7 @@ keepalive, disarmed with the magic close; the agent core kills VMs once the leas
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 
@@ -26,20 +27,29 @@ def test_vms_are_killed_when_the_lease_is_lost():
     assert [a.vm for a in lost if isinstance(a, core.StopVm)] == ["vm1"]
 
 
+def test_ioctl_numbers_are_linux_watchdog_h():
+    def ioc(direction, nr):  # asm-generic/ioctl.h: dir << 30 | size << 16 | type << 8 | nr
+        return direction << 30 | struct.calcsize("i") << 16 | ord("W") << 8 | nr
+    assert WDIOC_SETTIMEOUT == ioc(3, 6)  # _IOWR
+    assert WDIOC_GETTIMEOUT == ioc(2, 7)  # _IOR
+
+
 class FakeDevice:
     """A watchdog driver: the ioctls it answers, and every byte written (a FIFO carries them)."""
 
-    def __init__(self, tmp_path, keeps: int | None = None, ioctl_works: bool = True):
+    def __init__(self, tmp_path, keeps: int | None = None, ioctl_works: bool = True, settable: bool = True):
         self.fifo = str(tmp_path / "watchdog")
         os.mkfifo(self.fifo)
         self.reader = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)
-        self.keeps, self.ioctl_works, self.calls = keeps, ioctl_works, []
+        self.keeps, self.ioctl_works, self.settable, self.calls = keeps, ioctl_works, settable, []
         self.timeout = 60
 
     def ioctl(self, fd, request, arg):
         self.calls.append(request)
         if not self.ioctl_works:
-            raise OSError(25, "Inappropriate ioctl for device")
+            raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")
+        if request == WDIOC_SETTIMEOUT and not self.settable:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
         if request == WDIOC_SETTIMEOUT:
             wanted = struct.unpack("i", arg)[0]
             self.timeout = self.keeps if self.keeps is not None else wanted
@@ -90,11 +100,67 @@ def test_a_device_without_the_timeout_ioctls_is_refused(tmp_path):
     try:
         with pytest.raises(WatchdogError) as err:
             Watchdog(dev.fifo, 5, ioctl=dev.ioctl).arm()
-        assert "does not take a timeout" in str(err.value)
+        assert "does not say its timeout (WDIOC_GETTIMEOUT: Inappropriate ioctl for device)" in str(err.value)
+        assert dev.written() == b"V"
     finally:
         dev.close()
     with pytest.raises(WatchdogError):
         Watchdog(str(tmp_path / "nope"), 5).arm()
+
+
+def test_the_real_fcntl_ioctl_on_a_fifo_is_enotty_and_refused(tmp_path):
+    dev = FakeDevice(tmp_path)
+    try:
+        with pytest.raises(WatchdogError, match="Inappropriate ioctl"):
+            Watchdog(dev.fifo, 5).arm()  # fcntl.ioctl itself: what a FIFO in production gets
+    finally:
+        dev.close()
+
+
+def test_write_only_only_when_allowed_and_never_reported(tmp_path):
+    """The test/debug mode for a node without ioctls: fed and disarmed, but no self-fence claim."""
+    dev = FakeDevice(tmp_path)
+    wd = Watchdog(dev.fifo, 5, allow_write_only=True)  # the real ioctl: ENOTTY on a FIFO
+    try:
+        assert wd.arm() is None and wd.armed and not wd.verified
+        assert wd.report(5) is None
+        assert wd.feed()
+        wd.disarm()
+        assert dev.written() == b"\0V"
+    finally:
+        dev.close()
+
+
+def test_a_fixed_timeout_driver_is_trusted_by_its_read_back(tmp_path):
+    dev = FakeDevice(tmp_path, settable=False)
+    dev.timeout = 4  # cannot be set, but says what it runs with: within self_fence_timeout
+    try:
+        wd = Watchdog(dev.fifo, 5, ioctl=dev.ioctl)
+        assert wd.arm() == 4 and wd.verified
+        assert wd.report(5) == {"watchdog": True, "timeout": 4, "self_fence_timeout": 5}
+        wd.disarm()
+    finally:
+        dev.close()
+
+
+def test_a_timeout_shorter_than_the_lease_is_refused(tmp_path):
+    dev = FakeDevice(tmp_path, keeps=2)  # the driver rounds 5 down to 2: below a 3 s lease
+    try:
+        with pytest.raises(WatchdogError) as err:
+            Watchdog(dev.fifo, 5, minimum=3, ioctl=dev.ioctl).arm()
+        assert "took a 2s timeout, below timing.lease_ttl (3s)" in str(err.value)
+        assert dev.written() == b"V"
+    finally:
+        dev.close()
+
+
+def test_a_driver_with_nowayout_is_refused(tmp_path):
+    dev = FakeDevice(tmp_path)
+    try:
+        with pytest.raises(WatchdogError, match="nowayout set: the magic close cannot disarm it"):
+            Watchdog(dev.fifo, 5, ioctl=dev.ioctl, nowayout=lambda fd: True).arm()
+    finally:
+        dev.close()
 
 
 def test_fed_only_while_the_lease_keepalive_succeeds():

@@ -64,6 +64,14 @@ BAD = [
      "agent.self_fence_timeout: must be a whole number of seconds with watchdog = true: the device is set to it (got 4.5)"),
     (with_(agent={"shutdown_policy": "fence"}), "agent.shutdown_policy: must be one of freeze (got 'fence')"),
     (with_(agent={"image_dirs": ["images"]}), "agent.image_dirs[0]: must be an absolute path (got 'images')"),
+    (with_(agent={"image_dirs": ["/var/../"]}), "agent.image_dirs[0]: must not be / (every host file would be allowed)"),
+    (with_(agent={"metadata_namespaces": ["libosinfo"]}),
+     "agent.metadata_namespaces[0]: must be an XML namespace URI like "
+     "http://libosinfo.org/xmlns/libvirt/domain/1.0 (got 'libosinfo')"),
+    (with_(timing={"lease_ttl": 6}, agent={"watchdog": True, "watchdog_device": "/dev/watchdog", "self_fence_timeout": 5}),
+     "agent.self_fence_timeout: must be at least timing.lease_ttl (6) with watchdog = true: the device is fed "
+     "on each lease renewal, so a shorter timeout resets a healthy host whenever etcd stalls although its "
+     "lease is still alive (got 5)"),
 ]
 
 
@@ -146,3 +154,9 @@ def test_a_key_file_others_can_read_is_refused_naming_the_fix(tmp_path):
         in err.value.problems
     key.chmod(0o600)
     assert parse_config(with_(etcd={"cert": str(cert), "key": str(key)})).etcd.key == str(key)
+
+
+def test_a_watchdog_at_the_lease_ttl_is_fine():
+    cfg = parse_config(with_(timing={"lease_ttl": 5}, agent={"watchdog": True, "watchdog_device": "/dev/watchdog",
+                                                             "self_fence_timeout": 5}))
+    assert cfg.agent.self_fence_timeout == 5 and cfg.agent.metadata_namespaces  # libosinfo by default
