@@ -123,6 +123,8 @@ def test_a_clean_stop_is_recorded_and_the_host_is_not_failed_over(etcd1, agents,
     assert agents[victim].wait(10) == 0
     stopped = store.get(keys.host_stopped(victim))
     assert stopped is not None and _json.loads(stopped.value)["lease"] == alive.lease
+    assert stopped.lease == 0  # not on the lease it names: it outlives it
+    assert store.get(keys.host_alive(victim)) is None  # revoked at once
     time.sleep(TTL + 2.5)  # well past lease_ttl + fence_delay: a crash would be suspect by now
     state = _json.loads(store.get(keys.host_state(victim)).value)["state"]
     assert state == "active", state
@@ -130,7 +132,7 @@ def test_a_clean_stop_is_recorded_and_the_host_is_not_failed_over(etcd1, agents,
     agents[victim] = spawn(tmp_path, victim, etcd1.endpoints)
     alive = wait_for(lambda: store.get(keys.host_alive(victim)), 10, "the agent to rejoin")
     assert store.get(keys.host_stopped(victim)) is None
-    assert store.get(keys.host_lease(victim)).mod_revision == alive.create_revision
+    assert store.get(keys.host_lease(victim)).mod_revision == alive.create_revision > stamp.mod_revision
 
 
 def test_sigterm_while_etcd_is_unreachable_at_start_exits_at_once(tmp_path):
