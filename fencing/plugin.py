@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import os
+import stat
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -24,6 +25,15 @@ from haagent.errors import FenceDeviceError
 
 ENTRY_POINT_GROUP = "haagent.fencing"
 OPTION_TYPES = ("string", "int", "float", "bool", "path", "choice", "string_list")
+
+
+class FenceBadReply(FenceDeviceError):
+    """The device answered a status read, but not with a power state we can read (no data, too
+    short, an error code, a value that is neither on nor off). Transient: the runner retries it
+    within ``power_timeout``; it is never read as "off"."""
+
+    # NOTE: FenceDeviceError is permanent; a garbled answer from a busy BMC may well heal.
+    transient = True
 
 
 class PowerState(enum.Enum):
@@ -154,11 +164,21 @@ def secret_file_ok(path: str) -> str | None:
     0400); else a problem text naming the file and the fix (never the content)."""
     if not os.path.isabs(path):
         return f"must be an absolute path (got {path!r})"
-    if not os.path.isfile(path) or not os.access(path, os.R_OK):
-        return f"file not found or not readable: {path}"
-    mode = os.stat(path).st_mode & 0o777
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"{path} does not exist (create it with the secret and run: chmod 600 {path})"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a regular file"
+    mode = st.st_mode & 0o777
     if mode & 0o077:
-        return f"{path} is readable or writable by group or others (mode {mode:04o}); run: chmod 600 {path}"
-    if os.path.getsize(path) == 0:
+        access = " and ".join(word for word, bits in (("readable", 0o044), ("writable", 0o022)) if mode & bits) \
+            or "executable"
+        return f"{path} is {access} by group or others (mode {mode:04o}); run: chmod 600 {path}"
+    if not os.access(path, os.R_OK):
+        return f"{path} is not readable by this user (uid {os.geteuid()})"
+    if st.st_size == 0:
         return f"file is empty: {path}"
     return None

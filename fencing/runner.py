@@ -90,7 +90,8 @@ class FenceResult:
     """The whole answer to "is this host off?".
 
     ``outcome`` is CONFIRMED_OFF only when a level confirmed power-off; then ``level`` names it.
-    Otherwise FAILED (reason says why, per level) or TIMED_OUT (every level ran out of time).
+    Otherwise FAILED (reason says why, per level; it starts with "cancelled:" when the fence was
+    cancelled) or TIMED_OUT (every level ran out of time).
     """
 
     host: str
@@ -242,13 +243,17 @@ class FenceRunner:
                 self._record_host(result)
                 return result
         timed_out = all(lr.outcome is Outcome.TIMED_OUT for lr in results)
-        reason = "; ".join(
+        details = "; ".join(
             f"level {lr.number}: " + ", ".join(f"{d.device} {d.outcome.value}" + (f" ({d.reason})" if d.reason else "")
                                                for d in lr.devices)
             for lr in results)
-        result = FenceResult(host, Outcome.TIMED_OUT if timed_out else Outcome.FAILED,
-                             "no level confirmed power off: " + reason, None, tuple(results),
-                             self.clock.monotonic() - t0)
+        if cancel is not None and cancel.is_set():
+            # The caller (a deposed leader) reads the reason's first word: say it first.
+            outcome, reason = Outcome.FAILED, f"cancelled: no level confirmed power off: {details}"
+        else:
+            outcome = Outcome.TIMED_OUT if timed_out else Outcome.FAILED
+            reason = "no level confirmed power off: " + details
+        result = FenceResult(host, outcome, reason, None, tuple(results), self.clock.monotonic() - t0)
         self._record_host(result)
         return result
 
@@ -288,19 +293,22 @@ class FenceRunner:
             _check(cancel)
             plugin = self._plugin(host, device)
             if plugin.confirms_power:
-                state = self._call(plugin, device, "status", lambda t: plugin.status(t), deadline, attempts)
+                state = self._call(plugin, device, "status", lambda t: plugin.status(t), deadline, attempts,
+                                   cancel)
                 if state is PowerState.OFF:
                     already_off = True
                     return self._device_done(host, device, Outcome.CONFIRMED_OFF, "already off", None,
                                              True, attempts[0], t0)
             _check(cancel)
             log.info("fence.act", host=host, device=device.name, command=plugin.describe("off"))
-            self._call(plugin, device, "set_power", lambda t: plugin.set_power(False, t), deadline, attempts)
+            self._call(plugin, device, "set_power", lambda t: plugin.set_power(False, t), deadline, attempts,
+                       cancel)
             if not plugin.confirms_power:
-                return self._confirm_soft(host, device, plugin, deadline, attempts, t0)
+                return self._confirm_soft(host, device, plugin, deadline, attempts, t0, cancel)
             while True:
                 _check(cancel)
-                state = self._call(plugin, device, "status", lambda t: plugin.status(t), deadline, attempts)
+                state = self._call(plugin, device, "status", lambda t: plugin.status(t), deadline, attempts,
+                                   cancel)
                 if state is PowerState.OFF:
                     return self._device_done(host, device, Outcome.CONFIRMED_OFF, "power off confirmed", None,
                                              False, attempts[0], t0)
@@ -320,13 +328,14 @@ class FenceRunner:
                     pass
 
     def _confirm_soft(self, host: str, device: FenceDevice, plugin: FencePlugin, deadline: float,
-                      attempts: list[int], t0: float) -> DeviceResult:
+                      attempts: list[int], t0: float, cancel: threading.Event | None = None) -> DeviceResult:
         """Soft fencing ran its command: a trusted device waits for the host to stop answering."""
         if not device.trusted:
             return self._device_done(host, device, Outcome.UNCONFIRMED,
                                      "command ran; soft fencing cannot confirm power off", None, False,
                                      attempts[0], t0)
         while True:
+            _check(cancel)
             try:
                 attempts[0] += 1
                 remaining = deadline - self.clock.monotonic()
@@ -372,10 +381,14 @@ class FenceRunner:
         return cls(device.name, host, device.options, self.context)
 
     def _call(self, plugin: FencePlugin, device: FenceDevice, call: str, fn: Callable[[float], T],
-              deadline: float, attempts: list[int]) -> T:
-        """One plugin call under a hard deadline, retried on transient errors while time remains."""
+              deadline: float, attempts: list[int], cancel: threading.Event | None = None) -> T:
+        """One plugin call under a hard deadline, retried on transient errors while time remains.
+
+        ``cancel`` is checked before every attempt: a retry is one more command to the device.
+        """
 
         def attempt() -> T:
+            _check(cancel)  # Cancelled is permanent: never retried
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0:
                 raise PowerTimeout(f"power_timeout of {device.power_timeout:g}s ran out")

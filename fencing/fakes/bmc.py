@@ -9,7 +9,8 @@ pyghmi's server has two protocol faults that this class works around:
 * It never answers a RAKP1 for an unknown user, so clients hang (>150 s for pyghmi). We answer
   with RAKP2 status 0x0d (unauthorized name), which clients report as an auth error at once.
 
-Power is a :class:`~fencing.fakes.power.PowerBackend`; faults (``fail``, ``hang``, ``off_delay``)
+Power is a :class:`~fencing.fakes.power.PowerBackend`; faults (``fail``, ``hang``, ``empty``,
+``garbled``, ``off_delay``)
 can be changed live through a JSON fault file (see :mod:`fencing.fakes.faults`).
 """
 
@@ -72,7 +73,8 @@ class FakeBmc(pyghmi_bmc.Bmc):
 
     ``off_delay``: seconds between accepting "power off" and the power going off.
     ``never_off``: accept "power off" and never switch (a stuck relay).
-    ``fault_file``: JSON ``{"mode": "ok"|"fail"|"hang"|"empty", "off_delay": S}`` re-read on every request;
+    ``fault_file``: JSON ``{"mode": "ok"|"fail"|"hang"|"empty"|"garbled", "off_delay": S}`` re-read on every
+    request;
     its ``off_delay`` replaces the constructor's. Use :meth:`start`/:meth:`stop` to run it in a
     thread, or :meth:`serve_forever` to run it in the calling thread.
     """
@@ -138,6 +140,9 @@ class FakeBmc(pyghmi_bmc.Bmc):
             return session.send_ipmi_response(code=CC_UNSPECIFIED)
         if request["netfn"] == 0 and request["command"] == 1 and mode == "empty":
             return session.send_ipmi_response(code=0)  # success, and no chassis status bytes at all
+        if request["netfn"] == 0 and request["command"] == 1 and mode == "garbled":
+            # one byte of the three Get Chassis Status owes, with the power bit clear
+            return session.send_ipmi_response(code=0, data=[0x00])
         return super().handle_raw_request(request, session)
 
     def get_power_state(self) -> str:

@@ -48,7 +48,7 @@ def _wait_for_signal() -> None:
 @click.option("--never-off", is_flag=True, help="accept power off but never switch off")
 @click.option("--off", "start_off", is_flag=True, help="start with the power off")
 @click.option("--fault-file", type=click.Path(dir_okay=False), default=None,
-              help='JSON {"mode": "ok|fail|hang|empty", "off_delay": S}, re-read on every request')
+              help='JSON {"mode": "ok|fail|hang|empty|garbled", "off_delay": S}, re-read on every request')
 def bmc(listen: str, user: str, password_file: str, off_delay: float, never_off: bool,
         start_off: bool, fault_file: str | None) -> None:
     """Run a fake IPMI 2.0 lanplus BMC (cipher suite 3) until SIGTERM or Ctrl-C."""
@@ -83,7 +83,7 @@ def bmc(listen: str, user: str, password_file: str, off_delay: float, never_off:
 @click.option("--write-community-file", type=click.Path(dir_okay=False), default=None,
               help="file with the read-write community (default: private)")
 @click.option("--fault-file", type=click.Path(dir_okay=False), default=None,
-              help='JSON {"mode": "ok|fail|hang|empty", "off_delay": S}, re-read on every request')
+              help='JSON {"mode": "ok|fail|hang|empty|garbled", "off_delay": S}, re-read on every request')
 def pdu(listen: str, outlets: int, delay: float, read_community_file: str | None,
         write_community_file: str | None, fault_file: str | None) -> None:
     """Run a fake APC PDU (SNMP v1/v2c, sPDUOutletCtl) until SIGTERM or Ctrl-C."""

@@ -1,6 +1,6 @@
 """Live fault control for simulated devices: a JSON file another process rewrites at will.
 
-The file looks like ``{"mode": "ok" | "fail" | "hang" | "empty", "off_delay": 0}``. It is re-read on every
+The file looks like ``{"mode": "ok" | "fail" | "hang" | "empty" | "garbled", "off_delay": 0}``. It is re-read on every
 request, so ``haagent lab bmc HOST hang`` takes effect on the very next packet. A missing or
 half-written file means "no fault" rather than a crashed simulator.
 """
@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 
-MODES = ("ok", "fail", "hang", "empty")
+MODES = ("ok", "fail", "hang", "empty", "garbled")
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,9 @@ class Faults:
     """The behaviour a simulated device should show right now."""
 
     # ok: behave; fail: answer every power request with an error; hang: stay silent; empty: answer
-    # a power status request with success but no data (a broken BMC; never to be read as "off")
+    # a power status request with success but no state (a BMC: no data bytes; a PDU: an empty
+    # string); garbled: a status answer too short or out of range (a BMC: one byte 0x00, which a
+    # careless reader takes for "off"; a PDU: outlet state 0). Neither may ever be read as "off".
     mode: str = "ok"
     off_delay: float = 0.0  # seconds between accepting "off" and the power really going off
 

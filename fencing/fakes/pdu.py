@@ -7,6 +7,8 @@ read-write one may also set; anything else gets no answer, as on a real agent.
 
 Each outlet switches a :class:`~fencing.fakes.power.PowerBackend` (in-memory by default), so the lab
 can put a host behind an outlet. ``delay`` seconds pass between an accepted set and the switch.
+Fault modes (``fault_file``): ``fail`` refuses sets with genErr, ``hang`` drops every datagram,
+``empty`` and ``garbled`` answer outlet reads with an empty string or state 0.
 """
 
 from __future__ import annotations
@@ -58,8 +60,15 @@ class _OutletMib(AbstractMibInstrumController):
             (SYS_DESCR, rfc1902.OctetString("APC fake PDU (haagent sim)")),
             (SYS_OBJECT_ID, rfc1902.ObjectIdentifier(APC_MASTERSWITCH_ID)),
         ]
+        mode = self.pdu.faults.current().mode
         for n in range(1, len(self.pdu.outlets) + 1):
-            objs.append((OUTLET_CTL + (n,), rfc1902.Integer32(ON if self.pdu.outlets[n - 1].is_on() else OFF)))
+            if mode == "empty":  # a sick agent: an outlet state that holds nothing
+                state: Any = rfc1902.OctetString("")
+            elif mode == "garbled":  # neither on (1) nor off (2)
+                state = rfc1902.Integer32(0)
+            else:
+                state = rfc1902.Integer32(ON if self.pdu.outlets[n - 1].is_on() else OFF)
+            objs.append((OUTLET_CTL + (n,), state))
         for n in range(1, len(self.pdu.outlets) + 1):
             objs.append((OUTLET_NAME + (n,), rfc1902.OctetString(f"Outlet {n}")))
         return sorted(objs, key=lambda o: o[0])

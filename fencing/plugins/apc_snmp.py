@@ -9,7 +9,7 @@ from typing import Any
 
 from haagent.errors import FenceAuthError, FenceDeviceError, FenceUnreachable
 
-from fencing.plugin import FencePlugin, Option, PowerState
+from fencing.plugin import FenceBadReply, FencePlugin, Option, PowerState
 
 OUTLET_CTL = "1.3.6.1.4.1.318.1.1.4.4.2.1.3"
 ON, OFF = 1, 2
@@ -91,18 +91,26 @@ class ApcSnmpPlugin(FencePlugin):
             if status in ("noAccess", "authorizationError", "notWritable", "readOnly"):
                 raise FenceAuthError(f"{where}: the PDU refused the write ({status}): is this the read-write community?")
             raise FenceDeviceError(f"{where}: the PDU answered {status}")
+        return self._outlet_state(where, oid, var_binds)
+
+    @staticmethod
+    def _outlet_state(where: str, oid: str, var_binds: Any) -> int:
+        """The INTEGER the PDU answered for ``oid``; anything else is a FenceBadReply (never "off")."""
+        from pysnmp.proto.rfc1902 import Integer32
         from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 
-        from pysnmp.proto.rfc1902 import Integer, Integer32
-
         if not var_binds:
-            raise FenceDeviceError(f"{where}: the PDU answered with no value")
-        answer = var_binds[0][1]
+            raise FenceBadReply(f"{where}: the PDU answered with no value")
+        name, answer = var_binds[0][0], var_binds[0][1]
         if isinstance(answer, (NoSuchInstance, NoSuchObject, EndOfMibView)):
+            # permanent: the outlet number is wrong for this PDU, retrying cannot help
             raise FenceDeviceError(f"{where}: no such outlet on this PDU")
+        if str(name) != oid:
+            raise FenceBadReply(f"{where}: the PDU answered for {name}, not for the outlet asked")
         # Only an INTEGER is an outlet state: a string "2" from a confused agent is not "off".
-        if not isinstance(answer, (Integer, Integer32)):
-            raise FenceDeviceError(f"{where}: the PDU answered a {type(answer).__name__}, not an outlet state")
+        # (rfc1902.Integer is a subclass of Integer32; Counter32/Gauge32 are not INTEGERs.)
+        if not isinstance(answer, Integer32):
+            raise FenceBadReply(f"{where}: the PDU answered a {type(answer).__name__}, not an outlet state")
         return int(answer)
 
     @staticmethod
@@ -126,7 +134,8 @@ class ApcSnmpPlugin(FencePlugin):
             return PowerState.ON
         if state == OFF:
             return PowerState.OFF
-        raise FenceDeviceError(f"PDU {self.opts['address']} outlet {self.opts['outlet']}: unexpected state {state}")
+        raise FenceBadReply(f"PDU {self.opts['address']}:{self.opts.get('port', 161)} outlet {self.opts['outlet']}: "
+                            f"unexpected outlet state {state} (1 is on, 2 is off)")
 
     def set_power(self, on: bool, timeout: float) -> None:
         self._request(timeout, ON if on else OFF)

@@ -9,7 +9,7 @@ from typing import Any
 
 from haagent.errors import FenceAuthError, FenceDeviceError, FenceUnreachable
 
-from fencing.plugin import FencePlugin, Option, PowerState
+from fencing.plugin import FenceBadReply, FencePlugin, Option, PowerState
 
 # Sessionless "Get Channel Authentication Capabilities" (IPMI 1.5 framing, channel 0xE, admin):
 # every lanplus BMC answers it, so it tells "nothing listening" from "silent" before a login.
@@ -90,7 +90,8 @@ class IpmiPlugin(FencePlugin):
                help="s to wait for the pre-login reachability probe"),
     )
 
-    def _with_session(self, timeout: float, netfn: int, command: int, data: tuple[int, ...] = ()) -> dict[str, Any]:
+    def _with_session(self, timeout: float, netfn: int, command: int, data: tuple[int, ...] = (),
+                      refused: type[FenceDeviceError] = FenceDeviceError) -> dict[str, Any]:
         from pyghmi import exceptions as pyghmi_exc
 
         address, port = self.opts["address"], int(self.opts.get("port", 623))
@@ -121,11 +122,14 @@ class IpmiPlugin(FencePlugin):
                 sess.logout()
             except Exception:
                 pass
-        if response is None:
+        if not isinstance(response, dict):
             raise FenceUnreachable(f"{where}: no response")
-        if response.get("code"):
-            raise FenceDeviceError(f"{where}: command 0x{command:02x} refused with completion code "
-                                   f"0x{response['code']:02x} ({response.get('error', 'error')})")
+        code = response.get("code")
+        if code == 0xFFFF or response.get("error") == "timeout":  # pyghmi's own "no answer"
+            raise FenceUnreachable(f"{where}: command 0x{command:02x}: no answer")
+        if code:
+            raise refused(f"{where}: command 0x{command:02x} refused with completion code "
+                          f"0x{code:02x} ({response.get('error', 'error')})")
         return response
 
     @staticmethod
@@ -143,13 +147,17 @@ class IpmiPlugin(FencePlugin):
         return FenceDeviceError(f"{where}: {text}")
 
     def status(self, timeout: float) -> PowerState:
-        response = self._with_session(timeout, 0x00, 0x01)  # Get Chassis Status
+        # Only an explicit answer says "off": the runner reads status first, so a reply read as off
+        # by default would skip the power-off and confirm a running host. A refused request, a
+        # reply without data, or one shorter than the 3 bytes Get Chassis Status owes (IPMI 2.0
+        # 28.2) is a FenceBadReply, retried within power_timeout.
+        response = self._with_session(timeout, 0x00, 0x01, refused=FenceBadReply)  # Get Chassis Status
         data = response.get("data")
-        # Only an explicit answer says "off": a reply without its status bytes is a broken BMC, and
-        # reading it as off would skip the power-off and confirm a running host.
-        if not data or not isinstance(data[0], int):
-            raise FenceDeviceError(f"BMC {self.opts['address']}:{self.opts.get('port', 623)}: chassis status "
-                                   "reply carries no power state")
+        where = f"BMC {self.opts['address']}:{self.opts.get('port', 623)}: chassis status reply"
+        if not data:
+            raise FenceBadReply(f"{where} carries no power state (no data)")
+        if len(data) < 3 or not all(isinstance(b, int) and 0 <= b <= 0xFF for b in data[:3]):
+            raise FenceBadReply(f"{where} is too short or malformed ({len(data)} bytes, 3 expected)")
         return PowerState.ON if data[0] & 0x01 else PowerState.OFF
 
     def set_power(self, on: bool, timeout: float) -> None:

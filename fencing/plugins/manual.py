@@ -4,11 +4,14 @@ In the cluster the agent gives the runner no ack source: the leader's core takes
 bound to the failover it is for, and a manual device fails at once with a reason saying what to
 do, without holding one of the leader's fence workers. With an ack source (``FileAckSource``,
 ``MemoryAckSource``: tests and single-host trials) the device polls it for ``power_timeout``;
-an ack counts only if given at most ``ack_max_age`` seconds before this fence began.
+an ack counts only if given at or after the moment this device's fence began (``ack_max_age``,
+default 0, widens that by so many seconds: an explicit choice to accept an earlier ack). An ack
+whose time is not a finite number never counts.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 
@@ -30,7 +33,8 @@ class MemoryAckSource:
 
     def acked(self, host: str, since: float) -> bool:
         with self._lock:
-            return self._acks.get(host, float("-inf")) >= since
+            when = self._acks.get(host)
+        return when is not None and math.isfinite(when) and when >= since
 
 
 class FileAckSource:
@@ -49,9 +53,10 @@ class FileAckSource:
     def acked(self, host: str, since: float) -> bool:
         try:
             with open(os.path.join(self.directory, host)) as f:
-                return float(f.read().strip()) >= since
+                when = float(f.read().strip())
         except (OSError, ValueError):
             return False
+        return math.isfinite(when) and when >= since  # "inf" would count for every fence to come
 
 
 class ManualPlugin(FencePlugin):
@@ -61,11 +66,14 @@ class ManualPlugin(FencePlugin):
     description = "wait for an operator's `haagent fence ack HOST`"
     options = (
         Option("ack_max_age", "float", default=0.0, minimum=0, maximum=86400,
-               help="an ack given this many seconds before fencing began still counts"),
+               help="an ack given this many seconds before this fence began still counts (0: only acks "
+                    "given once it began)"),
     )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # The runner builds a plugin when it starts this device: an ack from before then (a stale
+        # file, an ack for an earlier incident) must not confirm a host that may be running again.
         self.since = self.context.wall_time() - float(self.opts.get("ack_max_age", 0.0))
 
     def _source(self):

@@ -121,3 +121,97 @@ def test_fence_apc_snmp_against_fake_pdu(secret_dir):
         assert not pdu.outlet_on(2) and pdu.outlet_on(1)
     finally:
         pdu.stop()
+
+
+@pytest.fixture
+def dummy_status(tmp_path):
+    """fence_dummy's file-backed power: the file holds "on" or "off" (no newline)."""
+    path = tmp_path / "power"
+    path.write_text("on")
+    return path
+
+
+def dummy_device(status_file, **extra) -> dict:
+    return {"plugin": "fence_agent", "agent": "fence_dummy", "power_timeout": 10, "call_timeout": 5, "retries": 1,
+            "parameters": ["type=file", f"status_file={status_file}", "power_wait=0"], **extra}
+
+
+def test_fence_dummy_status_off_is_read_from_its_answer(dummy_status):
+    runner = runner_for(dummy_device(dummy_status))
+    assert runner.status("kvm01")[0].state.value == "on"
+    result = runner.fence_host("kvm01")
+    assert result.confirmed_off and not result.found_off, result.reason
+    assert dummy_status.read_text() == "off"
+    again = runner.fence_host("kvm01")
+    assert again.confirmed_off and again.found_off  # exit 2 with "Status: OFF": already off
+
+
+@pytest.mark.parametrize("script", [
+    "#!/bin/sh\nexit 2\n",  # exit 2, says nothing
+    "#!/bin/sh\nif then fi\n",  # a shell syntax error: sh exits 2
+    "#!/bin/sh\necho 'Status: ON'\nexit 2\n",  # contradicts itself
+    "#!/bin/sh\necho 'Status: OFF'\nexit 0\n",  # contradicts itself the other way
+])
+def test_an_agent_exit_2_is_off_only_with_status_off(tmp_path, script):
+    agent = tmp_path / "fence_broken"
+    agent.write_text(script)
+    agent.chmod(0o755)
+    runner = runner_for({"plugin": "fence_agent", "agent": str(agent), "power_timeout": 3, "call_timeout": 2,
+                         "retries": 1})
+    result = runner.fence_host("kvm01")
+    assert not result.confirmed_off, result.reason
+    d = result.levels[0].devices[0]
+    assert d.error == "FenceBadReply" and "only exit 2 with 'Status: OFF' reads as off" in d.reason, d
+    assert d.attempts == 2  # transient: retried
+
+
+def test_a_smuggled_stdin_line_never_reaches_the_agent(dummy_status):
+    """Built around config validation (which refuses it): a status read must not run action=off."""
+    from fencing.plugins.fence_agent import FenceAgentPlugin
+    from haagent.errors import FenceDeviceError
+
+    opts = {"agent": "fence_dummy", "parameters": ["type=file", f"status_file={dummy_status}\naction=off"]}
+    with pytest.raises(FenceDeviceError, match="line break"):
+        FenceAgentPlugin("agent", "kvm01", opts).status(5)
+    assert dummy_status.read_text() == "on"
+    problems: list[str] = []
+    parse_fencing_section({"devices": {"agent": dummy_device(dummy_status, parameters=opts["parameters"])}},
+                          "fencing", problems)
+    assert any(p.startswith("fencing.devices.agent.parameters: status_file: a line break") for p in problems)
+
+
+def test_a_password_file_of_two_lines_is_refused_not_sent(dummy_status, secret_dir):
+    from fencing.plugins.fence_agent import FenceAgentPlugin
+    from haagent.errors import FenceDeviceError
+
+    pw = secret_dir / "two-lines"
+    pw.write_text("pw\naction=off\n")
+    pw.chmod(0o600)
+    opts = {"agent": "fence_dummy", "password_file": str(pw),
+            "parameters": ["type=file", f"status_file={dummy_status}"]}
+    with pytest.raises(FenceDeviceError, match="more than one line") as err:
+        FenceAgentPlugin("agent", "kvm01", opts).status(5)
+    assert "action=off" not in str(err.value)
+    assert dummy_status.read_text() == "on"
+
+
+def test_what_is_logged_about_the_stdin_is_masked(sim_daemon, bmc_password_file):
+    import io
+    import json
+
+    from haagent import log
+
+    buf = io.StringIO()
+    log.configure("json", "debug", stream=buf)
+    bmc = sim_daemon("sim", "bmc", "--listen", "127.0.0.1:0", "--user", "admin",
+                     "--password-file", str(bmc_password_file))
+    runner = runner_for({"plugin": "fence_agent", "agent": "fence_ipmilan", "ip": "127.0.0.1", "ipport": bmc.port,
+                         "username": "admin", "password_file": str(bmc_password_file),
+                         "parameters": ["lanplus=1", "cipher=3", "power_wait=0"],
+                         "power_timeout": 20, "call_timeout": 10})
+    result = runner.fence_host("kvm01")
+    assert result.confirmed_off, result.reason
+    text = buf.getvalue()
+    assert BMC_PASSWORD not in text + repr(result)
+    acts = [json.loads(line) for line in text.splitlines() if '"fence.act"' in line]
+    assert acts and all("password=***" in e["command"] and "lanplus=1" in e["command"] for e in acts)

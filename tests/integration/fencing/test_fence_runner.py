@@ -216,8 +216,6 @@ def test_no_secret_in_logs_or_results(bmc_proc, bmc_password_file, secret_dir):
 
 def test_cancel_stops_the_runner_before_its_next_power_command(bmc_proc, bmc_password_file):
     """A leader deposed mid-fence sets the cancel event: the runner sends nothing more."""
-    import threading
-
     slow = bmc_proc("--never-off")  # accepts off, never switches: the runner polls until cancelled
     second = bmc_proc()
     runner = make_runner({"slow": ipmi_dev(slow.port, bmc_password_file, power_timeout=8),
@@ -225,33 +223,83 @@ def test_cancel_stops_the_runner_before_its_next_power_command(bmc_proc, bmc_pas
     cancel = threading.Event()
     threading.Timer(1.0, cancel.set).start()
     result = runner.fence_host("kvm01", cancel=cancel)
-    assert not result.confirmed_off
+    assert result.outcome is Outcome.FAILED and result.reason.startswith("cancelled"), result.reason
     level1, level2 = result.levels
     assert level1.devices[0].reason.startswith("cancelled") and level1.devices[0].duration < 4
     assert level2.devices[0].reason.startswith("cancelled")  # level 2 was never asked to act
     assert power_is_on(second.port, bmc_password_file)
 
 
-def test_an_empty_status_reply_is_never_read_as_off(bmc_proc, bmc_password_file, tmp_path):
-    """A BMC answering Get Chassis Status with success and no data: fencing must not confirm."""
-    from fencing.fakes.faults import write_fault_file
+def test_cancel_during_a_slow_device_spares_the_next_device_of_the_level(bmc_proc, bmc_password_file, tmp_path):
+    """The first BMC's off takes 5 s (a delay fault); cancelled after 1 s, the second BMC is never switched."""
+    faults = tmp_path / "slow.json"
+    write_fault_file(str(faults), "ok", off_delay=5.0)
+    slow = bmc_proc("--fault-file", str(faults))
+    second = bmc_proc()
+    runner = make_runner({"slow": ipmi_dev(slow.port, bmc_password_file, power_timeout=8),
+                          "second": ipmi_dev(second.port, bmc_password_file)}, [["slow", "second"]])
+    cancel = threading.Event()
+    timer = threading.Timer(1.0, cancel.set)
+    timer.start()
+    t0 = time.monotonic()
+    result = runner.fence_host("kvm01", cancel=cancel)
+    timer.join()
+    assert time.monotonic() - t0 < 4, "the runner stopped polling once cancelled"
+    assert result.outcome is Outcome.FAILED and result.reason.startswith("cancelled"), result.reason
+    first, rest = result.levels[0].devices
+    assert first.reason.startswith("cancelled") and rest.outcome is Outcome.SKIPPED
+    assert power_is_on(second.port, bmc_password_file)
 
+
+@pytest.mark.parametrize("mode, why", [
+    ("empty", "no power state"),  # success, no data bytes
+    ("garbled", "too short"),  # one byte 0x00: the power bit reads "off" to a careless parser
+    ("fail", "completion code 0xff"),  # the status request itself refused
+])
+def test_a_status_reply_that_does_not_say_off_is_never_off(mode, why, bmc_proc, bmc_password_file, tmp_path):
+    """Only an explicit "off" confirms: anything else is a transient device error, retried within power_timeout."""
     faults = tmp_path / "faults.json"
-    write_fault_file(str(faults), "empty")
+    write_fault_file(str(faults), mode)
     bmc = bmc_proc("--fault-file", str(faults))
-    result = make_runner({"bmc": ipmi_dev(bmc.port, bmc_password_file)}, [["bmc"]]).fence_host("kvm01")
+    dev = ipmi_dev(bmc.port, bmc_password_file, retries=2)
+    t0 = time.monotonic()
+    result = make_runner({"bmc": dev}, [["bmc"]]).fence_host("kvm01")
+    assert time.monotonic() - t0 <= dev["power_timeout"] + 1.0
     assert not result.confirmed_off, result.reason
-    assert "no power state" in result.levels[0].devices[0].reason
+    d = result.levels[0].devices[0]
+    assert d.outcome is Outcome.FAILED and why in d.reason, d
+    assert d.attempts == 3, "a bad reply is transient: retried (retries = 2)"
     write_fault_file(str(faults), "ok")
     assert power_is_on(bmc.port, bmc_password_file)  # and no off was ever sent
 
 
+@pytest.mark.parametrize("mode, outlet, why", [
+    ("empty", 2, "not an outlet state"),  # an empty OCTET STRING
+    ("garbled", 2, "unexpected outlet state 0"),  # an INTEGER that is neither on (1) nor off (2)
+    ("ok", 9, "no such outlet"),  # noSuchInstance: the PDU has 4 outlets
+])
+def test_a_pdu_answer_that_does_not_say_off_is_never_off(mode, outlet, why, pdu, community_file, tmp_path):
+    faults = tmp_path / "faults.json"
+    write_fault_file(str(faults), mode)
+    p = pdu(outlets=4, fault_file=str(faults))
+    runner = make_runner({"pdu": {"plugin": "apc_snmp", "address": "127.0.0.1", "port": p.port,
+                                  "community_file": str(community_file), "outlet": outlet, "power_timeout": 3,
+                                  "retries": 1, "snmp_timeout": 0.5}}, [["pdu"]])
+    result = runner.fence_host("kvm01")
+    assert not result.confirmed_off, result.reason
+    d = result.levels[0].devices[0]
+    assert d.outcome is Outcome.FAILED and why in d.reason, d
+    assert p.sets == 0 and all(p.outlet_on(n) for n in range(1, 5))  # nothing was switched
+    # a bad answer may heal (retried); a missing outlet is the config's fault (not retried)
+    assert d.attempts == (1 if outlet == 9 else 2)
+
+
 def test_manual_in_the_cluster_says_what_to_do_at_once():
     """No ack source (the cluster: the leader takes acks itself): no worker is held for power_timeout."""
-    import time
-
-    runner = make_runner({"by-hand": {"plugin": "manual", "power_timeout": 600}}, [["by-hand"]])
+    runner = make_runner({"by-hand": {"plugin": "manual", "power_timeout": 600, "retries": 5}}, [["by-hand"]])
     t0 = time.monotonic()
     result = runner.fence_host("kvm01")
     assert time.monotonic() - t0 < 2 and not result.confirmed_off
-    assert "haagent fence ack kvm01 --yes" in result.levels[0].devices[0].reason
+    d = result.levels[0].devices[0]
+    assert d.outcome is Outcome.FAILED and d.attempts == 1  # no polling, no retry
+    assert "manual fencing: waiting for `haagent fence ack kvm01 --yes`" in d.reason

@@ -96,3 +96,70 @@ def test_untrusted_soft_level_hands_over_to_the_next_level():
     assert result.confirmed_off and result.level == 2
     assert result.levels[0].outcome is Outcome.UNCONFIRMED
     assert result.levels[1].devices[0].already_off
+
+
+class CancelOn(Scripted):
+    """Like Scripted, but sets ``CANCEL`` during the call named by its ``cancel_on`` option."""
+
+    name = "cancel_on"
+    options = Scripted.options + (Option("cancel_on", "string", default="off"),)
+
+    def _next(self, kind):
+        if kind == self.opts["cancel_on"]:
+            CANCEL.set()
+        return super()._next(kind)
+
+
+class SoftCancelOn(CancelOn):
+    name = "soft_cancel_on"
+    confirms_power = False
+
+
+CANCEL = threading.Event()
+
+
+def cancel_runner(devices, levels):
+    problems: list[str] = []
+    plugins = {"scripted": Scripted, "cancel_on": CancelOn, "soft_cancel_on": SoftCancelOn}
+    cfg = parse_fencing_section({"poll_interval": 0.05, "devices": devices, "hosts": {"h1": {"levels": levels}}},
+                                "fencing", problems, plugins=plugins)
+    assert problems == []
+    CALLS.clear()
+    CANCEL.clear()
+    return FenceRunner(cfg, plugins=plugins)
+
+
+def test_cancel_during_a_status_poll_sends_nothing_more_to_any_device():
+    Scripted.scripts["slow"] = {"status": [PowerState.ON], "off": [None]}
+    Scripted.scripts["next"] = {"status": [PowerState.ON], "off": [None]}
+    r = cancel_runner({"a": {**dev("slow"), "plugin": "cancel_on", "cancel_on": "status"},
+                       "b": dev("next"), "c": dev("next")}, [["a", "b"], ["c"]])
+    result = r.fence_host("h1", cancel=CANCEL)
+    assert CALLS == ["a:status"]  # the first status read, then nothing: no off, no poll, no next device
+    assert result.outcome is Outcome.FAILED and result.reason.startswith("cancelled"), result.reason
+    assert all(d.reason.startswith("cancelled") or d.outcome is Outcome.SKIPPED
+               for lvl in result.levels for d in lvl.devices)
+
+
+def test_cancel_stops_retries_of_a_failed_call():
+    """A transient failure would be retried; once cancelled, the retry (another command) is not sent."""
+    Scripted.scripts["blip"] = {"status": [PowerState.ON], "off": [FenceUnreachable("blip")]}
+    r = cancel_runner({"a": {**dev("blip"), "plugin": "cancel_on", "cancel_on": "off"}}, [["a"]])
+    result = r.fence_host("h1", cancel=CANCEL)
+    assert CALLS == ["a:status", "a:off"]
+    assert result.reason.startswith("cancelled"), result.reason
+
+
+def test_cancel_stops_the_trusted_soft_fencing_wait():
+    Scripted.scripts["soft"] = {"status": [PowerState.ON], "off": [None]}
+    r = cancel_runner({"s": {**dev("soft"), "plugin": "soft_cancel_on", "cancel_on": "off", "trusted": True}},
+                      [["s"]])
+    result = r.fence_host("h1", cancel=CANCEL)
+    assert CALLS == ["s:off"]  # soft fencing reads no status first; after the command, no poll
+    assert result.outcome is Outcome.FAILED and result.reason.startswith("cancelled"), result.reason
+
+
+def test_an_uncancelled_event_changes_nothing():
+    Scripted.scripts["a2"] = {"status": [PowerState.ON, PowerState.OFF], "off": [None]}
+    result = cancel_runner({"d": dev("a2")}, [["d"]]).fence_host("h1", cancel=CANCEL)
+    assert result.confirmed_off and CALLS == ["d:status", "d:off", "d:status"]
