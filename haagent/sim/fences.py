@@ -9,8 +9,8 @@ that virtual run, and a device that accepted "off" cuts the host's power at that
 A simulated device's behaviour is its mode (``Device.mode``): ``ok`` answers the host's real
 power and switches it off; ``fail`` answers every call with a device error; ``hang`` never
 answers (each call runs into its deadline); ``never-off`` accepts off and stays on; ``lies``
-reports off whatever the power; ``empty`` answers status with no power state (a device error,
-as the IPMI plugin reports it). The call costs keep the old figures: an ``ok`` device confirms
+reports off whatever the power; ``empty`` answers status with no power state (a bad reply, which
+the runner retries until ``power_timeout``, as the IPMI plugin reports it). The call costs keep the old figures: an ``ok`` device confirms
 in 1 s, a failing one fails in 0.5 s, a device that hangs or never cuts power times out after
 ``device_timeout``.
 """
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from haagent.errors import FenceDeviceError, FenceTimeout
 
 from fencing.config import FenceDevice
-from fencing.plugin import FencePlugin, Option, PluginContext, PowerState
+from fencing.plugin import FenceBadReply, FencePlugin, Option, PluginContext, PowerState
 from fencing.runner import FenceResult, FenceRunner, FencingConfig
 
 if TYPE_CHECKING:
@@ -72,8 +72,8 @@ class SimDevice(FencePlugin):
             self._spend(timeout)
             raise FenceTimeout(f"{self.device}: no answer within the {timeout:.1f}s call deadline")
         if mode == "empty":
-            self._spend(FAIL)
-            raise FenceDeviceError(f"{self.device}: status reply carries no power state")
+            self._spend(FAIL)  # a bad reply, retried within power_timeout as the IPMI plugin's is
+            raise FenceBadReply(f"{self.device}: status reply carries no power state")
         if mode == "lies":
             self._spend(ALREADY_OFF)
             return PowerState.OFF
@@ -116,7 +116,7 @@ def run_fence(sim: "Simulation", host: str, start: float) -> tuple[FenceResult, 
     plugin = type("SimDevice", (SimDevice,), {"sim": sim, "clock": clock})
     target = sim.hosts.get(host)
     levels = tuple(tuple(FenceDevice(d.name, "sim", {"device": d.name}, sim.cfg.device_timeout,
-                                     sim.cfg.device_timeout, 0) for d in level)
+                                     sim.cfg.device_timeout, FencingConfig.retries) for d in level)
                    for level in (target.levels if target else []))
     runner = FenceRunner(FencingConfig(poll_interval=sim.cfg.tick), plugins={"sim": plugin},
                          context=PluginContext(wall_time=lambda: clock.now), clock=clock)
