@@ -211,22 +211,11 @@ class AgentDaemon:
                                      self.fencer or _no_fencing(), policy_placer(self.config.policy),
                                      wake=self._wake.set)
 
-    def own_state(self) -> Any:
-        from haagent.model import HostState
-
-        kv = self.cache.get(self.keys.host_state(self.host)) if self.cache else None
-        if kv is None:
-            return None
-        try:
-            return HostState(json.loads(kv.value).get("state"))
-        except (ValueError, AttributeError):
-            return None
-
     def tick(self) -> None:
         """One round: keep leadership honest, campaign if free, run VMs, report, lead."""
         if self.vms is not None:
             try:
-                self.vms.reconcile(self.own_state())
+                self.vms.reconcile()
             except Exception:  # libvirt down, a bad spec: log, keep heartbeating
                 log.exception("vm_reconcile_failed")
         try:

@@ -168,9 +168,11 @@ class VmShell:
 
     # -- reconcile --------------------------------------------------------------------------
 
-    def reconcile(self, host_state: Any) -> list[core.AgentAction]:
+    def reconcile(self) -> list[core.AgentAction]:
         kvs, revision = self.cache.snapshot()
         view = self.views.view(kvs, revision)
+        me = view.hosts.get(self.host)
+        host_state = me.state if me is not None else None  # as the leader wrote it (None: unreadable)
         self.refresh_inventory(dict(view.placements))
         with self._lock:
             # Placed elsewhere now: this host's crash history of it, and its request, are moot

@@ -62,15 +62,19 @@ class SimDevice(FencePlugin):
     def _spend(self, seconds: float) -> None:
         self.clock.sleep(seconds)
 
-    def status(self, timeout: float) -> PowerState:
-        mode = self._device().mode
-        target = self.sim.hosts[self.host]
+    def _broken(self, mode: str, timeout: float) -> None:
+        """A failing device errs at once; a hung one runs into the call's deadline."""
         if mode == "fail":
             self._spend(FAIL)
             raise FenceDeviceError(f"{self.device}: device error")
         if mode == "hang":
             self._spend(timeout)
             raise FenceTimeout(f"{self.device}: no answer within the {timeout:.1f}s call deadline")
+
+    def status(self, timeout: float) -> PowerState:
+        mode = self._device().mode
+        target = self.sim.hosts[self.host]
+        self._broken(mode, timeout)
         if mode == "empty":
             self._spend(FAIL)  # a bad reply, retried within power_timeout as the IPMI plugin's is
             raise FenceBadReply(f"{self.device}: status reply carries no power state")
@@ -95,12 +99,7 @@ class SimDevice(FencePlugin):
         if on:
             raise FenceDeviceError(f"{self.device}: the simulator never powers a host on through fencing")
         mode = self._device().mode
-        if mode == "fail":
-            self._spend(FAIL)
-            raise FenceDeviceError(f"{self.device}: device error")
-        if mode == "hang":
-            self._spend(timeout)
-            raise FenceTimeout(f"{self.device}: no answer within the {timeout:.1f}s call deadline")
+        self._broken(mode, timeout)
         self._spend(SET_OFF)
         if mode == "ok":
             self.sim.fence_cuts.add((self.host, self.opts["device"]))

@@ -488,7 +488,7 @@ class Simulation:
                             replace(self.acfg, watchdog=h.watchdog), clock=lambda: self.now, disks=SIM_DISKS,
                             views=self.views)
         try:
-            actions = a.vms.reconcile(_own_state(a.vms.cache, self.keys, h.name))
+            actions = a.vms.reconcile()
         except StoreError:
             actions = []  # e.g. no quorum for a spec or a request: the daemon logs it and goes on
         for act in actions:
@@ -556,17 +556,6 @@ def domain_xml(spec: VmSpec) -> str:
            "<os><type arch='x86_64'>hvm</type></os>"
            "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices></domain>")
     return with_mark(xml, HaMark(spec.priority, spec.policy))
-
-
-def _own_state(cache: "_SimCache", keys: Keys, host: str) -> HostState | None:
-    """The host's state as its agent reads it from its cache (the daemon's ``own_state``)."""
-    kv = cache.get(keys.host_state(host))
-    if kv is None:
-        return None
-    try:
-        return HostState(json.loads(kv.value).get("state"))
-    except (ValueError, AttributeError):
-        return None
 
 
 class _SimHypervisor(FakeHypervisor):
