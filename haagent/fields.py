@@ -99,10 +99,7 @@ class Fields:
         """A finite number (a whole one with ``integer``), within the given bounds."""
         value = self.raw(key)
         if value is MISSING:
-            if default is MISSING:
-                self.problem(key, "is required")
-                return None
-            return default
+            return self.get(key, default)
         bad_default = default if fallback else MISSING
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return self._bad(key, f"must be a number (got {self.show(value)})", bad_default)
