@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
+from agent_helpers import TTL, spawn_agent as spawn, wait_for
 
 from haagent.errors import NotLeader
 from haagent.store.client import EtcdStore, Put
@@ -17,45 +15,6 @@ from haagent.store.keys import Keys
 from haagent.store.lease import LeaseKeeper
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
-TTL = 2
-
-
-def write_config(path, host, endpoints):
-    path.write_text(f"""
-cluster = "it"
-host = "{host}"
-[etcd]
-endpoints = {list(endpoints)!r}
-timeout = 0.5
-[timing]
-heartbeat_interval = 0.5
-lease_ttl = {TTL}
-[metrics]
-listen = ""
-[libvirt]
-enabled = false
-[log]
-format = "json"
-""".replace("'", '"'))
-    return path
-
-
-def spawn(tmp_path, host, endpoints):
-    cfg = write_config(tmp_path / f"{host}.toml", host, endpoints)
-    log = open(tmp_path / f"{host}.log", "wb")
-    return subprocess.Popen([sys.executable, "-m", "haagent.cli", "agent", "--config", str(cfg)],
-                            stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture

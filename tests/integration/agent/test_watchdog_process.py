@@ -8,43 +8,24 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
+from agent_helpers import TTL, spawn_agent, wait_for
 
 from haagent.store.client import EtcdStore
 from haagent.store.keys import Keys
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
-TTL = 2
 KEYS = Keys("it")
 
 
 def spawn(tmp_path, host, endpoints, device, *flags):
-    cfg = tmp_path / f"{host}.toml"
-    cfg.write_text(f"""
-cluster = "it"
-host = "{host}"
-[etcd]
-endpoints = {json.dumps(list(endpoints))}
-timeout = 0.5
-[timing]
-heartbeat_interval = 0.5
-lease_ttl = {TTL}
-[metrics]
-listen = ""
-[libvirt]
-enabled = false
-[log]
-format = "json"
-[agent]
+    return spawn_agent(tmp_path, host, endpoints, *flags, stderr=subprocess.PIPE, agent_section=f"""\
 watchdog = true
 watchdog_device = "{device}"
 self_fence_timeout = {TTL}
 """)
-    return subprocess.Popen([sys.executable, "-m", "haagent.cli", "agent", "--config", str(cfg), *flags],
-                            stdout=open(tmp_path / f"{host}.log", "wb"), stderr=subprocess.PIPE)
 
 
 class Fifo:
@@ -66,15 +47,6 @@ class Fifo:
 
     def close(self):
         os.close(self.fd)
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 @pytest.fixture

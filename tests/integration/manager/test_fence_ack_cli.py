@@ -16,13 +16,10 @@ K = Keys("it")
 
 
 @pytest.fixture
-def cluster(etcd1, tmp_path):
-    cfg = tmp_path / "haagent.toml"
-    cfg.write_text(f'cluster = "it"\nhost = "h1"\n[etcd]\nendpoints = {json.dumps(etcd1.endpoints)}\n'
-                   'timeout = 0.5\n[metrics]\nlisten = ""\n[libvirt]\nenabled = false\n')
+def cluster(etcd1, cli_config):
     store = EtcdStore(etcd1.endpoints, timeout=1)
     try:
-        yield store, str(cfg)
+        yield store, cli_config
     finally:
         store.close()
 

@@ -13,10 +13,7 @@ from haagent.store.keys import Keys
 K = Keys("it")
 
 
-def test_status_shows_failovers_frozen_hosts_and_bad_records(etcd1, tmp_path):
-    cfg = tmp_path / "haagent.toml"
-    cfg.write_text(f'cluster = "it"\nhost = "h1"\n[etcd]\nendpoints = {json.dumps(etcd1.endpoints)}\n'
-                   'timeout = 0.5\n[metrics]\nlisten = ""\n[libvirt]\nenabled = false\n')
+def test_status_shows_failovers_frozen_hosts_and_bad_records(etcd1, cli_config):
     store = EtcdStore(etcd1.endpoints, timeout=1)
     try:
         store.put(K.host_state("h1"), json.dumps({"state": "active"}))
@@ -27,7 +24,7 @@ def test_status_shows_failovers_frozen_hosts_and_bad_records(etcd1, tmp_path):
         store.put(K.host_stopped("h3"), json.dumps({"policy": "freeze", "lease": 5}))
     finally:
         store.close()
-    res = CliRunner().invoke(main, ["status", "--json", "--config", str(cfg)])
+    res = CliRunner().invoke(main, ["status", "--json", "--config", cli_config])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     hosts = {h["name"]: h for h in data["hosts"]}
@@ -35,6 +32,6 @@ def test_status_shows_failovers_frozen_hosts_and_bad_records(etcd1, tmp_path):
     assert hosts["h2"]["failover"] == "failover-h2-7-100"
     assert hosts["h3"]["agent_stopped"] is True
     assert [b["key"] for b in data["bad_records"]] == [K.host_report("h2")]
-    res = CliRunner().invoke(main, ["status", "--config", str(cfg)], env={"COLUMNS": "250"})
+    res = CliRunner().invoke(main, ["status", "--config", cli_config], env={"COLUMNS": "250"})
     assert res.exit_code == 0, res.output
     assert "bad record" in res.output and "VMs frozen" in res.output

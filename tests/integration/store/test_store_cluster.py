@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from store_helpers import raft_leader
 
 from haagent.errors import NotLeader, StoreError
 from haagent.store.client import EtcdStore, Put
@@ -14,25 +15,6 @@ from haagent.store.lease import LeaseEvent, LeaseKeeper
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
 KEYS = Keys("t")
-
-
-def etcd_leader(cluster):
-    """The member that is etcd's raft leader right now."""
-    from etcd3 import etcdrpc
-
-    for m in cluster.members:
-        if not m.running:
-            continue
-        store = EtcdStore([m.endpoint], timeout=1)
-        try:
-            resp = store.call("status", lambda c: c.maintenancestub.Status(etcdrpc.StatusRequest(), 1))
-        except StoreError:
-            continue
-        finally:
-            store.close()
-        if resp.leader == resp.header.member_id:
-            return m
-    return None
 
 
 def start_agent(cluster, host, ttl=3):
@@ -49,7 +31,7 @@ def start_agent(cluster, host, ttl=3):
 def test_killing_the_etcd_leader_causes_no_false_host_death(etcd3):
     agents = [start_agent(etcd3, f"h{i}") for i in range(3)]
     observer = EtcdStore(etcd3.endpoints, timeout=1)
-    leader = etcd_leader(etcd3)
+    leader = raft_leader(etcd3)
     assert leader is not None
     leader.kill()
     deadline = time.monotonic() + 8  # etcd re-elects in ~2 s; watch well past one TTL

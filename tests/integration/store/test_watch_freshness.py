@@ -14,6 +14,7 @@ import time
 from contextlib import contextmanager
 
 import pytest
+from store_helpers import raft_leader
 
 from haagent.errors import StoreError
 from haagent.store.client import EtcdStore
@@ -24,24 +25,6 @@ pytestmark = [pytest.mark.etcd, pytest.mark.slow]
 TIMEOUT = 0.5
 QUIET = 3 * TIMEOUT
 SLACK = 2.0  # re-establishing on the next endpoint, a busy machine; keepalive would need ~8 s
-
-
-def raft_leader(cluster):
-    from etcd3 import etcdrpc
-
-    for m in cluster.members:
-        if not m.running:
-            continue
-        store = EtcdStore([m.endpoint], timeout=1)
-        try:
-            resp = store.call("status", lambda c: c.maintenancestub.Status(etcdrpc.StatusRequest(), 1))
-        except StoreError:
-            continue
-        finally:
-            store.close()
-        if resp.leader == resp.header.member_id:
-            return m
-    return None
 
 
 def a_follower(cluster):
