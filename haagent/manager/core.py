@@ -246,7 +246,7 @@ def step(view: ClusterView, status: ManagerStatus, now: float, config: ManagerCo
     # An ack is for one failover: once that failover closes, unused, it is discarded.
     for host, ack in sorted(st.acks.items()):
         hv = st.view.hosts[host]
-        frozen = st.states.get(host) is S.ACTIVE and hv.stopped and not hv.alive and ack.failover == hv.stopped  # type: ignore[attr-defined]
+        frozen = _acks_frozen_host(st.states.get(host), hv, ack)
         if st.states.get(host) not in (S.SUSPECT, S.FENCING) and not frozen and ack.id not in st.consumed:  # type: ignore[attr-defined]
             st.consume(ack)
             st.actions.append(Event("fence_ack_discarded", host=host, detail={"reason": "its failover closed"}))
@@ -274,7 +274,7 @@ def _take_acks(st: _Step) -> None:
         hv = st.view.hosts.get(r.host)
         if hv is None:
             why = "unknown host"
-        elif hv.state is S.ACTIVE and hv.stopped and not hv.alive and r.failover == hv.stopped:
+        elif _acks_frozen_host(hv.state, hv, r):
             st.acks[r.host] = r  # frozen by a clean stop: this ack starts (and ends) its failover
             continue
         elif hv.state not in (S.SUSPECT, S.FENCING):
@@ -288,6 +288,11 @@ def _take_acks(st: _Step) -> None:
             continue
         st.consume(r)
         st.actions.append(Event("fence_ack_discarded", host=r.host, detail={"reason": why, "request": r.id}))
+
+
+def _acks_frozen_host(state: S | None, hv: HostView, ack) -> bool:
+    """Whether ``ack`` is for a host frozen by a clean agent stop (named by its stop record)."""
+    return state is S.ACTIVE and bool(hv.stopped) and not hv.alive and ack.failover == hv.stopped
 
 
 def _forget_finished_ops(st: _Step) -> None:
@@ -321,11 +326,7 @@ def _unknown(st: _Step, hv: HostView, requests) -> None:
     elif hv.state_bad and not st.in_grace:
         # Whatever it was, it holds no lease now: treat it as lost (recovery still needs a
         # confirmed fence, so the worst case is fencing a host that is already off).
-        st.new_failover(hv.name)
-        st.change_state(hv.name, S.SUSPECT, "state record unreadable and no lease")
-        st.s_since[hv.name] = st.now
-        st.suspect_log.append((hv.name, st.now))
-        st.actions.append(Event("host_suspect", host=hv.name))
+        _turn_suspect(st, hv.name, "state record unreadable and no lease")
 
 
 def _active(st: _Step, hv: HostView, requests) -> None:
@@ -348,11 +349,16 @@ def _active(st: _Step, hv: HostView, requests) -> None:
                  message="its agent was stopped cleanly (shutdown_policy=freeze): its VMs keep running but "
                          "are not restarted elsewhere if the host fails, until the agent is back")
         return
-    st.new_failover(hv.name)
-    st.change_state(hv.name, S.SUSPECT, "lease gone")
-    st.s_since[hv.name] = st.now
-    st.suspect_log.append((hv.name, st.now))
-    st.actions.append(Event("host_suspect", host=hv.name))
+    _turn_suspect(st, hv.name, "lease gone")
+
+
+def _turn_suspect(st: _Step, host: str, why: str) -> None:
+    """A host without a lease: its failover is named now, and it counts towards a storm."""
+    st.new_failover(host)
+    st.change_state(host, S.SUSPECT, why)
+    st.s_since[host] = st.now
+    st.suspect_log.append((host, st.now))
+    st.actions.append(Event("host_suspect", host=host))
 
 
 def _suspect(st: _Step, hv: HostView, requests) -> None:

@@ -150,7 +150,8 @@ class LeaderShell:
                 return  # decide nothing from a view that does not hold our own last write
             view = replace(self.store.view(), epoch=epoch)
         status, actions = core.step(view, self.status, self.clock(), self.config, self.placer)
-        if any(not isinstance(a, (Alert, FenceHost)) for a in actions):
+        writes = any(not isinstance(a, (Alert, FenceHost)) for a in actions)
+        if writes:
             revision = self._write(actions, view)
             if not revision:
                 # A condition of the step no longer held (a host renewed its lease as we were about
@@ -160,7 +161,7 @@ class LeaderShell:
         self.status = status
         for line in core.actions_summary(a for a in actions if not isinstance(a, Alert)):
             self.sink("action", {"line": line, "epoch": epoch})
-        if any(not isinstance(a, (Alert, FenceHost)) for a in actions):
+        if writes:
             self.sink("committed", {"view": view, "actions": actions})
             if not self.store.caught_up(revision):
                 self.sink("stale_view", {"waiting_for": revision})
