@@ -73,6 +73,14 @@ class FakeCluster:
         if not v.persistent:
             hv._remove(v)
 
+    def power_off(self, uri: str) -> None:
+        """The host loses power: every QEMU dies at once and nobody hears of it (libvirtd died
+        too). The definitions stay, as libvirt keeps them on disk."""
+        hv = self.hosts[uri]
+        for v in list(hv._vms.values()):
+            if v.state in (VmState.RUNNING, VmState.PAUSED):
+                hv._set_state(v, VmState.SHUTOFF, "destroyed", None, "")
+
     def restart_daemon(self, uri: str) -> None:
         """libvirtd restarts: the connection drops, comes back, and events flow again."""
         hv = self.hosts[uri]

@@ -113,8 +113,8 @@ class SimHost:
 
     def stop_all(self) -> None:
         """Power is gone: every QEMU dies (the definitions stay, as libvirt keeps them on disk)."""
-        for uuid in sorted(self.running):
-            self.hv._set_state(self.hv._find(uuid), VmState.SHUTOFF, "destroyed", None, "")
+        if self.hv is not None:
+            self.hv.cluster.power_off(self.hv.uri)
 
     def device(self, name: str) -> Device:
         for level in self.levels:
@@ -194,9 +194,8 @@ class Simulation:
         for s in sorted(specs, key=lambda s: s.uuid):
             xml = domain_xml(s)
             for host in up.get(s.uuid, []):
-                info = self.hosts[host].hv.define(xml, autostart=False)
-                self.hosts[host].hv._set_state(self.hosts[host].hv._find(info.uuid), VmState.RUNNING, "booted",
-                                               None, "")
+                hv = self.hosts[host].hv
+                hv.start(hv.define(xml, autostart=False).uuid)  # before any agent listens or checker runs
             owner = placements.get(s.uuid)
             if owner is not None and owner in up.get(s.uuid, []):
                 hv = self.hosts[owner].hv
