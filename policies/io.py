@@ -67,6 +67,8 @@ def _host(obj: Any, i: int, problems: list[str]) -> Host | None:
     family = f.string("cpu_family", None)
     cpu_used = f.number("cpu_used")
     mem_used = f.number("memory_used_mib")
+    raw_models = f.get("cpu_models", None)
+    cpu_models = None if raw_models is None else frozenset(f.strings("cpu_models"))
     cells = []
     raw_cells = f.get("numa", [])
     if not isinstance(raw_cells, list):
@@ -106,7 +108,7 @@ def _host(obj: Any, i: int, problems: list[str]) -> Host | None:
     if len(problems) > start:
         return None
     return Host(name, cpus, memory, tuple(sorted(cells, key=lambda c: c.id)), state,
-                frozenset(tags), family, cpu_used, mem_used)
+                frozenset(tags), family, cpu_used, mem_used, cpu_models)
 
 
 def _vm(obj: Any, i: int, problems: list[str]) -> Vm | None:
@@ -160,11 +162,22 @@ def _vm(obj: Any, i: int, problems: list[str]) -> Vm | None:
             f.problem("numa_cells", "is only meaningful with a host")
         else:
             cells = tuple(sorted(set(raw_cells)))
+    raw_nodeset = f.get("nodeset", [])
+    nodeset: tuple[int, ...] = ()
+    if not isinstance(raw_nodeset, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in raw_nodeset):
+        f.problem("nodeset", f"must be a list of cell ids (got {_short(raw_nodeset)})")
+    else:
+        nodeset = tuple(sorted(set(raw_nodeset)))
+    max_pin = f.integer("max_pinned_cpu", -1, minimum=-1)
+    cpu_model = f.string("cpu_model", None)
+    unplaceable = f.string("unplaceable", None)
     f.finish()
     if len(problems) > start:
         return None
     return Vm(name, vcpus, memory, host, mode, dedicated, hp_size, hp_count, priority,
-              tuple(groups), affinity, frozenset(tags), migratable, ha, cpu_load, cells)
+              tuple(groups), affinity, frozenset(tags), migratable, ha, cpu_load, cells,
+              nodeset, max_pin, cpu_model, unplaceable)
 
 
 def _non_finite(value: Any, path: str) -> list[str]:
@@ -280,6 +293,8 @@ def dump_cluster(cluster: Cluster, config: PolicyConfig | None = None) -> dict[s
         for key in ("cpu_family", "cpu_used", "memory_used_mib"):
             if getattr(h, key) is not None:
                 d[key] = getattr(h, key)
+        if h.cpu_models is not None:
+            d["cpu_models"] = sorted(h.cpu_models)
         hosts.append(d)
     vms = []
     for v in cluster.vms:
@@ -307,6 +322,13 @@ def dump_cluster(cluster: Cluster, config: PolicyConfig | None = None) -> dict[s
             d["cpu_load"] = v.cpu_load
         if v.numa_cells is not None:
             d["numa_cells"] = list(v.numa_cells)
+        if v.nodeset:
+            d["nodeset"] = list(v.nodeset)
+        if v.max_pinned_cpu >= 0:
+            d["max_pinned_cpu"] = v.max_pinned_cpu
+        for key in ("cpu_model", "unplaceable"):
+            if getattr(v, key):
+                d[key] = getattr(v, key)
         vms.append(d)
     out: dict[str, Any] = {"hosts": hosts, "vms": vms}
     if cluster.groups:

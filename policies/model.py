@@ -48,6 +48,8 @@ class Host:
     # Measured load; None means "not reported" and the VMs' own figures stand in for it.
     cpu_used: float | None = None
     memory_used_mib: float | None = None
+    # Custom CPU models a guest may use here; None: not known (any model is accepted).
+    cpu_models: frozenset[str] | None = None
 
     @property
     def hugepage_mib(self) -> int:
@@ -82,6 +84,10 @@ class Vm:
     ha: bool = True
     cpu_load: float | None = None  # cores in use; None: estimated from the host's report
     numa_cells: tuple[int, ...] | None = None  # cells it is bound to now, when known
+    nodeset: tuple[int, ...] = ()  # host cells its memory may come from (its numatune); () = any
+    max_pinned_cpu: int = -1  # highest host cpu id it pins; the host must have it
+    cpu_model: str | None = None  # a custom CPU model the host must offer
+    unplaceable: str | None = None  # a requirement that cannot be honoured: placed nowhere, and why
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ class CellState:
 class HostUsage:
     """One host as the placement engine tracks it: capacity, what is bound to it, its load."""
 
-    __slots__ = ("name", "host", "active", "state", "tags", "family", "cpus", "memory", "normal_memory",
+    __slots__ = ("name", "host", "active", "state", "tags", "family", "cpu_models", "cpus", "memory", "normal_memory",
                  "shared_vcpus", "dedicated", "memory_alloc", "cpu_load", "mem_load", "cells",
                  "vms", "version", "shape", "memo")
 
@@ -45,6 +45,7 @@ class HostUsage:
         self.state = host.state  # what-if runs (capacity) set this to "failed" for a while
         self.tags = host.tags
         self.family = host.cpu_family
+        self.cpu_models = host.cpu_models
         self.cpus = host.cpus
         self.memory = host.memory_mib
         self.normal_memory = host.memory_mib - host.hugepage_mib
@@ -80,7 +81,7 @@ class Req:
     __slots__ = ("vm", "name", "vcpus", "shared_vcpus", "dedicated", "memory", "memory_mib",
                  "hp_size", "hp_count", "numa", "binds_cells", "priority", "hard_groups",
                  "soft_groups", "host_aff", "host_aff_hard", "required_tags", "migratable", "ha",
-                 "cpu_load", "mem_load", "source")
+                 "cpu_load", "mem_load", "source", "nodeset", "max_pinned_cpu", "cpu_model", "unplaceable")
 
     def __init__(self, vm: Vm, rules: dict[str, GroupRule], config: PolicyConfig, cpu_load: float):
         self.vm = vm
@@ -118,6 +119,10 @@ class Req:
         self.cpu_load = cpu_load
         self.mem_load = float(vm.memory_mib)
         self.source = vm.host
+        self.nodeset = frozenset(vm.nodeset)
+        self.max_pinned_cpu = vm.max_pinned_cpu
+        self.cpu_model = vm.cpu_model
+        self.unplaceable = vm.unplaceable
 
     def order_key(self) -> tuple:
         """Placement order: priority first, then size (memory, then vcpus), then name."""
@@ -231,17 +236,25 @@ class ClusterState:
         if memo is not None and memo[0] is req and memo[1] == hs.version:
             return memo[2]
         width = None
+        cells = self.cells_for(req, hs)
         if req.numa == "strict":
             wkey = (req, hs.shape)
             if wkey not in self.width_cache:
-                self.width_cache[wkey] = numa.strict_width(req, hs.cells, self.cpu_ratio)
+                self.width_cache[wkey] = numa.strict_width(req, cells, self.cpu_ratio) if cells else None
             width = self.width_cache[wkey]
         if req.numa == "strict" and width is None:
-            result = None  # wider than the whole host
+            result = None  # wider than the whole host (or than the cells its nodeset allows)
         else:
-            result = numa.fit(req, hs.cells, self.cpu_ratio, width=width)
+            result = numa.fit(req, cells, self.cpu_ratio, width=width) if cells else None
         hs.memo = (req, hs.version, result)
         return result
+
+    @staticmethod
+    def cells_for(req: Req, hs: HostUsage) -> list[CellState]:
+        """The host's cells the VM may use: all, or those of its nodeset."""
+        if not req.nodeset:
+            return hs.cells
+        return [c for c in hs.cells if c.id in req.nodeset]
 
     def group_hosts(self, group: str, exclude_vm: str) -> dict[str, int]:
         """Host -> count of the group's members there, not counting ``exclude_vm``."""

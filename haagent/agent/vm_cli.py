@@ -38,13 +38,15 @@ def vm() -> None:
 @click.option("--priority", type=int, default=None,
               help="higher restarts first; default: by the naming convention (prod before dev), else 0")
 @click.option("--policy", type=click.Choice(["restart", "migrate", "none"]), default="restart", show_default=True)
+@click.option("--groups", default="", metavar="G1,G2",
+              help="placement groups ([policy.groups] in the config; undeclared: soft anti-affinity)")
 @config_option
-def manage(name: str, priority: int | None, policy: str, config: Config) -> None:
+def manage(name: str, priority: int | None, policy: str, groups: str, config: Config) -> None:
     """Make VM highly available: restart it elsewhere if its host dies."""
-    from haagent.agent.managed import NS, PREFIX, validate
+    from haagent.agent.managed import NS, PREFIX, parse_groups, validate
 
     try:
-        mark = validate(priority, policy)
+        mark = validate(priority, policy, parse_groups(groups))
     except HaagentError as exc:
         fail(str(exc), 2)
     hv = _hypervisor(config)
