@@ -155,6 +155,7 @@ class Config:
     fencing: FencingConfig | None = None
     policy: PolicyConfig | None = None
     source: str | None = None
+    tags: tuple[str, ...] = ()  # this host's tags, that placement rules may require (ssd, rack-a, gpu...)
 
 
 def _parse_listen(value: str) -> None:
@@ -298,6 +299,12 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
                       else f"not an IP address (got {metrics_listen!r})")
     m.finish()
 
+    # This host's tags sit beside its name (``host`` is the name, so there is no [host] table).
+    tags = tuple(top.string_list("tags", []))
+    for i, tag in enumerate(tags):
+        if not _NAME_RE.match(tag):
+            problems.append(f"tags[{i}]: must be lowercase letters, digits, '.', '_' or '-' (got {tag!r})")
+
     lg = top.sub("log")
     log_cfg = LogConfig(format=lg.string("format", "auto", choices=("auto", "json", "console")),
                         level=lg.string("level", "info", choices=("debug", "info", "warning", "error")))
@@ -318,7 +325,7 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         libvirt_uri=libvirt_uri, libvirt_enabled=libvirt_enabled, agent=agent, manager=manager,
         metrics_listen=metrics_listen or None, log=log_cfg,
         fencing=sections.get("fencing"), policy=sections.get("policy"),
-        source=source,
+        source=source, tags=tuple(sorted(set(tags))),
     )
 
 

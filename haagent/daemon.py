@@ -20,6 +20,8 @@ import click
 
 from haagent import __version__, metrics
 from fencing.runner import Fencer
+from haagent.agent.collector import InventoryCollector
+from haagent.agent.inventory import worth_writing
 from haagent.agent.watchdog import Watchdog, WatchdogError
 from haagent.hypervisor.port import Hypervisor
 from haagent.clikit import config_option
@@ -49,16 +51,6 @@ def host_facts() -> dict[str, Any]:
     return {"cpus": os.cpu_count() or 0, "memory_mib": mem_kib // 1024}
 
 
-def report_changed(old: dict[str, Any] | None, new: dict[str, Any], load_tolerance: float) -> bool:
-    """Whether a report differs enough to be worth an etcd write (load moves within a tolerance)."""
-    if old is None:
-        return True
-    strip = lambda r: {k: v for k, v in r.items() if k not in ("load", "reported_at")}  # noqa: E731
-    if strip(old) != strip(new):
-        return True
-    return abs(float(old.get("load", 0)) - float(new.get("load", 0))) > load_tolerance
-
-
 class AgentDaemon:
     """One host's agent. ``run()`` blocks until ``stop()`` (or SIGTERM via ``install_signals``)."""
 
@@ -85,6 +77,9 @@ class AgentDaemon:
         self._wake = threading.Event()
         self._last_report: dict[str, Any] | None = None
         self._last_report_at = 0.0
+        self.collector: InventoryCollector | None = None
+        if hypervisor is not None:
+            self.collector = InventoryCollector(hypervisor, config.tags, interval=config.timing.report_interval)
         self._leader_watch: ResumingWatch | None = None
         self.lease.subscribe(self._on_lease_event)
         self.election.on_change(self._on_leadership)
@@ -197,6 +192,8 @@ class AgentDaemon:
                 self._stop.wait(1)
         if self.cache is None:
             return
+        if self.collector is not None:
+            self.collector.start()
         if self.hypervisor is not None:
             from haagent.agent.vms import VmShell
 
@@ -247,24 +244,28 @@ class AgentDaemon:
             {"host": self.host, "epoch": lead.epoch, "since": time.time(), "version": __version__}))])
 
     def publish_report(self) -> None:
-        """Write hosts/<h>/report only when something changed (etcd writes cost everyone)."""
+        """Write hosts/<h>/report only on a meaningful change (etcd writes cost every watcher;
+        ``haagent.agent.inventory.worth_writing`` says what counts)."""
         now = time.monotonic()
         running = sorted(self.vms.running) if self.vms is not None else []
-        unchanged_vms = self._last_report is not None and self._last_report.get("running_vms") == running
-        if unchanged_vms and now - self._last_report_at < self.config.timing.report_interval:
-            return
-        self._last_report_at = now
         facts = self.facts()
-        load = round(os.getloadavg()[0], 1)
+        inventory = (self.collector.latest(facts) if self.collector is not None
+                     else {**facts, "tags": sorted(set(self.config.tags))})
         self_fence = (self.watchdog.report(int(self.config.agent.self_fence_timeout))
                       if self.watchdog is not None else None)
-        report = {"host": self.host, "version": __version__, **facts, "load": load,
+        report = {"host": self.host, "version": __version__, **inventory,
                   "running_vms": running, "reported_at": round(time.time(), 3), "self_fence": self_fence}
-        tolerance = max(1.0, 0.25 * max(1, int(facts.get("cpus", 1))))
-        if not report_changed(self._last_report, report, tolerance):
+        if not worth_writing(self._last_report, report, now - self._last_report_at,
+                             self.config.timing.report_interval):
             return
+        load = report.get("load") or {}
+        if load.get("cpu") is not None:
+            metrics.HOST_CPU_USED.set(load["cpu"])
+        if load.get("memory_used_mib") is not None:
+            metrics.HOST_MEMORY_USED.set(load["memory_used_mib"] * 2**20)
         self.store.put(self.keys.host_report(self.host), json.dumps(report, sort_keys=True))
-        self._last_report = report
+        metrics.REPORT_WRITES.inc()
+        self._last_report, self._last_report_at = report, now
 
     def _record_clean_stop(self) -> None:
         """shutdown_policy freeze: say so while the lease lives, so the leader does not fence us."""
@@ -296,6 +297,8 @@ class AgentDaemon:
             self.leader.close()
         if self.vms is not None:
             self.vms.close()
+        if self.collector is not None:
+            self.collector.stop()
         self.election.resign()
         self.lease.stop(revoke=True)
         self.store.close()

@@ -91,9 +91,22 @@ def _host(obj: Any, i: int, problems: list[str]) -> Host | None:
                                                    f"(got {_short(count)})")
                 else:
                     pages[int(size)] = count
+        cused = c.integer("memory_used_mib", 0)
+        pages_used: dict[int, int] = {}
+        raw_used = c.get("hugepages_used", {})
+        if not isinstance(raw_used, dict):
+            c.problem("hugepages_used", f"must map a page size in KiB to a count (got {_short(raw_used)})")
+        else:
+            for size, count in sorted(raw_used.items()):
+                if not str(size).isdigit() or int(size) not in pages or isinstance(count, bool) \
+                        or not isinstance(count, int) or not 0 <= count <= pages[int(size)]:
+                    c.problem(f"hugepages_used.{size}", "must be a count of a size in hugepages, at "
+                                                        f"most its total (got {_short(count)})")
+                else:
+                    pages_used[int(size)] = count
         c.finish()
-        if None not in (cid, ccpus, cmem):
-            cells.append(NumaCell(cid, ccpus, cmem, pages))
+        if None not in (cid, ccpus, cmem, cused):
+            cells.append(NumaCell(cid, ccpus, cmem, pages, cused, pages_used))
     f.finish()
     if cells:
         if len({c.id for c in cells}) != len(cells):
@@ -289,7 +302,10 @@ def dump_cluster(cluster: Cluster, config: PolicyConfig | None = None) -> dict[s
         if h.numa:
             d["numa"] = [{"id": c.id, "cpus": c.cpus, "memory_mib": c.memory_mib,
                           **({"hugepages": {str(k): v for k, v in sorted(c.hugepages.items())}}
-                             if c.hugepages else {})} for c in h.numa]
+                             if c.hugepages else {}),
+                          **({"memory_used_mib": c.memory_used_mib} if c.memory_used_mib else {}),
+                          **({"hugepages_used": {str(k): v for k, v in sorted(c.hugepages_used.items())}}
+                             if c.hugepages_used else {})} for c in h.numa]
         for key in ("cpu_family", "cpu_used", "memory_used_mib"):
             if getattr(h, key) is not None:
                 d[key] = getattr(h, key)

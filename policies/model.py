@@ -21,12 +21,18 @@ GROUP_POLICIES = ("affinity", "anti-affinity")
 
 @dataclass(frozen=True)
 class NumaCell:
-    """One NUMA cell: its cpus, memory, and hugepage pool (size KiB -> page count)."""
+    """One NUMA cell: its cpus, memory, and hugepage pool (size KiB -> page count).
+
+    ``memory_used_mib`` and ``hugepages_used`` are what is in use there now beyond the VMs the
+    cluster binds to the cell (the live cluster measures them; a cluster file may give them).
+    """
 
     id: int
     cpus: int
     memory_mib: int
     hugepages: Mapping[int, int] = field(default_factory=dict)
+    memory_used_mib: int = 0
+    hugepages_used: Mapping[int, int] = field(default_factory=dict)
 
     @property
     def hugepage_mib(self) -> int:

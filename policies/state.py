@@ -27,8 +27,8 @@ class CellState:
         self.hp_total = dict(cell.hugepages)
         self.shared_vcpus = 0
         self.dedicated = 0
-        self.memory_used = 0
-        self.hp_used: dict[int, int] = {}
+        self.memory_used = cell.memory_used_mib
+        self.hp_used: dict[int, int] = dict(cell.hugepages_used)
 
 
 class HostUsage:

@@ -8,10 +8,11 @@ How the live figures map onto the engine's model (docs/placement.md, "The live c
 
 - A host's state is its state record as it stands; an ``active`` host whose lease is gone is
   ``suspect`` and one the step is taking out of service (or a relocation's source) is ``failed``.
-- A host's NUMA cells come from its report with the capacity that is *free now*: a cell's memory
-  is its free memory and its hugepage pool its free pages. The VMs running there are therefore
-  counted once, at host level (``numa_cells = []``), and a VM placed by this run binds the free
-  capacity of the cells it lands on.
+- A host's NUMA cells come from its report: their size, and what is in use there now (memory
+  beyond the free figure and the hugepage pool, hugepages beyond the free pages) as the cell's
+  ``memory_used_mib``/``hugepages_used``. The VMs running there are already in those figures, so
+  they count once, at host level (``numa_cells = []``); a VM placed by this run binds the free
+  capacity of the cells it lands on, and a strict VM's width is still judged on whole cells.
 - The migration compatibility key is the engine's ``cpu_family``; tags, smoothed CPU load (host
   and per VM) and memory in use come from the report as well.
 - A host whose inventory cannot be read (``inventory_error``) is placed on by cpu and memory only.
@@ -25,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from haagent.model import HostState
+from haagent.model import HostCell, HostState
 from haagent.state.view import ClusterView, HostView, VmSpec
 from policies import Cluster, Group, Host, NumaCell, Vm
 from policies.config import PolicyConfig
@@ -51,15 +52,20 @@ def host_state(hv: HostView, avoided: bool) -> str:
 def live_host(hv: HostView, avoided: bool = False) -> Host:
     cells = ()
     if hv.numa and not hv.inventory_error:
-        cells = tuple(NumaCell(
-            c.id, max(len(c.cpus), 1),
-            max(int(c.free_mib if c.free_mib is not None else c.memory_mib), 0)
-            + sum(size * free for size, (_total, free) in c.hugepages.items()) // 1024,
-            {size: free for size, (_total, free) in sorted(c.hugepages.items()) if free})
-            for c in hv.numa)
+        cells = tuple(_cell(c) for c in hv.numa)
     return Host(name=hv.name, cpus=max(hv.cpus, 1), memory_mib=max(hv.memory_mib, 1), numa=cells,
                 state=host_state(hv, avoided), tags=hv.tags, cpu_family=hv.cpu_key or None,
                 cpu_used=hv.cpu_used, memory_used_mib=hv.memory_used_mib)
+
+
+def _cell(c: HostCell) -> NumaCell:
+    pages = {size: total for size, (total, _free) in sorted(c.hugepages.items()) if total}
+    pool_mib = sum(size * total for size, total in pages.items()) // 1024
+    memory = max(c.memory_mib, pool_mib, 1)
+    used = 0 if c.free_mib is None else min(max(c.memory_mib - c.free_mib - pool_mib, 0), memory - pool_mib)
+    return NumaCell(c.id, max(len(c.cpus), 1), memory, pages, used,
+                    {size: min(total - free, total) for size, (total, free) in sorted(c.hugepages.items())
+                     if total and total - free > 0})
 
 
 def _vm(spec: VmSpec, label: str, host: HostView | None) -> Vm:
