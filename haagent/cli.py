@@ -17,7 +17,8 @@ from haagent.config import Config
 @click.group(cls=LazyGroup, lazy={
     "agent": "haagent.daemon:agent",
     "status": "haagent.manager.status:status",
-    "plan": "policies.cli:plan",
+    "plan": "haagent.manager.cluster_cli:plan",
+    "cluster": "haagent.manager.cluster_cli:cluster",
     "fence": "fencing.cli:fence",
     "lab": "haagent.lab.cli:lab",
     "sim": "haagent.sim.cli:sim",
