@@ -267,10 +267,11 @@ class AgentDaemon:
         metrics.REPORT_WRITES.inc()
         self._last_report, self._last_report_at = report, now
 
-    def _record_clean_stop(self) -> None:
-        """shutdown_policy freeze: say so while the lease lives, so the leader does not fence us."""
+    def _record_clean_stop(self) -> bool:
+        """shutdown_policy freeze: say so while the lease lives, so the leader does not fence us.
+        False when the leader could not be told (it will treat this host as failed)."""
         if not self.lease.lease_id:
-            return
+            return False
         record = json.dumps({"policy": self.config.agent.shutdown_policy, "lease": self.lease.lease_id,
                              "at": round(time.time(), 3), "pid": os.getpid()})
         try:
@@ -278,17 +279,27 @@ class AgentDaemon:
                                      [Put(self.keys.host_stopped(self.host), record)]).succeeded
         except StoreError as exc:
             log.warning("clean_stop_not_recorded", error=str(exc))
-            return
+            return False
         if written:
             log.info("clean_stop_recorded", policy=self.config.agent.shutdown_policy)
         else:
             log.warning("clean_stop_not_recorded", error="the lease was already gone")
+        return written
 
     def _shutdown(self) -> int:
         log.info("agent_stopping", host=self.host)
-        self._record_clean_stop()
+        recorded = self._record_clean_stop()
         if self.watchdog is not None:
-            self.watchdog.disarm()
+            if recorded or not self.watchdog.armed:
+                self.watchdog.disarm()
+            else:
+                # The leader was not told of this stop: with the lease gone it presumes this host
+                # has reset itself (the report said it self-fences) and restarts its VMs elsewhere.
+                # Disarming now would leave them running here as well, so the reset must happen.
+                log.critical("clean_stop_unrecorded_host_will_reset", host=self.host,
+                             why="etcd did not take the clean-stop record; the leader will recover this "
+                                 "host's VMs elsewhere once its self-fence time has passed")
+                self.watchdog.release()
         if self._leader_watch:
             self._leader_watch.stop()
         if self.cache is not None:
