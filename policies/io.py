@@ -16,7 +16,7 @@ from typing import Any
 from haagent.errors import PlacementInputError
 from haagent.fields import MISSING, Fields
 from policies.config import DEFAULT, PolicyConfig, parse_policy_section
-from policies.model import (GROUP_POLICIES, HOST_STATES, NUMA_MODES, Cluster, Group, Host,
+from policies.model import (GROUP_POLICIES, HOST_STATES, NUMA_MODES, UNBOUND_MEMORY, Cluster, Group, Host,
                             HostAffinity, NumaCell, Vm)
 
 _MISSING = MISSING
@@ -216,6 +216,7 @@ def parse_cluster(data: Any) -> tuple[Cluster, PolicyConfig]:
         raise PlacementInputError("; ".join(problems))
     top = _Fields(data, "cluster", problems)
     raw_hosts, raw_vms, raw_groups = top.get("hosts"), top.get("vms", []), top.get("groups", [])
+    unbound = top.string("unbound_memory", "host", choices=UNBOUND_MEMORY)
     raw_policy = top.get("policy", None)
     top.finish()
     for key, value in (("hosts", raw_hosts), ("vms", raw_vms), ("groups", raw_groups)):
@@ -266,7 +267,7 @@ def parse_cluster(data: Any) -> tuple[Cluster, PolicyConfig]:
         raise PlacementInputError("; ".join(shown) + more)
     cluster = Cluster(tuple(sorted(hosts_ok, key=lambda h: h.name)),
                       tuple(sorted(vms_ok, key=lambda v: v.name)),
-                      tuple(sorted(groups, key=lambda g: g.name)))
+                      tuple(sorted(groups, key=lambda g: g.name)), unbound or "host")
     return cluster, config
 
 
@@ -347,6 +348,8 @@ def dump_cluster(cluster: Cluster, config: PolicyConfig | None = None) -> dict[s
                 d[key] = getattr(v, key)
         vms.append(d)
     out: dict[str, Any] = {"hosts": hosts, "vms": vms}
+    if cluster.unbound_memory != "host":
+        out["unbound_memory"] = cluster.unbound_memory
     if cluster.groups:
         out["groups"] = [{"name": g.name, "policy": g.policy, "hard": g.hard} for g in cluster.groups]
     return out

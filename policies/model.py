@@ -16,6 +16,7 @@ HOST_STATES = ("active", "maintenance", "draining", "suspect", "fencing", "fence
                "failed")
 
 NUMA_MODES = ("none", "preferred", "strict")
+UNBOUND_MEMORY = ("host", "spread")
 GROUP_POLICIES = ("affinity", "anti-affinity")
 
 
@@ -112,6 +113,11 @@ class Cluster:
     hosts: tuple[Host, ...]
     vms: tuple[Vm, ...] = ()
     groups: tuple[Group, ...] = ()
+    # Where the memory of a VM that is not bound to cells comes from, for VMs an operation places:
+    # "host" (counted at host level only) or "spread" (drawn from its host's cells where most is
+    # free, ``haagent.model.water_fill``, so a strict VM placed after it in the same run sees what
+    # is left in each cell; the live cluster uses this, its cells' use being measured).
+    unbound_memory: str = "host"
 
     def host(self, name: str) -> Host:
         for h in self.hosts:

@@ -12,6 +12,7 @@ from typing import Iterable
 
 from policies import numa
 from policies.config import PolicyConfig
+from haagent.model import water_fill
 from policies.model import ACTIVE, Cluster, Host, NumaCell, Vm
 from policies.naming import parse_name
 
@@ -146,6 +147,9 @@ class ClusterState:
         self.warnings: list[str] = []
         # (vm, host cell sizes) -> strict width: a pure memo, most hosts share a shape.
         self.width_cache: dict[tuple[Req, tuple], int | None] = {}
+        self.spread_unbound = cluster.unbound_memory == "spread"
+        self.spread: dict[str, list[float]] = {}  # VMs placed unbound -> what each cell gave them
+        self._ready = False  # the cluster's own VMs are in; what is added from now on is placed
         loads = _estimate_cpu_loads(cluster)
         leave = set(leave_out)
         for vm in sorted(cluster.vms, key=lambda v: v.name):
@@ -179,6 +183,7 @@ class ClusterState:
                 hs.memory_alloc += extra
             if h.cpu_used is not None and h.cpu_used > vm_cpu.get(hs.name, 0.0):
                 hs.cpu_load += h.cpu_used - vm_cpu.get(hs.name, 0.0)
+        self._ready = True
 
     def req(self, vm: Vm) -> Req:
         """The resolved request for a VM (from the cluster, or resolved now if it is new)."""
@@ -200,6 +205,11 @@ class ClusterState:
         hs.vms.add(req.name)
         hs.version += 1
         self._bind(hs, req, cells, +1)
+        if not cells and req.memory and self.spread_unbound and self._ready:
+            shares = water_fill([c.memory - c.memory_used for c in hs.cells], req.memory)
+            for c, share in zip(hs.cells, shares):
+                c.memory_used += share
+            self.spread[req.name] = shares
         for g in req.hard_groups + req.soft_groups:
             self.members.setdefault(g.name, {}).setdefault(host, set()).add(req.name)
         self.placed[req.name] = (host, cells)
@@ -215,6 +225,8 @@ class ClusterState:
         hs.vms.discard(req.name)
         hs.version += 1
         self._bind(hs, req, cells, -1)
+        for c, share in zip(hs.cells, self.spread.pop(req.name, ())):
+            c.memory_used -= share
         for g in req.hard_groups + req.soft_groups:
             self.members[g.name][host].discard(req.name)
 

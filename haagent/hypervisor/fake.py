@@ -24,7 +24,7 @@ from haagent.hypervisor.port import (EventCallback, EventKind, HostInfo, Hypervi
                                      RawStats, RawVmCounters, ShutdownOutcome, Subscription,
                                      VmEvent, VmInfo)
 from haagent.hypervisor.xmlparse import DomainSpec, parse_domain
-from haagent.model import HostCell, VmState
+from haagent.model import HostCell, VmState, water_fill
 
 _NS = uuidlib.UUID("6b1f2a52-0e4f-4a53-9a43-3c1d5a1e7f10")
 
@@ -187,6 +187,7 @@ class FakeHypervisor(Hypervisor):
         self._check_up()
         used = {c.id: 0.0 for c in self.numa}
         pages_used: dict[tuple[int, int], float] = {}
+        unbound = 0.0  # memory of VMs not bound to cells: it goes where most is free (water_fill)
         for v in self._vms.values():
             if v.state not in (VmState.RUNNING, VmState.PAUSED):
                 continue
@@ -196,8 +197,13 @@ class FakeHypervisor(Hypervisor):
                     size = v.spec.hugepages_kib[0] or 2048
                     pages_used[(n, size)] = pages_used.get((n, size), 0) + \
                         v.spec.memory_mib * 1024 / size / len(nodes)
-                else:
+                elif v.spec.numa.nodeset:
                     used[n] += v.spec.memory_mib / len(nodes)
+            if not v.spec.hugepages_kib and not v.spec.numa.nodeset:
+                unbound += v.spec.memory_mib
+        ids = [c.id for c in self.numa]
+        for cid, share in zip(ids, water_fill([c.memory_mib - used[c.id] for c in self.numa], unbound)):
+            used[cid] += share
         cells = tuple(replace(c, free_mib=max(int(c.memory_mib - used[c.id]), 0),
                               hugepages={s: (t, max(int(t - pages_used.get((c.id, s), 0)), 0))
                                          for s, (t, _) in c.hugepages.items()})

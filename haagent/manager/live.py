@@ -12,7 +12,9 @@ How the live figures map onto the engine's model (docs/placement.md, "The live c
   beyond the free figure and the hugepage pool, hugepages beyond the free pages) as the cell's
   ``memory_used_mib``/``hugepages_used``. The VMs running there are already in those figures, so
   they count once, at host level (``numa_cells = []``); a VM placed by this run binds the free
-  capacity of the cells it lands on, and a strict VM's width is still judged on whole cells.
+  capacity of the cells it lands on, and a strict VM's width is still judged on whole cells. A VM
+  placed unbound draws its memory evenly from its new host's cells (``unbound_memory =
+  "spread"``), so a strict VM placed after it in the same failover sees what is really left.
 - The migration compatibility key is the engine's ``cpu_family``; tags, smoothed CPU load (host
   and per VM) and memory in use come from the report as well.
 - A host whose inventory cannot be read (``inventory_error``) is placed on by cpu and memory only.
@@ -104,5 +106,5 @@ def live_cluster(view: ClusterView, config: PolicyConfig | None = None, *,
         vms.append(_vm(view.specs[u], label[u], host))
     names = sorted({g for s in view.specs.values() for g in s.groups})
     groups = tuple(Group(g, *cfg.groups.get(g, ("anti-affinity", False))) for g in names)
-    return LiveCluster(Cluster(hosts=hosts, vms=tuple(vms), groups=groups), label,
+    return LiveCluster(Cluster(hosts=hosts, vms=tuple(vms), groups=groups, unbound_memory="spread"), label,
                        {name: u for u, name in label.items()}, warnings)

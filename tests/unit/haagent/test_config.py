@@ -160,3 +160,14 @@ def test_a_watchdog_at_the_lease_ttl_is_fine():
     cfg = parse_config(with_(timing={"lease_ttl": 5}, agent={"watchdog": True, "watchdog_device": "/dev/watchdog",
                                                              "self_fence_timeout": 5}))
     assert cfg.agent.self_fence_timeout == 5 and cfg.agent.metadata_namespaces  # libosinfo by default
+
+
+def test_host_tags_sit_beside_the_host_name():
+    from haagent.config import parse_config
+
+    cfg = parse_config({"cluster": "c", "host": "h1", "tags": ["ssd", "rack-a", "ssd"],
+                        "etcd": {"endpoints": ["http://127.0.0.1:2379"]}})
+    assert cfg.tags == ("rack-a", "ssd")
+    with pytest.raises(Exception) as err:
+        parse_config({"cluster": "c", "host": "h1", "tags": ["SSD"], "etcd": {"endpoints": ["http://127.0.0.1:2379"]}})
+    assert "tags[0]: must be lowercase" in str(err.value)
