@@ -7,23 +7,25 @@ Imbalance score (lower is better), over active hosts:
 with ``sd`` the population standard deviation and the weights from ``[policy.rebalance]``.
 
 What a rebalance costs an operator is the memory it migrates (network, time, risk), so the
-default method, ``cost``, picks at each step the valid move with the most score removed per GiB
-migrated (plus ``MOVE_OVERHEAD_GIB`` per move, so a crowd of tiny VMs does not win on a rounding
-error). When no move is left it drops, one by one, the moves whose contribution to the final
-score the rest of the plan no longer needs (taking the move out raises the final score by less
-than ``min_gain``), replaying the moves after it so that each still passes every filter and still
-gains at least ``min_gain``. Method ``greedy`` is Ganeti hbal's steepest descent (the largest
-score drop at each step, memory ignored), kept as the yardstick the cost method is measured
-against.
+default method, ``cost``, takes at each step, among the valid moves gaining at least ``NEAR_BEST``
+of the best gain, the one with the most score removed per GiB migrated (plus ``MOVE_OVERHEAD_GIB``
+per move, so a crowd of tiny VMs does not win on a rounding error). When no move is left it drops,
+one by one, the moves whose share of the final score the rest of the plan no longer needs (taking
+the move out raises the final score by less than ``min_gain``), replaying the moves after it so
+that each still passes every filter and still gains at least ``min_gain``. Last, it plans the
+steepest descent (method ``greedy``, Ganeti hbal's: the largest score drop at each step, memory
+ignored) from the same start and keeps whichever plan reaches the score both reach (the higher of
+their final scores) with less memory: the cost plan never migrates more than the greedy one.
 
 Whatever the method, every prefix of a plan is a valid, improving plan: each move passes every
 filter (capacity, NUMA, hugepages, affinity, tags, host affinity, migration compatibility,
 failover reserve) in the state the moves before it leave, and lowers the score by at least
 ``min_gain`` (and by more than nothing). A VM moves at most once per plan (a second hop would be
 a wasted migration); only migratable VMs on active hosts move, and only to active hosts; VMs in
-``frozen`` (a scheduler's cooldown) stay. Planning stops at ``max_moves`` moves, before a move
-that would take the memory migrated past ``max_gib``, or when no move gains ``min_gain``; a
-scheduler passes its per-round limits and may also cut the plan anywhere.
+``frozen`` (a scheduler's cooldown) stay. A move that would take the memory migrated past
+``max_gib`` is not taken; planning stops at ``max_moves`` moves, or when no move within the
+budget gains ``min_gain``. A scheduler passes its per-round limits and may also cut the plan
+anywhere.
 
 Speed: per-host utilisations and the four sums behind the two deviations are kept up to date, so
 a candidate move is scored in O(1). Each step looks only at VMs on the hosts furthest above the
