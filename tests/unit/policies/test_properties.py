@@ -155,6 +155,8 @@ def running_clusters(draw):
 def utilisation_score(cluster: Cluster, where: dict[str, str], config: PolicyConfig) -> float:
     """The imbalance score recounted from scratch (vcpus stand for cpu load: nothing is measured)."""
     act = {h.name: h for h in cluster.hosts if h.state == "active"}
+    if not act:
+        return 0.0
     cpu = dict.fromkeys(act, 0.0)
     mem = dict.fromkeys(act, 0.0)
     for v in cluster.vms:
