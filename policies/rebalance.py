@@ -29,8 +29,9 @@ anywhere.
 
 Speed: per-host utilisations and the four sums behind the two deviations are kept up to date, so
 a candidate move is scored in O(1). Each step looks only at VMs on the hosts furthest above the
-mean (by cpu, by memory and combined) towards the hosts furthest below, and VMs of the same size
-on the same host are scored once.
+mean (by cpu, by memory and combined) towards the hosts furthest below (ranked in full every
+``POOL_REFRESH`` moves, in between within a pool; see ``_Balance.frontier``), and VMs of the same
+size on the same host are scored once.
 """
 
 from __future__ import annotations
