@@ -30,7 +30,7 @@ from policies.io import load_cluster, to_jsonable
 from policies.model import ACTIVE, Cluster
 from policies.place import Unplaceable, evacuate as run_evacuate, explain as run_explain
 from policies.place import place as run_place
-from policies.rebalance import rebalance as run_rebalance
+from policies.rebalance import COST, DEFAULT_MIN_GAIN, GREEDY, rebalance as run_rebalance
 
 
 # config path -> (cluster, policy, {uuid: the name the engine knows the VM by}); set by the CLI
@@ -191,25 +191,41 @@ def capacity(cluster_path: str, policy_path: str | None, as_json: bool, failures
 
 @plan.command()
 @_common
-@click.option("--max-moves", default=20, show_default=True, type=click.IntRange(0, 100000))
-@click.option("--min-gain", default=0.0, show_default=True, type=click.FloatRange(0))
-def rebalance(cluster_path: str, policy_path: str | None, as_json: bool, max_moves: int,
-              min_gain: float) -> None:
-    """Plan few live migrations that even out cpu and memory use."""
+@click.option("--max-moves", type=int, metavar="N", help="at most N moves (default: no limit)")
+@click.option("--max-gib", type=float, metavar="GIB",
+              help="at most GIB of memory migrated in all (default: no limit)")
+@click.option("--min-gain", default=DEFAULT_MIN_GAIN, show_default=True, type=float,
+              help="stop when no move lowers the score by this much")
+@click.option("--greedy", is_flag=True,
+              help="plain steepest descent (as Ganeti hbal), ignoring the memory each move migrates")
+def rebalance(cluster_path: str, policy_path: str | None, as_json: bool, max_moves: int | None,
+              max_gib: float | None, min_gain: float, greedy: bool) -> None:
+    """Plan the live migrations that even out cpu and memory use, moving little memory.
+
+    Without limits the whole plan is printed: every move that lowers the imbalance score by at
+    least --min-gain. Every prefix of the plan is itself a valid plan that lowers the score.
+    """
     cluster, config = _load(cluster_path, policy_path)
-    result = run_rebalance(cluster, max_moves, min_gain, config)
+    try:
+        result = run_rebalance(cluster, max_moves, min_gain, config, max_gib=max_gib,
+                               method=GREEDY if greedy else COST)
+    except PlacementInputError as exc:
+        fail(str(exc), 2)
+    moves = [{"vm": m.vm, "from": m.source, "to": m.target, "gib": mib / 1024, "score_after": after}
+             for m, mib, after in zip(result.moves, result.mib, result.scores)]
     if as_json:
-        _print_json({"moves": [{"vm": m.vm, "from": m.source, "to": m.target} for m in result.moves],
-                     "score_before": result.score_before, "score_after": result.score_after})
+        _print_json({"moves": moves, "score_before": result.score_before,
+                     "score_after": result.score_after, "gib": result.gib,
+                     "stopped": result.stopped})
         return
     console = Console()
     t = Table(title=f"Rebalance: score {result.score_before:.4f} -> {result.score_after:.4f} "
-                    f"with {len(result.moves)} move(s) (stopped: {result.stopped})",
-              title_justify="left")
-    for col in ("vm", "from", "to"):
+                    f"with {len(result.moves)} move(s), {result.gib:.1f} GiB migrated "
+                    f"(stopped: {result.stopped})", title_justify="left")
+    for col in ("vm", "from", "to", "GiB", "score after"):
         t.add_column(col)
-    for m in result.moves:
-        t.add_row(m.vm, m.source, m.target)
+    for m in moves:
+        t.add_row(m["vm"], m["from"], m["to"], f"{m['gib']:.1f}", f"{m['score_after']:.4f}")
     console.print(t)
 
 
