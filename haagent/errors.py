@@ -65,6 +65,10 @@ class StoreRequestInvalid(StoreError, PermanentError):
     """etcd rejected the request itself (e.g. a transaction that writes one key twice)."""
 
 
+class StoreAccessDenied(StoreError, PermanentError):
+    """etcd refused us: our client certificate at the TLS handshake, or our role for the request."""
+
+
 class NotLeader(StoreError, PermanentError):
     """A guarded leader write failed: our epoch is no longer the current one."""
 

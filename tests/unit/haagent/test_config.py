@@ -37,10 +37,10 @@ BAD = [
     (with_(host="KVM 01"), "host: must be lowercase letters, digits, '.', '_' or '-' (got 'KVM 01')"),
     (with_(etcd={"endpoints": []}), "etcd.endpoints: must list at least one endpoint"),
     (with_(etcd={"endpoints": "http://10.0.0.1:2379"}), "etcd.endpoints: must be a list of strings (got 'http://10.0.0.1:2379')"),
-    (with_(etcd={"endpoints": ["10.0.0.1:2379"]}), "etcd.endpoints[0]: must start with http://, https:// or unix:// (got '10.0.0.1:2379')"),
+    (with_(etcd={"endpoints": ["10.0.0.1:2379"]}), "etcd.endpoints[0]: must start with http://, https://, unix:// or unixs:// (got '10.0.0.1:2379')"),
     (with_(etcd={"endpoints": ["http://10.0.0.1"]}), "etcd.endpoints[0]: must name a host and a port, like http://10.0.0.1:2379 (got 'http://10.0.0.1')"),
     (with_(etcd={"endpoints": ["http://a:1", "http://a:1"]}), "etcd.endpoints: lists the same endpoint twice"),
-    (with_(etcd={"endpoints": ["https://a:1"]}), "etcd.ca_cert: is required when an endpoint uses https://"),
+    (with_(etcd={"endpoints": ["https://a:1"]}), "etcd.ca_cert: is required when an endpoint uses https:// or unixs://"),
     (with_(etcd={"ca_cert": "/nonexistent/ca.pem"}), "etcd.ca_cert: file not found or not readable: /nonexistent/ca.pem"),
     (with_(etcd={"timeout": 0}), "etcd.timeout: must be greater than 0 (got 0)"),
     (with_(timing={"heartbeat_interval": 1.0, "lease_ttl": 1.0}), "timing.lease_ttl: must be greater than 2 x heartbeat_interval (got 1.0)"),
@@ -150,7 +150,7 @@ def test_a_key_file_others_can_read_is_refused_naming_the_fix(tmp_path):
     cert.write_text("cert\n")
     with pytest.raises(ConfigError) as err:
         parse_config(with_(etcd={"cert": str(cert), "key": str(key)}))
-    assert f"etcd.key: {key} is readable or writable by group or others (mode 0644); run: chmod 600 {key}" \
+    assert f"etcd.key: {key} is readable by group or others (mode 0644); run: chmod 600 {key}" \
         in err.value.problems
     key.chmod(0o600)
     assert parse_config(with_(etcd={"cert": str(cert), "key": str(key)})).etcd.key == str(key)
