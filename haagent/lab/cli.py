@@ -45,13 +45,16 @@ def lab() -> None:
 @click.option("--disk", is_flag=True, help="give each VM a qcow2 disk on the shared storage")
 @click.option("--no-ha", is_flag=True, help="leave the VMs without haagent's HA mark (unmanaged)")
 @click.option("--keep-on-failure", is_flag=True, help="leave a half-built lab for inspection")
-def up(hosts: int, vms: int, prefix: str, kvm: bool, disk: bool, no_ha: bool, keep_on_failure: bool) -> None:
-    """Build the lab: hosts, etcd cluster, agents, BMCs, shared storage, VMs."""
+@click.option("--insecure", is_flag=True,
+              help="plain etcd: no TLS, no client certificates, no roles (debugging only)")
+def up(hosts: int, vms: int, prefix: str, kvm: bool, disk: bool, no_ha: bool, keep_on_failure: bool,
+       insecure: bool) -> None:
+    """Build the lab: hosts, etcd cluster (TLS, client certificates, roles), agents, BMCs, shared storage, VMs."""
     lab_ = _lab(prefix)
     _guard(lambda: lab_.up(hosts, vms, kvm=kvm, disk=disk, keep_on_failure=keep_on_failure, ha=not no_ha,
-                           progress=lambda msg: click.echo(msg, err=True)))
-    click.echo(f"try: haagent lab status --prefix {prefix}; haagent lab virsh h1 list; "
-               f"haagent lab crash h2; haagent lab down --prefix {prefix}")
+                           insecure=insecure, progress=lambda msg: click.echo(msg, err=True)))
+    click.echo(f"try: haagent lab status --prefix {prefix}; haagent status --config {lab_.layout.operator_config}; "
+               f"haagent lab virsh h1 list; haagent lab crash h2; haagent lab down --prefix {prefix}")
 
 
 @lab.command()

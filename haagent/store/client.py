@@ -45,6 +45,16 @@ _GRPC_OPTIONS = [
 ]
 
 
+def grpc_tls_options(scheme: str) -> list[tuple[str, str]]:
+    """gRPC channel options for TLS over etcd's unix socket (``unixs://``).
+
+    NOTE: gRPC takes the server name to verify from the socket's path there (etcd logs
+    ``server-name: var%2Flib%2F...``), which no certificate names; the member's certificate must
+    name ``localhost`` instead, as ``etcdctl --endpoints unixs://localhost:2379`` expects too.
+    """
+    return [("grpc.ssl_target_name_override", "localhost")] if scheme == "unixs" else []
+
+
 def _to_bytes(v: bytes | str) -> bytes:
     return v if isinstance(v, bytes) else v.encode()
 
@@ -213,7 +223,7 @@ class EtcdStore:
                 # NOTE: time_retry=0: etcd3's Endpoint otherwise refuses to reuse a failed endpoint
                 # for 300 s, which turns one blip into a five-minute outage of a single-endpoint client.
                 endpoint = etcd3.Endpoint(ep.host, ep.port, secure=secure, creds=creds,
-                                          time_retry=0, opts=_GRPC_OPTIONS)
+                                          time_retry=0, opts=_GRPC_OPTIONS + grpc_tls_options(ep.scheme))
                 client = etcd3.MultiEndpointEtcd3Client(endpoints=[endpoint], timeout=self.timeout)
                 # NOTE: require a leader on every call and stream: a member cut off from quorum then
                 # refuses calls at once and cancels its watch streams (etcd checks every election

@@ -176,3 +176,23 @@ def test_setup_rbac_refuses_a_certificate_that_is_not_root(tmp_path, etcd_tls):
     res = _cli("etcd", "setup-rbac", "--config", _config(tmp_path, etcd_tls, "alice", etcd_tls.client_cert("alice")))
     assert res.returncode == 2
     assert "needs the certificate of etcd's root user (CN root), got CN 'alice'" in res.stderr
+
+
+def test_the_documented_etcdctl_commands_set_up_what_setup_rbac_would(tmp_path):
+    """docs/security.md's etcdctl commands, run on a fresh etcd, leave setup-rbac nothing to change."""
+    from haagent.store.etcd_server import EtcdCluster
+    from haagent.store.rbac import etcdctl_commands, setup_rbac
+
+    users = {"kvm1": "haagent-agent", "alice": "haagent-operator", "grafana": "haagent-reader"}
+    with EtcdCluster(1, tmp_path / "etcd", tls=True) as fresh:
+        tls = fresh.tls_kwargs()
+        base = ["etcdctl", f"--endpoints={fresh.endpoints[0]}", f"--cacert={tls['ca_cert']}",
+                f"--cert={tls['cert']}", f"--key={tls['key']}"]
+        for line in etcdctl_commands("prod", users):
+            subprocess.run(base + line.split()[1:], check=True, capture_output=True, timeout=30,
+                           env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+        store = EtcdStore(fresh.endpoints, 1.0, **tls)
+        try:
+            assert setup_rbac(store, "prod", users) == []
+        finally:
+            store.close()
