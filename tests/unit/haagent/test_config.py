@@ -42,6 +42,15 @@ BAD = [
     (with_(etcd={"endpoints": ["http://a:1", "http://a:1"]}), "etcd.endpoints: lists the same endpoint twice"),
     (with_(etcd={"endpoints": ["https://a:1"]}), "etcd.ca_cert: is required when an endpoint uses https:// or unixs://"),
     (with_(etcd={"ca_cert": "/nonexistent/ca.pem"}), "etcd.ca_cert: file not found or not readable: /nonexistent/ca.pem"),
+    (with_(etcd={"cert": "/nonexistent/h1.crt", "key": "/nonexistent/h1.key"}),
+     "etcd.cert: file not found or not readable: /nonexistent/h1.crt"),
+    (with_(etcd={"cert": "/nonexistent/h1.crt", "key": "/nonexistent/h1.key"}),
+     "etcd.key: /nonexistent/h1.key does not exist (create it with the secret and run: chmod 600 /nonexistent/h1.key)"),
+    (with_(etcd={"users": {"alice": "haagent-opertor"}}),
+     "etcd.users.alice: unknown role 'haagent-opertor' (roles: haagent-agent, haagent-operator, haagent-reader)"),
+    (with_(etcd={"users": {"root": "haagent-agent"}}),
+     "etcd.users.root: is etcd's own root user, created by setup-rbac; use another CN"),
+    (with_(etcd={"users": ["alice"]}), "etcd.users: must be a table of certificate CN = role"),
     (with_(etcd={"timeout": 0}), "etcd.timeout: must be greater than 0 (got 0)"),
     (with_(timing={"heartbeat_interval": 1.0, "lease_ttl": 1.0}), "timing.lease_ttl: must be greater than 2 x heartbeat_interval (got 1.0)"),
     (with_(timing={"lease_ttl": 2.5}), "timing.lease_ttl: must be a whole number of seconds: etcd leases are whole seconds (got 2.5)"),
@@ -80,6 +89,11 @@ def test_bad_config_names_the_field(data, message):
     with pytest.raises(ConfigError) as err:
         parse_config(data)
     assert message in err.value.problems, err.value.problems
+
+
+def test_etcd_users_map_certificate_names_to_roles():
+    cfg = parse_config(with_(etcd={"users": {"kvm1": "haagent-agent", "grafana": "haagent-reader"}}))
+    assert cfg.etcd.users == (("grafana", "haagent-reader"), ("kvm1", "haagent-agent"))
 
 
 def test_every_problem_is_reported_not_just_the_first():
