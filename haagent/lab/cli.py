@@ -47,12 +47,15 @@ def lab() -> None:
 @click.option("--keep-on-failure", is_flag=True, help="leave a half-built lab for inspection")
 @click.option("--insecure", is_flag=True,
               help="plain etcd: no TLS, no client certificates, no roles (debugging only)")
+@click.option("--libvirt-tls", is_flag=True,
+              help="libvirtds and QEMU migration streams over TLS (qemu+tls://; migrate with --tls)")
 def up(hosts: int, vms: int, prefix: str, kvm: bool, disk: bool, no_ha: bool, keep_on_failure: bool,
-       insecure: bool) -> None:
+       insecure: bool, libvirt_tls: bool) -> None:
     """Build the lab: hosts, etcd cluster (TLS, client certificates, roles), agents, BMCs, shared storage, VMs."""
     lab_ = _lab(prefix)
     _guard(lambda: lab_.up(hosts, vms, kvm=kvm, disk=disk, keep_on_failure=keep_on_failure, ha=not no_ha,
-                           insecure=insecure, progress=lambda msg: click.echo(msg, err=True)))
+                           insecure=insecure, libvirt_tls=libvirt_tls,
+                           progress=lambda msg: click.echo(msg, err=True)))
     click.echo(f"try: haagent lab status --prefix {prefix}; haagent status --config {lab_.layout.operator_config}; "
                f"haagent lab virsh h1 list; haagent lab crash h2; haagent lab down --prefix {prefix}")
 

@@ -81,12 +81,12 @@ def _bmc_available() -> bool:
         return False
 
 
-def _write(path: Path, text: str, mode: int = 0o644) -> None:
+def _write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
 
 
@@ -156,7 +156,10 @@ class Lab:
         return f"qemu+unix:///system?socket={self.layout.libvirt_socket(self._host(host))}"
 
     def migration_uri(self, host: str) -> str:
-        """Destination URI for peer-to-peer migration, resolved by the source host's libvirtd."""
+        """Destination URI for peer-to-peer migration, resolved by the source host's libvirtd
+        (``qemu+tls://`` in a ``--libvirt-tls`` lab: migrate with ``--tls`` there)."""
+        if self.state.get("libvirt_tls"):
+            return L.libvirt_uri_tls(self.address(host))
         return f"qemu+tcp://{self.address(host)}/system"
 
     def etcd_endpoint(self, host: str) -> str:
@@ -238,11 +241,12 @@ class Lab:
 
     def up(self, hosts: int = 3, vms: int = 6, kvm: bool = False, disk: bool = False,
            progress: Progress | None = None, keep_on_failure: bool = False, ha: bool = True,
-           insecure: bool = False) -> "Lab":
+           insecure: bool = False, libvirt_tls: bool = False) -> "Lab":
         """Build the whole lab; on failure tear down what was built (unless keep_on_failure).
 
         etcd speaks TLS to clients and peers and requires client certificates from the lab's CA,
-        with haagent's roles on (docs/security.md); ``insecure``: plain, no auth, for debugging."""
+        with haagent's roles on (docs/security.md); ``insecure``: plain, no auth, for debugging.
+        ``libvirt_tls``: libvirtds (and QEMU's migration streams) talk TLS with the lab's CA."""
         say = progress or _quiet
         self._preflight(hosts, vms, kvm)
         t0 = time.monotonic()
@@ -251,7 +255,7 @@ class Lab:
             say(f"[{time.monotonic() - t0:5.1f}s] {msg}")
 
         try:
-            self._build(hosts, vms, kvm, disk, step, ha, not insecure)
+            self._build(hosts, vms, kvm, disk, step, ha, not insecure, libvirt_tls)
         except BaseException:
             if not keep_on_failure:
                 step("failed: tearing the half-built lab down")
@@ -263,11 +267,13 @@ class Lab:
     @contextlib.contextmanager
     def running(self, hosts: int = 3, vms: int = 6, kvm: bool = False, disk: bool = False,
                 progress: Progress | None = None, ha: bool = True,
-                keep_logs: Path | None = None, insecure: bool = False) -> Iterator["Lab"]:
+                keep_logs: Path | None = None, insecure: bool = False,
+                libvirt_tls: bool = False) -> Iterator["Lab"]:
         """``with Lab(p).running(3, 6) as lab:`` - removes a leftover lab first, always tears down."""
         self.down()
         try:
-            yield self.up(hosts, vms, kvm=kvm, disk=disk, progress=progress, ha=ha, insecure=insecure)
+            yield self.up(hosts, vms, kvm=kvm, disk=disk, progress=progress, ha=ha, insecure=insecure,
+                          libvirt_tls=libvirt_tls)
         finally:
             self.down(keep_logs=keep_logs)
 
@@ -290,7 +296,8 @@ class Lab:
             raise LabError(f"{self.layout.dir}: too long for unix socket paths; set a shorter "
                            f"HAAGENT_LAB_ROOT")
 
-    def _build(self, n: int, m: int, kvm: bool, disk: bool, step: Progress, ha: bool, tls: bool) -> None:
+    def _build(self, n: int, m: int, kvm: bool, disk: bool, step: Progress, ha: bool, tls: bool,
+               libvirt_tls: bool) -> None:
         names = L.host_names(n)
         members = names[:min(n, 3)]
         vm_list = L.vm_names(m)
@@ -301,7 +308,7 @@ class Lab:
         # Written first, so `down` knows the lab even if this process dies half way.
         self._save_state({
             "prefix": self.prefix, "phase": "building", "hosts": names, "etcd_members": members,
-            "kvm": kvm, "disk": disk, "ha": ha, "tls": tls, "created": time.time(),
+            "kvm": kvm, "disk": disk, "ha": ha, "tls": tls, "libvirt_tls": libvirt_tls, "created": time.time(),
             "vms": {vm: {"home": homes[vm], "uuid": lay.vm_uuid(vm)} for vm in vm_list},
         })
         with self._locked():
@@ -314,6 +321,8 @@ class Lab:
             _write(lay.bmc_password_file, secrets.token_urlsafe(12) + "\n", 0o600)
             if tls:
                 self._make_certificates(names, members)
+            if libvirt_tls:
+                self._make_libvirt_certificates(names)
             users = L.etcd_users(names)
             _write(lay.operator_config, L.cli_toml(self.prefix, self.etcd_endpoints(), self.etcd_cert(L.OPERATOR_USER)))
             _write(lay.admin_config, L.cli_toml(self.prefix, self.etcd_endpoints(), self.etcd_cert("root"), users))
@@ -643,8 +652,9 @@ class Lab:
         for sub, _ in L.LIBVIRT_BINDS:
             (hd / sub).mkdir(parents=True, exist_ok=True)
         lay.logs_dir(h).mkdir(exist_ok=True)
-        _write(hd / "etc-libvirt" / "libvirtd.conf", L.libvirtd_conf(lay.host_uuid(h)))
-        _write(hd / "etc-libvirt" / "qemu.conf", L.qemu_conf(L.address(h)))
+        libvirt_tls = bool(self.state.get("libvirt_tls"))
+        _write(hd / "etc-libvirt" / "libvirtd.conf", L.libvirtd_conf(lay.host_uuid(h), libvirt_tls))
+        _write(hd / "etc-libvirt" / "qemu.conf", L.qemu_conf(L.address(h), libvirt_tls))
         _write(hd / "etc-libvirt" / "libvirt.conf", 'uri_default = "qemu:///system"\n')
         if h in members:
             (lay.etcd_dir(h) / "data").mkdir(parents=True, exist_ok=True)
@@ -667,6 +677,20 @@ class Lab:
             ca.issue(f"agent-{h}", h)
         for user in ("root", L.OPERATOR_USER, L.READER_USER):
             ca.issue(user, user)
+
+    def _make_libvirt_certificates(self, names: list[str]) -> None:
+        """One certificate per host (its lab address; server and client use), from the lab's CA,
+        copied where that host's libvirtd and QEMU read them (its own /etc/libvirt/pki)."""
+        from haagent.store.pki import CertificateAuthority
+
+        ca = CertificateAuthority(self.layout.pki_dir, name=f"haagent lab {self.prefix} CA")
+        for h in names:
+            files = ca.issue(f"libvirt-{h}", h, server=True, server_names=(L.address(h),))
+            source = {"ca": ca.cert_path, "cert": files.cert, "key": files.key}
+            for sub, entries in L.LIBVIRT_PKI_FILES.items():
+                for role, name in entries:
+                    dest = self.layout.host_dir(h) / "etc-libvirt" / "pki" / sub / name
+                    _write(dest, source[role].read_bytes(), 0o600 if role == "key" else 0o644)
 
     def _setup_rbac(self, users: dict[str, str]) -> None:
         from haagent.errors import StoreError

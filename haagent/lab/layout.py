@@ -25,6 +25,9 @@ NETMASK = 24
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 LIBVIRT_TCP_PORT = 16509
+LIBVIRT_TLS_PORT = 16514
+# Inside a host: its own /etc/libvirt (LIBVIRT_BINDS), so each host has its own certificates.
+LIBVIRT_PKI = "/etc/libvirt/pki"
 METRICS_PORT = 9464
 BMC_PORT = 623
 BMC_USER = "admin"
@@ -184,13 +187,28 @@ def spread(vms: list[str], hosts: list[str]) -> dict[str, str]:
 # -- generated files -----------------------------------------------------------------------------
 
 
-def libvirtd_conf(host_uuid: str) -> str:
-    # NOTE: TCP without auth is only acceptable because this socket lives in a lab namespace
-    # nothing outside the lab can reach; it is what p2p migration between lab hosts uses.
-    return f"""\
+def libvirtd_conf(host_uuid: str, tls: bool = False) -> str:
+    """``tls``: libvirtds talk to each other only over TLS with certificates from the lab's CA
+    (docs/hypervisor.md, "Live migration over TLS"); no TCP listener."""
+    if tls:
+        transport = f"""\
+listen_tls = 1
+listen_tcp = 0
+tls_port = "{LIBVIRT_TLS_PORT}"
+ca_file = "{LIBVIRT_PKI}/cacert.pem"
+cert_file = "{LIBVIRT_PKI}/servercert.pem"
+key_file = "{LIBVIRT_PKI}/serverkey.pem"
+tls_no_verify_certificate = 0
+"""
+    else:
+        # NOTE: TCP without auth is only acceptable because this socket lives in a lab namespace
+        # nothing outside the lab can reach; it is what p2p migration between lab hosts uses.
+        transport = f"""\
 listen_tls = 0
 listen_tcp = 1
 tcp_port = "{LIBVIRT_TCP_PORT}"
+"""
+    return transport + f"""\
 listen_addr = "0.0.0.0"
 auth_tcp = "none"
 auth_unix_ro = "none"
@@ -203,7 +221,7 @@ log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 """
 
 
-def qemu_conf(migration_host: str) -> str:
+def qemu_conf(migration_host: str, tls: bool = False) -> str:
     # The settings LAB-NOTES found necessary to run QEMU as root without cgroups, mount
     # namespaces or virtlogd; migration_host because lab hostnames resolve nowhere.
     return f"""\
@@ -215,7 +233,27 @@ namespaces = [ ]
 stdio_handler = "file"
 remember_owner = 0
 migration_host = "{migration_host}"
-"""
+""" + (f"""\
+# the migration data stream (QEMU to QEMU) over TLS too; a migration without --tls is refused
+migrate_tls_x509_cert_dir = "{LIBVIRT_PKI}/qemu"
+migrate_tls_x509_verify = 1
+migrate_tls_force = 1
+""" if tls else "")
+
+
+def libvirt_uri_tls(address: str) -> str:
+    """A peer libvirtd over TLS, with the client certificate libvirt should present (pkipath)."""
+    return f"qemu+tls://{address}/system?pkipath={LIBVIRT_PKI}"
+
+
+# The certificate files libvirt (libvirtd and its client side in a p2p migration) and QEMU read,
+# by role: (ca, cert, key) -> file names in LIBVIRT_PKI and LIBVIRT_PKI/qemu.
+LIBVIRT_PKI_FILES = {
+    "": (("ca", "cacert.pem"), ("cert", "servercert.pem"), ("key", "serverkey.pem"),
+         ("cert", "clientcert.pem"), ("key", "clientkey.pem")),
+    "qemu": (("ca", "ca-cert.pem"), ("cert", "server-cert.pem"), ("key", "server-key.pem"),
+             ("cert", "client-cert.pem"), ("key", "client-key.pem")),
+}
 
 
 # The agents' HA mark (haagent/agent/managed.py): VMs carrying it are managed by haagent.

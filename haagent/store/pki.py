@@ -99,7 +99,8 @@ class CertificateAuthority:
                    .issuer_name(self._cert.subject).public_key(key.public_key())
                    .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_agreement=True,
+                   # key_encipherment: libvirt refuses a certificate without it, whatever the key type
+                   .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, key_agreement=True,
                                                 content_commitment=False, data_encipherment=False,
                                                 key_cert_sign=False, crl_sign=False, encipher_only=False,
                                                 decipher_only=False), critical=True)

@@ -132,6 +132,31 @@ def test_two_labs_coexist(lab3: Lab, make_lab) -> None:
         client.close()
 
 
+def test_live_migration_over_tls(make_lab) -> None:
+    """--libvirt-tls: libvirtds listen only on TLS (16514) and QEMU's migration stream must be TLS too."""
+    from haagent.errors import OperationInvalid
+    from haagent.hypervisor.libvirt_impl import LibvirtHypervisor
+    from haagent.hypervisor.options import MigrationOptions
+    from haagent.hypervisor.port import Location, MigrationOutcome, MigrationTarget
+
+    lab = make_lab("lbs", 2, 1, libvirt_tls=True)
+    listening = lab.exec("h2", ["ss", "-Hltn"], check=True).stdout
+    assert ":16514 " in listening and ":16509 " not in listening, listening
+    target = MigrationTarget(uri=lab.migration_uri("h2"), client_uri=lab.libvirt_uri("h2"))
+    assert target.uri.startswith("qemu+tls://10.99.0.12/system")
+    src = LibvirtHypervisor(lab.libvirt_uri("h1"), shared_paths=(str(lab.shared_dir),))
+    try:
+        assert src.wait_connected(15)
+        refused = src.migrate("vm1", target, MigrationOptions(), deadline=60)  # no --tls: plain stream
+        assert refused.location == Location.SOURCE and isinstance(refused.error, OperationInvalid)
+        assert "only with VIR_MIGRATE_TLS" in str(refused.error)
+        moved = src.migrate("vm1", target, MigrationOptions(tls=True), deadline=60)
+        assert moved.outcome == MigrationOutcome.COMPLETED and moved.location == Location.DESTINATION, moved
+    finally:
+        src.close()
+    assert where_running(lab) == {"vm1": ["h2"]}
+
+
 def test_crash_then_revive(lab3: Lab) -> None:
     victim = "h2"  # an etcd member with VMs
     survivor = "h1"

@@ -81,3 +81,5 @@ def test_root_namespace_endpoints_are_unix_sockets(tmp_path: Path, monkeypatch: 
     pki = tmp_path / "unit" / "pki"
     assert lab.etcd_tls("h1") == {"ca_cert": f"{pki}/ca.crt", "cert": f"{pki}/agent-h1.crt", "key": f"{pki}/agent-h1.key"}
     assert lab.etcd_tls()["cert"] == f"{pki}/root.crt"
+    lab.layout.state_file.write_text('{"hosts": ["h1", "h2"], "etcd_members": ["h1"], "libvirt_tls": true}')
+    assert lab.migration_uri("h2") == "qemu+tls://10.99.0.12/system?pkipath=/etc/libvirt/pki"
