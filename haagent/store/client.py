@@ -28,7 +28,7 @@ from etcd3 import transactions as etcd_tx  # noqa: E402
 from haagent import metrics  # noqa: E402
 from haagent.config import EtcdConfig, EtcdEndpoint, parse_endpoint  # noqa: E402
 from haagent.errors import (LeaseExpired, StoreAccessDenied, StoreCompacted, StoreError,  # noqa: E402
-                            StoreRequestInvalid, StoreTimeout, StoreUnavailable)
+                            StoreRequestInvalid, StoreTimeout, StoreTlsRefused, StoreUnavailable)
 from haagent.log import get_logger  # noqa: E402
 from haagent.store.port import KV, Compare, Delete, Put, TxnResult  # noqa: E402,F401  (the vocabulary, re-exported)
 
@@ -142,12 +142,13 @@ def tls_refusal(details: str, ca_cert: str | None, cert: str | None) -> str | No
             "(its --trusted-ca-file)")
 
 
-def translate(exc: BaseException, what: str) -> StoreError:
-    """Map an etcd3/grpc exception to the project's error tree."""
+def translate(exc: BaseException, what: str, user: str | None = None, cert: str | None = None) -> StoreError:
+    """Map an etcd3/grpc exception to the project's error tree (``user``: the CN of ``cert``)."""
     raw = _grpc_error(exc)
     if raw is not None and hasattr(raw, "code") and raw.code() == grpc.StatusCode.PERMISSION_DENIED:
-        return StoreAccessDenied(f"etcd {what}: permission denied: this client's etcd user (the CN of "
-                                 "its certificate) has no role that allows it (docs/security.md)")
+        who = f"etcd user {user!r} (the CN of {cert})" if user else "this client's etcd user (the CN of its certificate)"
+        return StoreAccessDenied(f"etcd {what}: permission denied: {who} has no role that allows it "
+                                 "(docs/security.md)")
     if raw is not None and "user name is empty" in _details(raw):
         return StoreAccessDenied(f"etcd {what}: etcd has auth enabled and this client presents no user "
                                  "(set etcd.cert and etcd.key: the certificate's CN is the user)")
@@ -235,14 +236,11 @@ class EtcdStore:
 
     def _translate(self, exc: BaseException, what: str, index: int) -> StoreError:
         """``translate``, naming our certificate's user or the TLS refusal's cause."""
-        err = translate(exc, what)
-        if isinstance(err, StoreAccessDenied) and self.user and "permission denied" in str(err):
-            return StoreAccessDenied(str(err).replace("this client's etcd user (the CN of its certificate)",
-                                                      f"etcd user {self.user!r} (the CN of {self._tls[1]})"))
+        err = translate(exc, what, self.user, self._tls[1])
         if isinstance(err, StoreUnavailable) and self.endpoints[index].scheme in ("https", "unixs"):
             why = tls_refusal(_details(exc), self._tls[0], self._tls[1])
             if why is not None:
-                return StoreAccessDenied(f"etcd {what} on {self.endpoints[index]}: {why}")
+                return StoreTlsRefused(f"etcd {what} on {self.endpoints[index]}: {why}")
         return err
 
     @property
@@ -264,7 +262,10 @@ class EtcdStore:
                 raise
             except Exception as exc:  # translated below; anything untranslatable re-raises
                 err = self._translate(exc, what, index)
-                if isinstance(err, (LeaseExpired, StoreRequestInvalid, StoreCompacted, StoreAccessDenied)):
+                # a refused handshake is one member's verdict (another may hold a good certificate);
+                # a denied request is etcd's, the same on every member
+                if isinstance(err, (LeaseExpired, StoreRequestInvalid, StoreCompacted)) or (
+                        isinstance(err, StoreAccessDenied) and not isinstance(err, StoreTlsRefused)):
                     raise err from exc
                 last = err
                 metrics.STORE_ERRORS.labels(kind=type(err).__name__).inc()
