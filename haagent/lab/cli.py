@@ -85,7 +85,9 @@ def status(prefix: str, as_json: bool) -> None:
         return {True: "[green]up[/]", False: "[red]down[/]", None: "[yellow]?[/]"}.get(v, str(v))
 
     t = Table(title=f"lab {st['prefix']} ({st['phase']}, {'kvm' if st['kvm'] else 'tcg'}"
-                    f"{', qcow2 disks' if st['disk'] else ''})")
+                    f"{', qcow2 disks' if st['disk'] else ''}"
+                    f"{', etcd TLS + roles' if st['etcd_tls'] else ', etcd plain (--insecure)'}"
+                    f"{', libvirt TLS' if st['libvirt_tls'] else ''})")
     for col in ("host", "address", "power", "network", "libvirtd", "etcd", "agent", "bmc", "running VMs"):
         t.add_column(col)
     for h in st["hosts"]:

@@ -555,6 +555,7 @@ class Lab:
                 where.setdefault(vm, []).append(h["name"])
         return {"prefix": self.prefix, "dir": str(self.layout.dir), "phase": st.get("phase", "unknown"),
                 "kvm": st.get("kvm", False), "disk": st.get("disk", False),
+                "etcd_tls": st.get("tls", False), "libvirt_tls": st.get("libvirt_tls", False),
                 "etcd_endpoints": self.etcd_endpoints(), "hosts": hosts, "vms": where}
 
     def running_vms(self, host: str, timeout: float = 5.0) -> list[str] | None:
