@@ -13,6 +13,7 @@ import os
 import re
 import stat
 import tomllib
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -56,8 +57,36 @@ def secret_file_ok(path: str) -> str | None:
     return None
 
 
+def certificate_problem(path: str, now: datetime | None = None) -> str | None:
+    """Why a PEM certificate file cannot be used (unreadable, not PEM, expired, not yet valid); None if fine."""
+    from cryptography import x509
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    try:
+        cert = x509.load_pem_x509_certificate(data)
+    except ValueError:
+        return f"{path} is not a PEM certificate"
+    now = now or datetime.now(timezone.utc)
+    if cert.not_valid_after_utc < now:
+        return f"certificate {path} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+    if cert.not_valid_before_utc > now:
+        return f"certificate {path} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+    return None
+
+
 class Reader(Fields):
     """Reads typed fields out of one TOML table (``haagent.fields.Fields``), plus files."""
+
+    def certificate(self, key: str) -> str | None:
+        """An optional path to a PEM certificate that is valid now (``certificate_problem``)."""
+        value = self.file(key)
+        if value is not None and (problem := certificate_problem(value)) is not None:
+            self.problem(key, problem)
+            return None
+        return value
 
     def file(self, key: str, secret: bool = False) -> str | None:
         """An optional path to a readable file; a ``secret`` one must be private (``secret_file_ok``)."""
@@ -235,7 +264,7 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
     if len(set(urls)) != len(urls):
         e.problem("endpoints", "lists the same endpoint twice")
     etcd_timeout = e.number("timeout", EtcdConfig.timeout, positive=True, maximum=60)
-    ca_cert, cert, key = e.file("ca_cert"), e.file("cert"), e.file("key", secret=True)
+    ca_cert, cert, key = e.certificate("ca_cert"), e.certificate("cert"), e.file("key", secret=True)
     if (e.table.get("cert") is None) != (e.table.get("key") is None):
         e.problem("cert", "cert and key must be given together")
     if any(ep.scheme in ("https", "unixs") for ep in endpoints) and "ca_cert" not in e.table:

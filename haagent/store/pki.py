@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from haagent.config import certificate_problem  # noqa: F401  (re-exported: the rule lives with the config's)
+
 DEFAULT_DAYS = 825
 
 
@@ -116,24 +118,6 @@ class CertificateAuthority:
                     sans.append(x509.DNSName(n))
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         return _save(self.dir, name, builder.sign(self._key, hashes.SHA256()), key)
-
-
-def certificate_problem(path: str, now: dt.datetime | None = None) -> str | None:
-    """Why a PEM certificate file cannot be used (unreadable, not PEM, expired, not yet valid); None if fine."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        return f"cannot read {path}: {exc.strerror}"
-    try:
-        cert = x509.load_pem_x509_certificate(data)
-    except ValueError:
-        return f"{path} is not a PEM certificate"
-    now = now or dt.datetime.now(dt.timezone.utc)
-    if cert.not_valid_after_utc < now:
-        return f"certificate {path} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
-    if cert.not_valid_before_utc > now:
-        return f"certificate {path} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
-    return None
 
 
 def issued_by(path: str, ca_path: str) -> bool | None:

@@ -91,6 +91,22 @@ def test_bad_config_names_the_field(data, message):
     assert message in err.value.problems, err.value.problems
 
 
+def test_a_certificate_must_be_valid_now(tmp_path):
+    import datetime as dt
+
+    from haagent.store.pki import CertificateAuthority
+
+    ca = CertificateAuthority(tmp_path)
+    ended = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).replace(second=0, microsecond=0)
+    old = ca.issue("old", "h1", not_before=ended - dt.timedelta(days=30), not_after=ended)
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(ConfigError) as err:
+        parse_config(with_(etcd={"ca_cert": str(junk), "cert": str(old.cert), "key": str(old.key)}))
+    assert err.value.problems == [f"etcd.ca_cert: {junk} is not a PEM certificate",
+                                  f"etcd.cert: certificate {old.cert} expired on {ended:%Y-%m-%d %H:%M} UTC"]
+
+
 def test_etcd_users_map_certificate_names_to_roles():
     cfg = parse_config(with_(etcd={"users": {"kvm1": "haagent-agent", "grafana": "haagent-reader"}}))
     assert cfg.etcd.users == (("grafana", "haagent-reader"), ("kvm1", "haagent-agent"))
@@ -157,11 +173,11 @@ def test_status_without_etcd_says_so_in_one_line(tmp_path):
 
 
 def test_a_key_file_others_can_read_is_refused_naming_the_fix(tmp_path):
-    key = tmp_path / "agent.key"
-    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    from haagent.store.pki import CertificateAuthority
+
+    files = CertificateAuthority(tmp_path).issue("agent", "h1")
+    key, cert = files.key, files.cert
     key.chmod(0o644)
-    cert = tmp_path / "agent.pem"
-    cert.write_text("cert\n")
     with pytest.raises(ConfigError) as err:
         parse_config(with_(etcd={"cert": str(cert), "key": str(key)}))
     assert f"etcd.key: {key} is readable by group or others (mode 0644); run: chmod 600 {key}" \
