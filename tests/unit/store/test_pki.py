@@ -41,12 +41,3 @@ def test_each_refusal_is_blamed_on_its_cause(tmp_path):
     assert certificate_problem(str(tmp_path / "missing.crt")).startswith("cannot read")
     (tmp_path / "junk.crt").write_text("junk")
     assert certificate_problem(str(tmp_path / "junk.crt")).endswith("is not a PEM certificate")
-
-
-def test_the_roles_are_the_ones_check_config_knows():
-    from haagent.config import ETCD_ROLES
-    from haagent.store.rbac import role_permissions
-
-    assert tuple(role_permissions("c")) == ETCD_ROLES
-    perms = role_permissions("c")
-    assert {p.prefix for ps in perms.values() for p in ps} <= {"/haagent/c/", "/haagent/c/requests/"}
