@@ -26,6 +26,7 @@ from haagent.config import Config
     "host": "haagent.manager.cli:host",
     "events": "haagent.manager.cli:events",
     "drill": "haagent.lab.drill:drill",
+    "etcd": "haagent.store.cli:etcd",
 })
 @click.version_option(package_name="haagent")
 def main() -> None:

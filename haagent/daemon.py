@@ -26,7 +26,7 @@ from haagent.agent.watchdog import Watchdog, WatchdogError
 from haagent.hypervisor.port import Hypervisor
 from haagent.clikit import config_option
 from haagent.config import Config
-from haagent.errors import NotLeader, StoreError
+from haagent.errors import NotLeader, StoreAccessDenied, StoreError
 from haagent.log import configure, get_logger
 from haagent.store.client import Compare, Delete, EtcdStore, Put
 from haagent.store.election import Election, Leadership
@@ -129,7 +129,8 @@ class AgentDaemon:
     # -- main loop --------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Raises WatchdogError (after a clean stop) when the watchdog cannot be armed as configured."""
+        """Raises WatchdogError (after a clean stop) when the watchdog cannot be armed as configured,
+        StoreAccessDenied when etcd refuses our certificate or role at the first grant."""
         metrics.serve(self.config.metrics_listen)
         log.info("agent_starting", host=self.host, cluster=self.config.cluster, version=__version__,
                  endpoints=[str(e) for e in self.config.etcd.endpoints])
@@ -170,7 +171,7 @@ class AgentDaemon:
     def _start_leader_watch(self) -> None:
         while not self._stop.is_set():
             try:
-                start = self.store.revision() + 1
+                start = self.store.revision(self.keys.leader) + 1
                 self._leader_watch = ResumingWatch(self.store, self.keys.leader, self, start).start()
                 return
             except StoreError as exc:
@@ -351,6 +352,10 @@ def agent(config: Config, watchdog_write_only: bool) -> None:
         code = daemon.run()
     except WatchdogError as exc:  # refuse to run unprotected: one line, exit 2
         click.echo(f"haagent: refusing to run: {'; '.join(exc.problems)}", err=True)
+        code = 2
+    except StoreAccessDenied as exc:  # at the first grant: our certificate or role, not the network
+        daemon.store.close()
+        click.echo(f"haagent: refusing to run: {exc}", err=True)
         code = 2
     if hypervisor is not None:
         hypervisor.close()

@@ -10,7 +10,7 @@ import json
 
 import click
 
-from haagent.clikit import LazyGroup, config_option, fail
+from haagent.clikit import LazyGroup, config_option, fail, fail_store
 from haagent.state.requests import open_store, send_request
 from haagent.config import Config
 from haagent.errors import HaagentError, StoreError
@@ -100,7 +100,7 @@ def list_vms(config: Config, as_json: bool) -> None:
     try:
         kvs, _ = store.get_prefix(keys.root)
     except StoreError as exc:
-        fail(f"cannot reach etcd: {exc}")
+        fail_store(exc)
     finally:
         store.close()
     view = build_view({kv.key: kv for kv in kvs}, keys, 0)

@@ -45,13 +45,19 @@ def lab() -> None:
 @click.option("--disk", is_flag=True, help="give each VM a qcow2 disk on the shared storage")
 @click.option("--no-ha", is_flag=True, help="leave the VMs without haagent's HA mark (unmanaged)")
 @click.option("--keep-on-failure", is_flag=True, help="leave a half-built lab for inspection")
-def up(hosts: int, vms: int, prefix: str, kvm: bool, disk: bool, no_ha: bool, keep_on_failure: bool) -> None:
-    """Build the lab: hosts, etcd cluster, agents, BMCs, shared storage, VMs."""
+@click.option("--insecure", is_flag=True,
+              help="plain etcd: no TLS, no client certificates, no roles (debugging only)")
+@click.option("--libvirt-tls", is_flag=True,
+              help="libvirtds and QEMU migration streams over TLS (qemu+tls://; migrate with --tls)")
+def up(hosts: int, vms: int, prefix: str, kvm: bool, disk: bool, no_ha: bool, keep_on_failure: bool,
+       insecure: bool, libvirt_tls: bool) -> None:
+    """Build the lab: hosts, etcd cluster (TLS, client certificates, roles), agents, BMCs, shared storage, VMs."""
     lab_ = _lab(prefix)
     _guard(lambda: lab_.up(hosts, vms, kvm=kvm, disk=disk, keep_on_failure=keep_on_failure, ha=not no_ha,
+                           insecure=insecure, libvirt_tls=libvirt_tls,
                            progress=lambda msg: click.echo(msg, err=True)))
-    click.echo(f"try: haagent lab status --prefix {prefix}; haagent lab virsh h1 list; "
-               f"haagent lab crash h2; haagent lab down --prefix {prefix}")
+    click.echo(f"try: haagent lab status --prefix {prefix}; haagent status --config {lab_.layout.operator_config}; "
+               f"haagent lab virsh h1 list; haagent lab crash h2; haagent lab down --prefix {prefix}")
 
 
 @lab.command()
@@ -79,7 +85,9 @@ def status(prefix: str, as_json: bool) -> None:
         return {True: "[green]up[/]", False: "[red]down[/]", None: "[yellow]?[/]"}.get(v, str(v))
 
     t = Table(title=f"lab {st['prefix']} ({st['phase']}, {'kvm' if st['kvm'] else 'tcg'}"
-                    f"{', qcow2 disks' if st['disk'] else ''})")
+                    f"{', qcow2 disks' if st['disk'] else ''}"
+                    f"{', etcd TLS + roles' if st['etcd_tls'] else ', etcd plain (--insecure)'}"
+                    f"{', libvirt TLS' if st['libvirt_tls'] else ''})")
     for col in ("host", "address", "power", "network", "libvirtd", "etcd", "agent", "bmc", "running VMs"):
         t.add_column(col)
     for h in st["hosts"]:

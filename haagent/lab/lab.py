@@ -81,12 +81,12 @@ def _bmc_available() -> bool:
         return False
 
 
-def _write(path: Path, text: str, mode: int = 0o644) -> None:
+def _write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
 
 
@@ -135,6 +135,11 @@ class Lab:
     def etcd_members(self) -> list[str]:
         return list(self.state.get("etcd_members", []))
 
+    @property
+    def tls(self) -> bool:
+        """etcd speaks TLS with client certificates and roles (the default; ``up(insecure=True)``: plain)."""
+        return bool(self.state.get("tls", False))
+
     def vms(self) -> dict[str, str]:
         """VM name -> the host the lab first started it on."""
         return {name: v["home"] for name, v in self.state.get("vms", {}).items()}
@@ -151,25 +156,54 @@ class Lab:
         return f"qemu+unix:///system?socket={self.layout.libvirt_socket(self._host(host))}"
 
     def migration_uri(self, host: str) -> str:
-        """Destination URI for peer-to-peer migration, resolved by the source host's libvirtd."""
+        """Destination URI for peer-to-peer migration, resolved by the source host's libvirtd
+        (``qemu+tls://`` in a ``--libvirt-tls`` lab: migrate with ``--tls`` there)."""
+        if self.state.get("libvirt_tls"):
+            return L.libvirt_uri_tls(self.address(host))
         return f"qemu+tcp://{self.address(host)}/system"
 
     def etcd_endpoint(self, host: str) -> str:
-        """A member's client socket from the root namespace: ``unix:///abs/dir/localhost:2379``."""
-        return f"unix://{self.layout.etcd_dir(self._host(host))}/localhost:{L.ETCD_CLIENT_PORT}"
+        """A member's client socket from the root namespace: ``unixs:///abs/dir/localhost:2379``
+        (``unix://`` in an insecure lab)."""
+        scheme = "unixs" if self.tls else "unix"
+        return f"{scheme}://{self.layout.etcd_dir(self._host(host))}/localhost:{L.ETCD_CLIENT_PORT}"
 
     def etcd_endpoints(self) -> list[str]:
         return [self.etcd_endpoint(h) for h in self.etcd_members()]
 
     def etcd_lab_endpoints(self) -> list[str]:
         """The members' client URLs as seen from inside the lab (what agents use)."""
-        return [f"http://{L.address(h)}:{L.ETCD_CLIENT_PORT}" for h in self.etcd_members()]
+        scheme = "https" if self.tls else "http"
+        return [f"{scheme}://{L.address(h)}:{L.ETCD_CLIENT_PORT}" for h in self.etcd_members()]
+
+    def etcd_cert(self, user: str) -> tuple[str, str, str] | None:
+        """(ca_cert, cert, key) of an etcd user of the lab (root, operator, reader, a host); None if insecure."""
+        if not self.tls:
+            return None
+        pki = self.layout.pki_dir
+        name = f"agent-{user}" if user in self.hosts() else user
+        return str(pki / "ca.crt"), str(pki / f"{name}.crt"), str(pki / f"{name}.key")
+
+    def etcd_tls(self, user: str = "root") -> dict[str, str]:
+        """``EtcdStore(..., **lab.etcd_tls())``: the CA and a user's certificate ({} if insecure)."""
+        files = self.etcd_cert(user)
+        return dict(zip(("ca_cert", "cert", "key"), files)) if files else {}
+
+    def etcd_store(self, endpoints: Sequence[str] | None = None, timeout: float = 1.0, user: str = "root") -> Any:
+        """An EtcdStore on the members' sockets (or ``endpoints``), as etcd's root user by default."""
+        from haagent.store.client import EtcdStore
+        return EtcdStore(list(endpoints or self.etcd_endpoints()), timeout=timeout, **self.etcd_tls(user))
 
     def etcd_client(self, host: str, timeout: float = 2.0) -> Any:
-        """A python3-etcd3 client bound to one member's unix socket."""
+        """A python3-etcd3 client bound to one member's unix socket, as etcd's root user."""
         import etcd3
+
+        from haagent.store.client import grpc_tls_options
+        files = self.etcd_cert("root") or (None, None, None)
         return etcd3.client(host=f"unix:{self.layout.etcd_dir(self._host(host))}/localhost",
-                            port=L.ETCD_CLIENT_PORT, timeout=timeout)
+                            port=L.ETCD_CLIENT_PORT, timeout=timeout,
+                            ca_cert=files[0], cert_cert=files[1], cert_key=files[2],
+                            grpc_options=grpc_tls_options("unixs" if self.tls else "unix"))
 
     def bmc_address(self, host: str) -> str:
         """The host's BMC as seen from inside the lab (any host reaches it on the mgmt network)."""
@@ -206,8 +240,13 @@ class Lab:
     # == building and tearing down ===============================================================
 
     def up(self, hosts: int = 3, vms: int = 6, kvm: bool = False, disk: bool = False,
-           progress: Progress | None = None, keep_on_failure: bool = False, ha: bool = True) -> "Lab":
-        """Build the whole lab; on failure tear down what was built (unless keep_on_failure)."""
+           progress: Progress | None = None, keep_on_failure: bool = False, ha: bool = True,
+           insecure: bool = False, libvirt_tls: bool = False) -> "Lab":
+        """Build the whole lab; on failure tear down what was built (unless keep_on_failure).
+
+        etcd speaks TLS to clients and peers and requires client certificates from the lab's CA,
+        with haagent's roles on (docs/security.md); ``insecure``: plain, no auth, for debugging.
+        ``libvirt_tls``: libvirtds (and QEMU's migration streams) talk TLS with the lab's CA."""
         say = progress or _quiet
         self._preflight(hosts, vms, kvm)
         t0 = time.monotonic()
@@ -216,7 +255,7 @@ class Lab:
             say(f"[{time.monotonic() - t0:5.1f}s] {msg}")
 
         try:
-            self._build(hosts, vms, kvm, disk, step, ha)
+            self._build(hosts, vms, kvm, disk, step, ha, not insecure, libvirt_tls)
         except BaseException:
             if not keep_on_failure:
                 step("failed: tearing the half-built lab down")
@@ -228,11 +267,13 @@ class Lab:
     @contextlib.contextmanager
     def running(self, hosts: int = 3, vms: int = 6, kvm: bool = False, disk: bool = False,
                 progress: Progress | None = None, ha: bool = True,
-                keep_logs: Path | None = None) -> Iterator["Lab"]:
+                keep_logs: Path | None = None, insecure: bool = False,
+                libvirt_tls: bool = False) -> Iterator["Lab"]:
         """``with Lab(p).running(3, 6) as lab:`` - removes a leftover lab first, always tears down."""
         self.down()
         try:
-            yield self.up(hosts, vms, kvm=kvm, disk=disk, progress=progress, ha=ha)
+            yield self.up(hosts, vms, kvm=kvm, disk=disk, progress=progress, ha=ha, insecure=insecure,
+                          libvirt_tls=libvirt_tls)
         finally:
             self.down(keep_logs=keep_logs)
 
@@ -255,7 +296,8 @@ class Lab:
             raise LabError(f"{self.layout.dir}: too long for unix socket paths; set a shorter "
                            f"HAAGENT_LAB_ROOT")
 
-    def _build(self, n: int, m: int, kvm: bool, disk: bool, step: Progress, ha: bool) -> None:
+    def _build(self, n: int, m: int, kvm: bool, disk: bool, step: Progress, ha: bool, tls: bool,
+               libvirt_tls: bool) -> None:
         names = L.host_names(n)
         members = names[:min(n, 3)]
         vm_list = L.vm_names(m)
@@ -266,7 +308,7 @@ class Lab:
         # Written first, so `down` knows the lab even if this process dies half way.
         self._save_state({
             "prefix": self.prefix, "phase": "building", "hosts": names, "etcd_members": members,
-            "kvm": kvm, "disk": disk, "ha": ha, "created": time.time(),
+            "kvm": kvm, "disk": disk, "ha": ha, "tls": tls, "libvirt_tls": libvirt_tls, "created": time.time(),
             "vms": {vm: {"home": homes[vm], "uuid": lay.vm_uuid(vm)} for vm in vm_list},
         })
         with self._locked():
@@ -277,6 +319,13 @@ class Lab:
             lay.shared_dir.mkdir()
             lay.bmc_dir.mkdir(mode=0o700)
             _write(lay.bmc_password_file, secrets.token_urlsafe(12) + "\n", 0o600)
+            if tls:
+                self._make_certificates(names, members)
+            if libvirt_tls:
+                self._make_libvirt_certificates(names)
+            users = L.etcd_users(names)
+            _write(lay.operator_config, L.cli_toml(self.prefix, self.etcd_endpoints(), self.etcd_cert(L.OPERATOR_USER)))
+            _write(lay.admin_config, L.cli_toml(self.prefix, self.etcd_endpoints(), self.etcd_cert("root"), users))
             for h in names:
                 self._write_host_files(h, members)
                 from_fencing_faults_write(lay.bmc_fault_file(h), "ok", 0.0)
@@ -287,7 +336,12 @@ class Lab:
         self._wait_libvirtd(names, timeout=60)
         step("libvirtd answers on every host")
         self._wait_etcd(members, timeout=30)
-        step(f"etcd cluster healthy ({len(members)} members, --pre-vote)")
+        step(f"etcd cluster healthy ({len(members)} members, --pre-vote"
+             + (", TLS with client certificates)" if tls else ", plain: --insecure)"))
+        if tls:
+            self._setup_rbac(users)
+            step(f"etcd auth on: {len(names)} agents (haagent-agent), {L.OPERATOR_USER} (haagent-operator), "
+                 f"{L.READER_USER} (haagent-reader); the CLI: --config {lay.operator_config}")
         if _bmc_available():
             self.wait_bmcs()
             step(f"{n} BMCs answer IPMI on the management network")
@@ -501,6 +555,7 @@ class Lab:
                 where.setdefault(vm, []).append(h["name"])
         return {"prefix": self.prefix, "dir": str(self.layout.dir), "phase": st.get("phase", "unknown"),
                 "kvm": st.get("kvm", False), "disk": st.get("disk", False),
+                "etcd_tls": st.get("tls", False), "libvirt_tls": st.get("libvirt_tls", False),
                 "etcd_endpoints": self.etcd_endpoints(), "hosts": hosts, "vms": where}
 
     def running_vms(self, host: str, timeout: float = 5.0) -> list[str] | None:
@@ -598,15 +653,57 @@ class Lab:
         for sub, _ in L.LIBVIRT_BINDS:
             (hd / sub).mkdir(parents=True, exist_ok=True)
         lay.logs_dir(h).mkdir(exist_ok=True)
-        _write(hd / "etc-libvirt" / "libvirtd.conf", L.libvirtd_conf(lay.host_uuid(h)))
-        _write(hd / "etc-libvirt" / "qemu.conf", L.qemu_conf(L.address(h)))
+        libvirt_tls = bool(self.state.get("libvirt_tls"))
+        _write(hd / "etc-libvirt" / "libvirtd.conf", L.libvirtd_conf(lay.host_uuid(h), libvirt_tls))
+        _write(hd / "etc-libvirt" / "qemu.conf", L.qemu_conf(L.address(h), libvirt_tls))
         _write(hd / "etc-libvirt" / "libvirt.conf", 'uri_default = "qemu:///system"\n')
         if h in members:
             (lay.etcd_dir(h) / "data").mkdir(parents=True, exist_ok=True)
             os.chmod(lay.etcd_dir(h) / "data", 0o700)
-        endpoints = [f"http://{L.address(m)}:{L.ETCD_CLIENT_PORT}" for m in members]
+        scheme = "https" if self.tls else "http"
+        endpoints = [f"{scheme}://{L.address(m)}:{L.ETCD_CLIENT_PORT}" for m in members]
         _write(lay.agent_config(h), L.agent_toml(self.prefix, h, endpoints, self._fencing_section(h),
-                                                         str(lay.shared_dir)))
+                                                 str(lay.shared_dir), self.etcd_cert(h)))
+
+    def _make_certificates(self, names: list[str], members: list[str]) -> None:
+        """The lab's CA; a server/peer certificate per etcd member; a client certificate per agent
+        (CN = host), for the operator, the reader and etcd's root user."""
+        from haagent.store.pki import CertificateAuthority
+
+        ca = CertificateAuthority(self.layout.pki_dir, name=f"haagent lab {self.prefix} etcd CA")
+        for h in members:
+            # 127.0.0.1 and localhost: the member's loopback and unix-socket listeners
+            ca.issue(f"member-{h}", h, server=True, server_names=(L.address(h), "127.0.0.1", "localhost"))
+        for h in names:
+            ca.issue(f"agent-{h}", h)
+        for user in ("root", L.OPERATOR_USER, L.READER_USER):
+            ca.issue(user, user)
+
+    def _make_libvirt_certificates(self, names: list[str]) -> None:
+        """One certificate per host (its lab address; server and client use), from the lab's CA,
+        copied where that host's libvirtd and QEMU read them (its own /etc/libvirt/pki)."""
+        from haagent.store.pki import CertificateAuthority
+
+        ca = CertificateAuthority(self.layout.pki_dir, name=f"haagent lab {self.prefix} CA")
+        for h in names:
+            files = ca.issue(f"libvirt-{h}", h, server=True, server_names=(L.address(h),))
+            source = {"ca": ca.cert_path, "cert": files.cert, "key": files.key}
+            for sub, entries in L.LIBVIRT_PKI_FILES.items():
+                for role, name in entries:
+                    dest = self.layout.host_dir(h) / "etc-libvirt" / "pki" / sub / name
+                    _write(dest, source[role].read_bytes(), 0o600 if role == "key" else 0o644)
+
+    def _setup_rbac(self, users: dict[str, str]) -> None:
+        from haagent.errors import StoreError
+        from haagent.store.rbac import setup_rbac
+
+        store = self.etcd_store(timeout=2.0)
+        try:
+            setup_rbac(store, self.prefix, users)
+        except StoreError as e:
+            raise LabError(f"etcd RBAC setup failed: {e}") from e
+        finally:
+            store.close()
 
     def _fencing_section(self, h: str) -> str:
         """Every host's BMC as an IPMI fence device: any host may be the leader that fences."""
@@ -675,22 +772,28 @@ class Lab:
     def _start_etcd(self, h: str) -> None:
         members = self.etcd_members()
         ip = L.address(h)
-        cluster = ",".join(f"{m}=http://{L.address(m)}:{L.ETCD_PEER_PORT}" for m in members)
+        http, unix = ("https", "unixs") if self.tls else ("http", "unix")
+        cluster = ",".join(f"{m}={http}://{L.address(m)}:{L.ETCD_PEER_PORT}" for m in members)
+        tls: list[str] = []
+        if self.tls:
+            from haagent.store.etcd_server import MemberTls
+            pki = self.layout.pki_dir
+            tls = MemberTls(pki / "ca.crt", pki / f"member-{h}.crt", pki / f"member-{h}.key").argv()
         # A power cut leaves the socket file behind, and etcd will not bind over it.
         (self.layout.etcd_dir(h) / f"localhost:{L.ETCD_CLIENT_PORT}").unlink(missing_ok=True)
         # The unix listener is a file literally named localhost:2379 in etcd's working
         # directory: how clients in the root namespace reach the member without a lab address.
         self._spawn(h, "etcd", [
             "etcd", "--name", h, "--data-dir", str(self.layout.etcd_dir(h) / "data"),
-            "--listen-peer-urls", f"http://{ip}:{L.ETCD_PEER_PORT}",
-            "--initial-advertise-peer-urls", f"http://{ip}:{L.ETCD_PEER_PORT}",
+            "--listen-peer-urls", f"{http}://{ip}:{L.ETCD_PEER_PORT}",
+            "--initial-advertise-peer-urls", f"{http}://{ip}:{L.ETCD_PEER_PORT}",
             "--listen-client-urls",
-            f"http://{ip}:{L.ETCD_CLIENT_PORT},http://127.0.0.1:{L.ETCD_CLIENT_PORT},"
-            f"unix://localhost:{L.ETCD_CLIENT_PORT}",
-            "--advertise-client-urls", f"http://{ip}:{L.ETCD_CLIENT_PORT}",
+            f"{http}://{ip}:{L.ETCD_CLIENT_PORT},{http}://127.0.0.1:{L.ETCD_CLIENT_PORT},"
+            f"{unix}://localhost:{L.ETCD_CLIENT_PORT}",
+            "--advertise-client-urls", f"{http}://{ip}:{L.ETCD_CLIENT_PORT}",
             "--initial-cluster", cluster, "--initial-cluster-state", "new",
             "--initial-cluster-token", f"haagent-lab-{self.prefix}",
-            "--pre-vote", "--logger", "zap", "--log-level", "warn",
+            "--pre-vote", "--logger", "zap", "--log-level", "warn", *tls,
         ], cwd=str(self.layout.etcd_dir(h)))
 
     def _start_agent(self, h: str) -> None:

@@ -25,6 +25,9 @@ NETMASK = 24
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 LIBVIRT_TCP_PORT = 16509
+LIBVIRT_TLS_PORT = 16514
+# Inside a host: its own /etc/libvirt (LIBVIRT_BINDS), so each host has its own certificates.
+LIBVIRT_PKI = "/etc/libvirt/pki"
 METRICS_PORT = 9464
 BMC_PORT = 623
 BMC_USER = "admin"
@@ -118,6 +121,21 @@ class Layout:
     def bmcd_pidfile(self) -> Path:
         return self.bmc_dir / "bmcd.pid"
 
+    @property
+    def pki_dir(self) -> Path:
+        """The lab's etcd CA and certificates (haagent/store/pki.py); empty with --insecure."""
+        return self.dir / "pki"
+
+    @property
+    def operator_config(self) -> Path:
+        """A config for the haagent CLI in the root namespace: the etcd sockets, the operator's cert."""
+        return self.dir / "operator.toml"
+
+    @property
+    def admin_config(self) -> Path:
+        """Like operator_config with etcd's root certificate and [etcd.users]: `haagent etcd setup-rbac`."""
+        return self.dir / "admin.toml"
+
     # -- namespaces (files under /run/netns, created by `ip netns add`) ------------------------
 
     def netns(self, host: str) -> str:
@@ -169,13 +187,28 @@ def spread(vms: list[str], hosts: list[str]) -> dict[str, str]:
 # -- generated files -----------------------------------------------------------------------------
 
 
-def libvirtd_conf(host_uuid: str) -> str:
-    # NOTE: TCP without auth is only acceptable because this socket lives in a lab namespace
-    # nothing outside the lab can reach; it is what p2p migration between lab hosts uses.
-    return f"""\
+def libvirtd_conf(host_uuid: str, tls: bool = False) -> str:
+    """``tls``: libvirtds talk to each other only over TLS with certificates from the lab's CA
+    (docs/hypervisor.md, "Live migration over TLS"); no TCP listener."""
+    if tls:
+        transport = f"""\
+listen_tls = 1
+listen_tcp = 0
+tls_port = "{LIBVIRT_TLS_PORT}"
+ca_file = "{LIBVIRT_PKI}/cacert.pem"
+cert_file = "{LIBVIRT_PKI}/servercert.pem"
+key_file = "{LIBVIRT_PKI}/serverkey.pem"
+tls_no_verify_certificate = 0
+"""
+    else:
+        # NOTE: TCP without auth is only acceptable because this socket lives in a lab namespace
+        # nothing outside the lab can reach; it is what p2p migration between lab hosts uses.
+        transport = f"""\
 listen_tls = 0
 listen_tcp = 1
 tcp_port = "{LIBVIRT_TCP_PORT}"
+"""
+    return transport + f"""\
 listen_addr = "0.0.0.0"
 auth_tcp = "none"
 auth_unix_ro = "none"
@@ -188,7 +221,7 @@ log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 """
 
 
-def qemu_conf(migration_host: str) -> str:
+def qemu_conf(migration_host: str, tls: bool = False) -> str:
     # The settings LAB-NOTES found necessary to run QEMU as root without cgroups, mount
     # namespaces or virtlogd; migration_host because lab hostnames resolve nowhere.
     return f"""\
@@ -200,7 +233,27 @@ namespaces = [ ]
 stdio_handler = "file"
 remember_owner = 0
 migration_host = "{migration_host}"
-"""
+""" + (f"""\
+# the migration data stream (QEMU to QEMU) over TLS too; a migration without --tls is refused
+migrate_tls_x509_cert_dir = "{LIBVIRT_PKI}/qemu"
+migrate_tls_x509_verify = 1
+migrate_tls_force = 1
+""" if tls else "")
+
+
+def libvirt_uri_tls(address: str) -> str:
+    """A peer libvirtd over TLS, with the client certificate libvirt should present (pkipath)."""
+    return f"qemu+tls://{address}/system?pkipath={LIBVIRT_PKI}"
+
+
+# The certificate files libvirt (libvirtd and its client side in a p2p migration) and QEMU read,
+# by role: (ca, cert, key) -> file names in LIBVIRT_PKI and LIBVIRT_PKI/qemu.
+LIBVIRT_PKI_FILES = {
+    "": (("ca", "cacert.pem"), ("cert", "servercert.pem"), ("key", "serverkey.pem"),
+         ("cert", "clientcert.pem"), ("key", "clientkey.pem")),
+    "qemu": (("ca", "ca-cert.pem"), ("cert", "server-cert.pem"), ("key", "server-key.pem"),
+             ("cert", "client-cert.pem"), ("key", "client-key.pem")),
+}
 
 
 # The agents' HA mark (haagent/agent/managed.py): VMs carrying it are managed by haagent.
@@ -242,18 +295,48 @@ def domain_xml(name: str, vm_uuid: str, prefix: str, kvm: bool, disk: str | None
 """
 
 
-def agent_toml(prefix: str, host: str, etcd_endpoints: list[str], fencing: str, images: str) -> str:
-    """The agent's config on one lab host: every address in it is a lab address."""
+# The lab's etcd users besides the hosts' agents (whose certificate CN is the host's name).
+OPERATOR_USER = "operator"
+READER_USER = "reader"
+
+
+def etcd_users(hosts: list[str]) -> dict[str, str]:
+    """The lab's etcd users: certificate CN -> role (docs/security.md)."""
+    return {**{h: "haagent-agent" for h in hosts}, OPERATOR_USER: "haagent-operator", READER_USER: "haagent-reader"}
+
+
+def etcd_toml(etcd_endpoints: list[str], tls: tuple[str, str, str] | None) -> str:
+    """An [etcd] table; ``tls`` is (ca_cert, cert, key)."""
     endpoints = ", ".join(f'"{e}"' for e in etcd_endpoints)
+    lines = ["[etcd]", f"endpoints = [{endpoints}]", "timeout = 1.0"]
+    if tls is not None:
+        lines += [f'ca_cert = "{tls[0]}"', f'cert = "{tls[1]}"', f'key = "{tls[2]}"']
+    return "\n".join(lines) + "\n"
+
+
+def cli_toml(prefix: str, etcd_endpoints: list[str], tls: tuple[str, str, str] | None,
+             users: dict[str, str] | None = None) -> str:
+    """A config for the haagent CLI in the root namespace (etcd's unix sockets, no lab address)."""
+    out = f"""\
+# Generated by `haagent lab up` for lab {prefix}: `haagent status --config <this file>`.
+cluster = "{prefix}"
+host = "cli"
+
+{etcd_toml(etcd_endpoints, tls)}"""
+    if users:
+        out += "\n[etcd.users]\n" + "".join(f'{u} = "{r}"\n' for u, r in sorted(users.items()))
+    return out + '\n[metrics]\nlisten = ""\n\n[libvirt]\nenabled = false\n'
+
+
+def agent_toml(prefix: str, host: str, etcd_endpoints: list[str], fencing: str, images: str,
+               tls: tuple[str, str, str] | None = None) -> str:
+    """The agent's config on one lab host: every address in it is a lab address."""
     return f"""\
 # Generated by `haagent lab up` for host {host} of lab {prefix}.
 cluster = "{prefix}"
 host = "{host}"
 
-[etcd]
-endpoints = [{endpoints}]
-timeout = 1.0
-
+{etcd_toml(etcd_endpoints, tls)}
 [libvirt]
 # The host's own libvirtd, inside the host's mount namespace.
 uri = "qemu:///system"

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from haagent.clikit import config_option, fail
+from haagent.clikit import config_option, fail_store
 from haagent.config import Config
 from haagent.errors import StoreError
 
@@ -39,8 +39,7 @@ def status(config: Config, as_json: bool) -> None:
     try:
         data = cluster_status(store, Keys(config.cluster))
     except StoreError as exc:
-        endpoints = ", ".join(str(e) for e in config.etcd.endpoints)
-        fail(f"cannot reach etcd at {endpoints}: {exc}")
+        fail_store(exc, ", ".join(str(e) for e in config.etcd.endpoints))
     finally:
         store.close()
     if as_json:

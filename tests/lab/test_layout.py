@@ -74,3 +74,12 @@ def test_root_namespace_endpoints_are_unix_sockets(tmp_path: Path, monkeypatch: 
     assert lab.libvirt_uri("h1") == f"qemu+unix:///system?socket={tmp_path}/unit/hosts/h1/run-libvirt/libvirt-sock"
     assert lab.migration_uri("h2") == "qemu+tcp://10.99.0.12/system"
     assert lab.etcd_lab_endpoints() == ["http://10.99.0.11:2379", "http://10.99.0.12:2379"]
+    # the default lab (TLS): the same sockets with TLS, https inside the lab, a certificate per user
+    lab.layout.state_file.write_text('{"hosts": ["h1", "h2"], "etcd_members": ["h1", "h2"], "tls": true}')
+    assert parse_endpoint(lab.etcd_endpoint("h2")).scheme == "unixs"
+    assert lab.etcd_lab_endpoints() == ["https://10.99.0.11:2379", "https://10.99.0.12:2379"]
+    pki = tmp_path / "unit" / "pki"
+    assert lab.etcd_tls("h1") == {"ca_cert": f"{pki}/ca.crt", "cert": f"{pki}/agent-h1.crt", "key": f"{pki}/agent-h1.key"}
+    assert lab.etcd_tls()["cert"] == f"{pki}/root.crt"
+    lab.layout.state_file.write_text('{"hosts": ["h1", "h2"], "etcd_members": ["h1"], "libvirt_tls": true}')
+    assert lab.migration_uri("h2") == "qemu+tls://10.99.0.12/system?pkipath=/etc/libvirt/pki"
