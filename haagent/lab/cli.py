@@ -41,7 +41,8 @@ def lab() -> None:
 @click.option("--hosts", default=3, show_default=True, type=int, help="number of hosts, 2-6")
 @click.option("--vms", default=6, show_default=True, type=int, help="number of HA VMs")
 @prefix_option
-@click.option("--kvm", is_flag=True, help="use /dev/kvm (qemu64 CPU, svm off) instead of TCG")
+@click.option("--kvm", is_flag=True, help="use /dev/kvm (qemu64 CPU, svm off) instead of TCG (a Linux guest crawls under "
+                   "the KVM of some nested machines: see docs/lab.md)")
 @click.option("--disk", is_flag=True, help="give each VM a qcow2 disk on the shared storage")
 @click.option("--no-ha", is_flag=True, help="leave the VMs without haagent's HA mark (unmanaged)")
 @click.option("--guest", type=click.Choice(L.GUESTS), default="none", show_default=True,
@@ -205,7 +206,7 @@ def console(prefix: str, vm: str, lines: int) -> None:
     every 10 ms (the file every QEMU of the guest appends to is printed first)."""
     g = _guard(lambda: _lab(prefix).guest(vm))
     click.echo(f"# {g.console}", err=True)
-    text = g.console_text()
+    text = g.console_text(since=max(g.mark() - 200 * max(lines, 1), 0))  # ticks are ~25 bytes
     click.echo("\n".join(text.splitlines()[-lines:]))
 
 
