@@ -32,7 +32,6 @@ BOOT = Path("/boot")
 KERNEL_CMDLINE = "console=ttyS0,115200 quiet loglevel=3 mitigations=off"
 # The first line the guest prints once its console, ticks and load channel are running.
 READY_LINE = "haagent-guest ready"
-TICK_PERIOD_S = 0.01
 
 # PID 1 of the guest, run by busybox ash. ttyS0 is the console (kernel messages, the ready line
 # and the ticks), ttyS1 the load channel: one command per line in, one reply line out.
