@@ -261,6 +261,10 @@ def build(cache: Path | None = None, busybox: Path = BUSYBOX, kernel: Path | Non
     if not initrd_out.exists():
         archive = cpio_newc(initramfs_entries(bb))
         _write_atomic(initrd_out, gzip.compress(archive, compresslevel=6, mtime=0))
+    # Files of older inputs (a kernel upgrade): labs have their own links to what they boot.
+    for old in [*cache.glob("vmlinux-*"), *cache.glob("initramfs-*")]:
+        if old not in (kernel_out, initrd_out):
+            old.unlink(missing_ok=True)
     return GuestImage(kernel_out, initrd_out)
 
 
