@@ -22,6 +22,7 @@ import lzma
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ BOOT = Path("/boot")
 KERNEL_CMDLINE = "console=ttyS0,115200 quiet loglevel=3 mitigations=off"
 # The first line the guest prints once its console, ticks and load channel are running.
 READY_LINE = "haagent-guest ready"
+PRUNE_AFTER_S = 24 * 3600
 
 # PID 1 of the guest, run by busybox ash. ttyS0 is the console (kernel messages, the ready line
 # and the ticks), ttyS1 the load channel: one command per line in, one reply line out.
@@ -261,10 +263,14 @@ def build(cache: Path | None = None, busybox: Path = BUSYBOX, kernel: Path | Non
     if not initrd_out.exists():
         archive = cpio_newc(initramfs_entries(bb))
         _write_atomic(initrd_out, gzip.compress(archive, compresslevel=6, mtime=0))
-    # Files of older inputs (a kernel upgrade): labs have their own links to what they boot.
+    # Files of other inputs (a kernel upgrade) once they are a day old: labs boot their own
+    # links, and a day leaves alone a build that another checkout is linking right now.
     for old in [*cache.glob("vmlinux-*"), *cache.glob("initramfs-*")]:
-        if old not in (kernel_out, initrd_out):
-            old.unlink(missing_ok=True)
+        try:
+            if old not in (kernel_out, initrd_out) and time.time() - old.stat().st_mtime > PRUNE_AFTER_S:
+                old.unlink()
+        except FileNotFoundError:
+            pass
     return GuestImage(kernel_out, initrd_out)
 
 

@@ -80,7 +80,10 @@ def test_build_is_cached_by_its_inputs(tmp_path: Path, monkeypatch: pytest.Monke
     assert first.initrd.stat().st_mtime_ns == stamp, "unchanged inputs: nothing rebuilt"
     busybox.write_bytes(b"\x7fELF busybox two")
     assert G.build(cache, busybox=busybox, kernel=kernel).initrd != first.initrd
-    assert not first.initrd.exists() and first.kernel.exists(), "the cache keeps only current files"
+    assert first.initrd.exists(), "a fresh file of other inputs stays (another checkout may use it)"
+    os.utime(first.initrd, (0, 0))
+    G.build(cache, busybox=busybox, kernel=kernel)
+    assert not first.initrd.exists() and first.kernel.exists(), "a day-old file of other inputs goes"
     monkeypatch.setattr(G, "INIT_SCRIPT", G.INIT_SCRIPT + "# changed\n")
     assert G.build(cache, busybox=busybox, kernel=kernel).initrd != first.initrd
     busybox.write_bytes(b"#!/bin/sh not busybox")
