@@ -25,12 +25,15 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from haagent.errors import LabError
 from haagent.lab import layout as L
 from haagent.lab import proc
 from haagent.lab.layout import Layout
+
+if TYPE_CHECKING:
+    from haagent.lab.guest import Guest
 
 Progress = Callable[[str], None]
 INIT_SCRIPT = str(Path(__file__).with_name("init.py"))
@@ -241,43 +244,50 @@ class Lab:
 
     def up(self, hosts: int = 3, vms: int = 6, kvm: bool = False, disk: bool = False,
            progress: Progress | None = None, keep_on_failure: bool = False, ha: bool = True,
-           insecure: bool = False, libvirt_tls: bool = False) -> "Lab":
+           insecure: bool = False, libvirt_tls: bool = False, guest: str = "none",
+           memory_mib: int | None = None, vcpus: int = 1) -> "Lab":
         """Build the whole lab; on failure tear down what was built (unless keep_on_failure).
 
         etcd speaks TLS to clients and peers and requires client certificates from the lab's CA,
         with haagent's roles on (docs/security.md); ``insecure``: plain, no auth, for debugging.
-        ``libvirt_tls``: libvirtds (and QEMU's migration streams) talk TLS with the lab's CA."""
+        ``libvirt_tls``: libvirtds (and QEMU's migration streams) talk TLS with the lab's CA.
+        ``guest="linux"`` boots every VM into the lab's Linux guest (see ``Lab.guest``);
+        ``memory_mib`` defaults to 64 without a guest and 192 with one."""
         say = progress or _quiet
-        self._preflight(hosts, vms, kvm)
+        if memory_mib is None:
+            memory_mib = L.GUEST_MEMORY_MIB if guest == "linux" else L.VM_MEMORY_MIB
+        self._preflight(hosts, vms, kvm, guest, memory_mib, vcpus)
         t0 = time.monotonic()
 
         def step(msg: str) -> None:
             say(f"[{time.monotonic() - t0:5.1f}s] {msg}")
 
         try:
-            self._build(hosts, vms, kvm, disk, step, ha, not insecure, libvirt_tls)
+            self._build(hosts, vms, kvm, disk, step, ha, not insecure, libvirt_tls, guest, memory_mib, vcpus)
         except BaseException:
             if not keep_on_failure:
                 step("failed: tearing the half-built lab down")
                 self.down()
             raise
-        step(f"lab {self.prefix} is up: {hosts} hosts, {vms} VMs")
+        step(f"lab {self.prefix} is up: {hosts} hosts, {vms} VMs" +
+             (" (Linux guests)" if guest == "linux" else ""))
         return self
 
     @contextlib.contextmanager
     def running(self, hosts: int = 3, vms: int = 6, kvm: bool = False, disk: bool = False,
                 progress: Progress | None = None, ha: bool = True,
                 keep_logs: Path | None = None, insecure: bool = False,
-                libvirt_tls: bool = False) -> Iterator["Lab"]:
+                libvirt_tls: bool = False, guest: str = "none", memory_mib: int | None = None,
+                vcpus: int = 1) -> Iterator["Lab"]:
         """``with Lab(p).running(3, 6) as lab:`` - removes a leftover lab first, always tears down."""
         self.down()
         try:
             yield self.up(hosts, vms, kvm=kvm, disk=disk, progress=progress, ha=ha, insecure=insecure,
-                          libvirt_tls=libvirt_tls)
+                          libvirt_tls=libvirt_tls, guest=guest, memory_mib=memory_mib, vcpus=vcpus)
         finally:
             self.down(keep_logs=keep_logs)
 
-    def _preflight(self, hosts: int, vms: int, kvm: bool) -> None:
+    def _preflight(self, hosts: int, vms: int, kvm: bool, guest: str, memory_mib: int, vcpus: int) -> None:
         if os.geteuid() != 0:
             raise LabError("the lab needs root: it creates namespaces, bridges and runs libvirtd")
         if not L.MIN_HOSTS <= hosts <= L.MAX_HOSTS:
@@ -286,6 +296,20 @@ class Lab:
             raise LabError(f"--vms must be between 0 and {L.MAX_VMS} (got {vms})")
         if kvm and not os.access("/dev/kvm", os.R_OK | os.W_OK):
             raise LabError("--kvm: /dev/kvm is missing or not usable here; leave --kvm off for TCG")
+        if guest not in L.GUESTS:
+            raise LabError(f"--guest must be one of {', '.join(L.GUESTS)} (got {guest!r})")
+        low = L.MIN_GUEST_MEMORY_MIB if guest == "linux" else L.VM_MEMORY_MIB
+        if not low <= memory_mib <= L.MAX_MEMORY_MIB:
+            raise LabError(f"--memory must be between {low} and {L.MAX_MEMORY_MIB} MiB"
+                           f"{' for --guest linux' if guest == 'linux' else ''} (got {memory_mib})")
+        if not 1 <= vcpus <= L.MAX_VCPUS:
+            raise LabError(f"--vcpus must be between 1 and {L.MAX_VCPUS} (got {vcpus})")
+        if guest == "linux":
+            from haagent.lab.guest_image import BUSYBOX, find_kernel
+            find_kernel()
+            if not BUSYBOX.exists():
+                raise LabError(f"--guest linux: {BUSYBOX} is missing (install busybox-static: "
+                               "scripts/install-system-deps.sh)")
         for tool in ("ip", "nsenter", "setsid", "libvirtd", "etcd", "qemu-system-x86_64", "qemu-img"):
             if shutil.which(tool) is None:
                 raise LabError(f"{tool}: not installed (run scripts/install-system-deps.sh)")
@@ -297,7 +321,7 @@ class Lab:
                            f"HAAGENT_LAB_ROOT")
 
     def _build(self, n: int, m: int, kvm: bool, disk: bool, step: Progress, ha: bool, tls: bool,
-               libvirt_tls: bool) -> None:
+               libvirt_tls: bool, guest: str, memory_mib: int, vcpus: int) -> None:
         names = L.host_names(n)
         members = names[:min(n, 3)]
         vm_list = L.vm_names(m)
@@ -309,6 +333,7 @@ class Lab:
         self._save_state({
             "prefix": self.prefix, "phase": "building", "hosts": names, "etcd_members": members,
             "kvm": kvm, "disk": disk, "ha": ha, "tls": tls, "libvirt_tls": libvirt_tls, "created": time.time(),
+            "guest": guest, "memory_mib": memory_mib, "vcpus": vcpus,
             "vms": {vm: {"home": homes[vm], "uuid": lay.vm_uuid(vm)} for vm in vm_list},
         })
         with self._locked():
@@ -329,6 +354,8 @@ class Lab:
             for h in names:
                 self._write_host_files(h, members)
                 from_fencing_faults_write(lay.bmc_fault_file(h), "ok", 0.0)
+            if guest == "linux":
+                self._install_guest(step)
             step("powering hosts on: init, libvirtd" + (", etcd members on " + ", ".join(members)))
             for h in names:
                 self._boot(h, wait=False)
@@ -346,7 +373,7 @@ class Lab:
             self.wait_bmcs()
             step(f"{n} BMCs answer IPMI on the management network")
         if m:
-            self._create_vms(vm_list, homes, kvm, disk, ha)
+            self._create_vms(vm_list, homes, kvm, disk, ha, memory_mib, vcpus)
             step(f"{m} VMs running: " + ", ".join(f"{h}={sum(1 for v in homes.values() if v == h)}"
                                                   for h in names))
         state = self.state
@@ -554,7 +581,7 @@ class Lab:
             for vm in h["vms"] or []:
                 where.setdefault(vm, []).append(h["name"])
         return {"prefix": self.prefix, "dir": str(self.layout.dir), "phase": st.get("phase", "unknown"),
-                "kvm": st.get("kvm", False), "disk": st.get("disk", False),
+                "kvm": st.get("kvm", False), "disk": st.get("disk", False), "guest": st.get("guest", "none"),
                 "etcd_tls": st.get("tls", False), "libvirt_tls": st.get("libvirt_tls", False),
                 "etcd_endpoints": self.etcd_endpoints(), "hosts": hosts, "vms": where}
 
@@ -652,6 +679,7 @@ class Lab:
         hd = lay.host_dir(h)
         for sub, _ in L.LIBVIRT_BINDS:
             (hd / sub).mkdir(parents=True, exist_ok=True)
+        lay.guest_socket_on(h, "vm").parent.mkdir(exist_ok=True)
         lay.logs_dir(h).mkdir(exist_ok=True)
         libvirt_tls = bool(self.state.get("libvirt_tls"))
         _write(hd / "etc-libvirt" / "libvirtd.conf", L.libvirtd_conf(lay.host_uuid(h), libvirt_tls))
@@ -859,7 +887,40 @@ class Lab:
                         raise LabError(f"etcd member {h} not healthy after {timeout:g}s: {last}") from e
                     time.sleep(0.1)
 
-    def _create_vms(self, vm_list: list[str], homes: dict[str, str], kvm: bool, disk: bool, ha: bool) -> None:
+    def _install_guest(self, step: Progress) -> None:
+        from haagent.lab import guest_image
+        image = guest_image.install(guest_image.build(), self.layout.guest_dir)
+        self.layout.guest_console("vm").parent.mkdir(exist_ok=True)
+        state = self.state
+        state["guest_image"] = {"kernel": str(image.kernel), "initrd": str(image.initrd), "cmdline": image.cmdline}
+        self._save_state(state)
+        step(f"Linux guest: {image.kernel.name}, {image.initrd.name} "
+             f"({image.initrd.stat().st_size // 1024} KiB) from {guest_image.cache_dir()}")
+
+    def guest_boot(self, vm: str) -> L.GuestBoot | None:
+        """How the lab boots ``vm`` into its Linux guest; None in a lab without guests."""
+        image = self.state.get("guest_image")
+        if not image:
+            return None
+        return L.GuestBoot(kernel=image["kernel"], initrd=image["initrd"], cmdline=image["cmdline"],
+                           console=str(self.layout.guest_console(vm)), socket=self.layout.guest_socket(vm))
+
+    def guest(self, vm: str) -> "Guest":
+        """The Linux guest ``vm``: its ticks and its load channel (``lab up --guest linux``)."""
+        from haagent.lab.guest import Guest
+        if vm not in self.state.get("vms", {}):
+            raise LabError(f"lab {self.prefix} has no VM {vm!r}")
+        if self.guest_boot(vm) is None:
+            raise LabError(f"lab {self.prefix} runs VMs without an OS; `haagent lab up --guest linux` "
+                           "boots them into the Linux guest")
+        return Guest(self, vm)
+
+    def load(self, vm: str, cpu: int, mem: int, dirty: int = 0, timeout: float = 30) -> dict[str, int]:
+        """Make the guest burn ``cpu`` vCPUs and hold ``mem`` MiB (rewriting ``dirty`` MiB/s of it)."""
+        return self.guest(vm).load(cpu, mem, dirty, timeout=timeout)
+
+    def _create_vms(self, vm_list: list[str], homes: dict[str, str], kvm: bool, disk: bool, ha: bool,
+                    memory_mib: int, vcpus: int) -> None:
         def on_host(h: str) -> None:
             conn = self._connect(h, 10)
             try:
@@ -868,7 +929,8 @@ class Lab:
                     if disk:
                         image = str(self.layout.shared_dir / f"{vm}.qcow2")
                         _run(["qemu-img", "create", "-q", "-f", "qcow2", image, L.DISK_SIZE])
-                    dom = conn.defineXML(L.domain_xml(vm, self.layout.vm_uuid(vm), self.prefix, kvm, image, ha))
+                    dom = conn.defineXML(L.domain_xml(vm, self.layout.vm_uuid(vm), self.prefix, kvm, image, ha,
+                                                      memory_mib, vcpus, self.guest_boot(vm)))
                     dom.setAutostart(0)  # a host that comes back must start nothing by itself
                     dom.create()
             finally:

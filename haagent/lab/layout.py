@@ -13,6 +13,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 DEFAULT_PREFIX = "hal"
@@ -32,7 +33,16 @@ METRICS_PORT = 9464
 BMC_PORT = 623
 BMC_USER = "admin"
 VM_MEMORY_MIB = 64
+# A Linux guest's kernel keeps ~60 MiB to itself: 192 MiB leave ~100 MiB for `lab load --mem`.
+GUEST_MEMORY_MIB = 192
+MIN_GUEST_MEMORY_MIB = 128
+MAX_MEMORY_MIB = 4096
+MAX_VCPUS = 4
+GUESTS = ("none", "linux")
 DISK_SIZE = "64M"
+# Inside every host: the directory of the Linux guests' load-channel sockets (libvirt's own tree,
+# bind-mounted per host, so a migrated guest's socket appears in the destination host's copy).
+GUEST_SOCKET_DIR = "/var/lib/libvirt/haagent-guest"
 
 # Per-host directory -> the path it is bind-mounted over inside the host's mount namespace.
 LIBVIRT_BINDS = (
@@ -109,6 +119,23 @@ class Layout:
 
     def agent_config(self, host: str) -> Path:
         return self.host_dir(host) / "agent.toml"
+
+    @property
+    def guest_dir(self) -> Path:
+        """The Linux guests' kernel and initramfs, on the shared storage agents accept them from."""
+        return self.shared_dir / "guest"
+
+    def guest_console(self, vm: str) -> Path:
+        """A Linux guest's console (ttyS0): both QEMUs of a live migration append to this file."""
+        return self.shared_dir / "consoles" / f"{vm}.log"
+
+    def guest_socket(self, vm: str) -> str:
+        """A Linux guest's load channel (ttyS1) as its host sees it."""
+        return f"{GUEST_SOCKET_DIR}/{vm}.sock"
+
+    def guest_socket_on(self, host: str, vm: str) -> Path:
+        """The same socket from the root namespace, in the copy of the host that runs the guest."""
+        return self.host_dir(host) / "var-lib-libvirt" / GUEST_SOCKET_DIR.removeprefix("/var/lib/libvirt/") / f"{vm}.sock"
 
     def bmc_fault_file(self, host: str) -> Path:
         return self.bmc_dir / f"{host}.json"
@@ -260,14 +287,42 @@ LIBVIRT_PKI_FILES = {
 HA_MARK = '<ha:vm xmlns:ha="https://haagent.dev/xmlns/ha/1" policy="restart"/>'
 
 
-def domain_xml(name: str, vm_uuid: str, prefix: str, kvm: bool, disk: str | None, ha: bool = True) -> str:
-    """A 64 MiB VM with no OS: SeaBIOS finds nothing to boot and idles, which is all we need."""
+_APOS = {"'": "&apos;"}
+
+
+@dataclass(frozen=True)
+class GuestBoot:
+    """What a Linux guest's domain points at: kernel, initramfs, command line, its two serial ports."""
+
+    kernel: str
+    initrd: str
+    cmdline: str
+    console: str  # ttyS0, a file on the shared storage
+    socket: str  # ttyS1, a unix socket in the host's libvirt directory
+
+
+def domain_xml(name: str, vm_uuid: str, prefix: str, kvm: bool, disk: str | None, ha: bool = True,
+               memory_mib: int = VM_MEMORY_MIB, vcpus: int = 1, guest: GuestBoot | None = None) -> str:
+    """A VM with no OS (SeaBIOS finds nothing to boot and idles), or with ``guest`` the lab's
+    Linux guest booted directly from its kernel and initramfs (haagent/lab/guest_image.py)."""
     ha_mark = f"\n    {HA_MARK}" if ha else ""
     # /dev/kvm here only works with qemu64 and svm off (LAB-NOTES); TCG needs no CPU element.
     cpu = ("<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model>"
            "<feature policy='disable' name='svm'/></cpu>") if kvm else ""
     disk_xml = (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
                 f"<source file='{disk}'/><target dev='vda' bus='virtio'/></disk>") if disk else ""
+    if guest is None:
+        boot = "<boot dev='hd'/>"
+        serials = ""
+    else:
+        boot = (f"<kernel>{escape(guest.kernel)}</kernel><initrd>{escape(guest.initrd)}</initrd>"
+                f"<cmdline>{escape(guest.cmdline)}</cmdline>")
+        # append: the destination QEMU of a live migration opens the same file while the source
+        # still writes to it; both only ever add lines.
+        serials = (f"<serial type='file'><source path='{escape(guest.console, _APOS)}' append='on'/>"
+                   f"<target port='0'/></serial>\n    "
+                   f"<serial type='unix'><source mode='bind' path='{escape(guest.socket, _APOS)}'/>"
+                   f"<target port='1'/></serial>")
     return f"""\
 <domain type='{"kvm" if kvm else "qemu"}'>
   <name>{name}</name>
@@ -276,10 +331,10 @@ def domain_xml(name: str, vm_uuid: str, prefix: str, kvm: bool, disk: str | None
   <metadata>
     <lab:vm xmlns:lab="https://haagent.dev/xmlns/lab/1" lab="{prefix}"/>{ha_mark}
   </metadata>
-  <memory unit='MiB'>{VM_MEMORY_MIB}</memory>
-  <currentMemory unit='MiB'>{VM_MEMORY_MIB}</currentMemory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <currentMemory unit='MiB'>{memory_mib}</currentMemory>
+  <vcpu>{vcpus}</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type>{boot}</os>
   {cpu}
   <clock offset='utc'/>
   <on_poweroff>destroy</on_poweroff>
@@ -288,6 +343,7 @@ def domain_xml(name: str, vm_uuid: str, prefix: str, kvm: bool, disk: str | None
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     {disk_xml}
+    {serials}
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
   </devices>
