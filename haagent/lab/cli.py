@@ -45,11 +45,19 @@ def lab() -> None:
 @click.option("--disk", is_flag=True, help="give each VM a qcow2 disk on the shared storage")
 @click.option("--no-ha", is_flag=True, help="leave the VMs without haagent's HA mark (unmanaged)")
 @click.option("--keep-on-failure", is_flag=True, help="leave a half-built lab for inspection")
-def up(hosts: int, vms: int, prefix: str, kvm: bool, disk: bool, no_ha: bool, keep_on_failure: bool) -> None:
+@click.option("--numa", "numa_opts", multiple=True, metavar="HOST=FREE,FREE",
+              help="free MiB (optionally FREE:HUGEPAGES, free 2 MiB pages) of each NUMA cell "
+                   "a host's libvirtd reports, e.g. h1=512,3584; repeat per host")
+def up(hosts: int, vms: int, prefix: str, kvm: bool, disk: bool, no_ha: bool, keep_on_failure: bool,
+       numa_opts: tuple[str, ...]) -> None:
     """Build the lab: hosts, etcd cluster, agents, BMCs, shared storage, VMs."""
     lab_ = _lab(prefix)
+    try:
+        numa = dict(L.parse_numa_option(o) for o in numa_opts)
+    except ValueError as e:
+        fail(str(e), 2)
     _guard(lambda: lab_.up(hosts, vms, kvm=kvm, disk=disk, keep_on_failure=keep_on_failure, ha=not no_ha,
-                           progress=lambda msg: click.echo(msg, err=True)))
+                           progress=lambda msg: click.echo(msg, err=True), numa=numa))
     click.echo(f"try: haagent lab status --prefix {prefix}; haagent lab virsh h1 list; "
                f"haagent lab crash h2; haagent lab down --prefix {prefix}")
 

@@ -98,6 +98,19 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _machine_cpus() -> list[int]:
+    """The machine's online CPUs (what every lab host's cells split between them)."""
+    try:
+        text = Path("/sys/devices/system/cpu/online").read_text().strip()
+    except OSError:
+        return sorted(os.sched_getaffinity(0))
+    cpus: list[int] = []
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
 def exec_env() -> dict[str, str]:
     """The environment for commands run inside a lab host: this installation's ``haagent``
     (e.g. in a venv that is not on root's PATH) comes first on PATH."""
@@ -198,6 +211,27 @@ class Lab:
     def netns(self, host: str) -> str:
         return self.layout.netns(self._host(host))
 
+    def numa(self, host: str) -> tuple[L.LabCell, ...]:
+        """The NUMA cells the host's libvirtd reports (the layout's, or the last ``set_numa``)."""
+        cells = self.state.get("numa", {}).get(self._host(host))
+        if not cells:
+            raise LabError(f"lab {self.prefix}: no NUMA cells recorded for {host}")
+        return tuple(L.LabCell.from_json(c) for c in cells)
+
+    def set_numa(self, host: str, cells: Sequence[L.LabCell]) -> None:
+        """Change what the host's libvirtd reads for its cells, at once (no restart needed).
+
+        Free memory and free hugepages are read live by getCellsFreeMemory/getFreePages; the
+        number of cells, their CPUs and totals are in libvirt's capabilities, which libvirtd
+        reads at start: change those only while the host is off, or restart its libvirtd.
+        """
+        h = self._host(host)
+        with self._locked():
+            state = self.state
+            state.setdefault("numa", {})[h] = [c.to_json() for c in cells]
+            L.write_numa_tree(self.layout.numa_dir(h), tuple(cells), _machine_cpus())
+            self._save_state(state)
+
     def init_pid(self, host: str) -> int | None:
         """PID (root namespace) of the host's init while the host is powered, else None."""
         r = self._init_ref(host)
@@ -206,17 +240,22 @@ class Lab:
     # == building and tearing down ===============================================================
 
     def up(self, hosts: int = 3, vms: int = 6, kvm: bool = False, disk: bool = False,
-           progress: Progress | None = None, keep_on_failure: bool = False, ha: bool = True) -> "Lab":
-        """Build the whole lab; on failure tear down what was built (unless keep_on_failure)."""
+           progress: Progress | None = None, keep_on_failure: bool = False, ha: bool = True,
+           numa: dict[str, Sequence[L.LabCell]] | None = None) -> "Lab":
+        """Build the whole lab; on failure tear down what was built (unless keep_on_failure).
+
+        ``numa``: host -> the NUMA cells its libvirtd reports; hosts not named get
+        ``layout.default_cells``.
+        """
         say = progress or _quiet
-        self._preflight(hosts, vms, kvm)
+        self._preflight(hosts, vms, kvm, numa or {})
         t0 = time.monotonic()
 
         def step(msg: str) -> None:
             say(f"[{time.monotonic() - t0:5.1f}s] {msg}")
 
         try:
-            self._build(hosts, vms, kvm, disk, step, ha)
+            self._build(hosts, vms, kvm, disk, step, ha, numa or {})
         except BaseException:
             if not keep_on_failure:
                 step("failed: tearing the half-built lab down")
@@ -228,21 +267,29 @@ class Lab:
     @contextlib.contextmanager
     def running(self, hosts: int = 3, vms: int = 6, kvm: bool = False, disk: bool = False,
                 progress: Progress | None = None, ha: bool = True,
-                keep_logs: Path | None = None) -> Iterator["Lab"]:
+                keep_logs: Path | None = None,
+                numa: dict[str, Sequence[L.LabCell]] | None = None) -> Iterator["Lab"]:
         """``with Lab(p).running(3, 6) as lab:`` - removes a leftover lab first, always tears down."""
         self.down()
         try:
-            yield self.up(hosts, vms, kvm=kvm, disk=disk, progress=progress, ha=ha)
+            yield self.up(hosts, vms, kvm=kvm, disk=disk, progress=progress, ha=ha, numa=numa)
         finally:
             self.down(keep_logs=keep_logs)
 
-    def _preflight(self, hosts: int, vms: int, kvm: bool) -> None:
+    def _preflight(self, hosts: int, vms: int, kvm: bool, numa: dict[str, Sequence[L.LabCell]]) -> None:
         if os.geteuid() != 0:
             raise LabError("the lab needs root: it creates namespaces, bridges and runs libvirtd")
         if not L.MIN_HOSTS <= hosts <= L.MAX_HOSTS:
             raise LabError(f"--hosts must be between {L.MIN_HOSTS} and {L.MAX_HOSTS} (got {hosts})")
         if not 0 <= vms <= L.MAX_VMS:
             raise LabError(f"--vms must be between 0 and {L.MAX_VMS} (got {vms})")
+        names = L.host_names(hosts) if L.MIN_HOSTS <= hosts <= L.MAX_HOSTS else []
+        for h, cells in numa.items():
+            if h not in names:
+                raise LabError(f"numa: no host {h!r} in a {hosts}-host lab")
+            if not 1 <= len(cells) <= len(_machine_cpus()):
+                raise LabError(f"numa {h}: 1 to {len(_machine_cpus())} cells (one CPU each at "
+                               f"least; this machine has {len(_machine_cpus())}), got {len(cells)}")
         if kvm and not os.access("/dev/kvm", os.R_OK | os.W_OK):
             raise LabError("--kvm: /dev/kvm is missing or not usable here; leave --kvm off for TCG")
         for tool in ("ip", "nsenter", "setsid", "libvirtd", "etcd", "qemu-system-x86_64", "qemu-img"):
@@ -255,7 +302,8 @@ class Lab:
             raise LabError(f"{self.layout.dir}: too long for unix socket paths; set a shorter "
                            f"HAAGENT_LAB_ROOT")
 
-    def _build(self, n: int, m: int, kvm: bool, disk: bool, step: Progress, ha: bool) -> None:
+    def _build(self, n: int, m: int, kvm: bool, disk: bool, step: Progress, ha: bool,
+               numa: dict[str, Sequence[L.LabCell]]) -> None:
         names = L.host_names(n)
         members = names[:min(n, 3)]
         vm_list = L.vm_names(m)
@@ -268,6 +316,7 @@ class Lab:
             "prefix": self.prefix, "phase": "building", "hosts": names, "etcd_members": members,
             "kvm": kvm, "disk": disk, "ha": ha, "created": time.time(),
             "vms": {vm: {"home": homes[vm], "uuid": lay.vm_uuid(vm)} for vm in vm_list},
+            "numa": {h: [c.to_json() for c in (numa.get(h) or L.default_cells(h))] for h in names},
         })
         with self._locked():
             step(f"namespaces and bridges for {n} hosts (cluster {L.CLUSTER_NET}.0/{L.NETMASK}, "
@@ -493,6 +542,7 @@ class Lab:
                 "bmc": {"address": f"{L.bmc_address(h)}:{L.BMC_PORT}", "serving": bmcd_alive,
                         "power": "on" if powered else "off", "mode": faults.get("mode", "ok"),
                         "off_delay": faults.get("off_delay", 0.0)},
+                "numa": st.get("numa", {}).get(h, []),
                 "vms": running[h],
             })
         where: dict[str, list[str]] = {vm: [] for vm in st.get("vms", {})}
@@ -601,6 +651,7 @@ class Lab:
         _write(hd / "etc-libvirt" / "libvirtd.conf", L.libvirtd_conf(lay.host_uuid(h)))
         _write(hd / "etc-libvirt" / "qemu.conf", L.qemu_conf(L.address(h)))
         _write(hd / "etc-libvirt" / "libvirt.conf", 'uri_default = "qemu:///system"\n')
+        L.write_numa_tree(lay.numa_dir(h), self.numa(h), _machine_cpus())
         if h in members:
             (lay.etcd_dir(h) / "data").mkdir(parents=True, exist_ok=True)
             os.chmod(lay.etcd_dir(h) / "data", 0o700)
@@ -623,6 +674,7 @@ class Lab:
         pidfile = lay.init_pidfile(h)
         pidfile.unlink(missing_ok=True)
         binds = [f"{lay.host_dir(h) / sub}:{dst}" for sub, dst in L.LIBVIRT_BINDS]
+        binds.append(f"{lay.numa_dir(h)}:{L.SYS_NODE}")
         _run(["nsenter", f"--net={NETNS_DIR / lay.netns(h)}", "--",
               sys.executable, "-I", INIT_SCRIPT, lay.hostname(h), str(pidfile), *binds], timeout=20)
         pid = int(pidfile.read_text())

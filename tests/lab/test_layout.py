@@ -74,3 +74,60 @@ def test_root_namespace_endpoints_are_unix_sockets(tmp_path: Path, monkeypatch: 
     assert lab.libvirt_uri("h1") == f"qemu+unix:///system?socket={tmp_path}/unit/hosts/h1/run-libvirt/libvirt-sock"
     assert lab.migration_uri("h2") == "qemu+tcp://10.99.0.12/system"
     assert lab.etcd_lab_endpoints() == ["http://10.99.0.11:2379", "http://10.99.0.12:2379"]
+
+
+def test_default_numa_cells_differ_per_host_and_cell() -> None:
+    cells = {h: L.default_cells(h) for h in L.host_names(L.MAX_HOSTS)}
+    assert all(len(c) == 2 for c in cells.values())
+    assert cells["h1"][0].free_mib < cells["h1"][1].free_mib
+    assert cells["h2"][0].free_mib > cells["h2"][1].free_mib
+    assert len({tuple(c.free_mib for c in cs) for cs in cells.values()}) == L.MAX_HOSTS
+    assert all(c.free_pages <= c.hugepages for cs in cells.values() for c in cs)
+
+
+def test_lab_cell_rejects_impossible_figures() -> None:
+    for bad in (dict(free_mib=5000), dict(free_mib=-1), dict(free_mib=1, memory_mib=0),
+                dict(free_mib=1, hugepages=4096), dict(free_mib=1, hugepages=8, hugepages_free=9)):
+        with pytest.raises(ValueError, match="cell "):
+            L.LabCell(**bad)  # type: ignore[arg-type]
+    cell = L.LabCell(free_mib=100, hugepages_free=3)
+    assert L.LabCell.from_json(cell.to_json()) == cell
+
+
+def test_numa_option() -> None:
+    host, cells = L.parse_numa_option("h2=512,6000:7")
+    assert host == "h2" and [c.free_mib for c in cells] == [512, 6000]
+    assert cells[1].memory_mib == 6000 and cells[1].free_pages == 7 and cells[0].free_pages == 64
+    for bad in ("512,3584", "hx=1", "h1=", "h1=1,a", "h1=1:2:3"):
+        with pytest.raises(ValueError, match="--numa"):
+            L.parse_numa_option(bad)
+
+
+def test_cpus_split_into_contiguous_cells() -> None:
+    assert L.split_cpus([0, 1], 2) == [[0], [1]]
+    assert L.split_cpus([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]]
+    assert L.split_cpus([0], 2) == [[0], []]
+
+
+def test_numa_tree_is_what_libnuma_and_libvirt_read(tmp_path: Path) -> None:
+    cells = (L.LabCell(free_mib=512, hugepages_free=8), L.LabCell(free_mib=3584, memory_mib=8192))
+    files = L.numa_tree(cells, list(range(40)))
+    assert files["online"] == files["possible"] == files["has_memory"] == "0-1\n"
+    assert files["node0/cpulist"] == "0-19\n" and files["node1/cpulist"] == "20-39\n"
+    # The kernel's bitmap: 32-bit words, most significant first, the top word only as wide as needed.
+    assert files["node0/cpumap"] == "00,000fffff\n" and files["node1/cpumap"] == "ff,fff00000\n"
+    assert files["node1/cpu39"] == "@/sys/devices/system/cpu/cpu39"
+    assert files["node0/distance"] == "10 20\n"
+    meminfo = dict(line.split()[2:4] for line in files["node1/meminfo"].splitlines())
+    assert meminfo == {"MemTotal:": str(8192 * 1024), "MemFree:": str(3584 * 1024), "MemUsed:": str(4608 * 1024)}
+    assert files["node0/hugepages/hugepages-2048kB/nr_hugepages"] == "64\n"
+    assert files["node0/hugepages/hugepages-2048kB/free_hugepages"] == "8\n"
+    assert files["node1/hugepages/hugepages-2048kB/free_hugepages"] == "64\n"
+
+    root = tmp_path / "node"
+    L.write_numa_tree(root, cells + (L.LabCell(free_mib=1),), [0, 1, 2])
+    assert (root / "node2").is_dir() and (root / "node0" / "cpu0").is_symlink()
+    L.write_numa_tree(root, (L.LabCell(free_mib=7),), [0, 1, 2])  # rewritten in place
+    assert not (root / "node1").exists() and not (root / "node2").exists()
+    assert (root / "online").read_text() == "0\n" and (root / "node0" / "cpulist").read_text() == "0-2\n"
+    assert "MemFree:             7168 kB" in (root / "node0" / "meminfo").read_text()
