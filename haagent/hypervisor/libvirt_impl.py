@@ -224,6 +224,7 @@ class LibvirtHypervisor(Hypervisor):
             raise translate(e, "register lifecycle events") from e
         with self._lock:
             self._conn, self._callback_ids = conn, ids
+            self._caps = None  # a restarted libvirtd may report another topology
             self._connected.set()
         log.info("libvirt connected", uri=self.uri)
 
@@ -358,21 +359,28 @@ class LibvirtHypervisor(Hypervisor):
             self._caps = parse_capabilities(self._call("capabilities", conn.getCapabilities))
         topo = self._caps
         node = self._call("node info", conn.getInfo)  # [model, MiB, cpus, MHz, nodes, sockets, cores, threads]
-        n = len(topo.cells)
-        free = self._call("free memory", lambda: conn.getCellsFreeMemory(0, n)) if n else []
+        # Cell ids can have holes (node0, node2 on a machine with a node offline): ask by range
+        # only when they are 0..n-1, else cell by cell, so no cell gets another's figures.
+        ids = [c.id for c in topo.cells]
+        runs = [(0, len(ids))] if ids == list(range(len(ids))) else [(i, 1) for i in ids]
+        free: dict[int, int] = {}
+        for start, count in runs if ids else []:
+            got = self._call("free memory", lambda: conn.getCellsFreeMemory(start, count))
+            free.update({start + k: int(b) for k, b in enumerate(got)})
         sizes = sorted({s for c in topo.cells for s in c.hugepages})
         free_pages: dict[int, dict[int, int]] = {}
-        if sizes and n:
+        if sizes and ids:
             try:
-                free_pages = conn.getFreePages(sizes, 0, n) or {}
+                for start, count in runs:
+                    free_pages.update(conn.getFreePages(sizes, start, count) or {})
             except libvirt.libvirtError:
-                free_pages = {}  # some drivers cannot say; totals are still right
+                free_pages = {}  # some drivers cannot say; totals are still right, free is 0
         cells = []
-        for i, c in enumerate(topo.cells):
+        for c in topo.cells:
             fp = free_pages.get(c.id, {})
             huge = {s: (tot, int(fp.get(s, 0))) for s, (tot, _) in c.hugepages.items()}
             cells.append(HostCell(id=c.id, cpus=c.cpus, memory_mib=c.memory_mib,
-                                  free_mib=int(free[i]) // 2**20 if i < len(free) else None,
+                                  free_mib=free[c.id] // 2**20 if c.id in free else None,
                                   hugepages=huge))
         return HostInfo(
             hostname=self._call("hostname", conn.getHostname), uuid=topo.uuid, arch=topo.arch,
