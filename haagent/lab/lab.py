@@ -98,7 +98,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _machine_cpus() -> list[int]:
+def machine_cpus() -> list[int]:
     """The machine's online CPUs (what every lab host's cells split between them)."""
     try:
         text = Path("/sys/devices/system/cpu/online").read_text().strip()
@@ -229,7 +229,7 @@ class Lab:
         with self._locked():
             state = self.state
             state.setdefault("numa", {})[h] = [c.to_json() for c in cells]
-            L.write_numa_tree(self.layout.numa_dir(h), tuple(cells), _machine_cpus())
+            L.write_numa_tree(self.layout.numa_dir(h), tuple(cells), machine_cpus())
             self._save_state(state)
 
     def init_pid(self, host: str) -> int | None:
@@ -287,9 +287,9 @@ class Lab:
         for h, cells in numa.items():
             if h not in names:
                 raise LabError(f"numa: no host {h!r} in a {hosts}-host lab")
-            if not 1 <= len(cells) <= len(_machine_cpus()):
-                raise LabError(f"numa {h}: 1 to {len(_machine_cpus())} cells (one CPU each at "
-                               f"least; this machine has {len(_machine_cpus())}), got {len(cells)}")
+            if not 1 <= len(cells) <= len(machine_cpus()):
+                raise LabError(f"numa {h}: 1 to {len(machine_cpus())} cells (one CPU each at "
+                               f"least; this machine has {len(machine_cpus())}), got {len(cells)}")
         if kvm and not os.access("/dev/kvm", os.R_OK | os.W_OK):
             raise LabError("--kvm: /dev/kvm is missing or not usable here; leave --kvm off for TCG")
         for tool in ("ip", "nsenter", "setsid", "libvirtd", "etcd", "qemu-system-x86_64", "qemu-img"):
@@ -651,7 +651,7 @@ class Lab:
         _write(hd / "etc-libvirt" / "libvirtd.conf", L.libvirtd_conf(lay.host_uuid(h)))
         _write(hd / "etc-libvirt" / "qemu.conf", L.qemu_conf(L.address(h)))
         _write(hd / "etc-libvirt" / "libvirt.conf", 'uri_default = "qemu:///system"\n')
-        L.write_numa_tree(lay.numa_dir(h), self.numa(h), _machine_cpus())
+        L.write_numa_tree(lay.numa_dir(h), self.numa(h), machine_cpus())
         if h in members:
             (lay.etcd_dir(h) / "data").mkdir(parents=True, exist_ok=True)
             os.chmod(lay.etcd_dir(h) / "data", 0o700)

@@ -83,13 +83,17 @@ class LabCell:
         if not 0 <= pool_mib <= self.memory_mib:
             raise ValueError(f"cell hugepages must be 0..{self.memory_mib * 1024 // HUGEPAGE_KIB} "
                              f"(got {self.hugepages})")
-        if self.hugepages_free is not None and not 0 <= self.hugepages_free <= self.hugepages:
+        if self.hugepages_free is None:
+            object.__setattr__(self, "hugepages_free", self.hugepages)
+        elif not 0 <= self.hugepages_free <= self.hugepages:
             raise ValueError(f"cell hugepages_free must be 0..hugepages={self.hugepages} "
                              f"(got {self.hugepages_free})")
 
     @property
     def free_pages(self) -> int:
-        return self.hugepages if self.hugepages_free is None else self.hugepages_free
+        """Free 2 MiB pages (``hugepages_free``, which None made the whole pool)."""
+        assert self.hugepages_free is not None
+        return self.hugepages_free
 
     def to_json(self) -> dict[str, int]:
         return {"free_mib": self.free_mib, "memory_mib": self.memory_mib,
@@ -118,8 +122,11 @@ def parse_numa_option(text: str) -> tuple[str, tuple[LabCell, ...]]:
         if not m:
             raise ValueError(f"--numa {host}: a cell is FREE_MIB or FREE_MIB:FREE_HUGEPAGES (got {item!r})")
         free, pages = int(m.group(1)), m.group(2)
-        out.append(LabCell(free_mib=free, memory_mib=max(DEFAULT_CELL_MIB, free),
-                           hugepages_free=None if pages is None else int(pages)))
+        try:
+            out.append(LabCell(free_mib=free, memory_mib=max(DEFAULT_CELL_MIB, free),
+                               hugepages_free=None if pages is None else int(pages)))
+        except ValueError as e:
+            raise ValueError(f"--numa {host}: {e}") from None
     if not 1 <= len(out) <= 8:
         raise ValueError(f"--numa {host}: 1 to 8 cells (got {len(out)})")
     return host.strip(), tuple(out)
@@ -159,29 +166,34 @@ def _cpumap(cpus: list[int], nr_cpus: int) -> str:
     return ",".join(parts)
 
 
-def numa_tree(cells: tuple[LabCell, ...], cpus: list[int]) -> dict[str, str]:
+def numa_tree(cells: tuple[LabCell, ...], cpus: list[int],
+              node_ids: tuple[int, ...] | None = None) -> dict[str, str]:
     """Files of a fake /sys/devices/system/node (relative path -> content; ``@`` = symlink target).
 
     Holds what libnuma and libvirt read: ``online``/``possible``/``has_*``, and per node
     ``cpulist``, ``cpumap``, ``cpuN`` links to the real CPUs (libvirt reads their topology),
-    ``distance``, ``meminfo`` (MemTotal, MemFree) and the 2 MiB hugepage pool.
+    ``distance``, ``meminfo`` (MemTotal, MemFree) and the 2 MiB hugepage pool. ``node_ids``
+    (default 0..n-1) may leave holes, as a machine with a node offline does.
     """
     if not cells:
         raise ValueError("a lab host has at least one NUMA cell")
-    n = len(cells)
-    nodes = f"0-{n - 1}" if n > 1 else "0"
+    ids = tuple(node_ids) if node_ids is not None else tuple(range(len(cells)))
+    if len(ids) != len(cells) or list(ids) != sorted(set(ids)) or ids[0] != 0:
+        raise ValueError(f"node ids must rise from 0, one per cell (got {ids})")
+    nodes = _cpulist(list(ids))
     nr_cpus = max(cpus) + 1 if cpus else 1
-    per_cell = split_cpus(cpus, n)
+    per_cell = split_cpus(cpus, len(cells))
     files = {"online": nodes, "possible": nodes, "has_memory": nodes, "has_normal_memory": nodes,
-             "has_cpu": _cpulist([i for i, c in enumerate(per_cell) if c]),
+             "has_cpu": _cpulist([i for i, c in zip(ids, per_cell) if c]),
              "has_generic_initiator": ""}
-    for i, (cell, own) in enumerate(zip(cells, per_cell)):
+    for i, cell, own in zip(ids, cells, per_cell):
         d = f"node{i}"
         files[f"{d}/cpulist"] = _cpulist(own)
         files[f"{d}/cpumap"] = _cpumap(own, nr_cpus)
         for c in own:
             files[f"{d}/cpu{c}"] = f"@/sys/devices/system/cpu/cpu{c}"
-        files[f"{d}/distance"] = " ".join("10" if j == i else "20" for j in range(n))
+        # The kernel lists the distance to every online node, in id order.
+        files[f"{d}/distance"] = " ".join("10" if j == i else "20" for j in ids)
         total_kib, free_kib = cell.memory_mib * 1024, cell.free_mib * 1024
         files[f"{d}/meminfo"] = "\n".join(f"Node {i} {k + ':':<16}{v:>9} kB" for k, v in (
             ("MemTotal", total_kib), ("MemFree", free_kib), ("MemUsed", total_kib - free_kib)))
@@ -192,9 +204,10 @@ def numa_tree(cells: tuple[LabCell, ...], cpus: list[int]) -> dict[str, str]:
     return {k: v if v.startswith("@") else v + "\n" for k, v in files.items()}
 
 
-def write_numa_tree(root: Path, cells: tuple[LabCell, ...], cpus: list[int]) -> None:
+def write_numa_tree(root: Path, cells: tuple[LabCell, ...], cpus: list[int],
+                    node_ids: tuple[int, ...] | None = None) -> None:
     """Write (or rewrite in place, for a running host) the fake node tree under ``root``."""
-    files = numa_tree(cells, cpus)
+    files = numa_tree(cells, cpus, node_ids)
     root.mkdir(parents=True, exist_ok=True)
     for old in sorted(root.glob("node*"), reverse=True):
         if old.name not in {p.split("/")[0] for p in files}:

@@ -98,7 +98,7 @@ def test_numa_option() -> None:
     host, cells = L.parse_numa_option("h2=512,6000:7")
     assert host == "h2" and [c.free_mib for c in cells] == [512, 6000]
     assert cells[1].memory_mib == 6000 and cells[1].free_pages == 7 and cells[0].free_pages == 64
-    for bad in ("512,3584", "hx=1", "h1=", "h1=1,a", "h1=1:2:3"):
+    for bad in ("512,3584", "hx=1", "h1=", "h1=1,a", "h1=1:2:3", "h1=99999999", "h1=10:65"):
         with pytest.raises(ValueError, match="--numa"):
             L.parse_numa_option(bad)
 
@@ -131,3 +131,12 @@ def test_numa_tree_is_what_libnuma_and_libvirt_read(tmp_path: Path) -> None:
     assert not (root / "node1").exists() and not (root / "node2").exists()
     assert (root / "online").read_text() == "0\n" and (root / "node0" / "cpulist").read_text() == "0-2\n"
     assert "MemFree:             7168 kB" in (root / "node0" / "meminfo").read_text()
+
+
+def test_numa_tree_with_a_hole_in_the_node_ids() -> None:
+    files = L.numa_tree((L.LabCell(free_mib=1), L.LabCell(free_mib=2)), [0, 1], node_ids=(0, 2))
+    assert files["online"] == "0,2\n" and "node1/cpulist" not in files
+    assert files["node2/cpulist"] == "1\n" and files["node2/distance"] == "20 10\n"
+    for bad in ((1, 2), (0, 0), (2, 0), (0,)):
+        with pytest.raises(ValueError, match="node ids"):
+            L.numa_tree((L.LabCell(free_mib=1), L.LabCell(free_mib=2)), [0, 1], node_ids=bad)

@@ -79,8 +79,16 @@ def test_strict_numatune_on_a_cell_the_host_lacks_does_not_start(env):
 def test_raw_stats_counters_move_while_a_vm_runs(env):
     vm = env.src.define_and_start(env.vm_xml())
     first = env.src.raw_stats()
-    time.sleep(0.5)
-    second = env.src.raw_stats()
+    # An idle lab VM uses <1 % of a CPU and libvirt counts it in 10 ms ticks (from /proc, as
+    # the lab has no cgroups): wait, bounded, for the first tick rather than a fixed time.
+    end = time.monotonic() + 10
+    while True:
+        time.sleep(0.2)
+        second = env.src.raw_stats()
+        moved = {v.uuid: v for v in second.vms}[vm.uuid].cpu_time_ns > \
+            {v.uuid: v for v in first.vms}[vm.uuid].cpu_time_ns
+        if moved or time.monotonic() > end:
+            break
     assert second.at > first.at
     assert second.host_cpu_total_ns > first.host_cpu_total_ns
     assert second.host_cpu_busy_ns > first.host_cpu_busy_ns

@@ -1,0 +1,59 @@
+"""NUMA cells of lab hosts as their real libvirtd reports them: from the layout, after a power
+cycle, and with a hole in the node ids (the adapter must ask by cell id, not by position)."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+
+from haagent.hypervisor.libvirt_impl import LibvirtHypervisor
+from haagent.hypervisor.port import HostInfo
+from haagent.lab import layout as L
+from haagent.lab.lab import Lab, machine_cpus
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(180)]
+
+CELLS = (L.LabCell(free_mib=700, hugepages_free=5), L.LabCell(free_mib=2900))
+
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root: they create namespaces and run libvirtd (CI runs them as root)")
+
+
+def host_info(lab: Lab, host: str) -> HostInfo:
+    hv = LibvirtHypervisor(lab.libvirt_uri(host))
+    try:
+        assert hv.wait_connected(15)
+        return hv.host_info()
+    finally:
+        hv.close()
+
+
+def summary(info: HostInfo) -> list[tuple[int, int | None, tuple[int, int]]]:
+    return [(c.id, c.free_mib, c.hugepages[L.HUGEPAGE_KIB]) for c in info.numa]
+
+
+def test_layout_cells_survive_a_power_cycle_and_a_hole_in_node_ids(make_lab) -> None:
+    lab = make_lab("lbn", 2, 0, numa={"h1": CELLS})
+    want = [(0, 700, (64, 5)), (1, 2900, (64, 64))]
+    assert summary(host_info(lab, "h1")) == want
+    assert summary(host_info(lab, "h2")) == [(i, c.free_mib, (c.hugepages, c.free_pages))
+                                            for i, c in enumerate(L.default_cells("h2"))]
+    assert lab.numa("h1") == CELLS
+    assert lab.status()["hosts"][0]["numa"] == [c.to_json() for c in CELLS]
+
+    lab.crash("h1")
+    lab.revive("h1")  # a fresh init and mount namespace: the tree is bind-mounted again
+    assert summary(host_info(lab, "h1")) == want
+
+    # node0 and node2, as on a machine with node 1 offline: each cell keeps its own figures.
+    lab.stop_libvirtd("h1")
+    L.write_numa_tree(lab.layout.numa_dir("h1"), CELLS, machine_cpus(), node_ids=(0, 2))
+    lab.start_libvirtd("h1")
+    info = host_info(lab, "h1")
+    assert summary(info) == [(0, 700, (64, 5)), (2, 2900, (64, 64))]
+    assert sum(len(c.cpus) for c in info.numa) == info.cpus
