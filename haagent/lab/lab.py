@@ -652,6 +652,18 @@ class Lab:
         _write(hd / "etc-libvirt" / "qemu.conf", L.qemu_conf(L.address(h)))
         _write(hd / "etc-libvirt" / "libvirt.conf", 'uri_default = "qemu:///system"\n')
         L.write_numa_tree(lay.numa_dir(h), self.numa(h), machine_cpus())
+        # The host's init bind-mounts the real QEMU onto qemu/qemu-system-x86_64 (an empty file
+        # until then) and the wrapper over /usr/bin/qemu-system-x86_64, so every domain keeps
+        # the packaged emulator path the agents' domain allowlist wants. QEMU finds its modules
+        # and firmware relative to where it runs from, through qemu-bundle/usr -> /usr (a
+        # symlink: removing the lab never follows it).
+        qemu = lay.real_qemu(h)
+        qemu.parent.mkdir(exist_ok=True)
+        qemu.touch()
+        (qemu.parent / "qemu-bundle").mkdir(exist_ok=True)
+        if not (qemu.parent / "qemu-bundle" / "usr").is_symlink():
+            (qemu.parent / "qemu-bundle" / "usr").symlink_to("/usr")
+        _write(hd / "qemu-wrapper", L.qemu_wrapper(str(qemu)), 0o755)
         if h in members:
             (lay.etcd_dir(h) / "data").mkdir(parents=True, exist_ok=True)
             os.chmod(lay.etcd_dir(h) / "data", 0o700)
@@ -674,7 +686,8 @@ class Lab:
         pidfile = lay.init_pidfile(h)
         pidfile.unlink(missing_ok=True)
         binds = [f"{lay.host_dir(h) / sub}:{dst}" for sub, dst in L.LIBVIRT_BINDS]
-        binds.append(f"{lay.numa_dir(h)}:{L.SYS_NODE}")
+        binds += [f"{lay.numa_dir(h)}:{L.SYS_NODE}", f"{L.QEMU}:{lay.real_qemu(h)}",
+                  f"{lay.host_dir(h) / 'qemu-wrapper'}:{L.QEMU}"]
         _run(["nsenter", f"--net={NETNS_DIR / lay.netns(h)}", "--",
               sys.executable, "-I", INIT_SCRIPT, lay.hostname(h), str(pidfile), *binds], timeout=20)
         pid = int(pidfile.read_text())

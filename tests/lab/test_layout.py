@@ -140,3 +140,21 @@ def test_numa_tree_with_a_hole_in_the_node_ids() -> None:
     for bad in ((1, 2), (0, 0), (2, 0), (0,)):
         with pytest.raises(ValueError, match="node ids"):
             L.numa_tree((L.LabCell(free_mib=1), L.LabCell(free_mib=2)), [0, 1], node_ids=bad)
+
+
+def test_qemu_wrapper_binds_every_cell_to_node_0_and_passes_the_rest(tmp_path: Path) -> None:
+    import subprocess
+    echo = tmp_path / "qemu"
+    echo.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    echo.chmod(0o755)
+    wrapper = tmp_path / "wrapper"
+    wrapper.write_text(L.qemu_wrapper(str(echo)))
+    wrapper.chmod(0o755)
+    args = ["-name", "guest=a b,debug-threads=on", "-object",
+            '{"qom-type":"memory-backend-ram","id":"pc.ram","size":67108864,"host-nodes":[1,3],"policy":"bind"}',
+            "-object", "memory-backend-ram,id=ram-node0,size=1,host-nodes=1-3,policy=bind", "", "*"]
+    out = subprocess.run([str(wrapper), *args], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:-1] == [
+        "-name", "guest=a b,debug-threads=on", "-object",
+        '{"qom-type":"memory-backend-ram","id":"pc.ram","size":67108864,"host-nodes":[0],"policy":"bind"}',
+        "-object", "memory-backend-ram,id=ram-node0,size=1,host-nodes=0,policy=bind", "", "*"]
