@@ -177,7 +177,6 @@ class LibvirtHypervisor(Hypervisor):
         self._lock = threading.RLock()
         self._conn: libvirt.virConnect | None = None
         self._callback_ids: list[int] = []
-        self._caps: Any = None
         self._closed = threading.Event()
         self._need_reconnect = threading.Event()
         self._connected = threading.Event()
@@ -224,7 +223,6 @@ class LibvirtHypervisor(Hypervisor):
             raise translate(e, "register lifecycle events") from e
         with self._lock:
             self._conn, self._callback_ids = conn, ids
-            self._caps = None  # a restarted libvirtd may report another topology
             self._connected.set()
         log.info("libvirt connected", uri=self.uri)
 
@@ -355,9 +353,9 @@ class LibvirtHypervisor(Hypervisor):
 
     def host_info(self) -> HostInfo:
         conn = self._c()
-        if self._caps is None:
-            self._caps = parse_capabilities(self._call("capabilities", conn.getCapabilities))
-        topo = self._caps
+        # Read every time (~0.5 ms on a 2-CPU host): hugepage pools, memory and CPUs can change
+        # while the host runs (nr_hugepages, hotplug), and libvirt re-reads sysfs for each call.
+        topo = parse_capabilities(self._call("capabilities", conn.getCapabilities))
         node = self._call("node info", conn.getInfo)  # [model, MiB, cpus, MHz, nodes, sockets, cores, threads]
         # Cell ids can have holes (node0, node2 on a machine with a node offline): ask by range
         # only when they are 0..n-1, else cell by cell, so no cell gets another's figures.

@@ -219,17 +219,16 @@ class Lab:
         return tuple(L.LabCell.from_json(c) for c in cells)
 
     def set_numa(self, host: str, cells: Sequence[L.LabCell]) -> None:
-        """Change what the host's libvirtd reads for its cells, at once (no restart needed).
-
-        Free memory and free hugepages are read live by getCellsFreeMemory/getFreePages; the
-        number of cells, their CPUs and totals are in libvirt's capabilities, which libvirtd
-        reads at start: change those only while the host is off, or restart its libvirtd.
-        """
+        """Change the host's cells; its libvirtd reports them on the next call (it reads sysfs
+        for capabilities, getInfo, getCellsFreeMemory and getFreePages alike)."""
         h = self._host(host)
+        new = tuple(cells)
+        if not 1 <= len(new) <= len(machine_cpus()):
+            raise LabError(f"numa {h}: 1 to {len(machine_cpus())} cells, got {len(new)}")
         with self._locked():
             state = self.state
-            state.setdefault("numa", {})[h] = [c.to_json() for c in cells]
-            L.write_numa_tree(self.layout.numa_dir(h), tuple(cells), machine_cpus())
+            state.setdefault("numa", {})[h] = [c.to_json() for c in new]
+            L.write_numa_tree(self.layout.numa_dir(h), new, machine_cpus())
             self._save_state(state)
 
     def init_pid(self, host: str) -> int | None:

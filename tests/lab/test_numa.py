@@ -37,7 +37,7 @@ def summary(info: HostInfo) -> list[tuple[int, int | None, tuple[int, int]]]:
     return [(c.id, c.free_mib, c.hugepages[L.HUGEPAGE_KIB]) for c in info.numa]
 
 
-def test_layout_cells_survive_a_power_cycle_and_a_hole_in_node_ids(make_lab) -> None:
+def test_layout_cells_after_a_power_cycle_a_live_change_and_with_a_hole_in_node_ids(make_lab) -> None:
     lab = make_lab("lbn", 2, 0, numa={"h1": CELLS})
     want = [(0, 700, (64, 5)), (1, 2900, (64, 64))]
     assert summary(host_info(lab, "h1")) == want
@@ -49,6 +49,22 @@ def test_layout_cells_survive_a_power_cycle_and_a_hole_in_node_ids(make_lab) -> 
     lab.crash("h1")
     lab.revive("h1")  # a fresh init and mount namespace: the tree is bind-mounted again
     assert summary(host_info(lab, "h1")) == want
+
+    # Totals and pool sizes are in the capabilities, which libvirtd and the adapter re-read.
+    bigger = (L.LabCell(free_mib=6000, memory_mib=8192, hugepages=10), L.LabCell(free_mib=100))
+    hv = LibvirtHypervisor(lab.libvirt_uri("h1"))  # one connection: nothing may be cached
+    try:
+        assert hv.wait_connected(15)
+        lab.set_numa("h1", CELLS)
+        assert summary(hv.host_info()) == want
+        lab.set_numa("h1", bigger)
+        info = hv.host_info()
+        assert [(c.memory_mib, c.free_mib, c.hugepages[L.HUGEPAGE_KIB]) for c in info.numa] == \
+            [(8192, 6000, (10, 10)), (4096, 100, (64, 64))]
+        assert info.memory_mib == 8192 + 4096
+    finally:
+        hv.close()
+    lab.set_numa("h1", CELLS)
 
     # node0 and node2, as on a machine with node 1 offline: each cell keeps its own figures.
     lab.stop_libvirtd("h1")
