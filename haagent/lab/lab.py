@@ -220,7 +220,8 @@ class Lab:
 
     def set_numa(self, host: str, cells: Sequence[L.LabCell]) -> None:
         """Change the host's cells; its libvirtd reports them on the next call (it reads sysfs
-        for capabilities, getInfo, getCellsFreeMemory and getFreePages alike)."""
+        for capabilities, getInfo, getCellsFreeMemory and getFreePages alike), also a different
+        number of cells (see docs/lab.md for the one thing that lags until a restart)."""
         h = self._host(host)
         new = tuple(cells)
         if not 1 <= len(new) <= len(machine_cpus()):
