@@ -422,9 +422,16 @@ migration_host = "{migration_host}"
 HA_MARK = '<ha:vm xmlns:ha="https://haagent.dev/xmlns/ha/1" policy="restart"/>'
 
 
-def domain_xml(name: str, vm_uuid: str, prefix: str, kvm: bool, disk: str | None, ha: bool = True) -> str:
-    """A 64 MiB VM with no OS: SeaBIOS finds nothing to boot and idles, which is all we need."""
+def domain_xml(name: str, vm_uuid: str, prefix: str, kvm: bool, disk: str | None, ha: bool = True,
+               memory_mib: int = VM_MEMORY_MIB, numa_strict: str | None = None) -> str:
+    """A 64 MiB VM with no OS: SeaBIOS finds nothing to boot and idles, which is all we need.
+
+    ``memory_mib`` costs the machine little: a guest with no OS never touches most of it.
+    ``numa_strict`` (a nodeset, e.g. "0") binds its memory strictly to those host cells.
+    """
     ha_mark = f"\n    {HA_MARK}" if ha else ""
+    numatune = (f"\n  <numatune><memory mode='strict' nodeset='{numa_strict}'/></numatune>"
+                if numa_strict is not None else "")
     # /dev/kvm here only works with qemu64 and svm off (LAB-NOTES); TCG needs no CPU element.
     cpu = ("<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model>"
            "<feature policy='disable' name='svm'/></cpu>") if kvm else ""
@@ -438,9 +445,9 @@ def domain_xml(name: str, vm_uuid: str, prefix: str, kvm: bool, disk: str | None
   <metadata>
     <lab:vm xmlns:lab="https://haagent.dev/xmlns/lab/1" lab="{prefix}"/>{ha_mark}
   </metadata>
-  <memory unit='MiB'>{VM_MEMORY_MIB}</memory>
-  <currentMemory unit='MiB'>{VM_MEMORY_MIB}</currentMemory>
-  <vcpu>1</vcpu>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <currentMemory unit='MiB'>{memory_mib}</currentMemory>
+  <vcpu>1</vcpu>{numatune}
   <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
   {cpu}
   <clock offset='utc'/>

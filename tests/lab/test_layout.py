@@ -62,6 +62,11 @@ def test_domain_xml() -> None:
     assert kvm.get("type") == "kvm" and kvm.findtext("cpu/model") == "qemu64"
     assert kvm.find("cpu/feature").attrib == {"policy": "disable", "name": "svm"}
     assert kvm.find("devices/disk/source").get("file") == "/s/vm1.qcow2"
+    assert dom.find("numatune") is None
+    big = ET.fromstring(L.domain_xml("vm1", "0b0c0d0e-0000-0000-0000-000000000001", "hal", False, None,
+                                     memory_mib=1024, numa_strict="1"))
+    assert big.findtext("memory") == big.findtext("currentMemory") == "1024"
+    assert big.find("numatune/memory").attrib == {"mode": "strict", "nodeset": "1"}
 
 
 def test_root_namespace_endpoints_are_unix_sockets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -66,6 +66,24 @@ def test_layout_cells_after_a_power_cycle_a_live_change_and_with_a_hole_in_node_
         hv.close()
     lab.set_numa("h1", CELLS)
 
+    # A VM bound to cell 1 starts (the host's QEMU wrapper binds its memory to node 0, the
+    # machine's only real node) and keeps cell 1 in its definition.
+    name = "lbn-strict1"
+    xml = L.domain_xml(name, lab.vm_uuid(name), lab.prefix, False, None, ha=False,
+                       memory_mib=1024, numa_strict="1")
+    hv = LibvirtHypervisor(lab.libvirt_uri("h1"))
+    try:
+        assert hv.wait_connected(15)
+        vm = hv.define_and_start(xml)
+        assert vm.active and (vm.numa.mode, vm.numa.nodeset, vm.memory_mib) == ("strict", (1,), 1024)
+        maps = lab.exec("h1", ["sh", "-c", f"cat /proc/$(cat /run/libvirt/qemu/{name}.pid)/numa_maps"],
+                        check=True).stdout
+        assert " bind:0 " in maps and " bind:1 " not in maps
+        hv.destroy(vm.uuid)
+        hv.undefine(vm.uuid)
+    finally:
+        hv.close()
+
     # node0 and node2, as on a machine with node 1 offline: each cell keeps its own figures.
     lab.stop_libvirtd("h1")
     L.write_numa_tree(lab.layout.numa_dir("h1"), CELLS, machine_cpus(), node_ids=(0, 2))
