@@ -122,6 +122,7 @@ class FakeHypervisor(Hypervisor):
     def __init__(self, uri: str, *, cluster: FakeCluster | None = None, hostname: str | None = None,
                  numa: tuple[HostCell, ...] | None = None, cpu_model: str = "qemu64",
                  cpu_vendor: str = "AMD", cpu_features: tuple[str, ...] = (),
+                 cpu_models: dict[str, tuple[str, ...]] | None = None,
                  shared_paths: tuple[str, ...] = ()):
         self.uri = uri
         self.cluster = cluster or FakeCluster()
@@ -135,6 +136,9 @@ class FakeHypervisor(Hypervisor):
         self.numa = numa or default_cells()
         self.cpu_model = cpu_model
         self.cpu_vendor = cpu_vendor
+        # Default: its own model and qemu64 under both domain types, as a KVM host would say.
+        own = tuple(sorted({cpu_model, "qemu64"}))
+        self.cpu_models = dict(cpu_models) if cpu_models is not None else {"kvm": own, "qemu": own}
         self.cpu_features = tuple(sorted(cpu_features))
         self.shared_paths = tuple(shared_paths)
         self._vms: dict[str, _Vm] = {}
@@ -215,7 +219,7 @@ class FakeHypervisor(Hypervisor):
                         cpu_features=self.cpu_features, sockets=len(self.numa),
                         cores_per_socket=cpus // max(len(self.numa), 1), threads_per_core=1,
                         cpus=cpus, memory_mib=sum(c.memory_mib for c in self.numa),
-                        numa=cells, page_sizes_kib=sizes)
+                        numa=cells, page_sizes_kib=sizes, cpu_models=dict(self.cpu_models))
 
     def list_vms(self) -> list[VmInfo]:
         self._check_up()

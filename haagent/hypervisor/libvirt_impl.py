@@ -23,6 +23,7 @@ from tenacity import Retrying, retry_if_exception_type, wait_exponential, wait_r
 
 from haagent.errors import (HaagentError, HypervisorError, HypervisorUnavailable, InvalidDomain,
                             MigrationAborted, OperationInvalid, VmNotFound)
+from haagent.hypervisor.domcaps import usable_cpu_models
 from haagent.hypervisor.translate import translate
 from haagent.hypervisor.options import MigrationOptions
 from haagent.hypervisor.port import (EventCallback, EventKind, HostInfo, Hypervisor, Location,
@@ -177,6 +178,7 @@ class LibvirtHypervisor(Hypervisor):
         self._lock = threading.RLock()
         self._conn: libvirt.virConnect | None = None
         self._callback_ids: list[int] = []
+        self._cpu_models: dict[str, tuple[str, ...]] | None = None
         self._closed = threading.Event()
         self._need_reconnect = threading.Event()
         self._connected = threading.Event()
@@ -223,6 +225,7 @@ class LibvirtHypervisor(Hypervisor):
             raise translate(e, "register lifecycle events") from e
         with self._lock:
             self._conn, self._callback_ids = conn, ids
+            self._cpu_models = None  # a restarted libvirtd may run an upgraded QEMU
             self._connected.set()
         log.info("libvirt connected", uri=self.uri)
 
@@ -385,7 +388,25 @@ class LibvirtHypervisor(Hypervisor):
             cpu_model=topo.cpu_model, cpu_vendor=topo.cpu_vendor, cpu_features=topo.cpu_features,
             sockets=topo.sockets, cores_per_socket=topo.cores_per_socket,
             threads_per_core=topo.threads_per_core, cpus=int(node[2]), memory_mib=int(node[1]),
-            numa=tuple(cells), page_sizes_kib=topo.page_sizes_kib, cpu_xml=topo.cpu_xml)
+            numa=tuple(cells), page_sizes_kib=topo.page_sizes_kib, cpu_xml=topo.cpu_xml,
+            cpu_models=self._usable_cpu_models(conn, topo.arch))
+
+    def _usable_cpu_models(self, conn: libvirt.virConnect, arch: str) -> dict[str, tuple[str, ...]]:
+        """Per domain type, from the domain capabilities; once per connection (they change only
+        with a QEMU or libvirt upgrade, which restarts libvirtd)."""
+        if self._cpu_models is None:
+            models = {}
+            for virt in ("kvm", "qemu"):
+                try:
+                    xml = conn.getDomainCapabilities(None, arch or None, None, virt, 0)
+                except libvirt.libvirtError as e:
+                    err = translate(e, f"domain capabilities ({virt})")
+                    if err.transient:
+                        raise err from e
+                    continue  # this host cannot run that domain type (no /dev/kvm...)
+                models[virt] = usable_cpu_models(xml)
+            self._cpu_models = models
+        return dict(self._cpu_models)
 
     def _info(self, dom: libvirt.virDomain) -> VmInfo:
         name = dom.name()

@@ -54,6 +54,9 @@ class HostInfo:
     cpu_xml: str = field(default="", repr=False)
     # cpu_migration_key(arch, vendor, model, features) unless given: one rule for every host.
     migration_key: str = ""
+    # domain type ("kvm", "qemu") -> CPU models a custom <cpu> may name here (usable, sorted);
+    # a type the host cannot run is absent.
+    cpu_models: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.migration_key:

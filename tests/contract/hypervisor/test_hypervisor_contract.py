@@ -47,6 +47,10 @@ def test_numa_cells_free_memory_hugepages_and_cpu_key(env):
     # Same CPU on both hosts: one key, usable to tell where a VM may live-migrate.
     assert info.migration_key and info.migration_key == other.migration_key
     assert info.migration_key.startswith(f"{info.arch}:{info.cpu_vendor}:{info.cpu_model}:")
+    # What a custom <cpu> may name, per domain type: TCG runs qemu64 anywhere.
+    assert "qemu64" in info.cpu_models["qemu"]
+    assert all(list(models) == sorted(set(models)) for models in info.cpu_models.values())
+    assert info.cpu_models == other.cpu_models
 
 
 def test_free_memory_and_hugepages_are_read_live(env):
