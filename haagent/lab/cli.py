@@ -57,13 +57,21 @@ def lab() -> None:
               help="plain etcd: no TLS, no client certificates, no roles (debugging only)")
 @click.option("--libvirt-tls", is_flag=True,
               help="libvirtds and QEMU migration streams over TLS (qemu+tls://; migrate with --tls)")
+@click.option("--numa", "numa_opts", multiple=True, metavar="HOST=FREE,FREE",
+              help="free MiB (optionally FREE:HUGEPAGES, free 2 MiB pages) of each NUMA cell "
+                   "a host's libvirtd reports, e.g. h1=512,3584; repeat per host")
 def up(hosts: int, vms: int, prefix: str, kvm: bool, disk: bool, no_ha: bool, guest: str,
-       memory: int | None, vcpus: int, keep_on_failure: bool, insecure: bool, libvirt_tls: bool) -> None:
+       memory: int | None, vcpus: int, keep_on_failure: bool, insecure: bool, libvirt_tls: bool,
+       numa_opts: tuple[str, ...]) -> None:
     """Build the lab: hosts, etcd cluster (TLS, client certificates, roles), agents, BMCs, shared storage, VMs."""
     lab_ = _lab(prefix)
+    try:
+        numa = dict(L.parse_numa_option(o) for o in numa_opts)
+    except ValueError as e:
+        fail(str(e), 2)
     _guard(lambda: lab_.up(hosts, vms, kvm=kvm, disk=disk, keep_on_failure=keep_on_failure, ha=not no_ha,
                            insecure=insecure, libvirt_tls=libvirt_tls, guest=guest, memory_mib=memory, vcpus=vcpus,
-                           progress=lambda msg: click.echo(msg, err=True)))
+                           progress=lambda msg: click.echo(msg, err=True), numa=numa))
     click.echo(f"try: haagent lab status --prefix {prefix}; haagent status --config {lab_.layout.operator_config}; "
                f"haagent lab virsh h1 list; haagent lab crash h2; haagent lab down --prefix {prefix}")
 

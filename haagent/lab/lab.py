@@ -101,6 +101,19 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def machine_cpus() -> list[int]:
+    """The machine's online CPUs (what every lab host's cells split between them)."""
+    try:
+        text = Path("/sys/devices/system/cpu/online").read_text().strip()
+    except OSError:
+        return sorted(os.sched_getaffinity(0))
+    cpus: list[int] = []
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
 def exec_env() -> dict[str, str]:
     """The environment for commands run inside a lab host: this installation's ``haagent``
     (e.g. in a venv that is not on root's PATH) comes first on PATH."""
@@ -235,6 +248,27 @@ class Lab:
     def netns(self, host: str) -> str:
         return self.layout.netns(self._host(host))
 
+    def numa(self, host: str) -> tuple[L.LabCell, ...]:
+        """The NUMA cells the host's libvirtd reports (the layout's, or the last ``set_numa``)."""
+        cells = self.state.get("numa", {}).get(self._host(host))
+        if not cells:
+            raise LabError(f"lab {self.prefix}: no NUMA cells recorded for {host}")
+        return tuple(L.LabCell.from_json(c) for c in cells)
+
+    def set_numa(self, host: str, cells: Sequence[L.LabCell]) -> None:
+        """Change the host's cells; its libvirtd reports them on the next call (it reads sysfs
+        for capabilities, getInfo, getCellsFreeMemory and getFreePages alike), also a different
+        number of cells (see docs/lab.md for the one thing that lags until a restart)."""
+        h = self._host(host)
+        new = tuple(cells)
+        if not 1 <= len(new) <= len(machine_cpus()):
+            raise LabError(f"numa {h}: 1 to {len(machine_cpus())} cells, got {len(new)}")
+        with self._locked():
+            state = self.state
+            state.setdefault("numa", {})[h] = [c.to_json() for c in new]
+            L.write_numa_tree(self.layout.numa_dir(h), new, machine_cpus())
+            self._save_state(state)
+
     def init_pid(self, host: str) -> int | None:
         """PID (root namespace) of the host's init while the host is powered, else None."""
         r = self._init_ref(host)
@@ -245,25 +279,28 @@ class Lab:
     def up(self, hosts: int = 3, vms: int = 6, kvm: bool = False, disk: bool = False,
            progress: Progress | None = None, keep_on_failure: bool = False, ha: bool = True,
            insecure: bool = False, libvirt_tls: bool = False, guest: str = "none",
-           memory_mib: int | None = None, vcpus: int = 1) -> "Lab":
+           memory_mib: int | None = None, vcpus: int = 1,
+           numa: dict[str, Sequence[L.LabCell]] | None = None) -> "Lab":
         """Build the whole lab; on failure tear down what was built (unless keep_on_failure).
 
         etcd speaks TLS to clients and peers and requires client certificates from the lab's CA,
         with haagent's roles on (docs/security.md); ``insecure``: plain, no auth, for debugging.
         ``libvirt_tls``: libvirtds (and QEMU's migration streams) talk TLS with the lab's CA.
         ``guest="linux"`` boots every VM into the lab's Linux guest (see ``Lab.guest``);
-        ``memory_mib`` defaults to 64 without a guest and 192 with one."""
+        ``memory_mib`` defaults to 64 without a guest and 192 with one. ``numa``: host -> the NUMA
+        cells its libvirtd reports; hosts not named get ``layout.default_cells``."""
         say = progress or _quiet
         if memory_mib is None:
             memory_mib = L.GUEST_MEMORY_MIB if guest == "linux" else L.VM_MEMORY_MIB
-        self._preflight(hosts, vms, kvm, guest, memory_mib, vcpus)
+        self._preflight(hosts, vms, kvm, guest, memory_mib, vcpus, numa or {})
         t0 = time.monotonic()
 
         def step(msg: str) -> None:
             say(f"[{time.monotonic() - t0:5.1f}s] {msg}")
 
         try:
-            self._build(hosts, vms, kvm, disk, step, ha, not insecure, libvirt_tls, guest, memory_mib, vcpus)
+            self._build(hosts, vms, kvm, disk, step, ha, not insecure, libvirt_tls, guest, memory_mib, vcpus,
+                        numa or {})
         except BaseException:
             if not keep_on_failure:
                 step("failed: tearing the half-built lab down")
@@ -278,22 +315,30 @@ class Lab:
                 progress: Progress | None = None, ha: bool = True,
                 keep_logs: Path | None = None, insecure: bool = False,
                 libvirt_tls: bool = False, guest: str = "none", memory_mib: int | None = None,
-                vcpus: int = 1) -> Iterator["Lab"]:
+                vcpus: int = 1, numa: dict[str, Sequence[L.LabCell]] | None = None) -> Iterator["Lab"]:
         """``with Lab(p).running(3, 6) as lab:`` - removes a leftover lab first, always tears down."""
         self.down()
         try:
             yield self.up(hosts, vms, kvm=kvm, disk=disk, progress=progress, ha=ha, insecure=insecure,
-                          libvirt_tls=libvirt_tls, guest=guest, memory_mib=memory_mib, vcpus=vcpus)
+                          libvirt_tls=libvirt_tls, guest=guest, memory_mib=memory_mib, vcpus=vcpus, numa=numa)
         finally:
             self.down(keep_logs=keep_logs)
 
-    def _preflight(self, hosts: int, vms: int, kvm: bool, guest: str, memory_mib: int, vcpus: int) -> None:
+    def _preflight(self, hosts: int, vms: int, kvm: bool, guest: str, memory_mib: int, vcpus: int,
+                   numa: dict[str, Sequence[L.LabCell]]) -> None:
         if os.geteuid() != 0:
             raise LabError("the lab needs root: it creates namespaces, bridges and runs libvirtd")
         if not L.MIN_HOSTS <= hosts <= L.MAX_HOSTS:
             raise LabError(f"--hosts must be between {L.MIN_HOSTS} and {L.MAX_HOSTS} (got {hosts})")
         if not 0 <= vms <= L.MAX_VMS:
             raise LabError(f"--vms must be between 0 and {L.MAX_VMS} (got {vms})")
+        names = L.host_names(hosts) if L.MIN_HOSTS <= hosts <= L.MAX_HOSTS else []
+        for h, cells in numa.items():
+            if h not in names:
+                raise LabError(f"numa: no host {h!r} in a {hosts}-host lab")
+            if not 1 <= len(cells) <= len(machine_cpus()):
+                raise LabError(f"numa {h}: 1 to {len(machine_cpus())} cells (one CPU each at "
+                               f"least; this machine has {len(machine_cpus())}), got {len(cells)}")
         if kvm and not os.access("/dev/kvm", os.R_OK | os.W_OK):
             raise LabError("--kvm: /dev/kvm is missing or not usable here; leave --kvm off for TCG")
         if guest not in L.GUESTS:
@@ -321,7 +366,8 @@ class Lab:
                            f"HAAGENT_LAB_ROOT")
 
     def _build(self, n: int, m: int, kvm: bool, disk: bool, step: Progress, ha: bool, tls: bool,
-               libvirt_tls: bool, guest: str, memory_mib: int, vcpus: int) -> None:
+               libvirt_tls: bool, guest: str, memory_mib: int, vcpus: int,
+               numa: dict[str, Sequence[L.LabCell]]) -> None:
         names = L.host_names(n)
         members = names[:min(n, 3)]
         vm_list = L.vm_names(m)
@@ -335,6 +381,7 @@ class Lab:
             "kvm": kvm, "disk": disk, "ha": ha, "tls": tls, "libvirt_tls": libvirt_tls, "created": time.time(),
             "guest": guest, "memory_mib": memory_mib, "vcpus": vcpus,
             "vms": {vm: {"home": homes[vm], "uuid": lay.vm_uuid(vm)} for vm in vm_list},
+            "numa": {h: [c.to_json() for c in (numa.get(h) or L.default_cells(h))] for h in names},
         })
         with self._locked():
             step(f"namespaces and bridges for {n} hosts (cluster {L.CLUSTER_NET}.0/{L.NETMASK}, "
@@ -574,6 +621,7 @@ class Lab:
                 "bmc": {"address": f"{L.bmc_address(h)}:{L.BMC_PORT}", "serving": bmcd_alive,
                         "power": "on" if powered else "off", "mode": faults.get("mode", "ok"),
                         "off_delay": faults.get("off_delay", 0.0)},
+                "numa": st.get("numa", {}).get(h, []),
                 "vms": running[h],
             })
         where: dict[str, list[str]] = {vm: [] for vm in st.get("vms", {})}
@@ -685,6 +733,19 @@ class Lab:
         _write(hd / "etc-libvirt" / "libvirtd.conf", L.libvirtd_conf(lay.host_uuid(h), libvirt_tls))
         _write(hd / "etc-libvirt" / "qemu.conf", L.qemu_conf(L.address(h), libvirt_tls))
         _write(hd / "etc-libvirt" / "libvirt.conf", 'uri_default = "qemu:///system"\n')
+        L.write_numa_tree(lay.numa_dir(h), self.numa(h), machine_cpus())
+        # The host's init bind-mounts the real QEMU onto qemu/qemu-system-x86_64 (an empty file
+        # until then) and the wrapper over /usr/bin/qemu-system-x86_64, so every domain keeps
+        # the packaged emulator path the agents' domain allowlist wants. QEMU finds its modules
+        # and firmware relative to where it runs from, through qemu-bundle/usr -> /usr (a
+        # symlink: removing the lab never follows it).
+        qemu = lay.real_qemu(h)
+        qemu.parent.mkdir(exist_ok=True)
+        qemu.touch()
+        (qemu.parent / "qemu-bundle").mkdir(exist_ok=True)
+        if not (qemu.parent / "qemu-bundle" / "usr").is_symlink():
+            (qemu.parent / "qemu-bundle" / "usr").symlink_to("/usr")
+        _write(hd / "qemu-wrapper", L.qemu_wrapper(str(qemu)), 0o755)
         if h in members:
             (lay.etcd_dir(h) / "data").mkdir(parents=True, exist_ok=True)
             os.chmod(lay.etcd_dir(h) / "data", 0o700)
@@ -748,6 +809,8 @@ class Lab:
         pidfile = lay.init_pidfile(h)
         pidfile.unlink(missing_ok=True)
         binds = [f"{lay.host_dir(h) / sub}:{dst}" for sub, dst in L.LIBVIRT_BINDS]
+        binds += [f"{lay.numa_dir(h)}:{L.SYS_NODE}", f"{L.QEMU}:{lay.real_qemu(h)}",
+                  f"{lay.host_dir(h) / 'qemu-wrapper'}:{L.QEMU}"]
         _run(["nsenter", f"--net={NETNS_DIR / lay.netns(h)}", "--",
               sys.executable, "-I", INIT_SCRIPT, lay.hostname(h), str(pidfile), *binds], timeout=20)
         pid = int(pidfile.read_text())

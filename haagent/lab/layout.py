@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,212 @@ LIBVIRT_BINDS = (
     ("var-log-libvirt", "/var/log/libvirt"),
     ("var-cache-libvirt", "/var/cache/libvirt"),
 )
+
+
+# -- NUMA cells the hosts' libvirtds see -------------------------------------------------------
+#
+# The machine has one real NUMA node. Each host's libvirtd reads a fake
+# /sys/devices/system/node (written by ``numa_tree`` and bind-mounted in the host's mount
+# namespace), so libvirt's capabilities, getCellsFreeMemory and getFreePages report the cells
+# below. Only node 0 is real: QEMU's memory always comes from it (see docs/lab.md).
+
+SYS_NODE = "/sys/devices/system/node"
+HUGEPAGE_KIB = 2048
+DEFAULT_CELL_MIB = 4096
+DEFAULT_HUGEPAGES = 64  # 2 MiB pages in each cell's pool (128 MiB)
+# host index -> (free MiB, free 2 MiB pages) per cell: every host differs, and which cell has
+# more room alternates, so a strict-NUMA VM fits some hosts' cells and not others.
+_DEFAULT_FREE = {
+    1: ((512, 8), (3584, 64)),
+    2: ((3072, 48), (1024, 16)),
+    3: ((2048, 32), (2048, 32)),
+    4: ((1024, 64), (3072, 8)),
+    5: ((3584, 16), (512, 48)),
+    6: ((1536, 24), (2560, 40)),
+}
+
+
+@dataclass(frozen=True)
+class LabCell:
+    """One NUMA cell of a lab host as its libvirtd will see it."""
+
+    free_mib: int
+    memory_mib: int = DEFAULT_CELL_MIB
+    hugepages: int = DEFAULT_HUGEPAGES  # 2 MiB pages in the pool
+    hugepages_free: int | None = None  # None = the whole pool is free
+
+    def __post_init__(self) -> None:
+        if not 0 < self.memory_mib <= 1 << 24:
+            raise ValueError(f"cell memory_mib must be 1..{1 << 24} (got {self.memory_mib})")
+        if not 0 <= self.free_mib <= self.memory_mib:
+            raise ValueError(f"cell free_mib must be 0..memory_mib={self.memory_mib} (got {self.free_mib})")
+        pool_mib = self.hugepages * HUGEPAGE_KIB // 1024
+        if not 0 <= pool_mib <= self.memory_mib:
+            raise ValueError(f"cell hugepages must be 0..{self.memory_mib * 1024 // HUGEPAGE_KIB} "
+                             f"(got {self.hugepages})")
+        if self.hugepages_free is None:
+            object.__setattr__(self, "hugepages_free", self.hugepages)
+        elif not 0 <= self.hugepages_free <= self.hugepages:
+            raise ValueError(f"cell hugepages_free must be 0..hugepages={self.hugepages} "
+                             f"(got {self.hugepages_free})")
+
+    @property
+    def free_pages(self) -> int:
+        """Free 2 MiB pages (``hugepages_free``, which None made the whole pool)."""
+        assert self.hugepages_free is not None
+        return self.hugepages_free
+
+    def to_json(self) -> dict[str, int]:
+        return {"free_mib": self.free_mib, "memory_mib": self.memory_mib,
+                "hugepages": self.hugepages, "hugepages_free": self.free_pages}
+
+    @classmethod
+    def from_json(cls, data: dict[str, int]) -> "LabCell":
+        return cls(free_mib=int(data["free_mib"]), memory_mib=int(data["memory_mib"]),
+                   hugepages=int(data["hugepages"]), hugepages_free=int(data["hugepages_free"]))
+
+
+def default_cells(host: str) -> tuple[LabCell, ...]:
+    """Two cells of 4 GiB with a 64-page 2 MiB pool each; free memory and pages differ by host."""
+    return tuple(LabCell(free_mib=free, hugepages_free=pages)
+                 for free, pages in _DEFAULT_FREE[host_index(host)])
+
+
+def parse_numa_option(text: str) -> tuple[str, tuple[LabCell, ...]]:
+    """``h1=512,3584`` (free MiB of each cell) or ``h1=512:8,3584:64`` (and free 2 MiB pages)."""
+    host, sep, cells = text.partition("=")
+    if not sep or not re.fullmatch(r"h[1-9]", host.strip()):
+        raise ValueError(f"--numa takes HOST=FREE,FREE[,...] like h1=512,3584 (got {text!r})")
+    out = []
+    for item in cells.split(","):
+        m = re.fullmatch(r"\s*(\d+)(?::(\d+))?\s*", item)
+        if not m:
+            raise ValueError(f"--numa {host}: a cell is FREE_MIB or FREE_MIB:FREE_HUGEPAGES (got {item!r})")
+        free, pages = int(m.group(1)), m.group(2)
+        try:
+            out.append(LabCell(free_mib=free, memory_mib=max(DEFAULT_CELL_MIB, free),
+                               hugepages_free=None if pages is None else int(pages)))
+        except ValueError as e:
+            raise ValueError(f"--numa {host}: {e}") from None
+    if not 1 <= len(out) <= 8:
+        raise ValueError(f"--numa {host}: 1 to 8 cells (got {len(out)})")
+    return host.strip(), tuple(out)
+
+
+def split_cpus(cpus: list[int], cells: int) -> list[list[int]]:
+    """The machine's CPUs in contiguous runs, one per cell (the first cells get the extra ones)."""
+    base, extra = divmod(len(cpus), cells)
+    out, start = [], 0
+    for i in range(cells):
+        n = base + (1 if i < extra else 0)
+        out.append(cpus[start:start + n])
+        start += n
+    return out
+
+
+def _cpulist(cpus: list[int]) -> str:
+    runs: list[str] = []
+    for c in cpus:
+        if runs and "-" in runs[-1] and int(runs[-1].split("-")[1]) == c - 1:
+            runs[-1] = f"{runs[-1].split('-')[0]}-{c}"
+        elif runs and "-" not in runs[-1] and int(runs[-1]) == c - 1:
+            runs[-1] = f"{runs[-1]}-{c}"
+        else:
+            runs.append(str(c))
+    return ",".join(runs)
+
+
+def _cpumap(cpus: list[int], nr_cpus: int) -> str:
+    """The kernel's bitmap format: 32-bit hex words, most significant first, comma-separated."""
+    mask = sum(1 << c for c in cpus)
+    words = max(1, (nr_cpus + 31) // 32)
+    parts = [f"{(mask >> (32 * w)) & 0xFFFFFFFF:08x}" for w in reversed(range(words))]
+    # The kernel prints only as many hex digits as nr_cpus needs in the top word.
+    top_bits = nr_cpus - 32 * (words - 1)
+    parts[0] = parts[0][-max(1, (top_bits + 3) // 4):]
+    return ",".join(parts)
+
+
+def numa_tree(cells: tuple[LabCell, ...], cpus: list[int],
+              node_ids: tuple[int, ...] | None = None) -> dict[str, str]:
+    """Files of a fake /sys/devices/system/node (relative path -> content; ``@`` = symlink target).
+
+    Holds what libnuma and libvirt read: ``online``/``possible``/``has_*``, and per node
+    ``cpulist``, ``cpumap``, ``cpuN`` links to the real CPUs (libvirt reads their topology),
+    ``distance``, ``meminfo`` (MemTotal, MemFree) and the 2 MiB hugepage pool. ``node_ids``
+    (default 0..n-1) may leave holes, as a machine with a node offline does.
+    """
+    if not cells:
+        raise ValueError("a lab host has at least one NUMA cell")
+    ids = tuple(node_ids) if node_ids is not None else tuple(range(len(cells)))
+    if len(ids) != len(cells) or list(ids) != sorted(set(ids)) or ids[0] != 0:
+        raise ValueError(f"node ids must rise from 0, one per cell (got {ids})")
+    nodes = _cpulist(list(ids))
+    nr_cpus = max(cpus) + 1 if cpus else 1
+    per_cell = split_cpus(cpus, len(cells))
+    files = {"online": nodes, "possible": nodes, "has_memory": nodes, "has_normal_memory": nodes,
+             "has_cpu": _cpulist([i for i, c in zip(ids, per_cell) if c]),
+             "has_generic_initiator": ""}
+    for i, cell, own in zip(ids, cells, per_cell):
+        d = f"node{i}"
+        files[f"{d}/cpulist"] = _cpulist(own)
+        files[f"{d}/cpumap"] = _cpumap(own, nr_cpus)
+        for c in own:
+            files[f"{d}/cpu{c}"] = f"@/sys/devices/system/cpu/cpu{c}"
+        # The kernel lists the distance to every online node, in id order.
+        files[f"{d}/distance"] = " ".join("10" if j == i else "20" for j in ids)
+        total_kib, free_kib = cell.memory_mib * 1024, cell.free_mib * 1024
+        files[f"{d}/meminfo"] = "\n".join(f"Node {i} {k + ':':<16}{v:>9} kB" for k, v in (
+            ("MemTotal", total_kib), ("MemFree", free_kib), ("MemUsed", total_kib - free_kib)))
+        hp = f"{d}/hugepages/hugepages-{HUGEPAGE_KIB}kB"
+        files[f"{hp}/nr_hugepages"] = str(cell.hugepages)
+        files[f"{hp}/free_hugepages"] = str(cell.free_pages)
+        files[f"{hp}/surplus_hugepages"] = "0"
+    return {k: v if v.startswith("@") else v + "\n" for k, v in files.items()}
+
+
+QEMU = "/usr/bin/qemu-system-x86_64"
+
+
+def qemu_wrapper(real_qemu: str) -> str:
+    """What the host runs as QEMU: the real one, with every memory binding moved to node 0.
+
+    libvirt turns a strict ``<numatune>`` into ``host-nodes``/``policy=bind`` on QEMU's memory
+    backends, and the kernel refuses to bind to a node it does not have (only node 0 is real),
+    so without this a VM bound to cell 1 of a lab host would never start.
+    """
+    return f"""#!/bin/sh
+# Generated by haagent lab: the machine has one NUMA node, the lab's hosts pretend to have more
+# (docs/lab.md, NUMA cells), so memory bound to any cell is bound to node 0.
+for a in "$@"; do
+  shift
+  case $a in
+    *host-nodes*) a=$(printf '%s' "$a" | sed -E 's/"host-nodes":\\[[0-9,]*\\]/"host-nodes":[0]/g; s/host-nodes=[0-9-]+/host-nodes=0/g') ;;
+  esac
+  set -- "$@" "$a"
+done
+exec {real_qemu} "$@"
+"""
+
+
+def write_numa_tree(root: Path, cells: tuple[LabCell, ...], cpus: list[int],
+                    node_ids: tuple[int, ...] | None = None) -> None:
+    """Write (or rewrite in place, for a running host) the fake node tree under ``root``."""
+    files = numa_tree(cells, cpus, node_ids)
+    root.mkdir(parents=True, exist_ok=True)
+    for old in sorted(root.glob("node*"), reverse=True):
+        if old.name not in {p.split("/")[0] for p in files}:
+            shutil.rmtree(old)
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if content.startswith("@"):
+            if not path.is_symlink():
+                path.symlink_to(content[1:])
+            continue
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(content)
+        os.replace(tmp, path)
 
 
 def lab_root() -> Path:
@@ -101,6 +308,14 @@ class Layout:
 
     def host_dir(self, host: str) -> Path:
         return self.dir / "hosts" / host
+
+    def numa_dir(self, host: str) -> Path:
+        """The fake /sys/devices/system/node of the host (bind-mounted by its init)."""
+        return self.host_dir(host) / "sys-node"
+
+    def real_qemu(self, host: str) -> Path:
+        """Where the host's init bind-mounts the real QEMU (its wrapper takes the usual path)."""
+        return self.host_dir(host) / "qemu" / "qemu-system-x86_64"
 
     def logs_dir(self, host: str) -> Path:
         return self.host_dir(host) / "logs"
@@ -302,10 +517,16 @@ class GuestBoot:
 
 
 def domain_xml(name: str, vm_uuid: str, prefix: str, kvm: bool, disk: str | None, ha: bool = True,
-               memory_mib: int = VM_MEMORY_MIB, vcpus: int = 1, guest: GuestBoot | None = None) -> str:
+               memory_mib: int = VM_MEMORY_MIB, vcpus: int = 1, guest: GuestBoot | None = None,
+               numa_strict: str | None = None) -> str:
     """A VM with no OS (SeaBIOS finds nothing to boot and idles), or with ``guest`` the lab's
-    Linux guest booted directly from its kernel and initramfs (haagent/lab/guest_image.py)."""
+    Linux guest booted directly from its kernel and initramfs (haagent/lab/guest_image.py).
+
+    ``numa_strict`` (a nodeset, e.g. "0") binds its memory strictly to those host cells.
+    """
     ha_mark = f"\n    {HA_MARK}" if ha else ""
+    numatune = (f"\n  <numatune><memory mode='strict' nodeset='{numa_strict}'/></numatune>"
+                if numa_strict is not None else "")
     # /dev/kvm here only works with qemu64 and svm off (LAB-NOTES); TCG needs no CPU element.
     cpu = ("<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model>"
            "<feature policy='disable' name='svm'/></cpu>") if kvm else ""
@@ -333,7 +554,7 @@ def domain_xml(name: str, vm_uuid: str, prefix: str, kvm: bool, disk: str | None
   </metadata>
   <memory unit='MiB'>{memory_mib}</memory>
   <currentMemory unit='MiB'>{memory_mib}</currentMemory>
-  <vcpu>{vcpus}</vcpu>
+  <vcpu>{vcpus}</vcpu>{numatune}
   <os><type arch='x86_64' machine='pc'>hvm</type>{boot}</os>
   {cpu}
   <clock offset='utc'/>
