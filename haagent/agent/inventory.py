@@ -3,8 +3,9 @@
 The record (docs/design.md, "The host report") carries what the leader's placement needs:
 
 - ``cpus``, ``memory_mib``: the host's size;
-- ``cpu``: arch, vendor, model and ``key``, the migration compatibility key (equal keys: a VM
-  live-migrates between the hosts with its default CPU config);
+- ``cpu``: arch, vendor, model, ``key`` (the migration compatibility key: equal keys, a VM
+  live-migrates between the hosts with its default CPU config) and ``models`` (the custom CPU
+  models a guest may name here);
 - ``numa``: cells with their cpus, memory, free memory and hugepages by size ``[total, free]``;
 - ``tags``: from ``[host] tags`` in the config;
 - ``load``: CPU in use (cores, host and per VM) and memory in use (MiB), each an exponentially
@@ -22,7 +23,6 @@ their reports with it.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -30,16 +30,6 @@ from typing import Any, Mapping
 from haagent.hypervisor.port import HostInfo, StatsSample
 
 SMOOTHING_S = 60.0  # the EWMA's time constant: a step change is 63 % through after a minute
-
-
-def migration_key(info: HostInfo) -> str:
-    """Equal for hosts whose CPUs present the same model and features to a guest.
-
-    ``arch/vendor/model/`` plus a short hash of the sorted feature list: the features decide
-    whether a guest started on one host can run on the other, the rest makes it readable.
-    """
-    digest = hashlib.sha256(",".join(sorted(info.cpu_features)).encode()).hexdigest()[:10]
-    return f"{info.arch}/{info.cpu_vendor or '-'}/{info.cpu_model or '-'}/{digest}"
 
 
 def host_inventory(info: HostInfo, tags: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -51,7 +41,9 @@ def host_inventory(info: HostInfo, tags: tuple[str, ...] = ()) -> dict[str, Any]
                       "hugepages": {str(size): [total, free] for size, (total, free) in sorted(c.hugepages.items())}})
     return {"cpus": info.cpus, "memory_mib": info.memory_mib,
             "cpu": {"arch": info.arch, "vendor": info.cpu_vendor, "model": info.cpu_model,
-                    "key": migration_key(info)},
+                    "key": info.migration_key,  # haagent.hypervisor.port.cpu_migration_key
+                    # custom models a guest may name here, whatever its domain type (kvm, qemu)
+                    "models": sorted({m for models in info.cpu_models.values() for m in models})},
             "numa": cells, "tags": sorted(set(tags))}
 
 

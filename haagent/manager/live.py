@@ -57,7 +57,7 @@ def live_host(hv: HostView, avoided: bool = False) -> Host:
         cells = tuple(_cell(c) for c in hv.numa)
     return Host(name=hv.name, cpus=max(hv.cpus, 1), memory_mib=max(hv.memory_mib, 1), numa=cells,
                 state=host_state(hv, avoided), tags=hv.tags, cpu_family=hv.cpu_key or None,
-                cpu_used=hv.cpu_used, memory_used_mib=hv.memory_used_mib)
+                cpu_used=hv.cpu_used, memory_used_mib=hv.memory_used_mib, cpu_models=hv.cpu_models)
 
 
 def _cell(c: HostCell) -> NumaCell:

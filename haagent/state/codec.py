@@ -140,6 +140,7 @@ def _inventory(d: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(cpu, dict):
         raise BadRecord(f"cpu: expected an object, got {cpu!r:.40}")
     out["cpu_model"], out["cpu_key"] = _str(cpu, "model", ""), _str(cpu, "key", "")
+    out["cpu_models"] = frozenset(_strs(cpu, "models")) if cpu.get("models") else None
     load = d.get("load")
     if isinstance(load, dict):  # older agents wrote the load average, a number: not a usable load
         cpu_used, mem = load.get("cpu"), load.get("memory_used_mib")

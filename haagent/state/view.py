@@ -85,6 +85,7 @@ class HostView:
     tags: frozenset[str] = frozenset()
     cpu_model: str = ""
     cpu_key: str = ""  # migration compatibility key
+    cpu_models: frozenset[str] | None = None  # custom CPU models usable here (None: not reported)
     cpu_used: float | None = None  # cores, smoothed
     memory_used_mib: float | None = None
     vm_cpu: Mapping[str, float] = field(default_factory=dict)  # uuid -> cores, smoothed

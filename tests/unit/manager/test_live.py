@@ -120,3 +120,18 @@ def test_a_report_decodes_to_the_inventory_and_a_bad_inventory_costs_only_itself
     assert v.bad_records and v.bad_records[0][0] == KEYS.host_report("h1")
     legacy = dict(report, load=0.7)  # older agents wrote the load average
     assert build_view({KEYS.host_report("h1"): KV(json.dumps(legacy))}, KEYS, 1).hosts["h1"].cpu_used is None
+
+
+def test_a_custom_cpu_model_goes_only_where_it_is_usable_and_pins_need_the_cpus():
+    need = VmNeeds(cpu_mode="custom", cpu_model="EPYC-Rome")
+    v = view([host("h1", 8000, cpu_models=frozenset({"qemu64"})), host("h2", 8000, cpu_models=frozenset({"EPYC-Rome"})),
+              host("h3", 8000)],  # h3 does not say: not held against it
+             [VmSpec("u1", "vm", 1, 512, needs=need)])
+    live = live_cluster(v)
+    from policies import explain
+    verdicts = {x.host: x for x in explain("vm", live.cluster).hosts}
+    assert verdicts["h1"].rejected_by == "requirements" and "EPYC-Rome is not usable" in verdicts["h1"].reason
+    assert not verdicts["h2"].rejected_by and not verdicts["h3"].rejected_by
+    pinned = view([host("h1", 8000)], [VmSpec("u1", "vm", 2, 512, needs=VmNeeds(dedicated_cpus=2, max_pinned_cpu=7))])
+    placed, missed = policy_placer()(list(pinned.specs.values()), pinned, frozenset())
+    assert not placed and "has 4 cpus; the VM pins cpu 7" in " ".join(missed["u1"])
