@@ -232,8 +232,8 @@ def step(view: ClusterView, status: ManagerStatus, now: float, config: ManagerCo
     for name, hv in sorted(view.hosts.items()):
         if hv.inventory_error and hv.alive:
             st.alert("inventory_unreadable", host=name,
-                     message=f"{hv.inventory_error}; placed on by cpu and memory only (no NUMA, "
-                             "hugepages or CPU model checks) until it reports again")
+                     message=f"{hv.inventory_error}; placed on by cpu and memory only, and only VMs "
+                             "without NUMA, pinning, hugepage or CPU model needs, until it reports again")
     requests = {(r.kind, r.host): r for r in view.requests if r.host and r.kind != "fence_ack"}
     _take_acks(st)
     for name in sorted(view.hosts):
