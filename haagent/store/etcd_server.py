@@ -22,9 +22,23 @@ ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: every socket stays bound until all are chosen (one after the
+    other, the kernel may hand out the port it just freed, and a member whose client and peer
+    URLs share a port cannot start)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass(frozen=True)
@@ -113,13 +127,14 @@ class EtcdCluster:
         if self.tls:
             from haagent.store.pki import CertificateAuthority
             self.ca = CertificateAuthority(self.base_dir / "pki")
+        ports = free_ports(2 * self.size)
         for i in range(self.size):
             d = self.base_dir / f"m{i}"
             tls = None
             if self.ca is not None:
                 files = self.ca.issue(f"member-m{i}", f"m{i}", server=True, server_names=("127.0.0.1", "localhost"))
                 tls = MemberTls(self.ca.cert_path, files.cert, files.key)
-            self.members.append(EtcdMember(f"m{i}", free_port(), free_port(), d / "data", d / "etcd.log", tls=tls))
+            self.members.append(EtcdMember(f"m{i}", ports[2 * i], ports[2 * i + 1], d / "data", d / "etcd.log", tls=tls))
             d.mkdir(parents=True, exist_ok=True)
         self.root = self.client_cert("root") if self.ca is not None else None
 
