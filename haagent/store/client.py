@@ -121,6 +121,41 @@ _CLIENT_CERT_REFUSED = ("TSI_DATA_CORRUPTED", "BAD_CERTIFICATE", "CERTIFICATE_RE
                         "CERTIFICATE_EXPIRED")
 
 
+def asks_for_client_certificate(ep: Any, ca_cert: str | None, timeout: float = 1.0) -> bool:
+    """Whether the TLS server at ``ep`` refuses a client that presents no certificate.
+
+    gRPC reports that refusal as the server's alert only when it arrives during the handshake; under
+    TLS 1.3 it comes after, and a busy machine often sees just "unavailable". So when a client
+    without a certificate fails, one plain handshake and read asks the server itself.
+    """
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=ca_cert) if ca_cert else ssl.create_default_context()
+    ctx.check_hostname = False  # the question is the client certificate, not the server's name
+    try:
+        if ep.scheme == "unixs":
+            raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            raw.settimeout(timeout)
+            raw.connect(f"{ep.host[len('unix:'):]}:{ep.port}")
+        else:
+            raw = socket.create_connection((ep.host, ep.port), timeout=timeout)
+    except OSError:
+        return False  # not there at all: unavailable is the right answer
+    try:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.settimeout(timeout)
+            tls.recv(1)  # TLS 1.3: the server's certificate_required alert arrives here
+    except ssl.SSLError as exc:
+        # etcd (Go) answers a missing certificate with bad_certificate; others certificate_required
+        return any(a in str(exc).upper() for a in ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "HANDSHAKE_FAILURE"))
+    except OSError:
+        return False
+    finally:
+        raw.close()
+    return False
+
+
 def tls_refusal(details: str, ca_cert: str | None, cert: str | None) -> str | None:
     """Why a TLS connection was refused, from gRPC's details and our own files; None if it was not."""
     if any(s in details for s in _SERVER_CERT_REFUSED):
@@ -239,6 +274,8 @@ class EtcdStore:
         err = translate(exc, what, self.user, self._tls[1])
         if isinstance(err, StoreUnavailable) and self.endpoints[index].scheme in ("https", "unixs"):
             why = tls_refusal(_details(exc), self._tls[0], self._tls[1])
+            if why is None and self._tls[1] is None and asks_for_client_certificate(self.endpoints[index], self._tls[0]):
+                why = "TLS: etcd requires a client certificate and none is configured (set etcd.cert and etcd.key)"
             if why is not None:
                 return StoreTlsRefused(f"etcd {what} on {self.endpoints[index]}: {why}")
         return err

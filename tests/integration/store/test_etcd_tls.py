@@ -209,3 +209,15 @@ def test_the_documented_etcdctl_commands_set_up_what_setup_rbac_would(tmp_path):
             assert setup_rbac(store, "prod", users) == []
         finally:
             store.close()
+
+
+def test_the_server_is_asked_whether_it_wants_a_client_certificate(etcd_tls):
+    """gRPC names the refusal only when the alert comes during the handshake; the store then asks
+    the server itself, so "no certificate" is never reported as a member being down."""
+    from haagent.config import parse_endpoint
+    from haagent.store.client import asks_for_client_certificate
+
+    ep = parse_endpoint(etcd_tls.endpoints[0])
+    assert asks_for_client_certificate(ep, str(etcd_tls.ca.cert_path))
+    nobody = parse_endpoint("https://127.0.0.1:1")
+    assert not asks_for_client_certificate(nobody, str(etcd_tls.ca.cert_path))
