@@ -116,6 +116,7 @@ class _Step:
         self.known_dead = {h for h in status.known_dead if h in recent}
         self.alive_after_off = dict(status.alive_after_off)
         self.power_reads = dict(status.power_reads)
+        self.reading = False  # storm candidates' power reads are awaited (the hold is not settled)
         self.failover: dict[str, str] = {h: hv.failover for h, hv in view.hosts.items() if hv.failover}
         self.acks: dict[str, object] = {}  # host -> its valid fence_ack request
         self.consumed: set[str] = set()
@@ -212,7 +213,8 @@ class _Step:
         hold = {h for h in hold if lost(h)}
         if len(hold) < limit:
             hold = set()
-        if hold and self._read_power(hold):
+        self.reading = bool(hold) and self._read_power(hold)
+        if self.reading:
             return True  # answers awaited: fence nothing yet, hold nobody new yet
         self.storm_hold = hold
         return bool(hold)
@@ -275,8 +277,8 @@ class _Step:
                                f"power is off ({listed}): holding their fencing until they come back; once {h} "
                                f"is known to be off, 'haagent fence ack {h} --yes' releases it")
         before = tuple(sorted(self.view.storm_hold))
-        if held == before:
-            return
+        if held == before or self.reading:
+            return  # (while answers are awaited the record stays as it is: a new leader keeps it)
         self.actions.append(SetStormHold(held))
         if not before:
             self.actions.append(Event("storm_hold_started", detail={"hosts": list(held)}))

@@ -304,7 +304,6 @@ class ThreadedFences:
                 power, detail = power_verdict(self.fencer.status(action.host))
             except Exception as exc:  # a broken plugin: no evidence
                 power, detail = "unknown", type(exc).__name__
-            log.info("power_read", host=action.host, power=power, detail=detail)
             done(PowerRead(action.host, action.failover, action.granted_rev, power, detail))
 
         self.reads.submit(run)

@@ -366,3 +366,18 @@ def test_unmanage_is_a_request_the_leader_carries_out():
     assert [f.vm for f in kinds(acts, ForgetVm)] == ["vm1"]
     assert sorted(c.id for c in kinds(acts, ConsumeRequest)) == ["r1", "r2"]
     assert sorted(e.kind for e in kinds(acts, Event)) == ["request_discarded", "vm_unmanaged"]
+
+
+def test_a_new_leader_keeps_the_storm_record_while_it_reads_the_held_hosts_again():
+    v = view(alive=("c",), states={"a": S.SUSPECT, "b": S.SUSPECT, "c": S.ACTIVE})
+    v = replace(v, storm_hold=("a", "b"), hosts={h: replace(hv, failover=f"f{h}") if h != "c" else hv
+                                                 for h, hv in v.hosts.items()})
+    st, acts = step(v, new_status(0.0), 1.0, CFG, first_fit)
+    assert not kinds(acts, ReadPower) and not kinds(acts, SetStormHold)  # grace: nothing decided
+    st, acts = step(v, st, 3.5, CFG, first_fit)
+    reads = kinds(acts, ReadPower)
+    assert sorted(r.host for r in reads) == ["a", "b"]
+    assert not kinds(acts, SetStormHold) and not kinds(acts, Event) and not kinds(acts, FenceHost)
+    st, acts = step(v, with_power_reads(st, [replace_read(r, "on") for r in reads], 4.0, CFG), 4.0, CFG, first_fit)
+    assert not kinds(acts, SetStormHold) and not kinds(acts, Event) and not kinds(acts, FenceHost)
+    assert sorted(a.host for a in kinds(acts, Alert)) == ["a", "b"]
