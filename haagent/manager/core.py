@@ -84,6 +84,9 @@ class ManagerStatus:
     # Power reads of storm candidates: host -> (failover, granted_rev, asked at, power); power is
     # "" while the answer is awaited, else "off", "on" or "unknown".
     power_reads: Mapping[str, tuple[str, int, float, str]] = field(default_factory=dict)
+    # Hosts still lost when a storm hold ended -> not fenced before then (a lease TTL and
+    # fence_delay after the release: hosts cut off together come back one by one).
+    released: Mapping[str, float] = field(default_factory=dict)
     seeded: bool = False  # the first step has taken over the hosts already suspect or fencing
 
 
@@ -117,6 +120,7 @@ class _Step:
         self.alive_after_off = dict(status.alive_after_off)
         self.power_reads = dict(status.power_reads)
         self.reading = False  # storm candidates' power reads are awaited (the hold is not settled)
+        self.released = {h: t for h, t in status.released.items() if t > now}
         self.failover: dict[str, str] = {h: hv.failover for h, hv in view.hosts.items() if hv.failover}
         self.acks: dict[str, object] = {}  # host -> its valid fence_ack request
         self.consumed: set[str] = set()
@@ -216,6 +220,12 @@ class _Step:
         self.reading = bool(hold) and self._read_power(hold)
         if self.reading:
             return True  # answers awaited: fence nothing yet, hold nobody new yet
+        if self.storm_hold and not hold:
+            # The hold ends with some of its hosts still lost: most came back (or were acked or
+            # found off). Hosts cut off together come back one by one, so the rest become
+            # ordinary failures only after the time a host needs to renew its lease.
+            wait = self.now + self.cfg.lease_ttl + self.cfg.fence_delay
+            self.released.update({h: wait for h in self.storm_hold if lost(h)})
         self.storm_hold = hold
         return bool(hold)
 
@@ -261,7 +271,7 @@ class _Step:
             fence_issued_at=self.issued_at, suspect_log=tuple(self.suspect_log),
             healthy_since=self.healthy, alerts=frozenset(self.alerts), storm_hold=frozenset(self.storm_hold),
             known_dead=frozenset(self.known_dead), alive_after_off=self.alive_after_off,
-            power_reads=self.power_reads, seeded=True)
+            power_reads=self.power_reads, released=self.released, seeded=True)
         return status, self.actions
 
 
@@ -463,8 +473,9 @@ def _suspect(st: _Step, hv: HostView, requests) -> None:
             return
         # An operator vouched for this one: it leaves the hold and is fenced (and recovered) now.
         st.storm_hold.discard(hv.name)
-    elif st.now - since < st.cfg.fence_delay:
-        return
+    elif st.now - since < st.cfg.fence_delay or (st.now < st.released.get(hv.name, st.now)
+                                                 and hv.name not in st.acks):
+        return  # (an operator's ack needs no wait for a host to come back)
     op_id = st.new_failover(hv.name)
     st.journal(op_id, hv.name, "intent", detect_after=round(st.now - since, 3))
     st.change_state(hv.name, S.FENCING, f"no lease for {st.now - since:.1f}s")
@@ -555,6 +566,8 @@ def _fencing(st: _Step, hv: HostView, requests) -> None:
         return
     if fences and st.now - st.issued_at.get(hv.name, -1e18) < st.cfg.fence_retry_interval:
         return
+    if st.now < st.released.get(hv.name, st.now):
+        return  # just released from a storm hold
     if st.storm() and hv.name in st.storm_hold:
         return  # no retry while the storm guard holds it
     st.dispatch_fence(hv.name, op.id)
