@@ -134,6 +134,7 @@ class _Step:
         self.states[host] = new
         if new is S.ACTIVE:
             self.failover.pop(host, None)
+            self.known_dead.discard(host)  # back in service: its death says nothing of its next loss
         self.actions.append(SetHostState(host, old, new, reason, self.failover.get(host, "")))
 
     def consume(self, req) -> None:

@@ -381,3 +381,18 @@ def test_a_new_leader_keeps_the_storm_record_while_it_reads_the_held_hosts_again
     st, acts = step(v, with_power_reads(st, [replace_read(r, "on") for r in reads], 4.0, CFG), 4.0, CFG, first_fit)
     assert not kinds(acts, SetStormHold) and not kinds(acts, Event) and not kinds(acts, FenceHost)
     assert sorted(a.host for a in kinds(acts, Alert)) == ["a", "b"]
+
+
+def test_a_host_found_dead_then_returned_counts_again_when_it_is_lost_again():
+    from haagent.manager.core import ManagerStatus
+
+    # a died (its fence found it already off) and was returned to service by an operator
+    v = view(states={"a": S.FAILED, "b": S.ACTIVE, "c": S.ACTIVE}, requests=[Request("r1", "host_return", "a")])
+    st = replace(ManagerStatus(leader_since=0.0, seeded=True), known_dead=frozenset({"a"}),
+                 suspect_log=(("a", 10.0),))
+    st, acts = step(v, st, 20.0, CFG, first_fit)
+    assert [(a.host, a.new) for a in kinds(acts, SetHostState)] == [("a", S.ACTIVE)]
+    # within the storm window a and b are lost together: a is no longer "known dead"
+    v = view(alive=("c",))
+    st, acts = step(v, st, 25.0, CFG, first_fit)
+    assert sorted(r.host for r in kinds(acts, ReadPower)) == ["a", "b"] and not kinds(acts, FenceHost)
