@@ -265,8 +265,10 @@ class ThreadedFences:
     def __init__(self, fencer: Fencer, clock: Callable[[], float] = time.monotonic, workers: int = 4):
         self.fencer, self.clock = fencer, clock
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fence")
-        # Power reads on their own pool: a hung device read never delays a fence.
-        self.reads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="power-read")
+        # Power reads on their own pool, so a hung device read never delays a fence; one at a time:
+        # two IPMI logins at once from this process were seen to fail (FenceAuthError) in the lab,
+        # and a read that fails counts its host towards the storm. A late answer is no evidence.
+        self.reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="power-read")
         self._running: dict[str, Future] = {}
 
     def start(self, action: FenceHost, cancel: threading.Event, done: Callable[[JournalStep], None]) -> None:
