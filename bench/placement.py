@@ -1,5 +1,6 @@
 """Placement engine benchmarks: failover placement, one VM on 10,000 hosts, capacity(k=1),
-rebalance at three sizes, and a comparison with Ganeti's ``hbal`` on the same clusters.
+rebalance at three sizes, and a comparison with Ganeti's ``hbal --ignore-dynu`` on the same
+clusters: the spread each reaches, and the memory haagent migrates to reach hbal's.
 
 Clusters are generated from a fixed seed: heterogeneous hosts, VMs from common templates, and a
 skewed initial spread (a third of the VMs crowd onto a tenth of the hosts, within capacity).
@@ -8,6 +9,7 @@ skewed initial spread (a third of the VMs crowd onto a tenth of the hosts, withi
 from __future__ import annotations
 
 import gc
+import math
 import random
 import re
 import shutil
@@ -20,14 +22,15 @@ from pathlib import Path
 
 from policies import Cluster, Host, NumaCell, PolicyConfig, Vm, capacity, place, rebalance
 from policies.pipeline import DEFAULT_PIPELINE
+from policies.rebalance import DEFAULT_MIN_GAIN
 from policies.state import ClusterState
 
 CONFIG = PolicyConfig(cpu_overcommit=4.0, memory_overcommit=1.0)
 HOST_SHAPES = [(32, 262144), (48, 393216), (64, 524288)]  # cpus, MiB; two NUMA cells each
 TEMPLATES = [(1, 2048), (2, 4096), (2, 8192), (4, 8192), (4, 16384), (8, 32768)]
-# hbal checks N+1 for shared storage on every candidate move; on this machine it needed ~70 s
-# for 20 nodes / 200 instances and ~210 s for 40 / 400, so larger clusters get a bounded attempt.
-HBAL_SIZES = ((20, 200, 600), (40, 400, 600), (100, 1000, 180))  # hosts, VMs, timeout (s)
+# hbal checks N+1 for shared storage on every candidate move; on this machine it needed ~2 s
+# for 20 nodes / 200 instances and ~21 s for 40 / 400, so larger clusters get a bounded attempt.
+HBAL_SIZES = ((20, 200, 600), (30, 300, 600), (40, 400, 600), (100, 1000, 180))  # hosts, VMs, timeout (s)
 
 
 def make_cluster(n_hosts: int, n_vms: int, seed: int = 42, down: int = 0) -> Cluster:
@@ -137,8 +140,10 @@ def run_hbal(hbal: str, cluster: Cluster, timeout: float
         data.write_text(hbal_text(cluster))
         t0 = time.perf_counter()
         try:
-            p = subprocess.run([hbal, "-t", str(data), "--no-disk-moves"], capture_output=True,
-                               text=True, timeout=timeout)
+            # --ignore-dynu: the generated clusters carry no dynamic load, as haagent's score sees
+            # them (LAB-NOTES: hbal then runs the same descent as haagent's greedy method).
+            p = subprocess.run([hbal, "-t", str(data), "--no-disk-moves", "--ignore-dynu"],
+                               capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return None, time.perf_counter() - t0, f"did not finish within {timeout:.0f} s"
         took = time.perf_counter() - t0
@@ -146,6 +151,40 @@ def run_hbal(hbal: str, cluster: Cluster, timeout: float
             return None, took, f"exit {p.returncode}: {(p.stderr or p.stdout).strip()[:200]}"
         moves = [(m[1], m[3]) for m in map(_MOVE.match, p.stdout.splitlines()) if m]
         return moves, took, ""
+
+
+def memory_bound_gib(cluster: Cluster, mem_sd: float) -> float:
+    """A lower bound on the GiB any plan must migrate to bring the memory sd down to ``mem_sd``.
+
+    For any set H of hosts the memory migrated is at least the net memory H loses. With final
+    utilisations f (mean m, population sd at most x over n hosts), Cauchy-Schwarz bounds what H
+    can keep: sum_H c_i f_i <= m C_H + sqrt(sum_H c_i^2) sqrt(n) x, and, as the memory in use M
+    stays, m <= (M + sqrt(n sum c_i^2) x) / C. H is taken as each set of the most used hosts.
+    """
+    act = [h for h in cluster.hosts if h.state == "active"]
+    used = {h.name: 0.0 for h in act}
+    for v in cluster.vms:
+        if v.host in used:
+            used[v.host] += v.memory_mib
+    n, cap = len(act), sum(h.memory_mib for h in act)
+    mean_max = (sum(used.values()) + math.sqrt(n * sum(h.memory_mib ** 2 for h in act)) * mem_sd) / cap
+    best = kept_used = kept_cap = kept_sq = 0.0
+    for h in sorted(act, key=lambda h: -used[h.name] / h.memory_mib):
+        kept_used += used[h.name]
+        kept_cap += h.memory_mib
+        kept_sq += h.memory_mib ** 2
+        best = max(best, kept_used - mean_max * kept_cap - math.sqrt(kept_sq * n) * mem_sd)
+    return best / 1024
+
+
+def to_reach(cluster: Cluster, plan, cpu_sd: float, mem_sd: float) -> tuple[int, float] | None:
+    """Moves and GiB of the shortest prefix of ``plan`` with both spreads at most the given ones."""
+    moves = [(m.vm, m.target) for m in plan.moves]
+    for k in range(len(moves) + 1):
+        c, m = spreads(cluster, moves[:k])
+        if c <= cpu_sd + 1e-12 and m <= mem_sd + 1e-12:
+            return k, sum(plan.mib[:k]) / 1024
+    return None
 
 
 # -- the benchmarks ---------------------------------------------------------------------------
@@ -200,49 +239,69 @@ def bench_capacity(lines: list[str]) -> None:
 
 
 def bench_rebalance(lines: list[str], hbal: str | None, hbal_note: str) -> list[str]:
-    table = ["| hosts / VMs | time | peak memory | score before | score after | moves | "
-             "cpu sd after | mem sd after |", "|---|---|---|---|---|---|---|---|"]
-    cmp = ["| hosts / VMs | hbal moves | hbal time | hbal cpu sd / mem sd | haagent moves (same "
-           "budget) | haagent cpu sd / mem sd | no worse, no more moves? |",
-           "|---|---|---|---|---|---|---|"]
+    table = ["| hosts / VMs | method | time | peak memory | moves | GiB migrated | score before | "
+             "score after | cpu sd after | mem sd after |", "|---|---|---|---|---|---|---|---|---|---|"]
+    cmp = ["| hosts / VMs | hbal: moves, GiB, time | hbal cpu sd / mem sd | haagent greedy at "
+           "hbal's move count: cpu sd / mem sd | to reach hbal's spread: haagent cost plan | "
+           "haagent greedy plan | any plan needs at least |", "|---|---|---|---|---|---|---|"]
     for n_hosts, n_vms in ((100, 1000), (500, 5000), (1000, 20000)):
         c = make_cluster(n_hosts, n_vms, seed=n_hosts)
-        plan, took = timed(lambda: rebalance(c, 2000, 1e-4, CONFIG))
-        mem = peak_mib(lambda: rebalance(c, 2000, 1e-4, CONFIG)) if n_hosts <= 500 else None
-        sc, sm = spreads(c, [(m.vm, m.target) for m in plan.moves])
-        table.append(f"| {n_hosts:,} / {len(c.vms):,} | {took:.1f} s | "
-                     f"{f'{mem:.0f} MiB' if mem is not None else 'not traced (see note)'} | "
-                     f"{plan.score_before:.4f} | {plan.score_after:.4f} | {len(plan.moves)} | "
-                     f"{sc:.4f} | {sm:.4f} |")
+        for method in ("cost", "greedy"):
+            def full(method=method, c=c):
+                return rebalance(c, None, DEFAULT_MIN_GAIN, CONFIG, method=method)
+            plan, took = timed(full)
+            mem = peak_mib(full) if n_hosts <= 500 else None
+            sc, sm = spreads(c, [(m.vm, m.target) for m in plan.moves])
+            table.append(f"| {n_hosts:,} / {len(c.vms):,} | {method} | {took:.2f} s | "
+                         f"{f'{mem:.0f} MiB' if mem is not None else 'not traced'} | "
+                         f"{len(plan.moves)} | {plan.gib:,.0f} | {plan.score_before:.4f} | "
+                         f"{plan.score_after:.4f} | {sc:.4f} | {sm:.4f} |")
     for n_hosts, n_vms, limit in HBAL_SIZES:
         c = make_cluster(n_hosts, n_vms, seed=n_hosts)
+        label = f"{n_hosts:,} / {len(c.vms):,}"
         if hbal is None:
-            cmp.append(f"| {n_hosts:,} / {len(c.vms):,} | not run: {hbal_note} | | | | | |")
+            cmp.append(f"| {label} | not run: {hbal_note} | | | | | |")
             continue
         moves, htook, err = run_hbal(hbal, c, limit)
         if moves is None:
-            cmp.append(f"| {n_hosts:,} / {len(c.vms):,} | {err} | {htook:.0f} s | | | | |")
+            cmp.append(f"| {label} | {err} ({htook:.0f} s) | | | | | |")
             continue
+        mem = {v.name: v.memory_mib for v in c.vms}
+        hgib = sum(mem[vm] for vm, _ in moves) / 1024
         hc, hm = spreads(c, moves)
-        ours, otook = timed(lambda: rebalance(c, len(moves), 0.0, CONFIG))
-        oc, om = spreads(c, [(m.vm, m.target) for m in ours.moves])
-        ok = oc <= hc + 1e-9 and om <= hm + 1e-9 and len(ours.moves) <= len(moves)
-        cmp.append(f"| {n_hosts:,} / {len(c.vms):,} | {len(moves)} | {htook:.1f} s | "
-                   f"{hc:.4f} / {hm:.4f} | {len(ours.moves)} in {otook:.2f} s | {oc:.4f} / {om:.4f} | "
-                   f"{'yes' if ok else 'NO'} |")
+        same = rebalance(c, len(moves), 0.0, CONFIG, method="greedy")
+        oc, om = spreads(c, [(m.vm, m.target) for m in same.moves])
+        cells = []
+        for method in ("cost", "greedy"):
+            reach = to_reach(c, rebalance(c, None, DEFAULT_MIN_GAIN, CONFIG, method=method), hc, hm)
+            cells.append("not reached" if reach is None else
+                         f"{reach[0]} moves, {reach[1]:,.0f} GiB ({reach[1] / hgib:.0%})")
+        bound = memory_bound_gib(c, hm)
+        cmp.append(f"| {label} | {len(moves)}, {hgib:,.0f} GiB, {htook:.1f} s | {hc:.4f} / {hm:.4f} | "
+                   f"{oc:.4f} / {om:.4f} ({len(same.moves)} moves) | {cells[0]} | {cells[1]} | "
+                   f"{bound:,.0f} GiB ({bound / hgib:.0%}) |")
     lines += ["", "### Rebalance", "",
-              "Budget: at most 2,000 moves, stop when a move gains less than 1e-4. Score = "
-              "sd(cpu utilisation) + sd(memory utilisation) over active hosts. Peak memory is "
-              "Python allocations traced by tracemalloc in a second run (skipped at 1,000 hosts to "
-              "keep the run short).", ""] + table
+              "The whole plan as `haagent plan rebalance` makes it by default: no move limit, "
+              f"every move lowers the score by at least {DEFAULT_MIN_GAIN:g}. Score = "
+              "sd(cpu utilisation) + sd(memory utilisation) over active hosts. `cost` (the "
+              "default) also plans `greedy` (the steepest descent) from the same start and keeps "
+              "the cheaper; its time includes both. Peak memory is Python allocations traced by "
+              "tracemalloc in a second run (skipped at 1,000 hosts to keep the run short).",
+              ""] + table
     lines += ["", "### Against Ganeti hbal", "",
               "Same generated clusters written in htools' text format (shared `ext` storage, so "
-              "any node can take any instance; `--no-disk-moves`; vcpu ratio 4). hbal runs to its "
-              "own stopping point; haagent then gets exactly hbal's number of moves. Spreads are "
-              "recomputed the same way for both from the resulting placement. hbal also keeps "
-              "every node N+1-safe for shared storage, a rule haagent's rebalance does not apply "
-              "(it keeps `[policy.reserve]` instead), and that check is what makes hbal slow "
-              "here: the 500- and 1,000-host clusters were not attempted.", ""] + cmp
+              "any node can take any instance; `hbal --no-disk-moves --ignore-dynu`; vcpu ratio 4). "
+              "hbal runs to its own stopping point. \"To reach hbal's spread\" is the shortest "
+              "prefix of haagent's default plan whose cpu sd and memory sd are both no higher than "
+              "hbal's final ones, with the memory it migrates (and its share of hbal's). Spreads are "
+              "recomputed the same way for both from the resulting placement. The last column is a "
+              "lower bound on the memory *any* plan must migrate to bring the memory sd down to "
+              "hbal's (`memory_bound_gib`: the net memory the most used hosts must shed, by "
+              "Cauchy-Schwarz): hbal's descent moves VMs almost only off the crowded hosts, so "
+              "the issue's target of 75 % of hbal's memory is below that bound on these clusters "
+              "and cannot be met by any planner. hbal also keeps every node N+1-safe for shared "
+              "storage, a rule haagent's rebalance does not apply (it keeps `[policy.reserve]` "
+              "instead), and that check is what makes hbal slow here.", ""] + cmp
     return lines
 
 
@@ -256,7 +315,7 @@ def run() -> str:
     bench_rebalance(lines, hbal, note)
     lines += ["", "Targets: one placement on 10,000 hosts < 20 ms (the decision row: the engine "
               "keeps a built state; a cold `place()` also pays for building it, shown separately); "
-              "rebalance of 1,000 hosts / 20,000 VMs < 30 s."]
+              "the whole default rebalance plan of 1,000 hosts / 20,000 VMs <= 3 s."]
     return "\n".join(lines) + "\n"
 
 

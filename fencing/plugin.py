@@ -13,14 +13,13 @@ backend library (pyghmi, pysnmp, paramiko) inside methods, so validating a confi
 from __future__ import annotations
 
 import enum
-import os
-import stat
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable, ClassVar, Mapping, Protocol
 
+from haagent.config import secret_file_ok  # noqa: F401  (re-exported: the one rule for secret files)
 from haagent.errors import FenceDeviceError
 
 ENTRY_POINT_GROUP = "haagent.fencing"
@@ -157,28 +156,3 @@ def discover_plugins() -> dict[str, type[FencePlugin]]:
         if isinstance(cls, type) and issubclass(cls, FencePlugin):
             plugins[ep.name] = cls
     return plugins
-
-
-def secret_file_ok(path: str) -> str | None:
-    """None if ``path`` is a readable, non-empty file only its owner can read or write (0600 or
-    0400); else a problem text naming the file and the fix (never the content)."""
-    if not os.path.isabs(path):
-        return f"must be an absolute path (got {path!r})"
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return f"{path} does not exist (create it with the secret and run: chmod 600 {path})"
-    except OSError as exc:
-        return f"cannot read {path}: {exc.strerror}"
-    if not stat.S_ISREG(st.st_mode):
-        return f"{path} is not a regular file"
-    mode = st.st_mode & 0o777
-    if mode & 0o077:
-        access = " and ".join(word for word, bits in (("readable", 0o044), ("writable", 0o022)) if mode & bits) \
-            or "executable"
-        return f"{path} is {access} by group or others (mode {mode:04o}); run: chmod 600 {path}"
-    if not os.access(path, os.R_OK):
-        return f"{path} is not readable by this user (uid {os.geteuid()})"
-    if st.st_size == 0:
-        return f"file is empty: {path}"
-    return None

@@ -17,7 +17,8 @@ from haagent.config import Config
 @click.group(cls=LazyGroup, lazy={
     "agent": "haagent.daemon:agent",
     "status": "haagent.manager.status:status",
-    "plan": "policies.cli:plan",
+    "plan": "haagent.manager.cluster_cli:plan",
+    "cluster": "haagent.manager.cluster_cli:cluster",
     "fence": "fencing.cli:fence",
     "lab": "haagent.lab.cli:lab",
     "sim": "haagent.sim.cli:sim",
@@ -25,6 +26,7 @@ from haagent.config import Config
     "host": "haagent.manager.cli:host",
     "events": "haagent.manager.cli:events",
     "drill": "haagent.lab.drill:drill",
+    "etcd": "haagent.store.cli:etcd",
 })
 @click.version_option(package_name="haagent")
 def main() -> None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import click
 
 from haagent.config import DEFAULT_PATH, Config, load_config
-from haagent.errors import ConfigError
+from haagent.errors import ConfigError, StoreAccessDenied, StoreError
 
 
 class LazyGroup(click.Group):
@@ -63,3 +63,12 @@ def fail(message: str, code: int = 1) -> None:
     """Print one line to stderr and exit, with no traceback."""
     click.echo(f"haagent: {message}", err=True)
     sys.exit(code)
+
+
+def fail_store(exc: StoreError, where: str = "") -> NoReturn:
+    """One line for a failed etcd call: refused (our certificate or role) or not reachable."""
+    at = f" at {where}" if where else ""
+    if isinstance(exc, StoreAccessDenied):
+        fail(f"etcd{at} refused the request: {exc}")
+    fail(f"cannot reach etcd{at}: {exc}")
+    raise AssertionError("unreachable")  # pragma: no cover

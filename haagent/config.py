@@ -11,7 +11,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 import tomllib
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -30,24 +32,78 @@ _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 _MISSING = MISSING
 
 
+def secret_file_ok(path: str) -> str | None:
+    """The one rule for secret files (fence passwords and keys, the etcd client key): None if ``path`` is a readable, non-empty file only its owner can read or write (0600 or
+    0400); else a problem text naming the file and the fix (never the content)."""
+    if not os.path.isabs(path):
+        return f"must be an absolute path (got {path!r})"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"{path} does not exist (create it with the secret and run: chmod 600 {path})"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a regular file"
+    mode = st.st_mode & 0o777
+    if mode & 0o077:
+        access = " and ".join(word for word, bits in (("readable", 0o044), ("writable", 0o022)) if mode & bits) \
+            or "executable"
+        return f"{path} is {access} by group or others (mode {mode:04o}); run: chmod 600 {path}"
+    if not os.access(path, os.R_OK):
+        return f"{path} is not readable by this user (uid {os.geteuid()})"
+    if st.st_size == 0:
+        return f"file is empty: {path}"
+    return None
+
+
+def certificate_problem(path: str, now: datetime | None = None) -> str | None:
+    """Why a PEM certificate file cannot be used (unreadable, not PEM, expired, not yet valid); None if fine."""
+    from cryptography import x509
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    try:
+        cert = x509.load_pem_x509_certificate(data)
+    except ValueError:
+        return f"{path} is not a PEM certificate"
+    now = now or datetime.now(timezone.utc)
+    if cert.not_valid_after_utc < now:
+        return f"certificate {path} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+    if cert.not_valid_before_utc > now:
+        return f"certificate {path} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+    return None
+
+
 class Reader(Fields):
     """Reads typed fields out of one TOML table (``haagent.fields.Fields``), plus files."""
 
+    def certificate(self, key: str) -> str | None:
+        """An optional path to a PEM certificate that is valid now (``certificate_problem``)."""
+        value = self.file(key)
+        if value is not None and (problem := certificate_problem(value)) is not None:
+            self.problem(key, problem)
+            return None
+        return value
+
     def file(self, key: str, secret: bool = False) -> str | None:
-        """An optional path to a readable file; a ``secret`` one must be private (0600 or 0400)."""
+        """An optional path to a readable file; a ``secret`` one must be private (``secret_file_ok``)."""
         value = self.string(key, None)
         if value is None:
             return None
+        if secret:
+            problem = secret_file_ok(value)
+            if problem:
+                self.problem(key, problem)
+                return None
+            return value
         if not os.path.isabs(value):
             self.problem(key, f"must be an absolute path (got {value!r})")
             return None
         if not os.access(value, os.R_OK):
             self.problem(key, f"file not found or not readable: {value}")
-            return None
-        mode = os.stat(value).st_mode & 0o777
-        if secret and mode & 0o077:
-            self.problem(key, f"{value} is readable or writable by group or others (mode {mode:04o}); "
-                              f"run: chmod 600 {value}")
             return None
         return value
 
@@ -57,7 +113,7 @@ class EtcdEndpoint:
     """One etcd client endpoint. ``host`` may be a python3-etcd3 ``unix:/dir/name`` form."""
 
     url: str
-    scheme: str  # http, https or unix
+    scheme: str  # http, https, unix or unixs (TLS over etcd's unix socket)
     host: str
     port: int
 
@@ -66,19 +122,23 @@ class EtcdEndpoint:
 
 
 def parse_endpoint(url: str) -> EtcdEndpoint:
-    """Parse ``http://h:p``, ``https://h:p`` or ``unix:///abs/dir/name:port`` (etcd's socket form)."""
-    if url.startswith("unix://"):
-        rest = url[len("unix://"):]
+    """Parse ``http://h:p``, ``https://h:p`` or ``unix[s]:///abs/dir/name:port`` (etcd's socket form)."""
+    if url.startswith(("unix://", "unixs://")):
+        scheme, _, rest = url.partition("://")
         base, sep, port = rest.rpartition(":")
         if not sep or not base.startswith("/") or not port.isdigit():
-            raise ValueError("unix endpoints look like unix:///abs/dir/localhost:23997")
-        return EtcdEndpoint(url, "unix", "unix:" + base, int(port))
+            raise ValueError(f"{scheme} endpoints look like {scheme}:///abs/dir/localhost:23997")
+        return EtcdEndpoint(url, scheme, "unix:" + base, int(port))
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise ValueError("must start with http://, https:// or unix://")
+        raise ValueError("must start with http://, https://, unix:// or unixs://")
     if not parts.hostname or parts.port is None:
         raise ValueError("must name a host and a port, like http://10.0.0.1:2379")
     return EtcdEndpoint(url, parts.scheme, parts.hostname, parts.port)
+
+
+# The etcd roles `haagent etcd setup-rbac` creates (their permissions: haagent/store/rbac.py).
+ETCD_ROLES = ("haagent-agent", "haagent-operator", "haagent-reader")
 
 
 @dataclass(frozen=True)
@@ -88,6 +148,8 @@ class EtcdConfig:
     ca_cert: str | None = None
     cert: str | None = None
     key: str | None = None
+    # [etcd.users]: certificate CN -> role, for `haagent etcd setup-rbac` (an admin's config)
+    users: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,6 +218,7 @@ class Config:
     fencing: FencingConfig | None = None
     policy: PolicyConfig | None = None
     source: str | None = None
+    tags: tuple[str, ...] = ()  # this host's tags, that placement rules may require (ssd, rack-a, gpu...)
 
 
 def _parse_listen(value: str) -> None:
@@ -203,11 +266,24 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
     if len(set(urls)) != len(urls):
         e.problem("endpoints", "lists the same endpoint twice")
     etcd_timeout = e.number("timeout", EtcdConfig.timeout, positive=True, maximum=60)
-    ca_cert, cert, key = e.file("ca_cert"), e.file("cert"), e.file("key", secret=True)
+    ca_cert, cert, key = e.certificate("ca_cert"), e.certificate("cert"), e.file("key", secret=True)
     if (e.table.get("cert") is None) != (e.table.get("key") is None):
         e.problem("cert", "cert and key must be given together")
-    if any(ep.scheme == "https" for ep in endpoints) and "ca_cert" not in e.table:
-        e.problem("ca_cert", "is required when an endpoint uses https://")
+    if any(ep.scheme in ("https", "unixs") for ep in endpoints) and "ca_cert" not in e.table:
+        e.problem("ca_cert", "is required when an endpoint uses https:// or unixs://")
+    users: list[tuple[str, str]] = []
+    raw_users = e.raw("users")
+    raw_users = {} if raw_users is MISSING else raw_users
+    if not isinstance(raw_users, dict):
+        e.problem("users", "must be a table of certificate CN = role")
+    else:
+        for user, role in sorted(raw_users.items()):
+            if role not in ETCD_ROLES:
+                problems.append(f"etcd.users.{user}: unknown role {role!r} (roles: {', '.join(ETCD_ROLES)})")
+            elif user == "root":
+                problems.append("etcd.users.root: is etcd's own root user, created by setup-rbac; use another CN")
+            else:
+                users.append((user, role))
     e.finish()
 
     t = top.sub("timing")
@@ -301,6 +377,12 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
                       else f"not an IP address (got {metrics_listen!r})")
     m.finish()
 
+    # This host's tags sit beside its name (``host`` is the name, so there is no [host] table).
+    tags = tuple(top.string_list("tags", []))
+    for i, tag in enumerate(tags):
+        if not _NAME_RE.match(tag):
+            problems.append(f"tags[{i}]: must be lowercase letters, digits, '.', '_' or '-' (got {tag!r})")
+
     lg = top.sub("log")
     log_cfg = LogConfig(format=lg.string("format", "auto", choices=("auto", "json", "console")),
                         level=lg.string("level", "info", choices=("debug", "info", "warning", "error")))
@@ -316,12 +398,12 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         raise ConfigError(problems, source)
     return Config(
         cluster=cluster, host=host,
-        etcd=EtcdConfig(tuple(endpoints), etcd_timeout, ca_cert, cert, key),
+        etcd=EtcdConfig(tuple(endpoints), etcd_timeout, ca_cert, cert, key, tuple(users)),
         timing=TimingConfig(heartbeat, int(ttl), fence_delay, grace, report_interval),
         libvirt_uri=libvirt_uri, libvirt_enabled=libvirt_enabled, agent=agent, manager=manager,
         metrics_listen=metrics_listen or None, log=log_cfg,
         fencing=sections.get("fencing"), policy=sections.get("policy"),
-        source=source,
+        source=source, tags=tuple(sorted(set(tags))),
     )
 
 

@@ -20,11 +20,13 @@ import click
 
 from haagent import __version__, metrics
 from fencing.runner import Fencer
+from haagent.agent.collector import InventoryCollector
+from haagent.agent.inventory import worth_writing
 from haagent.agent.watchdog import Watchdog, WatchdogError
 from haagent.hypervisor.port import Hypervisor
 from haagent.clikit import config_option
 from haagent.config import Config
-from haagent.errors import NotLeader, StoreError
+from haagent.errors import NotLeader, StoreAccessDenied, StoreError
 from haagent.log import configure, get_logger
 from haagent.store.client import Compare, Delete, EtcdStore, Put
 from haagent.store.election import Election, Leadership
@@ -47,16 +49,6 @@ def host_facts() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpus": os.cpu_count() or 0, "memory_mib": mem_kib // 1024}
-
-
-def report_changed(old: dict[str, Any] | None, new: dict[str, Any], load_tolerance: float) -> bool:
-    """Whether a report differs enough to be worth an etcd write (load moves within a tolerance)."""
-    if old is None:
-        return True
-    strip = lambda r: {k: v for k, v in r.items() if k not in ("load", "reported_at")}  # noqa: E731
-    if strip(old) != strip(new):
-        return True
-    return abs(float(old.get("load", 0)) - float(new.get("load", 0))) > load_tolerance
 
 
 class AgentDaemon:
@@ -85,6 +77,9 @@ class AgentDaemon:
         self._wake = threading.Event()
         self._last_report: dict[str, Any] | None = None
         self._last_report_at = 0.0
+        self.collector: InventoryCollector | None = None
+        if hypervisor is not None:
+            self.collector = InventoryCollector(hypervisor, config.tags, interval=config.timing.report_interval)
         self._leader_watch: ResumingWatch | None = None
         self.lease.subscribe(self._on_lease_event)
         self.election.on_change(self._on_leadership)
@@ -134,7 +129,8 @@ class AgentDaemon:
     # -- main loop --------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Raises WatchdogError (after a clean stop) when the watchdog cannot be armed as configured."""
+        """Raises WatchdogError (after a clean stop) when the watchdog cannot be armed as configured,
+        StoreAccessDenied when etcd refuses our certificate or role at the first grant."""
         metrics.serve(self.config.metrics_listen)
         log.info("agent_starting", host=self.host, cluster=self.config.cluster, version=__version__,
                  endpoints=[str(e) for e in self.config.etcd.endpoints])
@@ -175,7 +171,7 @@ class AgentDaemon:
     def _start_leader_watch(self) -> None:
         while not self._stop.is_set():
             try:
-                start = self.store.revision() + 1
+                start = self.store.revision(self.keys.leader) + 1
                 self._leader_watch = ResumingWatch(self.store, self.keys.leader, self, start).start()
                 return
             except StoreError as exc:
@@ -197,6 +193,8 @@ class AgentDaemon:
                 self._stop.wait(1)
         if self.cache is None:
             return
+        if self.collector is not None:
+            self.collector.start()
         if self.hypervisor is not None:
             from haagent.agent.vms import VmShell
 
@@ -247,29 +245,34 @@ class AgentDaemon:
             {"host": self.host, "epoch": lead.epoch, "since": time.time(), "version": __version__}))])
 
     def publish_report(self) -> None:
-        """Write hosts/<h>/report only when something changed (etcd writes cost everyone)."""
+        """Write hosts/<h>/report only on a meaningful change (etcd writes cost every watcher;
+        ``haagent.agent.inventory.worth_writing`` says what counts)."""
         now = time.monotonic()
         running = sorted(self.vms.running) if self.vms is not None else []
-        unchanged_vms = self._last_report is not None and self._last_report.get("running_vms") == running
-        if unchanged_vms and now - self._last_report_at < self.config.timing.report_interval:
-            return
-        self._last_report_at = now
         facts = self.facts()
-        load = round(os.getloadavg()[0], 1)
+        inventory = (self.collector.latest(facts) if self.collector is not None
+                     else {**facts, "tags": sorted(set(self.config.tags))})
         self_fence = (self.watchdog.report(int(self.config.agent.self_fence_timeout))
                       if self.watchdog is not None else None)
-        report = {"host": self.host, "version": __version__, **facts, "load": load,
+        report = {"host": self.host, "version": __version__, **inventory,
                   "running_vms": running, "reported_at": round(time.time(), 3), "self_fence": self_fence}
-        tolerance = max(1.0, 0.25 * max(1, int(facts.get("cpus", 1))))
-        if not report_changed(self._last_report, report, tolerance):
+        if not worth_writing(self._last_report, report, now - self._last_report_at,
+                             self.config.timing.report_interval):
             return
+        load = report.get("load") or {}
+        if load.get("cpu") is not None:
+            metrics.HOST_CPU_USED.set(load["cpu"])
+        if load.get("memory_used_mib") is not None:
+            metrics.HOST_MEMORY_USED.set(load["memory_used_mib"] * 2**20)
         self.store.put(self.keys.host_report(self.host), json.dumps(report, sort_keys=True))
-        self._last_report = report
+        metrics.REPORT_WRITES.inc()
+        self._last_report, self._last_report_at = report, now
 
-    def _record_clean_stop(self) -> None:
-        """shutdown_policy freeze: say so while the lease lives, so the leader does not fence us."""
+    def _record_clean_stop(self) -> bool:
+        """shutdown_policy freeze: say so while the lease lives, so the leader does not fence us.
+        False when the leader could not be told (it will treat this host as failed)."""
         if not self.lease.lease_id:
-            return
+            return False
         record = json.dumps({"policy": self.config.agent.shutdown_policy, "lease": self.lease.lease_id,
                              "at": round(time.time(), 3), "pid": os.getpid()})
         try:
@@ -277,17 +280,27 @@ class AgentDaemon:
                                      [Put(self.keys.host_stopped(self.host), record)]).succeeded
         except StoreError as exc:
             log.warning("clean_stop_not_recorded", error=str(exc))
-            return
+            return False
         if written:
             log.info("clean_stop_recorded", policy=self.config.agent.shutdown_policy)
         else:
             log.warning("clean_stop_not_recorded", error="the lease was already gone")
+        return written
 
     def _shutdown(self) -> int:
         log.info("agent_stopping", host=self.host)
-        self._record_clean_stop()
+        recorded = self._record_clean_stop()
         if self.watchdog is not None:
-            self.watchdog.disarm()
+            if recorded or not self.watchdog.armed:
+                self.watchdog.disarm()
+            else:
+                # The leader was not told of this stop: with the lease gone it presumes this host
+                # has reset itself (the report said it self-fences) and restarts its VMs elsewhere.
+                # Disarming now would leave them running here as well, so the reset must happen.
+                log.critical("clean_stop_unrecorded_host_will_reset", host=self.host,
+                             why="etcd did not take the clean-stop record; the leader will recover this "
+                                 "host's VMs elsewhere once its self-fence time has passed")
+                self.watchdog.release()
         if self._leader_watch:
             self._leader_watch.stop()
         if self.cache is not None:
@@ -296,6 +309,8 @@ class AgentDaemon:
             self.leader.close()
         if self.vms is not None:
             self.vms.close()
+        if self.collector is not None:
+            self.collector.stop()
         self.election.resign()
         self.lease.stop(revoke=True)
         self.store.close()
@@ -337,6 +352,10 @@ def agent(config: Config, watchdog_write_only: bool) -> None:
         code = daemon.run()
     except WatchdogError as exc:  # refuse to run unprotected: one line, exit 2
         click.echo(f"haagent: refusing to run: {'; '.join(exc.problems)}", err=True)
+        code = 2
+    except StoreAccessDenied as exc:  # at the first grant: our certificate or role, not the network
+        daemon.store.close()
+        click.echo(f"haagent: refusing to run: {exc}", err=True)
         code = 2
     if hypervisor is not None:
         hypervisor.close()

@@ -65,6 +65,14 @@ class StoreRequestInvalid(StoreError, PermanentError):
     """etcd rejected the request itself (e.g. a transaction that writes one key twice)."""
 
 
+class StoreAccessDenied(StoreError, PermanentError):
+    """etcd refused us: our client certificate at the TLS handshake, or our role for the request."""
+
+
+class StoreTlsRefused(StoreAccessDenied):
+    """A TLS handshake failed on certificates (ours or the member's): one member's verdict."""
+
+
 class NotLeader(StoreError, PermanentError):
     """A guarded leader write failed: our epoch is no longer the current one."""
 

@@ -30,6 +30,9 @@ HOST_STATE = Gauge("haagent_host_state", "1 for the state each host is in (leade
 FAILOVERS = Counter("haagent_failovers_total", "Host failovers, by how the host was confirmed fenced", ["how"], registry=REGISTRY)
 FAILOVER_PHASE_SECONDS = Histogram("haagent_failover_phase_seconds", "Seconds from detection to each failover phase",
                                    ["phase"], registry=REGISTRY, buckets=(0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120, 300))
+REPORT_WRITES = Counter("haagent_report_writes_total", "Writes of this host's report to etcd (only on a meaningful change)", registry=REGISTRY)
+HOST_CPU_USED = Gauge("haagent_host_cpu_used_cores", "This host's CPU in use, cores, smoothed over a minute", registry=REGISTRY)
+HOST_MEMORY_USED = Gauge("haagent_host_memory_used_bytes", "This host's memory in use, smoothed over a minute", registry=REGISTRY)
 TICK_ERRORS = Counter("haagent_tick_errors_total", "Agent loop rounds that failed on an unexpected error (logged with a traceback)", registry=REGISTRY)
 VM_SPECS_REJECTED = Counter("haagent_vm_specs_rejected_total", "Domain specs from etcd refused by the allowlist, by rule", ["rule"], registry=REGISTRY)
 VM_ACTIONS = Counter("haagent_vm_actions_total", "VM starts and stops by the agent", ["action", "result"], registry=REGISTRY)

@@ -57,3 +57,31 @@ class HostCell:
     free_mib: int | None = None
     # page size in KiB -> (total pages, free pages)
     hugepages: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+
+def water_fill(free: list[float], amount: float) -> list[float]:
+    """How much of ``amount`` each cell gives when memory is taken where most is free.
+
+    The freest cells are drawn down to a common level, as the kernel's unbound allocations end up
+    around memory bound to cells; what exceeds all the free memory is shared evenly. The result
+    depends only on the total, so taking two amounts in turn equals taking their sum.
+    """
+    n = len(free)
+    if n == 0 or amount <= 0:
+        return [0.0] * n
+    avail = [max(f, 0.0) for f in free]
+    total = sum(avail)
+    if amount >= total:
+        extra = (amount - total) / n
+        return [a + extra for a in avail]
+    order = sorted(avail, reverse=True)
+    level, taken = order[0], 0.0
+    for i in range(1, n + 1):
+        nxt = order[i] if i < n else 0.0
+        step = (level - nxt) * i
+        if taken + step >= amount:
+            level -= (amount - taken) / i
+            break
+        taken += step
+        level = nxt
+    return [max(a - level, 0.0) for a in avail]

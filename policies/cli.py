@@ -1,4 +1,10 @@
-"""``haagent plan``: run the placement engine on an offline cluster file and print the plan.
+"""``haagent plan``: run the placement engine on a cluster file, or on the live cluster, and print
+the plan.
+
+``--cluster FILE`` reads a cluster file (docs/placement.md); ``--live`` reads the running cluster
+from etcd with the agent's config, converted exactly as the leader sees it (``haagent cluster dump
+--json`` prints that conversion as a cluster file). The live source is registered by the layer
+that can reach etcd (``haagent.manager.cluster_cli``), so this module stays free of the store.
 
 Exit status: 0 when everything asked for is possible, 1 when some VM is unplaceable (place,
 evacuate) or some failure set leaves HA VMs out (capacity), 2 on bad input.
@@ -15,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from haagent.clikit import fail
+from haagent.config import DEFAULT_PATH
 from haagent.errors import PlacementInputError
 from policies.capacity import capacity as run_capacity
 from policies.config import PolicyConfig, parse_policy_section
@@ -23,14 +30,30 @@ from policies.io import load_cluster, to_jsonable
 from policies.model import ACTIVE, Cluster
 from policies.place import Unplaceable, evacuate as run_evacuate, explain as run_explain
 from policies.place import place as run_place
-from policies.rebalance import rebalance as run_rebalance
+from policies.rebalance import COST, DEFAULT_MIN_GAIN, GREEDY, rebalance as run_rebalance
 
 
-def _load(path: str, policy_path: str | None) -> tuple[Cluster, PolicyConfig]:
-    try:
-        cluster, config = load_cluster(path)
-    except PlacementInputError as exc:
-        fail(f"bad cluster file: {exc}", 2)
+# config path -> (cluster, policy, {uuid: the name the engine knows the VM by}); set by the CLI
+# layer that reads etcd.
+LiveSource = Callable[[str], tuple[Cluster, PolicyConfig, dict[str, str]]]
+live_source: LiveSource | None = None
+
+
+def _load(path: str | None, policy_path: str | None) -> tuple[Cluster, PolicyConfig]:
+    meta = click.get_current_context().meta
+    live = meta.get("haagent.plan.live", False)
+    if live == bool(path):
+        fail("give either --cluster FILE or --live", 2)
+    if live:
+        if live_source is None:
+            fail("--live needs the haagent command (the live cluster is read from etcd)", 2)
+        cluster, config, aliases = live_source(meta.get("haagent.plan.config", DEFAULT_PATH))
+        meta["haagent.plan.aliases"] = aliases
+    else:
+        try:
+            cluster, config = load_cluster(path)
+        except PlacementInputError as exc:
+            fail(f"bad cluster file: {exc}", 2)
     if policy_path:
         try:
             with open(policy_path, "rb") as fh:
@@ -44,12 +67,27 @@ def _load(path: str, policy_path: str | None) -> tuple[Cluster, PolicyConfig]:
     return cluster, config
 
 
+def _meta(key: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def store(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        ctx.meta[key] = value
+    return store
+
+
 def _common(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--json", "as_json", is_flag=True, help="print JSON instead of tables")(f)
     f = click.option("--policy", "policy_path", metavar="FILE.toml",
-                     help="a TOML file whose [policy] table overrides the cluster file's")(f)
-    return click.option("--cluster", "cluster_path", required=True, metavar="FILE.json",
+                     help="a TOML file whose [policy] table overrides the cluster's")(f)
+    f = click.option("--config", metavar="FILE", default=DEFAULT_PATH, show_default=True, expose_value=False,
+                     callback=_meta("haagent.plan.config"), help="with --live: the haagent config to reach etcd")(f)
+    f = click.option("--live", is_flag=True, expose_value=False, callback=_meta("haagent.plan.live"),
+                     help="plan on the running cluster, read from etcd (instead of --cluster)")(f)
+    return click.option("--cluster", "cluster_path", metavar="FILE.json",
                         help="cluster description (format: README, docs/placement.md)")(f)
+
+
+def _vm_name(name: str) -> str:
+    """A VM named by uuid on the live cluster -> the name the engine knows it by."""
+    return click.get_current_context().meta.get("haagent.plan.aliases", {}).get(name, name)
 
 
 def _print_json(data: Any) -> None:
@@ -70,7 +108,7 @@ def _unplaceable_table(console: Console, missed: tuple[Unplaceable, ...]) -> Non
 
 @click.group()
 def plan() -> None:
-    """Plan placements on an offline cluster file (no etcd, no libvirt)."""
+    """Plan placements on a cluster file, or on the live cluster (--live)."""
 
 
 @plan.command()
@@ -83,6 +121,7 @@ def place(cluster_path: str, policy_path: str | None, as_json: bool, vm_names: t
     active = {h.name for h in cluster.hosts if h.state == ACTIVE}
     if vm_names:
         known = {v.name: v for v in cluster.vms}
+        vm_names = tuple(_vm_name(n) for n in vm_names)
         unknown = sorted(set(vm_names) - set(known))
         if unknown:
             fail(f"unknown VM {unknown[0]!r}", 2)
@@ -152,25 +191,41 @@ def capacity(cluster_path: str, policy_path: str | None, as_json: bool, failures
 
 @plan.command()
 @_common
-@click.option("--max-moves", default=20, show_default=True, type=click.IntRange(0, 100000))
-@click.option("--min-gain", default=0.0, show_default=True, type=click.FloatRange(0))
-def rebalance(cluster_path: str, policy_path: str | None, as_json: bool, max_moves: int,
-              min_gain: float) -> None:
-    """Plan few live migrations that even out cpu and memory use."""
+@click.option("--max-moves", type=int, metavar="N", help="at most N moves (default: no limit)")
+@click.option("--max-gib", type=float, metavar="GIB",
+              help="at most GIB of memory migrated in all (default: no limit)")
+@click.option("--min-gain", default=DEFAULT_MIN_GAIN, show_default=True, type=float,
+              help="stop when no move lowers the score by this much")
+@click.option("--greedy", is_flag=True,
+              help="plain steepest descent (as Ganeti hbal), ignoring the memory each move migrates")
+def rebalance(cluster_path: str, policy_path: str | None, as_json: bool, max_moves: int | None,
+              max_gib: float | None, min_gain: float, greedy: bool) -> None:
+    """Plan the live migrations that even out cpu and memory use, moving little memory.
+
+    Without limits the whole plan is printed: every move that lowers the imbalance score by at
+    least --min-gain. Every prefix of the plan is itself a valid plan that lowers the score.
+    """
     cluster, config = _load(cluster_path, policy_path)
-    result = run_rebalance(cluster, max_moves, min_gain, config)
+    try:
+        result = run_rebalance(cluster, max_moves, min_gain, config, max_gib=max_gib,
+                               method=GREEDY if greedy else COST)
+    except PlacementInputError as exc:
+        fail(str(exc), 2)
+    moves = [{"vm": m.vm, "from": m.source, "to": m.target, "gib": mib / 1024, "score_after": after}
+             for m, mib, after in zip(result.moves, result.mib, result.scores)]
     if as_json:
-        _print_json({"moves": [{"vm": m.vm, "from": m.source, "to": m.target} for m in result.moves],
-                     "score_before": result.score_before, "score_after": result.score_after})
+        _print_json({"moves": moves, "score_before": result.score_before,
+                     "score_after": result.score_after, "gib": result.gib,
+                     "stopped": result.stopped})
         return
     console = Console()
     t = Table(title=f"Rebalance: score {result.score_before:.4f} -> {result.score_after:.4f} "
-                    f"with {len(result.moves)} move(s) (stopped: {result.stopped})",
-              title_justify="left")
-    for col in ("vm", "from", "to"):
+                    f"with {len(result.moves)} move(s), {result.gib:.1f} GiB migrated "
+                    f"(stopped: {result.stopped})", title_justify="left")
+    for col in ("vm", "from", "to", "GiB", "score after"):
         t.add_column(col)
-    for m in result.moves:
-        t.add_row(m.vm, m.source, m.target)
+    for m in moves:
+        t.add_row(m["vm"], m["from"], m["to"], f"{m['gib']:.1f}", f"{m['score_after']:.4f}")
     console.print(t)
 
 
@@ -181,6 +236,7 @@ def rebalance(cluster_path: str, policy_path: str | None, as_json: bool, max_mov
 def explain(cluster_path: str, policy_path: str | None, as_json: bool, vm: str, migrate: bool) -> None:
     """For every host: the filter that rejected VM and why, or what each weigher scored."""
     cluster, config = _load(cluster_path, policy_path)
+    vm = _vm_name(vm)
     try:
         result = run_explain(vm, cluster, config, mode=MIGRATE if migrate else RESTART)
     except PlacementInputError as exc:

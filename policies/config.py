@@ -22,6 +22,9 @@ cpu_weight = 1.0
 memory_weight = 1.0
 [policy.capacity]
 exact_limit = 5000             # above this many host sets, capacity() uses its heuristic
+[policy.groups.db]             # a group named in VMs' HA marks (groups="db"); undeclared groups
+policy = "anti-affinity"       # are soft anti-affinity. affinity | anti-affinity
+hard = true
 ```
 """
 
@@ -32,6 +35,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from haagent.config import Reader
+from haagent.fields import MISSING
 
 DEFAULT_ENV_PRIORITY: Mapping[str, int] = MappingProxyType(
     {"prod": 400, "production": 400, "stage": 300, "staging": 300, "test": 200, "dev": 100})
@@ -63,6 +67,8 @@ class PolicyConfig:
     imbalance_cpu_weight: float = 1.0
     imbalance_memory_weight: float = 1.0
     capacity_exact_limit: int = 5000
+    # Placement groups of the live cluster (name -> (policy, hard)); the cluster file has its own.
+    groups: Mapping[str, tuple[str, bool]] = field(default_factory=dict)
 
 
 DEFAULT = PolicyConfig()
@@ -122,6 +128,21 @@ def parse_policy_section(raw: Any, path: str, problems: list[str]) -> PolicyConf
     exact_limit = cp.number("exact_limit", d.capacity_exact_limit, minimum=1, maximum=10**7,
                             integer=True)
     cp.finish()
+
+    groups: dict[str, tuple[str, bool]] = {}
+    gr = r.raw("groups")
+    if isinstance(gr, dict):
+        for name in sorted(gr):
+            g = Reader(gr[name], f"{r.name('groups')}.{name}", problems)
+            policy = g.string("policy", None, choices=("affinity", "anti-affinity"))
+            hard = g.boolean("hard", False)
+            g.finish()
+            if policy is None and "policy" not in g.table:
+                g.problem("policy", "is required: affinity or anti-affinity")
+            elif policy is not None:
+                groups[name] = (policy, bool(hard))
+    elif gr is not MISSING:
+        r.problem("groups", f"must be a table of groups (got {gr!r:.40})")
     r.finish()
 
     def pick(value: Any, default: Any) -> Any:
@@ -136,5 +157,5 @@ def parse_policy_section(raw: Any, path: str, problems: list[str]) -> PolicyConf
                         pick(weights.soft_affinity, 2.0)),
         naming=NamingPolicy(enabled, pick(anti, "soft"), priority),
         imbalance_cpu_weight=pick(cpu_w, 1.0), imbalance_memory_weight=pick(mem_w, 1.0),
-        capacity_exact_limit=pick(exact_limit, d.capacity_exact_limit),
+        capacity_exact_limit=pick(exact_limit, d.capacity_exact_limit), groups=MappingProxyType(groups),
     )

@@ -130,7 +130,38 @@ class NumaFilter(Filter):
 
     def check(self, host, req, ctx, state):
         if state.fit(req, host) is None:
-            return numa.explain_misfit(req, host.cells, state.cpu_ratio)
+            cells = state.cells_for(req, host)
+            if not cells:
+                return f"has none of the NUMA cells {_ids(req.nodeset)} its numatune names"
+            return numa.explain_misfit(req, cells, state.cpu_ratio)
+        return None
+
+
+def _ids(ids) -> str:
+    return ",".join(str(i) for i in sorted(ids))
+
+
+class RequirementsFilter(Filter):
+    """What the domain XML names must exist on the host: NUMA cells, pinned cpus, a CPU model.
+
+    A VM whose XML asks for something placement cannot honour (``unplaceable``) fits nowhere.
+    """
+
+    name = "requirements"
+
+    def applies(self, req, ctx, state):
+        return bool(req.unplaceable or req.nodeset or req.max_pinned_cpu >= 0 or req.cpu_model)
+
+    def check(self, host, req, ctx, state):
+        if req.unplaceable:
+            return f"cannot be placed: {req.unplaceable}"
+        missing = req.nodeset - {c.id for c in host.cells}
+        if missing:
+            return f"has no NUMA cell {_ids(missing)} (its numatune nodeset is {_ids(req.nodeset)})"
+        if req.max_pinned_cpu >= host.cpus:
+            return f"has {host.cpus} cpus; the VM pins cpu {req.max_pinned_cpu}"
+        if req.cpu_model and host.cpu_models is not None and req.cpu_model not in host.cpu_models:
+            return f"cpu model {req.cpu_model} is not usable here"
         return None
 
 
@@ -195,5 +226,5 @@ class ReserveFilter(Filter):
 
 # Cheapest and most selective first: most hosts are rejected by the first two or pass all.
 DEFAULT_FILTERS: tuple[Filter, ...] = (HostStateFilter(), HostAffinityFilter(), TagsFilter(),
-                                       MigrationFilter(), CapacityFilter(), ReserveFilter(),
+                                       RequirementsFilter(), MigrationFilter(), CapacityFilter(), ReserveFilter(),
                                        AffinityFilter(), NumaFilter())

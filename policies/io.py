@@ -16,7 +16,7 @@ from typing import Any
 from haagent.errors import PlacementInputError
 from haagent.fields import MISSING, Fields
 from policies.config import DEFAULT, PolicyConfig, parse_policy_section
-from policies.model import (GROUP_POLICIES, HOST_STATES, NUMA_MODES, Cluster, Group, Host,
+from policies.model import (GROUP_POLICIES, HOST_STATES, NUMA_MODES, UNBOUND_MEMORY, Cluster, Group, Host,
                             HostAffinity, NumaCell, Vm)
 
 _MISSING = MISSING
@@ -67,6 +67,8 @@ def _host(obj: Any, i: int, problems: list[str]) -> Host | None:
     family = f.string("cpu_family", None)
     cpu_used = f.number("cpu_used")
     mem_used = f.number("memory_used_mib")
+    raw_models = f.get("cpu_models", None)
+    cpu_models = None if raw_models is None else frozenset(f.strings("cpu_models"))
     cells = []
     raw_cells = f.get("numa", [])
     if not isinstance(raw_cells, list):
@@ -89,9 +91,22 @@ def _host(obj: Any, i: int, problems: list[str]) -> Host | None:
                                                    f"(got {_short(count)})")
                 else:
                     pages[int(size)] = count
+        cused = c.integer("memory_used_mib", 0)
+        pages_used: dict[int, int] = {}
+        raw_used = c.get("hugepages_used", {})
+        if not isinstance(raw_used, dict):
+            c.problem("hugepages_used", f"must map a page size in KiB to a count (got {_short(raw_used)})")
+        else:
+            for size, count in sorted(raw_used.items()):
+                if not str(size).isdigit() or int(size) not in pages or isinstance(count, bool) \
+                        or not isinstance(count, int) or not 0 <= count <= pages[int(size)]:
+                    c.problem(f"hugepages_used.{size}", "must be a count of a size in hugepages, at "
+                                                        f"most its total (got {_short(count)})")
+                else:
+                    pages_used[int(size)] = count
         c.finish()
-        if None not in (cid, ccpus, cmem):
-            cells.append(NumaCell(cid, ccpus, cmem, pages))
+        if None not in (cid, ccpus, cmem, cused):
+            cells.append(NumaCell(cid, ccpus, cmem, pages, cused, pages_used))
     f.finish()
     if cells:
         if len({c.id for c in cells}) != len(cells):
@@ -106,7 +121,7 @@ def _host(obj: Any, i: int, problems: list[str]) -> Host | None:
     if len(problems) > start:
         return None
     return Host(name, cpus, memory, tuple(sorted(cells, key=lambda c: c.id)), state,
-                frozenset(tags), family, cpu_used, mem_used)
+                frozenset(tags), family, cpu_used, mem_used, cpu_models)
 
 
 def _vm(obj: Any, i: int, problems: list[str]) -> Vm | None:
@@ -160,11 +175,22 @@ def _vm(obj: Any, i: int, problems: list[str]) -> Vm | None:
             f.problem("numa_cells", "is only meaningful with a host")
         else:
             cells = tuple(sorted(set(raw_cells)))
+    raw_nodeset = f.get("nodeset", [])
+    nodeset: tuple[int, ...] = ()
+    if not isinstance(raw_nodeset, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in raw_nodeset):
+        f.problem("nodeset", f"must be a list of cell ids (got {_short(raw_nodeset)})")
+    else:
+        nodeset = tuple(sorted(set(raw_nodeset)))
+    max_pin = f.integer("max_pinned_cpu", -1, minimum=-1)
+    cpu_model = f.string("cpu_model", None)
+    unplaceable = f.string("unplaceable", None)
     f.finish()
     if len(problems) > start:
         return None
     return Vm(name, vcpus, memory, host, mode, dedicated, hp_size, hp_count, priority,
-              tuple(groups), affinity, frozenset(tags), migratable, ha, cpu_load, cells)
+              tuple(groups), affinity, frozenset(tags), migratable, ha, cpu_load, cells,
+              nodeset, max_pin, cpu_model, unplaceable)
 
 
 def _non_finite(value: Any, path: str) -> list[str]:
@@ -190,6 +216,7 @@ def parse_cluster(data: Any) -> tuple[Cluster, PolicyConfig]:
         raise PlacementInputError("; ".join(problems))
     top = _Fields(data, "cluster", problems)
     raw_hosts, raw_vms, raw_groups = top.get("hosts"), top.get("vms", []), top.get("groups", [])
+    unbound = top.string("unbound_memory", "host", choices=UNBOUND_MEMORY)
     raw_policy = top.get("policy", None)
     top.finish()
     for key, value in (("hosts", raw_hosts), ("vms", raw_vms), ("groups", raw_groups)):
@@ -240,7 +267,7 @@ def parse_cluster(data: Any) -> tuple[Cluster, PolicyConfig]:
         raise PlacementInputError("; ".join(shown) + more)
     cluster = Cluster(tuple(sorted(hosts_ok, key=lambda h: h.name)),
                       tuple(sorted(vms_ok, key=lambda v: v.name)),
-                      tuple(sorted(groups, key=lambda g: g.name)))
+                      tuple(sorted(groups, key=lambda g: g.name)), unbound or "host")
     return cluster, config
 
 
@@ -276,10 +303,15 @@ def dump_cluster(cluster: Cluster, config: PolicyConfig | None = None) -> dict[s
         if h.numa:
             d["numa"] = [{"id": c.id, "cpus": c.cpus, "memory_mib": c.memory_mib,
                           **({"hugepages": {str(k): v for k, v in sorted(c.hugepages.items())}}
-                             if c.hugepages else {})} for c in h.numa]
+                             if c.hugepages else {}),
+                          **({"memory_used_mib": c.memory_used_mib} if c.memory_used_mib else {}),
+                          **({"hugepages_used": {str(k): v for k, v in sorted(c.hugepages_used.items())}}
+                             if c.hugepages_used else {})} for c in h.numa]
         for key in ("cpu_family", "cpu_used", "memory_used_mib"):
             if getattr(h, key) is not None:
                 d[key] = getattr(h, key)
+        if h.cpu_models is not None:
+            d["cpu_models"] = sorted(h.cpu_models)
         hosts.append(d)
     vms = []
     for v in cluster.vms:
@@ -307,8 +339,17 @@ def dump_cluster(cluster: Cluster, config: PolicyConfig | None = None) -> dict[s
             d["cpu_load"] = v.cpu_load
         if v.numa_cells is not None:
             d["numa_cells"] = list(v.numa_cells)
+        if v.nodeset:
+            d["nodeset"] = list(v.nodeset)
+        if v.max_pinned_cpu >= 0:
+            d["max_pinned_cpu"] = v.max_pinned_cpu
+        for key in ("cpu_model", "unplaceable"):
+            if getattr(v, key):
+                d[key] = getattr(v, key)
         vms.append(d)
     out: dict[str, Any] = {"hosts": hosts, "vms": vms}
+    if cluster.unbound_memory != "host":
+        out["unbound_memory"] = cluster.unbound_memory
     if cluster.groups:
         out["groups"] = [{"name": g.name, "policy": g.policy, "hard": g.hard} for g in cluster.groups]
     return out

@@ -16,17 +16,24 @@ HOST_STATES = ("active", "maintenance", "draining", "suspect", "fencing", "fence
                "failed")
 
 NUMA_MODES = ("none", "preferred", "strict")
+UNBOUND_MEMORY = ("host", "spread")
 GROUP_POLICIES = ("affinity", "anti-affinity")
 
 
 @dataclass(frozen=True)
 class NumaCell:
-    """One NUMA cell: its cpus, memory, and hugepage pool (size KiB -> page count)."""
+    """One NUMA cell: its cpus, memory, and hugepage pool (size KiB -> page count).
+
+    ``memory_used_mib`` and ``hugepages_used`` are what is in use there now beyond the VMs the
+    cluster binds to the cell (the live cluster measures them; a cluster file may give them).
+    """
 
     id: int
     cpus: int
     memory_mib: int
     hugepages: Mapping[int, int] = field(default_factory=dict)
+    memory_used_mib: int = 0
+    hugepages_used: Mapping[int, int] = field(default_factory=dict)
 
     @property
     def hugepage_mib(self) -> int:
@@ -48,6 +55,8 @@ class Host:
     # Measured load; None means "not reported" and the VMs' own figures stand in for it.
     cpu_used: float | None = None
     memory_used_mib: float | None = None
+    # Custom CPU models a guest may use here; None: not known (any model is accepted).
+    cpu_models: frozenset[str] | None = None
 
     @property
     def hugepage_mib(self) -> int:
@@ -82,6 +91,10 @@ class Vm:
     ha: bool = True
     cpu_load: float | None = None  # cores in use; None: estimated from the host's report
     numa_cells: tuple[int, ...] | None = None  # cells it is bound to now, when known
+    nodeset: tuple[int, ...] = ()  # host cells its memory may come from (its numatune); () = any
+    max_pinned_cpu: int = -1  # highest host cpu id it pins; the host must have it
+    cpu_model: str | None = None  # a custom CPU model the host must offer
+    unplaceable: str | None = None  # a requirement that cannot be honoured: placed nowhere, and why
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,11 @@ class Cluster:
     hosts: tuple[Host, ...]
     vms: tuple[Vm, ...] = ()
     groups: tuple[Group, ...] = ()
+    # Where the memory of a VM that is not bound to cells comes from, for VMs an operation places:
+    # "host" (counted at host level only) or "spread" (drawn from its host's cells where most is
+    # free, ``haagent.model.water_fill``, so a strict VM placed after it in the same run sees what
+    # is left in each cell; the live cluster uses this, its cells' use being measured).
+    unbound_memory: str = "host"
 
     def host(self, name: str) -> Host:
         for h in self.hosts:

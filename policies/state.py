@@ -12,6 +12,7 @@ from typing import Iterable
 
 from policies import numa
 from policies.config import PolicyConfig
+from haagent.model import water_fill
 from policies.model import ACTIVE, Cluster, Host, NumaCell, Vm
 from policies.naming import parse_name
 
@@ -27,14 +28,14 @@ class CellState:
         self.hp_total = dict(cell.hugepages)
         self.shared_vcpus = 0
         self.dedicated = 0
-        self.memory_used = 0
-        self.hp_used: dict[int, int] = {}
+        self.memory_used = cell.memory_used_mib
+        self.hp_used: dict[int, int] = dict(cell.hugepages_used)
 
 
 class HostUsage:
     """One host as the placement engine tracks it: capacity, what is bound to it, its load."""
 
-    __slots__ = ("name", "host", "active", "state", "tags", "family", "cpus", "memory", "normal_memory",
+    __slots__ = ("name", "host", "active", "state", "tags", "family", "cpu_models", "cpus", "memory", "normal_memory",
                  "shared_vcpus", "dedicated", "memory_alloc", "cpu_load", "mem_load", "cells",
                  "vms", "version", "shape", "memo")
 
@@ -45,6 +46,7 @@ class HostUsage:
         self.state = host.state  # what-if runs (capacity) set this to "failed" for a while
         self.tags = host.tags
         self.family = host.cpu_family
+        self.cpu_models = host.cpu_models
         self.cpus = host.cpus
         self.memory = host.memory_mib
         self.normal_memory = host.memory_mib - host.hugepage_mib
@@ -80,7 +82,7 @@ class Req:
     __slots__ = ("vm", "name", "vcpus", "shared_vcpus", "dedicated", "memory", "memory_mib",
                  "hp_size", "hp_count", "numa", "binds_cells", "priority", "hard_groups",
                  "soft_groups", "host_aff", "host_aff_hard", "required_tags", "migratable", "ha",
-                 "cpu_load", "mem_load", "source")
+                 "cpu_load", "mem_load", "source", "nodeset", "max_pinned_cpu", "cpu_model", "unplaceable")
 
     def __init__(self, vm: Vm, rules: dict[str, GroupRule], config: PolicyConfig, cpu_load: float):
         self.vm = vm
@@ -118,6 +120,10 @@ class Req:
         self.cpu_load = cpu_load
         self.mem_load = float(vm.memory_mib)
         self.source = vm.host
+        self.nodeset = frozenset(vm.nodeset)
+        self.max_pinned_cpu = vm.max_pinned_cpu
+        self.cpu_model = vm.cpu_model
+        self.unplaceable = vm.unplaceable
 
     def order_key(self) -> tuple:
         """Placement order: priority first, then size (memory, then vcpus), then name."""
@@ -141,6 +147,9 @@ class ClusterState:
         self.warnings: list[str] = []
         # (vm, host cell sizes) -> strict width: a pure memo, most hosts share a shape.
         self.width_cache: dict[tuple[Req, tuple], int | None] = {}
+        self.spread_unbound = cluster.unbound_memory == "spread"
+        self.spread: dict[str, list[float]] = {}  # VMs placed unbound -> what each cell gave them
+        self._ready = False  # the cluster's own VMs are in; what is added from now on is placed
         loads = _estimate_cpu_loads(cluster)
         leave = set(leave_out)
         for vm in sorted(cluster.vms, key=lambda v: v.name):
@@ -174,6 +183,7 @@ class ClusterState:
                 hs.memory_alloc += extra
             if h.cpu_used is not None and h.cpu_used > vm_cpu.get(hs.name, 0.0):
                 hs.cpu_load += h.cpu_used - vm_cpu.get(hs.name, 0.0)
+        self._ready = True
 
     def req(self, vm: Vm) -> Req:
         """The resolved request for a VM (from the cluster, or resolved now if it is new)."""
@@ -195,6 +205,11 @@ class ClusterState:
         hs.vms.add(req.name)
         hs.version += 1
         self._bind(hs, req, cells, +1)
+        if not cells and req.memory and self.spread_unbound and self._ready:
+            shares = water_fill([c.memory - c.memory_used for c in hs.cells], req.memory)
+            for c, share in zip(hs.cells, shares):
+                c.memory_used += share
+            self.spread[req.name] = shares
         for g in req.hard_groups + req.soft_groups:
             self.members.setdefault(g.name, {}).setdefault(host, set()).add(req.name)
         self.placed[req.name] = (host, cells)
@@ -210,6 +225,8 @@ class ClusterState:
         hs.vms.discard(req.name)
         hs.version += 1
         self._bind(hs, req, cells, -1)
+        for c, share in zip(hs.cells, self.spread.pop(req.name, ())):
+            c.memory_used -= share
         for g in req.hard_groups + req.soft_groups:
             self.members[g.name][host].discard(req.name)
 
@@ -231,17 +248,25 @@ class ClusterState:
         if memo is not None and memo[0] is req and memo[1] == hs.version:
             return memo[2]
         width = None
+        cells = self.cells_for(req, hs)
         if req.numa == "strict":
             wkey = (req, hs.shape)
             if wkey not in self.width_cache:
-                self.width_cache[wkey] = numa.strict_width(req, hs.cells, self.cpu_ratio)
+                self.width_cache[wkey] = numa.strict_width(req, cells, self.cpu_ratio) if cells else None
             width = self.width_cache[wkey]
         if req.numa == "strict" and width is None:
-            result = None  # wider than the whole host
+            result = None  # wider than the whole host (or than the cells its nodeset allows)
         else:
-            result = numa.fit(req, hs.cells, self.cpu_ratio, width=width)
+            result = numa.fit(req, cells, self.cpu_ratio, width=width) if cells else None
         hs.memo = (req, hs.version, result)
         return result
+
+    @staticmethod
+    def cells_for(req: Req, hs: HostUsage) -> list[CellState]:
+        """The host's cells the VM may use: all, or those of its nodeset."""
+        if not req.nodeset:
+            return hs.cells
+        return [c for c in hs.cells if c.id in req.nodeset]
 
     def group_hosts(self, group: str, exclude_vm: str) -> dict[str, int]:
         """Host -> count of the group's members there, not counting ``exclude_vm``."""

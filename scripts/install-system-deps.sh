@@ -16,6 +16,9 @@ PACKAGES=(
   ipmitool fence-agents openssh-server openssh-client
   # fence_apc_snmp shells out to net-snmp's snmpget/snmpset/snmpwalk
   snmp
+  # the lab's Linux guest (`lab up --guest linux`): Debian's kernel and a static busybox, which
+  # haagent/lab/guest_image.py packs into an initramfs; cpio checks that archive in the tests
+  linux-image-amd64 busybox-static cpio
 )
 
 missing=()

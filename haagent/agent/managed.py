@@ -1,7 +1,7 @@
 """The HA mark on a VM: a libvirt ``<metadata>`` element, where operators already look.
 
     <metadata>
-      <ha:vm xmlns:ha="https://haagent.dev/xmlns/ha/1" priority="10" policy="restart"/>
+      <ha:vm xmlns:ha="https://haagent.dev/xmlns/ha/1" priority="10" policy="restart" groups="db"/>
 
 ``priority`` is optional: without it the naming convention decides (``acme-prod-api-1`` is
 restarted before ``acme-dev-api-1``), and a name outside the convention gets 0.
@@ -10,11 +10,15 @@ restarted before ``acme-dev-api-1``), and a name outside the convention gets 0.
 It travels with the domain XML (``virsh dumpxml``, ``virsh edit``, live migration), needs no
 side database, and ``virsh metadata DOM https://haagent.dev/xmlns/ha/1`` shows it. A VM without
 it is not managed. ``policy`` is restart (restart elsewhere after its host is fenced), migrate
-(the same, and drain live-migrates it) or none (tracked, never restarted).
+(the same, and drain live-migrates it) or none (tracked, never restarted). ``groups`` is an
+optional comma-separated list of placement groups (``[policy.groups]`` in the leader's config
+says whether each is affinity or anti-affinity, hard or soft; an undeclared group is a soft
+anti-affinity: its members are spread when possible).
 """
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -24,25 +28,40 @@ NS = "https://haagent.dev/xmlns/ha/1"
 PREFIX = "ha"
 KEY = "vm"
 POLICIES = ("restart", "migrate", "none")
+GROUP_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
 @dataclass(frozen=True)
 class HaMark:
     priority: int | None = None
     policy: str = "restart"
+    groups: tuple[str, ...] = ()
+
+    def attrs(self) -> dict[str, str]:
+        out = {} if self.priority is None else {"priority": str(self.priority)}
+        out["policy"] = self.policy
+        if self.groups:
+            out["groups"] = ",".join(self.groups)
+        return out
 
     def element(self) -> str:
         """The element as libvirt's setMetadata wants it (namespace given separately)."""
-        prio = f' priority="{self.priority}"' if self.priority is not None else ""
-        return f'<{KEY}{prio} policy="{self.policy}"/>'
+        return f"<{KEY}" + "".join(f' {k}="{v}"' for k, v in self.attrs().items()) + "/>"
 
 
-def validate(priority: int | None, policy: str) -> HaMark:
+def validate(priority: int | None, policy: str, groups: tuple[str, ...] = ()) -> HaMark:
     if policy not in POLICIES:
         raise InvalidDomain(f"policy must be one of {', '.join(POLICIES)} (got {policy!r})")
     if priority is not None and not -1000 <= priority <= 1000:
         raise InvalidDomain(f"priority must be between -1000 and 1000 (got {priority})")
-    return HaMark(priority, policy)
+    for g in groups:
+        if not GROUP_RE.match(g):
+            raise InvalidDomain(f"group names are lowercase letters, digits, '.', '_' or '-' (got {g!r})")
+    return HaMark(priority, policy, tuple(sorted(set(groups))))
+
+
+def parse_groups(text: str | None) -> tuple[str, ...]:
+    return tuple(g.strip() for g in (text or "").split(",") if g.strip())
 
 
 def parse_mark(domain_xml: str) -> HaMark | None:
@@ -56,7 +75,8 @@ def parse_mark(domain_xml: str) -> HaMark | None:
         return None
     try:
         prio = el.get("priority")
-        return validate(None if prio is None else int(prio), el.get("policy", "restart"))
+        return validate(None if prio is None else int(prio), el.get("policy", "restart"),
+                        parse_groups(el.get("groups")))
     except (ValueError, InvalidDomain):
         return HaMark()  # a damaged mark still means "managed": safer than dropping HA silently
 
@@ -76,6 +96,5 @@ def with_mark(domain_xml: str, mark: HaMark | None) -> str:
     for el in meta.findall(f"{{{NS}}}{KEY}"):
         meta.remove(el)
     if mark is not None:
-        attrs = {"policy": mark.policy} if mark.priority is None else {"priority": str(mark.priority), "policy": mark.policy}
-        ET.SubElement(meta, f"{{{NS}}}{KEY}", attrs)
+        ET.SubElement(meta, f"{{{NS}}}{KEY}", mark.attrs())
     return ET.tostring(root, encoding="unicode")

@@ -10,7 +10,7 @@ import json
 
 import click
 
-from haagent.clikit import LazyGroup, config_option, fail
+from haagent.clikit import LazyGroup, config_option, fail, fail_store
 from haagent.state.requests import open_store, send_request
 from haagent.config import Config
 from haagent.errors import HaagentError, StoreError
@@ -38,13 +38,15 @@ def vm() -> None:
 @click.option("--priority", type=int, default=None,
               help="higher restarts first; default: by the naming convention (prod before dev), else 0")
 @click.option("--policy", type=click.Choice(["restart", "migrate", "none"]), default="restart", show_default=True)
+@click.option("--groups", default="", metavar="G1,G2",
+              help="placement groups ([policy.groups] in the config; undeclared: soft anti-affinity)")
 @config_option
-def manage(name: str, priority: int | None, policy: str, config: Config) -> None:
+def manage(name: str, priority: int | None, policy: str, groups: str, config: Config) -> None:
     """Make VM highly available: restart it elsewhere if its host dies."""
-    from haagent.agent.managed import NS, PREFIX, validate
+    from haagent.agent.managed import NS, PREFIX, parse_groups, validate
 
     try:
-        mark = validate(priority, policy)
+        mark = validate(priority, policy, parse_groups(groups))
     except HaagentError as exc:
         fail(str(exc), 2)
     hv = _hypervisor(config)
@@ -98,7 +100,7 @@ def list_vms(config: Config, as_json: bool) -> None:
     try:
         kvs, _ = store.get_prefix(keys.root)
     except StoreError as exc:
-        fail(f"cannot reach etcd: {exc}")
+        fail_store(exc)
     finally:
         store.close()
     view = build_view({kv.key: kv for kv in kvs}, keys, 0)

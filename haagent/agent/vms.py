@@ -15,6 +15,7 @@ from haagent import metrics
 from haagent.agent import core
 from haagent.agent.domain_policy import SpecRejected, check_domain
 from haagent.agent.managed import HaMark, parse_mark, with_mark
+from haagent.state.requirements import needs_from_xml
 from haagent.errors import HypervisorError, InvalidDomain, VmNotFound
 from haagent.hypervisor.port import EventKind, Hypervisor, VmEvent
 from haagent.log import get_logger
@@ -249,8 +250,9 @@ class VmShell:
 def spec_record(host: str, hv: Hypervisor, info: Any, mark: HaMark, source: str | None = None) -> str:
     """The ``vms/<uuid>/spec`` value an agent registers for a managed VM defined on its host."""
     xml = source if source is not None else hv.vm_xml(info.uuid, migratable=True)
+    marked = with_mark(xml, mark)
     spec = VmSpec(info.uuid, info.name, info.vcpus, info.memory_mib, mark.priority, mark.policy,
-                  with_mark(xml, mark))
+                  marked, mark.groups, needs_from_xml(marked))
     return json.dumps({**spec.to_dict(), "registered_by": host}, sort_keys=True)
 
 

@@ -154,6 +154,18 @@ class Watchdog:
             self._close(fd, magic=True)
             log.info("watchdog_disarmed", device=self.path)
 
+    def release(self) -> None:
+        """Close *without* the magic character: the countdown runs on and the host resets.
+
+        For a stop the leader was not told of: it presumes this host self-fences (its last report
+        said so), so the reset must happen, or its VMs would run twice.
+        """
+        with self._lock:
+            fd, self._fd, self.verified = self._fd, None, False
+        if fd is not None:
+            self._close(fd, magic=False)
+            log.critical("watchdog_left_armed", device=self.path, timeout_s=self.timeout)
+
     @staticmethod
     def _close(fd: int, magic: bool) -> None:
         try:

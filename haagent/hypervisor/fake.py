@@ -24,7 +24,7 @@ from haagent.hypervisor.port import (EventCallback, EventKind, HostInfo, Hypervi
                                      RawStats, RawVmCounters, ShutdownOutcome, Subscription,
                                      VmEvent, VmInfo)
 from haagent.hypervisor.xmlparse import DomainSpec, parse_domain
-from haagent.model import HostCell, VmState
+from haagent.model import HostCell, VmState, water_fill
 
 _NS = uuidlib.UUID("6b1f2a52-0e4f-4a53-9a43-3c1d5a1e7f10")
 
@@ -121,15 +121,24 @@ class FakeHypervisor(Hypervisor):
 
     def __init__(self, uri: str, *, cluster: FakeCluster | None = None, hostname: str | None = None,
                  numa: tuple[HostCell, ...] | None = None, cpu_model: str = "qemu64",
-                 cpu_features: tuple[str, ...] = (), shared_paths: tuple[str, ...] = ()):
+                 cpu_vendor: str = "AMD", cpu_features: tuple[str, ...] = (),
+                 cpu_models: dict[str, tuple[str, ...]] | None = None,
+                 shared_paths: tuple[str, ...] = ()):
         self.uri = uri
         self.cluster = cluster or FakeCluster()
         if uri in self.cluster.hosts:
             raise InvalidDomain(f"fake host {uri} already exists")
         self.cluster.hosts[uri] = self
         self.hostname = hostname or uri.rsplit("/", 1)[-1] or uri
+        # The cells as the host would report them with no VM running: a cell's free_mib (None =
+        # all of memory_mib) and hugepages {KiB: (total, free)}; running VMs are taken off both.
+        # Public: a test changes them at any time, as other processes on a real host would.
         self.numa = numa or default_cells()
         self.cpu_model = cpu_model
+        self.cpu_vendor = cpu_vendor
+        # Default: its own model and qemu64 under both domain types, as a KVM host would say.
+        own = tuple(sorted({cpu_model, "qemu64"}))
+        self.cpu_models = dict(cpu_models) if cpu_models is not None else {"kvm": own, "qemu": own}
         self.cpu_features = tuple(sorted(cpu_features))
         self.shared_paths = tuple(shared_paths)
         self._vms: dict[str, _Vm] = {}
@@ -187,6 +196,7 @@ class FakeHypervisor(Hypervisor):
         self._check_up()
         used = {c.id: 0.0 for c in self.numa}
         pages_used: dict[tuple[int, int], float] = {}
+        unbound = 0.0  # memory of VMs not bound to cells: it goes where most is free (water_fill)
         for v in self._vms.values():
             if v.state not in (VmState.RUNNING, VmState.PAUSED):
                 continue
@@ -196,20 +206,27 @@ class FakeHypervisor(Hypervisor):
                     size = v.spec.hugepages_kib[0] or 2048
                     pages_used[(n, size)] = pages_used.get((n, size), 0) + \
                         v.spec.memory_mib * 1024 / size / len(nodes)
-                else:
+                elif v.spec.numa.nodeset:
                     used[n] += v.spec.memory_mib / len(nodes)
-        cells = tuple(replace(c, free_mib=max(int(c.memory_mib - used[c.id]), 0),
-                              hugepages={s: (t, max(int(t - pages_used.get((c.id, s), 0)), 0))
-                                         for s, (t, _) in c.hugepages.items()})
+            if not v.spec.hugepages_kib and not v.spec.numa.nodeset:
+                unbound += v.spec.memory_mib
+        # Each cell's configured free memory is the starting point running VMs take from.
+        base = {c.id: c.memory_mib if c.free_mib is None else c.free_mib for c in self.numa}
+        ids = [c.id for c in self.numa]
+        for cid, share in zip(ids, water_fill([base[c.id] - used[c.id] for c in self.numa], unbound)):
+            used[cid] += share
+        cells = tuple(replace(c, free_mib=max(int(base[c.id] - used[c.id]), 0),
+                              hugepages={s: (t, max(int(f - pages_used.get((c.id, s), 0)), 0))
+                                         for s, (t, f) in c.hugepages.items()})
                       for c in self.numa)
         cpus = sum(len(c.cpus) for c in self.numa)
         sizes = tuple(sorted({4, *(s for c in self.numa for s in c.hugepages)}))
         return HostInfo(hostname=self.hostname, uuid=str(uuidlib.uuid5(_NS, self.uri)),
-                        arch="x86_64", cpu_model=self.cpu_model, cpu_vendor="AMD",
+                        arch="x86_64", cpu_model=self.cpu_model, cpu_vendor=self.cpu_vendor,
                         cpu_features=self.cpu_features, sockets=len(self.numa),
                         cores_per_socket=cpus // max(len(self.numa), 1), threads_per_core=1,
                         cpus=cpus, memory_mib=sum(c.memory_mib for c in self.numa),
-                        numa=cells, page_sizes_kib=sizes)
+                        numa=cells, page_sizes_kib=sizes, cpu_models=dict(self.cpu_models))
 
     def list_vms(self) -> list[VmInfo]:
         self._check_up()
@@ -282,6 +299,11 @@ class FakeHypervisor(Hypervisor):
         self._check_up()
         v = self._find(vm)
         if v.state not in (VmState.RUNNING, VmState.PAUSED):
+            # libvirt checks <numatune> against the host's cells at start, not at define.
+            have = {c.id for c in self.numa}
+            wanted = set(v.spec.numa.nodeset).union(*v.spec.numa.memnodes.values())
+            for node in sorted(wanted - have):
+                raise InvalidDomain(f"start {vm}: unsupported configuration: NUMA node {node} is unavailable")
             self._set_state(v, VmState.RUNNING, "booted", EventKind.STARTED, "booted")
         return self._info(v)
 

@@ -23,6 +23,7 @@ from tenacity import Retrying, retry_if_exception_type, wait_exponential, wait_r
 
 from haagent.errors import (HaagentError, HypervisorError, HypervisorUnavailable, InvalidDomain,
                             MigrationAborted, OperationInvalid, VmNotFound)
+from haagent.hypervisor.domcaps import usable_cpu_models
 from haagent.hypervisor.translate import translate
 from haagent.hypervisor.options import MigrationOptions
 from haagent.hypervisor.port import (EventCallback, EventKind, HostInfo, Hypervisor, Location,
@@ -177,7 +178,7 @@ class LibvirtHypervisor(Hypervisor):
         self._lock = threading.RLock()
         self._conn: libvirt.virConnect | None = None
         self._callback_ids: list[int] = []
-        self._caps: Any = None
+        self._cpu_models: dict[str, tuple[str, ...]] | None = None
         self._closed = threading.Event()
         self._need_reconnect = threading.Event()
         self._connected = threading.Event()
@@ -224,6 +225,7 @@ class LibvirtHypervisor(Hypervisor):
             raise translate(e, "register lifecycle events") from e
         with self._lock:
             self._conn, self._callback_ids = conn, ids
+            self._cpu_models = None  # a restarted libvirtd may run an upgraded QEMU
             self._connected.set()
         log.info("libvirt connected", uri=self.uri)
 
@@ -354,32 +356,57 @@ class LibvirtHypervisor(Hypervisor):
 
     def host_info(self) -> HostInfo:
         conn = self._c()
-        if self._caps is None:
-            self._caps = parse_capabilities(self._call("capabilities", conn.getCapabilities))
-        topo = self._caps
+        # Read every time (~0.5 ms on a 2-CPU host): hugepage pools, memory and CPUs can change
+        # while the host runs (nr_hugepages, hotplug), and libvirt re-reads sysfs for each call.
+        topo = parse_capabilities(self._call("capabilities", conn.getCapabilities))
         node = self._call("node info", conn.getInfo)  # [model, MiB, cpus, MHz, nodes, sockets, cores, threads]
-        n = len(topo.cells)
-        free = self._call("free memory", lambda: conn.getCellsFreeMemory(0, n)) if n else []
+        # Cell ids can have holes (node0, node2 on a machine with a node offline): ask by range
+        # only when they are 0..n-1, else cell by cell, so no cell gets another's figures.
+        ids = [c.id for c in topo.cells]
+        runs = [(0, len(ids))] if ids == list(range(len(ids))) else [(i, 1) for i in ids]
+        free: dict[int, int] = {}
+        for start, count in runs if ids else []:
+            got = self._call("free memory", lambda: conn.getCellsFreeMemory(start, count))
+            free.update({start + k: int(b) for k, b in enumerate(got)})
         sizes = sorted({s for c in topo.cells for s in c.hugepages})
         free_pages: dict[int, dict[int, int]] = {}
-        if sizes and n:
+        if sizes and ids:
             try:
-                free_pages = conn.getFreePages(sizes, 0, n) or {}
+                for start, count in runs:
+                    free_pages.update(conn.getFreePages(sizes, start, count) or {})
             except libvirt.libvirtError:
-                free_pages = {}  # some drivers cannot say; totals are still right
+                free_pages = {}  # some drivers cannot say; totals are still right, free is 0
         cells = []
-        for i, c in enumerate(topo.cells):
+        for c in topo.cells:
             fp = free_pages.get(c.id, {})
             huge = {s: (tot, int(fp.get(s, 0))) for s, (tot, _) in c.hugepages.items()}
             cells.append(HostCell(id=c.id, cpus=c.cpus, memory_mib=c.memory_mib,
-                                  free_mib=int(free[i]) // 2**20 if i < len(free) else None,
+                                  free_mib=free[c.id] // 2**20 if c.id in free else None,
                                   hugepages=huge))
         return HostInfo(
             hostname=self._call("hostname", conn.getHostname), uuid=topo.uuid, arch=topo.arch,
             cpu_model=topo.cpu_model, cpu_vendor=topo.cpu_vendor, cpu_features=topo.cpu_features,
             sockets=topo.sockets, cores_per_socket=topo.cores_per_socket,
             threads_per_core=topo.threads_per_core, cpus=int(node[2]), memory_mib=int(node[1]),
-            numa=tuple(cells), page_sizes_kib=topo.page_sizes_kib, cpu_xml=topo.cpu_xml)
+            numa=tuple(cells), page_sizes_kib=topo.page_sizes_kib, cpu_xml=topo.cpu_xml,
+            cpu_models=self._usable_cpu_models(conn, topo.arch))
+
+    def _usable_cpu_models(self, conn: libvirt.virConnect, arch: str) -> dict[str, tuple[str, ...]]:
+        """Per domain type, from the domain capabilities; once per connection (they change only
+        with a QEMU or libvirt upgrade, which restarts libvirtd)."""
+        if self._cpu_models is None:
+            models = {}
+            for virt in ("kvm", "qemu"):
+                try:
+                    xml = conn.getDomainCapabilities(None, arch or None, None, virt, 0)
+                except libvirt.libvirtError as e:
+                    err = translate(e, f"domain capabilities ({virt})")
+                    if err.transient:
+                        raise err from e
+                    continue  # this host cannot run that domain type (no /dev/kvm...)
+                models[virt] = usable_cpu_models(xml)
+            self._cpu_models = models
+        return dict(self._cpu_models)
 
     def _info(self, dom: libvirt.virDomain) -> VmInfo:
         name = dom.name()

@@ -6,6 +6,7 @@ and ``FakeHypervisor`` (in memory, for the simulator). VMs are named by uuid or 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -17,6 +18,19 @@ from haagent.hypervisor.options import MigrationOptions
 from haagent.model import HostCell, VmState
 
 # -- host inventory ----------------------------------------------------------------------------
+
+
+def cpu_migration_key(arch: str, vendor: str, model: str, features: tuple[str, ...] | list[str]) -> str:
+    """A short stable string, equal for hosts whose libvirt reports the same host CPU.
+
+    ``arch:vendor:model:hash`` where hash is 8 hex digits of SHA-256 over the sorted, unique
+    feature names of the host capabilities' ``<cpu>`` (what libvirt's host-model expands to).
+    Equal keys: a VM with a host-model (or no) CPU definition can live-migrate between the hosts
+    both ways. Different keys do not prove the opposite: a VM with a custom model needs only
+    that model to be usable on the destination. See docs/hypervisor.md.
+    """
+    digest = hashlib.sha256(",".join(sorted(set(features))).encode()).hexdigest()[:8]
+    return f"{arch}:{vendor}:{model}:{digest}"
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,16 @@ class HostInfo:
     page_sizes_kib: tuple[int, ...] = ()
     # The <cpu> element of the host capabilities, for libvirt's own compareCPU checks.
     cpu_xml: str = field(default="", repr=False)
+    # cpu_migration_key(arch, vendor, model, features) unless given: one rule for every host.
+    migration_key: str = ""
+    # domain type ("kvm", "qemu") -> CPU models a custom <cpu> may name here (usable, sorted);
+    # a type the host cannot run is absent.
+    cpu_models: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.migration_key:
+            object.__setattr__(self, "migration_key", cpu_migration_key(
+                self.arch, self.cpu_vendor, self.cpu_model, self.cpu_features))
 
 
 # -- domain inventory --------------------------------------------------------------------------

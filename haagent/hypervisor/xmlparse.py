@@ -128,6 +128,10 @@ class DomainSpec:
     numa: NumaTuning
     hugepages_kib: tuple[int, ...]
     disks: tuple[DiskInfo, ...]
+    cpu_mode: str = ""  # <cpu mode=...>: custom, host-model, host-passthrough, maximum; "" = none
+    cpu_model: str = ""  # <cpu><model> of a custom CPU
+    # <memoryBacking><hugepages><page nodeset=...>: per-cell page sizes (not modelled by placement)
+    hugepage_nodesets: bool = False
 
 
 def _is_shared(path: str, shared_paths: tuple[str, ...]) -> bool:
@@ -184,9 +188,14 @@ def parse_domain(xml: str, shared_paths: tuple[str, ...] = ()) -> DomainSpec:
 
     huge: tuple[int, ...] = ()
     hp = root.find("memoryBacking/hugepages")
+    hp_nodesets = False
     if hp is not None:
         sizes = [to_kib(p.get("size"), p.get("unit")) for p in hp.findall("page")]
         huge = tuple(sorted(set(sizes))) or (0,)  # (0,) = the host's default hugepage size
+        hp_nodesets = any(p.get("nodeset") for p in hp.findall("page"))
+    cpu = root.find("cpu")
+    cpu_mode = (cpu.get("mode") or ("custom" if cpu.find("model") is not None else "")) if cpu is not None else ""
+    cpu_model = ((cpu.findtext("model") or "").strip() if cpu is not None else "")
 
     disks = []
     for d in root.findall("devices/disk"):
@@ -215,4 +224,5 @@ def parse_domain(xml: str, shared_paths: tuple[str, ...] = ()) -> DomainSpec:
         memory_mib=memory_kib // 1024, max_memory_mib=max_kib // 1024,
         numa=NumaTuning(mode=mode, nodeset=nodeset, memnodes=memnodes, guest_cells=guest_cells,
                         vcpu_pins=pins, emulator_pin=emu),
-        hugepages_kib=huge, disks=tuple(disks))
+        hugepages_kib=huge, disks=tuple(disks), cpu_mode=cpu_mode, cpu_model=cpu_model,
+        hugepage_nodesets=hp_nodesets)

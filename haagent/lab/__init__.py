@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Lab"]
+__all__ = ["Guest", "Lab"]
 
 
 def __getattr__(name: str) -> Any:
@@ -12,4 +12,7 @@ def __getattr__(name: str) -> Any:
     if name == "Lab":
         from haagent.lab.lab import Lab
         return Lab
+    if name == "Guest":
+        from haagent.lab.guest import Guest
+        return Guest
     raise AttributeError(name)

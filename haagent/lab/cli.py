@@ -39,19 +39,41 @@ def lab() -> None:
 
 @lab.command()
 @click.option("--hosts", default=3, show_default=True, type=int, help="number of hosts, 2-6")
-@click.option("--vms", default=6, show_default=True, type=int, help="number of 64 MiB HA VMs")
+@click.option("--vms", default=6, show_default=True, type=int, help="number of HA VMs")
 @prefix_option
-@click.option("--kvm", is_flag=True, help="use /dev/kvm (qemu64 CPU, svm off) instead of TCG")
+@click.option("--kvm", is_flag=True, help="use /dev/kvm (qemu64 CPU, svm off) instead of TCG (a Linux guest crawls under "
+                   "the KVM of some nested machines: see docs/lab.md)")
 @click.option("--disk", is_flag=True, help="give each VM a qcow2 disk on the shared storage")
 @click.option("--no-ha", is_flag=True, help="leave the VMs without haagent's HA mark (unmanaged)")
+@click.option("--guest", type=click.Choice(L.GUESTS), default="none", show_default=True,
+              help="none: VMs without an OS; linux: boot each VM into a small Linux guest (Debian's "
+                   "kernel, a busybox initramfs) that ticks every 10 ms on its console and takes "
+                   "`lab load` commands")
+@click.option("--memory", type=int, default=None,
+              help=f"MiB per VM [default: {L.VM_MEMORY_MIB}, {L.GUEST_MEMORY_MIB} with --guest linux]")
+@click.option("--vcpus", type=int, default=1, show_default=True, help=f"vCPUs per VM, 1-{L.MAX_VCPUS}")
 @click.option("--keep-on-failure", is_flag=True, help="leave a half-built lab for inspection")
-def up(hosts: int, vms: int, prefix: str, kvm: bool, disk: bool, no_ha: bool, keep_on_failure: bool) -> None:
-    """Build the lab: hosts, etcd cluster, agents, BMCs, shared storage, VMs."""
+@click.option("--insecure", is_flag=True,
+              help="plain etcd: no TLS, no client certificates, no roles (debugging only)")
+@click.option("--libvirt-tls", is_flag=True,
+              help="libvirtds and QEMU migration streams over TLS (qemu+tls://; migrate with --tls)")
+@click.option("--numa", "numa_opts", multiple=True, metavar="HOST=FREE,FREE",
+              help="free MiB (optionally FREE:HUGEPAGES, free 2 MiB pages) of each NUMA cell "
+                   "a host's libvirtd reports, e.g. h1=512,3584; repeat per host")
+def up(hosts: int, vms: int, prefix: str, kvm: bool, disk: bool, no_ha: bool, guest: str,
+       memory: int | None, vcpus: int, keep_on_failure: bool, insecure: bool, libvirt_tls: bool,
+       numa_opts: tuple[str, ...]) -> None:
+    """Build the lab: hosts, etcd cluster (TLS, client certificates, roles), agents, BMCs, shared storage, VMs."""
     lab_ = _lab(prefix)
+    try:
+        numa = dict(L.parse_numa_option(o) for o in numa_opts)
+    except ValueError as e:
+        fail(str(e), 2)
     _guard(lambda: lab_.up(hosts, vms, kvm=kvm, disk=disk, keep_on_failure=keep_on_failure, ha=not no_ha,
-                           progress=lambda msg: click.echo(msg, err=True)))
-    click.echo(f"try: haagent lab status --prefix {prefix}; haagent lab virsh h1 list; "
-               f"haagent lab crash h2; haagent lab down --prefix {prefix}")
+                           insecure=insecure, libvirt_tls=libvirt_tls, guest=guest, memory_mib=memory, vcpus=vcpus,
+                           progress=lambda msg: click.echo(msg, err=True), numa=numa))
+    click.echo(f"try: haagent lab status --prefix {prefix}; haagent status --config {lab_.layout.operator_config}; "
+               f"haagent lab virsh h1 list; haagent lab crash h2; haagent lab down --prefix {prefix}")
 
 
 @lab.command()
@@ -79,7 +101,10 @@ def status(prefix: str, as_json: bool) -> None:
         return {True: "[green]up[/]", False: "[red]down[/]", None: "[yellow]?[/]"}.get(v, str(v))
 
     t = Table(title=f"lab {st['prefix']} ({st['phase']}, {'kvm' if st['kvm'] else 'tcg'}"
-                    f"{', qcow2 disks' if st['disk'] else ''})")
+                    f"{', qcow2 disks' if st['disk'] else ''}"
+                    f"{', etcd TLS + roles' if st['etcd_tls'] else ', etcd plain (--insecure)'}"
+                    f"{', libvirt TLS' if st['libvirt_tls'] else ''}"
+                    f"{', Linux guests' if st.get('guest') == 'linux' else ''})")
     for col in ("host", "address", "power", "network", "libvirtd", "etcd", "agent", "bmc", "running VMs"):
         t.add_column(col)
     for h in st["hosts"]:
@@ -165,6 +190,38 @@ def bmc(prefix: str, host: str, mode: str, seconds: float | None) -> None:
     lab_ = _lab(prefix)
     _guard(lambda: lab_.bmc(host, mode, seconds))
     click.echo(f"{host}: BMC {mode}{'' if seconds is None else f' {seconds:g}s'}")
+
+
+@lab.command()
+@prefix_option
+@click.argument("vm")
+@click.option("--cpu", type=int, default=0, show_default=True, help="vCPUs to keep busy (niced loops)")
+@click.option("--mem", type=int, default=0, show_default=True,
+              help="MiB of random data to hold in the guest's RAM (a tmpfs file)")
+@click.option("--dirty", type=int, default=0, show_default=True,
+              help="MiB/s of the held memory to rewrite (for migration tests)")
+@click.option("--timeout", type=float, default=60, show_default=True, help="seconds to wait for the guest")
+def load(prefix: str, vm: str, cpu: int, mem: int, dirty: int, timeout: float) -> None:
+    """Make a Linux guest (`lab up --guest linux`) burn CPU and hold memory; `--cpu 0 --mem 0` clears.
+
+    The command goes over the guest's second serial port, a unix socket in the libvirt
+    directory of the host that runs it; the guest answers `ok cpu=N mem=M dirty=D`.
+    """
+    got = _guard(lambda: _lab(prefix).load(vm, cpu, mem, dirty, timeout=timeout))
+    click.echo(f"{vm}: cpu={got['cpu']} mem={got['mem']} MiB dirty={got['dirty']} MiB/s")
+
+
+@lab.command()
+@prefix_option
+@click.argument("vm")
+@click.option("--lines", "-n", type=int, default=20, show_default=True, help="how many of the last lines")
+def console(prefix: str, vm: str, lines: int) -> None:
+    """Show the end of a Linux guest's console: boot messages, then `T <seq> <guest seconds>`
+    every 10 ms (the file every QEMU of the guest appends to is printed first)."""
+    g = _guard(lambda: _lab(prefix).guest(vm))
+    click.echo(f"# {g.console}", err=True)
+    text = g.console_text(since=max(g.mark() - 200 * max(lines, 1), 0))  # ticks are ~25 bytes
+    click.echo("\n".join(text.splitlines()[-lines:]))
 
 
 @lab.command(hidden=True)

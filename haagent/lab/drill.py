@@ -50,9 +50,7 @@ def _where(lab: Any, hosts: list[str]) -> dict[str, list[str]]:
 
 
 def _store(lab: Any) -> Any:
-    from haagent.store.client import EtcdStore
-
-    return EtcdStore(lab.etcd_endpoints(), timeout=1.0)
+    return lab.etcd_store(timeout=1.0)
 
 
 def _cluster(lab: Any, store: Any) -> Any:

@@ -50,8 +50,9 @@ def _be_init(hostname: str, binds: list[tuple[str, str]]) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for src, dst in binds:
-        os.makedirs(dst, exist_ok=True)
-        _mount(src, dst, None, MS_BIND)
+        if not os.path.exists(dst):
+            os.makedirs(dst)
+        _mount(src, dst, None, MS_BIND)  # a file over a file, or a directory over a directory
     socket.sethostname(hostname)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):

@@ -25,12 +25,15 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from haagent.errors import LabError
 from haagent.lab import layout as L
 from haagent.lab import proc
 from haagent.lab.layout import Layout
+
+if TYPE_CHECKING:
+    from haagent.lab.guest import Guest
 
 Progress = Callable[[str], None]
 INIT_SCRIPT = str(Path(__file__).with_name("init.py"))
@@ -81,12 +84,12 @@ def _bmc_available() -> bool:
         return False
 
 
-def _write(path: Path, text: str, mode: int = 0o644) -> None:
+def _write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
 
 
@@ -96,6 +99,19 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def machine_cpus() -> list[int]:
+    """The machine's online CPUs (what every lab host's cells split between them)."""
+    try:
+        text = Path("/sys/devices/system/cpu/online").read_text().strip()
+    except OSError:
+        return sorted(os.sched_getaffinity(0))
+    cpus: list[int] = []
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
 
 
 def exec_env() -> dict[str, str]:
@@ -135,6 +151,11 @@ class Lab:
     def etcd_members(self) -> list[str]:
         return list(self.state.get("etcd_members", []))
 
+    @property
+    def tls(self) -> bool:
+        """etcd speaks TLS with client certificates and roles (the default; ``up(insecure=True)``: plain)."""
+        return bool(self.state.get("tls", False))
+
     def vms(self) -> dict[str, str]:
         """VM name -> the host the lab first started it on."""
         return {name: v["home"] for name, v in self.state.get("vms", {}).items()}
@@ -151,25 +172,54 @@ class Lab:
         return f"qemu+unix:///system?socket={self.layout.libvirt_socket(self._host(host))}"
 
     def migration_uri(self, host: str) -> str:
-        """Destination URI for peer-to-peer migration, resolved by the source host's libvirtd."""
+        """Destination URI for peer-to-peer migration, resolved by the source host's libvirtd
+        (``qemu+tls://`` in a ``--libvirt-tls`` lab: migrate with ``--tls`` there)."""
+        if self.state.get("libvirt_tls"):
+            return L.libvirt_uri_tls(self.address(host))
         return f"qemu+tcp://{self.address(host)}/system"
 
     def etcd_endpoint(self, host: str) -> str:
-        """A member's client socket from the root namespace: ``unix:///abs/dir/localhost:2379``."""
-        return f"unix://{self.layout.etcd_dir(self._host(host))}/localhost:{L.ETCD_CLIENT_PORT}"
+        """A member's client socket from the root namespace: ``unixs:///abs/dir/localhost:2379``
+        (``unix://`` in an insecure lab)."""
+        scheme = "unixs" if self.tls else "unix"
+        return f"{scheme}://{self.layout.etcd_dir(self._host(host))}/localhost:{L.ETCD_CLIENT_PORT}"
 
     def etcd_endpoints(self) -> list[str]:
         return [self.etcd_endpoint(h) for h in self.etcd_members()]
 
     def etcd_lab_endpoints(self) -> list[str]:
         """The members' client URLs as seen from inside the lab (what agents use)."""
-        return [f"http://{L.address(h)}:{L.ETCD_CLIENT_PORT}" for h in self.etcd_members()]
+        scheme = "https" if self.tls else "http"
+        return [f"{scheme}://{L.address(h)}:{L.ETCD_CLIENT_PORT}" for h in self.etcd_members()]
+
+    def etcd_cert(self, user: str) -> tuple[str, str, str] | None:
+        """(ca_cert, cert, key) of an etcd user of the lab (root, operator, reader, a host); None if insecure."""
+        if not self.tls:
+            return None
+        pki = self.layout.pki_dir
+        name = f"agent-{user}" if user in self.hosts() else user
+        return str(pki / "ca.crt"), str(pki / f"{name}.crt"), str(pki / f"{name}.key")
+
+    def etcd_tls(self, user: str = "root") -> dict[str, str]:
+        """``EtcdStore(..., **lab.etcd_tls())``: the CA and a user's certificate ({} if insecure)."""
+        files = self.etcd_cert(user)
+        return dict(zip(("ca_cert", "cert", "key"), files)) if files else {}
+
+    def etcd_store(self, endpoints: Sequence[str] | None = None, timeout: float = 1.0, user: str = "root") -> Any:
+        """An EtcdStore on the members' sockets (or ``endpoints``), as etcd's root user by default."""
+        from haagent.store.client import EtcdStore
+        return EtcdStore(list(endpoints or self.etcd_endpoints()), timeout=timeout, **self.etcd_tls(user))
 
     def etcd_client(self, host: str, timeout: float = 2.0) -> Any:
-        """A python3-etcd3 client bound to one member's unix socket."""
+        """A python3-etcd3 client bound to one member's unix socket, as etcd's root user."""
         import etcd3
+
+        from haagent.store.client import grpc_tls_options
+        files = self.etcd_cert("root") or (None, None, None)
         return etcd3.client(host=f"unix:{self.layout.etcd_dir(self._host(host))}/localhost",
-                            port=L.ETCD_CLIENT_PORT, timeout=timeout)
+                            port=L.ETCD_CLIENT_PORT, timeout=timeout,
+                            ca_cert=files[0], cert_cert=files[1], cert_key=files[2],
+                            grpc_options=grpc_tls_options("unixs" if self.tls else "unix"))
 
     def bmc_address(self, host: str) -> str:
         """The host's BMC as seen from inside the lab (any host reaches it on the mgmt network)."""
@@ -198,6 +248,27 @@ class Lab:
     def netns(self, host: str) -> str:
         return self.layout.netns(self._host(host))
 
+    def numa(self, host: str) -> tuple[L.LabCell, ...]:
+        """The NUMA cells the host's libvirtd reports (the layout's, or the last ``set_numa``)."""
+        cells = self.state.get("numa", {}).get(self._host(host))
+        if not cells:
+            raise LabError(f"lab {self.prefix}: no NUMA cells recorded for {host}")
+        return tuple(L.LabCell.from_json(c) for c in cells)
+
+    def set_numa(self, host: str, cells: Sequence[L.LabCell]) -> None:
+        """Change the host's cells; its libvirtd reports them on the next call (it reads sysfs
+        for capabilities, getInfo, getCellsFreeMemory and getFreePages alike), also a different
+        number of cells (see docs/lab.md for the one thing that lags until a restart)."""
+        h = self._host(host)
+        new = tuple(cells)
+        if not 1 <= len(new) <= len(machine_cpus()):
+            raise LabError(f"numa {h}: 1 to {len(machine_cpus())} cells, got {len(new)}")
+        with self._locked():
+            state = self.state
+            state.setdefault("numa", {})[h] = [c.to_json() for c in new]
+            L.write_numa_tree(self.layout.numa_dir(h), new, machine_cpus())
+            self._save_state(state)
+
     def init_pid(self, host: str) -> int | None:
         """PID (root namespace) of the host's init while the host is powered, else None."""
         r = self._init_ref(host)
@@ -206,45 +277,84 @@ class Lab:
     # == building and tearing down ===============================================================
 
     def up(self, hosts: int = 3, vms: int = 6, kvm: bool = False, disk: bool = False,
-           progress: Progress | None = None, keep_on_failure: bool = False, ha: bool = True) -> "Lab":
-        """Build the whole lab; on failure tear down what was built (unless keep_on_failure)."""
+           progress: Progress | None = None, keep_on_failure: bool = False, ha: bool = True,
+           insecure: bool = False, libvirt_tls: bool = False, guest: str = "none",
+           memory_mib: int | None = None, vcpus: int = 1,
+           numa: dict[str, Sequence[L.LabCell]] | None = None) -> "Lab":
+        """Build the whole lab; on failure tear down what was built (unless keep_on_failure).
+
+        etcd speaks TLS to clients and peers and requires client certificates from the lab's CA,
+        with haagent's roles on (docs/security.md); ``insecure``: plain, no auth, for debugging.
+        ``libvirt_tls``: libvirtds (and QEMU's migration streams) talk TLS with the lab's CA.
+        ``guest="linux"`` boots every VM into the lab's Linux guest (see ``Lab.guest``);
+        ``memory_mib`` defaults to 64 without a guest and 192 with one. ``numa``: host -> the NUMA
+        cells its libvirtd reports; hosts not named get ``layout.default_cells``."""
         say = progress or _quiet
-        self._preflight(hosts, vms, kvm)
+        if memory_mib is None:
+            memory_mib = L.GUEST_MEMORY_MIB if guest == "linux" else L.VM_MEMORY_MIB
+        self._preflight(hosts, vms, kvm, guest, memory_mib, vcpus, numa or {})
         t0 = time.monotonic()
 
         def step(msg: str) -> None:
             say(f"[{time.monotonic() - t0:5.1f}s] {msg}")
 
         try:
-            self._build(hosts, vms, kvm, disk, step, ha)
+            self._build(hosts, vms, kvm, disk, step, ha, not insecure, libvirt_tls, guest, memory_mib, vcpus,
+                        numa or {})
         except BaseException:
             if not keep_on_failure:
                 step("failed: tearing the half-built lab down")
                 self.down()
             raise
-        step(f"lab {self.prefix} is up: {hosts} hosts, {vms} VMs")
+        step(f"lab {self.prefix} is up: {hosts} hosts, {vms} VMs" +
+             (" (Linux guests)" if guest == "linux" else ""))
         return self
 
     @contextlib.contextmanager
     def running(self, hosts: int = 3, vms: int = 6, kvm: bool = False, disk: bool = False,
                 progress: Progress | None = None, ha: bool = True,
-                keep_logs: Path | None = None) -> Iterator["Lab"]:
+                keep_logs: Path | None = None, insecure: bool = False,
+                libvirt_tls: bool = False, guest: str = "none", memory_mib: int | None = None,
+                vcpus: int = 1, numa: dict[str, Sequence[L.LabCell]] | None = None) -> Iterator["Lab"]:
         """``with Lab(p).running(3, 6) as lab:`` - removes a leftover lab first, always tears down."""
         self.down()
         try:
-            yield self.up(hosts, vms, kvm=kvm, disk=disk, progress=progress, ha=ha)
+            yield self.up(hosts, vms, kvm=kvm, disk=disk, progress=progress, ha=ha, insecure=insecure,
+                          libvirt_tls=libvirt_tls, guest=guest, memory_mib=memory_mib, vcpus=vcpus, numa=numa)
         finally:
             self.down(keep_logs=keep_logs)
 
-    def _preflight(self, hosts: int, vms: int, kvm: bool) -> None:
+    def _preflight(self, hosts: int, vms: int, kvm: bool, guest: str, memory_mib: int, vcpus: int,
+                   numa: dict[str, Sequence[L.LabCell]]) -> None:
         if os.geteuid() != 0:
             raise LabError("the lab needs root: it creates namespaces, bridges and runs libvirtd")
         if not L.MIN_HOSTS <= hosts <= L.MAX_HOSTS:
             raise LabError(f"--hosts must be between {L.MIN_HOSTS} and {L.MAX_HOSTS} (got {hosts})")
         if not 0 <= vms <= L.MAX_VMS:
             raise LabError(f"--vms must be between 0 and {L.MAX_VMS} (got {vms})")
+        names = L.host_names(hosts) if L.MIN_HOSTS <= hosts <= L.MAX_HOSTS else []
+        for h, cells in numa.items():
+            if h not in names:
+                raise LabError(f"numa: no host {h!r} in a {hosts}-host lab")
+            if not 1 <= len(cells) <= len(machine_cpus()):
+                raise LabError(f"numa {h}: 1 to {len(machine_cpus())} cells (one CPU each at "
+                               f"least; this machine has {len(machine_cpus())}), got {len(cells)}")
         if kvm and not os.access("/dev/kvm", os.R_OK | os.W_OK):
             raise LabError("--kvm: /dev/kvm is missing or not usable here; leave --kvm off for TCG")
+        if guest not in L.GUESTS:
+            raise LabError(f"--guest must be one of {', '.join(L.GUESTS)} (got {guest!r})")
+        low = L.MIN_GUEST_MEMORY_MIB if guest == "linux" else L.VM_MEMORY_MIB
+        if not low <= memory_mib <= L.MAX_MEMORY_MIB:
+            raise LabError(f"--memory must be between {low} and {L.MAX_MEMORY_MIB} MiB"
+                           f"{' for --guest linux' if guest == 'linux' else ''} (got {memory_mib})")
+        if not 1 <= vcpus <= L.MAX_VCPUS:
+            raise LabError(f"--vcpus must be between 1 and {L.MAX_VCPUS} (got {vcpus})")
+        if guest == "linux":
+            from haagent.lab.guest_image import BUSYBOX, find_kernel
+            find_kernel()
+            if not BUSYBOX.exists():
+                raise LabError(f"--guest linux: {BUSYBOX} is missing (install busybox-static: "
+                               "scripts/install-system-deps.sh)")
         for tool in ("ip", "nsenter", "setsid", "libvirtd", "etcd", "qemu-system-x86_64", "qemu-img"):
             if shutil.which(tool) is None:
                 raise LabError(f"{tool}: not installed (run scripts/install-system-deps.sh)")
@@ -255,7 +365,9 @@ class Lab:
             raise LabError(f"{self.layout.dir}: too long for unix socket paths; set a shorter "
                            f"HAAGENT_LAB_ROOT")
 
-    def _build(self, n: int, m: int, kvm: bool, disk: bool, step: Progress, ha: bool) -> None:
+    def _build(self, n: int, m: int, kvm: bool, disk: bool, step: Progress, ha: bool, tls: bool,
+               libvirt_tls: bool, guest: str, memory_mib: int, vcpus: int,
+               numa: dict[str, Sequence[L.LabCell]]) -> None:
         names = L.host_names(n)
         members = names[:min(n, 3)]
         vm_list = L.vm_names(m)
@@ -266,8 +378,10 @@ class Lab:
         # Written first, so `down` knows the lab even if this process dies half way.
         self._save_state({
             "prefix": self.prefix, "phase": "building", "hosts": names, "etcd_members": members,
-            "kvm": kvm, "disk": disk, "ha": ha, "created": time.time(),
+            "kvm": kvm, "disk": disk, "ha": ha, "tls": tls, "libvirt_tls": libvirt_tls, "created": time.time(),
+            "guest": guest, "memory_mib": memory_mib, "vcpus": vcpus,
             "vms": {vm: {"home": homes[vm], "uuid": lay.vm_uuid(vm)} for vm in vm_list},
+            "numa": {h: [c.to_json() for c in (numa.get(h) or L.default_cells(h))] for h in names},
         })
         with self._locked():
             step(f"namespaces and bridges for {n} hosts (cluster {L.CLUSTER_NET}.0/{L.NETMASK}, "
@@ -277,9 +391,18 @@ class Lab:
             lay.shared_dir.mkdir()
             lay.bmc_dir.mkdir(mode=0o700)
             _write(lay.bmc_password_file, secrets.token_urlsafe(12) + "\n", 0o600)
+            if tls:
+                self._make_certificates(names, members)
+            if libvirt_tls:
+                self._make_libvirt_certificates(names)
+            users = L.etcd_users(names)
+            _write(lay.operator_config, L.cli_toml(self.prefix, self.etcd_endpoints(), self.etcd_cert(L.OPERATOR_USER)))
+            _write(lay.admin_config, L.cli_toml(self.prefix, self.etcd_endpoints(), self.etcd_cert("root"), users))
             for h in names:
                 self._write_host_files(h, members)
                 from_fencing_faults_write(lay.bmc_fault_file(h), "ok", 0.0)
+            if guest == "linux":
+                self._install_guest(step)
             step("powering hosts on: init, libvirtd" + (", etcd members on " + ", ".join(members)))
             for h in names:
                 self._boot(h, wait=False)
@@ -287,12 +410,17 @@ class Lab:
         self._wait_libvirtd(names, timeout=60)
         step("libvirtd answers on every host")
         self._wait_etcd(members, timeout=30)
-        step(f"etcd cluster healthy ({len(members)} members, --pre-vote)")
+        step(f"etcd cluster healthy ({len(members)} members, --pre-vote"
+             + (", TLS with client certificates)" if tls else ", plain: --insecure)"))
+        if tls:
+            self._setup_rbac(users)
+            step(f"etcd auth on: {len(names)} agents (haagent-agent), {L.OPERATOR_USER} (haagent-operator), "
+                 f"{L.READER_USER} (haagent-reader); the CLI: --config {lay.operator_config}")
         if _bmc_available():
             self.wait_bmcs()
             step(f"{n} BMCs answer IPMI on the management network")
         if m:
-            self._create_vms(vm_list, homes, kvm, disk, ha)
+            self._create_vms(vm_list, homes, kvm, disk, ha, memory_mib, vcpus)
             step(f"{m} VMs running: " + ", ".join(f"{h}={sum(1 for v in homes.values() if v == h)}"
                                                   for h in names))
         state = self.state
@@ -493,6 +621,7 @@ class Lab:
                 "bmc": {"address": f"{L.bmc_address(h)}:{L.BMC_PORT}", "serving": bmcd_alive,
                         "power": "on" if powered else "off", "mode": faults.get("mode", "ok"),
                         "off_delay": faults.get("off_delay", 0.0)},
+                "numa": st.get("numa", {}).get(h, []),
                 "vms": running[h],
             })
         where: dict[str, list[str]] = {vm: [] for vm in st.get("vms", {})}
@@ -500,7 +629,8 @@ class Lab:
             for vm in h["vms"] or []:
                 where.setdefault(vm, []).append(h["name"])
         return {"prefix": self.prefix, "dir": str(self.layout.dir), "phase": st.get("phase", "unknown"),
-                "kvm": st.get("kvm", False), "disk": st.get("disk", False),
+                "kvm": st.get("kvm", False), "disk": st.get("disk", False), "guest": st.get("guest", "none"),
+                "etcd_tls": st.get("tls", False), "libvirt_tls": st.get("libvirt_tls", False),
                 "etcd_endpoints": self.etcd_endpoints(), "hosts": hosts, "vms": where}
 
     def running_vms(self, host: str, timeout: float = 5.0) -> list[str] | None:
@@ -597,16 +727,72 @@ class Lab:
         hd = lay.host_dir(h)
         for sub, _ in L.LIBVIRT_BINDS:
             (hd / sub).mkdir(parents=True, exist_ok=True)
+        lay.guest_socket_on(h, "vm").parent.mkdir(exist_ok=True)
         lay.logs_dir(h).mkdir(exist_ok=True)
-        _write(hd / "etc-libvirt" / "libvirtd.conf", L.libvirtd_conf(lay.host_uuid(h)))
-        _write(hd / "etc-libvirt" / "qemu.conf", L.qemu_conf(L.address(h)))
+        libvirt_tls = bool(self.state.get("libvirt_tls"))
+        _write(hd / "etc-libvirt" / "libvirtd.conf", L.libvirtd_conf(lay.host_uuid(h), libvirt_tls))
+        _write(hd / "etc-libvirt" / "qemu.conf", L.qemu_conf(L.address(h), libvirt_tls))
         _write(hd / "etc-libvirt" / "libvirt.conf", 'uri_default = "qemu:///system"\n')
+        L.write_numa_tree(lay.numa_dir(h), self.numa(h), machine_cpus())
+        # The host's init bind-mounts the real QEMU onto qemu/qemu-system-x86_64 (an empty file
+        # until then) and the wrapper over /usr/bin/qemu-system-x86_64, so every domain keeps
+        # the packaged emulator path the agents' domain allowlist wants. QEMU finds its modules
+        # and firmware relative to where it runs from, through qemu-bundle/usr -> /usr (a
+        # symlink: removing the lab never follows it).
+        qemu = lay.real_qemu(h)
+        qemu.parent.mkdir(exist_ok=True)
+        qemu.touch()
+        (qemu.parent / "qemu-bundle").mkdir(exist_ok=True)
+        if not (qemu.parent / "qemu-bundle" / "usr").is_symlink():
+            (qemu.parent / "qemu-bundle" / "usr").symlink_to("/usr")
+        _write(hd / "qemu-wrapper", L.qemu_wrapper(str(qemu)), 0o755)
         if h in members:
             (lay.etcd_dir(h) / "data").mkdir(parents=True, exist_ok=True)
             os.chmod(lay.etcd_dir(h) / "data", 0o700)
-        endpoints = [f"http://{L.address(m)}:{L.ETCD_CLIENT_PORT}" for m in members]
+        scheme = "https" if self.tls else "http"
+        endpoints = [f"{scheme}://{L.address(m)}:{L.ETCD_CLIENT_PORT}" for m in members]
         _write(lay.agent_config(h), L.agent_toml(self.prefix, h, endpoints, self._fencing_section(h),
-                                                         str(lay.shared_dir)))
+                                                 str(lay.shared_dir), self.etcd_cert(h)))
+
+    def _make_certificates(self, names: list[str], members: list[str]) -> None:
+        """The lab's CA; a server/peer certificate per etcd member; a client certificate per agent
+        (CN = host), for the operator, the reader and etcd's root user."""
+        from haagent.store.pki import CertificateAuthority
+
+        ca = CertificateAuthority(self.layout.pki_dir, name=f"haagent lab {self.prefix} etcd CA")
+        for h in members:
+            # 127.0.0.1 and localhost: the member's loopback and unix-socket listeners
+            ca.issue(f"member-{h}", h, server=True, server_names=(L.address(h), "127.0.0.1", "localhost"))
+        for h in names:
+            ca.issue(f"agent-{h}", h)
+        for user in ("root", L.OPERATOR_USER, L.READER_USER):
+            ca.issue(user, user)
+
+    def _make_libvirt_certificates(self, names: list[str]) -> None:
+        """One certificate per host (its lab address; server and client use), from the lab's CA,
+        copied where that host's libvirtd and QEMU read them (its own /etc/libvirt/pki)."""
+        from haagent.store.pki import CertificateAuthority
+
+        ca = CertificateAuthority(self.layout.pki_dir, name=f"haagent lab {self.prefix} CA")
+        for h in names:
+            files = ca.issue(f"libvirt-{h}", h, server=True, server_names=(L.address(h),))
+            source = {"ca": ca.cert_path, "cert": files.cert, "key": files.key}
+            for sub, entries in L.LIBVIRT_PKI_FILES.items():
+                for role, name in entries:
+                    dest = self.layout.host_dir(h) / "etc-libvirt" / "pki" / sub / name
+                    _write(dest, source[role].read_bytes(), 0o600 if role == "key" else 0o644)
+
+    def _setup_rbac(self, users: dict[str, str]) -> None:
+        from haagent.errors import StoreError
+        from haagent.store.rbac import setup_rbac
+
+        store = self.etcd_store(timeout=2.0)
+        try:
+            setup_rbac(store, self.prefix, users)
+        except StoreError as e:
+            raise LabError(f"etcd RBAC setup failed: {e}") from e
+        finally:
+            store.close()
 
     def _fencing_section(self, h: str) -> str:
         """Every host's BMC as an IPMI fence device: any host may be the leader that fences."""
@@ -623,6 +809,8 @@ class Lab:
         pidfile = lay.init_pidfile(h)
         pidfile.unlink(missing_ok=True)
         binds = [f"{lay.host_dir(h) / sub}:{dst}" for sub, dst in L.LIBVIRT_BINDS]
+        binds += [f"{lay.numa_dir(h)}:{L.SYS_NODE}", f"{L.QEMU}:{lay.real_qemu(h)}",
+                  f"{lay.host_dir(h) / 'qemu-wrapper'}:{L.QEMU}"]
         _run(["nsenter", f"--net={NETNS_DIR / lay.netns(h)}", "--",
               sys.executable, "-I", INIT_SCRIPT, lay.hostname(h), str(pidfile), *binds], timeout=20)
         pid = int(pidfile.read_text())
@@ -675,22 +863,28 @@ class Lab:
     def _start_etcd(self, h: str) -> None:
         members = self.etcd_members()
         ip = L.address(h)
-        cluster = ",".join(f"{m}=http://{L.address(m)}:{L.ETCD_PEER_PORT}" for m in members)
+        http, unix = ("https", "unixs") if self.tls else ("http", "unix")
+        cluster = ",".join(f"{m}={http}://{L.address(m)}:{L.ETCD_PEER_PORT}" for m in members)
+        tls: list[str] = []
+        if self.tls:
+            from haagent.store.etcd_server import MemberTls
+            pki = self.layout.pki_dir
+            tls = MemberTls(pki / "ca.crt", pki / f"member-{h}.crt", pki / f"member-{h}.key").argv()
         # A power cut leaves the socket file behind, and etcd will not bind over it.
         (self.layout.etcd_dir(h) / f"localhost:{L.ETCD_CLIENT_PORT}").unlink(missing_ok=True)
         # The unix listener is a file literally named localhost:2379 in etcd's working
         # directory: how clients in the root namespace reach the member without a lab address.
         self._spawn(h, "etcd", [
             "etcd", "--name", h, "--data-dir", str(self.layout.etcd_dir(h) / "data"),
-            "--listen-peer-urls", f"http://{ip}:{L.ETCD_PEER_PORT}",
-            "--initial-advertise-peer-urls", f"http://{ip}:{L.ETCD_PEER_PORT}",
+            "--listen-peer-urls", f"{http}://{ip}:{L.ETCD_PEER_PORT}",
+            "--initial-advertise-peer-urls", f"{http}://{ip}:{L.ETCD_PEER_PORT}",
             "--listen-client-urls",
-            f"http://{ip}:{L.ETCD_CLIENT_PORT},http://127.0.0.1:{L.ETCD_CLIENT_PORT},"
-            f"unix://localhost:{L.ETCD_CLIENT_PORT}",
-            "--advertise-client-urls", f"http://{ip}:{L.ETCD_CLIENT_PORT}",
+            f"{http}://{ip}:{L.ETCD_CLIENT_PORT},{http}://127.0.0.1:{L.ETCD_CLIENT_PORT},"
+            f"{unix}://localhost:{L.ETCD_CLIENT_PORT}",
+            "--advertise-client-urls", f"{http}://{ip}:{L.ETCD_CLIENT_PORT}",
             "--initial-cluster", cluster, "--initial-cluster-state", "new",
             "--initial-cluster-token", f"haagent-lab-{self.prefix}",
-            "--pre-vote", "--logger", "zap", "--log-level", "warn",
+            "--pre-vote", "--logger", "zap", "--log-level", "warn", *tls,
         ], cwd=str(self.layout.etcd_dir(h)))
 
     def _start_agent(self, h: str) -> None:
@@ -756,7 +950,40 @@ class Lab:
                         raise LabError(f"etcd member {h} not healthy after {timeout:g}s: {last}") from e
                     time.sleep(0.1)
 
-    def _create_vms(self, vm_list: list[str], homes: dict[str, str], kvm: bool, disk: bool, ha: bool) -> None:
+    def _install_guest(self, step: Progress) -> None:
+        from haagent.lab import guest_image
+        image = guest_image.install(guest_image.build(), self.layout.guest_dir)
+        self.layout.guest_console("vm").parent.mkdir(exist_ok=True)
+        state = self.state
+        state["guest_image"] = {"kernel": str(image.kernel), "initrd": str(image.initrd), "cmdline": image.cmdline}
+        self._save_state(state)
+        step(f"Linux guest: {image.kernel.name}, {image.initrd.name} "
+             f"({image.initrd.stat().st_size // 1024} KiB) from {guest_image.cache_dir()}")
+
+    def guest_boot(self, vm: str) -> L.GuestBoot | None:
+        """How the lab boots ``vm`` into its Linux guest; None in a lab without guests."""
+        image = self.state.get("guest_image")
+        if not image:
+            return None
+        return L.GuestBoot(kernel=image["kernel"], initrd=image["initrd"], cmdline=image["cmdline"],
+                           console=str(self.layout.guest_console(vm)), socket=self.layout.guest_socket(vm))
+
+    def guest(self, vm: str) -> "Guest":
+        """The Linux guest ``vm``: its ticks and its load channel (``lab up --guest linux``)."""
+        from haagent.lab.guest import Guest
+        if vm not in self.state.get("vms", {}):
+            raise LabError(f"lab {self.prefix} has no VM {vm!r}")
+        if self.guest_boot(vm) is None:
+            raise LabError(f"lab {self.prefix} runs VMs without an OS; `haagent lab up --guest linux` "
+                           "boots them into the Linux guest")
+        return Guest(self, vm)
+
+    def load(self, vm: str, cpu: int, mem: int, dirty: int = 0, timeout: float = 30) -> dict[str, int]:
+        """Make the guest burn ``cpu`` vCPUs and hold ``mem`` MiB (rewriting ``dirty`` MiB/s of it)."""
+        return self.guest(vm).load(cpu, mem, dirty, timeout=timeout)
+
+    def _create_vms(self, vm_list: list[str], homes: dict[str, str], kvm: bool, disk: bool, ha: bool,
+                    memory_mib: int, vcpus: int) -> None:
         def on_host(h: str) -> None:
             conn = self._connect(h, 10)
             try:
@@ -765,7 +992,8 @@ class Lab:
                     if disk:
                         image = str(self.layout.shared_dir / f"{vm}.qcow2")
                         _run(["qemu-img", "create", "-q", "-f", "qcow2", image, L.DISK_SIZE])
-                    dom = conn.defineXML(L.domain_xml(vm, self.layout.vm_uuid(vm), self.prefix, kvm, image, ha))
+                    dom = conn.defineXML(L.domain_xml(vm, self.layout.vm_uuid(vm), self.prefix, kvm, image, ha,
+                                                      memory_mib, vcpus, self.guest_boot(vm)))
                     dom.setAutostart(0)  # a host that comes back must start nothing by itself
                     dom.create()
             finally:

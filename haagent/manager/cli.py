@@ -8,7 +8,7 @@ import uuid as uuidlib
 
 import click
 
-from haagent.clikit import LazyGroup, config_option, fail
+from haagent.clikit import LazyGroup, config_option, fail, fail_store
 from haagent.state.requests import open_store, send_request
 from haagent.config import Config
 from haagent.errors import HaagentError, StoreError
@@ -58,7 +58,7 @@ def fence_ack(name: str, yes: bool, config: Config) -> None:
         result = store.txn([Compare(keys.host_state(name), "mod", "==", state.mod_revision)],
                            [Put(keys.request(req), json.dumps({**record, "at": time.time()}))])
     except StoreError as exc:
-        fail(f"cannot reach etcd: {exc}")
+        fail_store(exc)
     finally:
         store.close()
     if not result.succeeded:
@@ -95,7 +95,7 @@ def events(config: Config, follow: bool, as_json: bool) -> None:
         opkvs, _ = store.get_prefix(keys.ops)
     except StoreError as exc:
         store.close()
-        fail(f"cannot reach etcd: {exc}")
+        fail_store(exc)
     show = (lambda d: click.echo(json.dumps(d, sort_keys=True))) if as_json else (lambda d: click.echo(_event_line(d)))
     for kv in kvs:
         try:

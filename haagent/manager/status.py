@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from haagent.clikit import config_option, fail
+from haagent.clikit import config_option, fail_store
 from haagent.config import Config
 from haagent.errors import StoreError
 
@@ -27,7 +27,7 @@ def _age(seconds: float | None) -> str:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
 def status(config: Config, as_json: bool) -> None:
-    """Show the leader and each host: alive, state, age of its last report."""
+    """Show the leader and each host: alive, state, CPU and memory use, NUMA cells, report age."""
     from rich.console import Console
     from rich.table import Table
 
@@ -39,8 +39,7 @@ def status(config: Config, as_json: bool) -> None:
     try:
         data = cluster_status(store, Keys(config.cluster))
     except StoreError as exc:
-        endpoints = ", ".join(str(e) for e in config.etcd.endpoints)
-        fail(f"cannot reach etcd at {endpoints}: {exc}")
+        fail_store(exc, ", ".join(str(e) for e in config.etcd.endpoints))
     finally:
         store.close()
     if as_json:
@@ -52,7 +51,7 @@ def status(config: Config, as_json: bool) -> None:
     lead = data["leader"]
     console.print(f"cluster [bold]{data['cluster']}[/]  leader: "
                   + (f"[bold green]{lead['host']}[/] (epoch {lead['epoch']})" if lead else "[bold red]none[/]"))
-    table = Table("host", "alive", "state", "cpus", "memory", "load", "report age", "notes")
+    table = Table("host", "alive", "state", "cpu used", "memory used", "NUMA free (MiB)", "report age", "notes")
     for h in data["hosts"]:
         r = h["report"] or {}
         notes = []
@@ -64,13 +63,17 @@ def status(config: Config, as_json: bool) -> None:
             notes.append("[yellow]agent stopped cleanly: VMs frozen[/]")
         if h["self_fence_s"] is not None:
             notes.append(f"watchdog {h['self_fence_s']:g}s")
+        if h["inventory_error"]:
+            notes.append(f"[yellow]inventory: {h['inventory_error']}[/]")
+        if h["tags"]:
+            notes.append("tags " + ",".join(h["tags"]))
         table.add_row(
             h["name"] + (" *" if lead and lead["host"] == h["name"] else ""),
             "[green]yes[/]" if h["alive"] else "[red]no[/]",
             h["state"] or "-",
-            str(r.get("cpus", "-")),
-            f"{r['memory_mib']} MiB" if "memory_mib" in r else "-",
-            str(r.get("load", "-")),
+            _used(h["cpu_used"], h["cpus"], "", 1) if r else "-",
+            _used(h["memory_used_mib"] and h["memory_used_mib"] / 1024, h["memory_mib"] / 1024, " GiB", 1) if r else "-",
+            " ".join(f"{c['id']}:{c['free_mib'] if c['free_mib'] is not None else '?'}" for c in h["numa"]) or "-",
             _age(h["report_age_s"]),
             "; ".join(notes),
         )
@@ -78,6 +81,15 @@ def status(config: Config, as_json: bool) -> None:
     _print_storm_hold(console, data["storm_hold"])
     for bad in data["bad_records"]:
         console.print(f"[red]bad record[/] {bad['key']}: {bad['problem']} (runbooks/bad_record.md)")
+
+
+def _used(used: float | None, total: float, unit: str, digits: int) -> str:
+    """``1.5/8`` with a share, coloured when the host is busy."""
+    if used is None:
+        return f"?/{total:.{digits}f}{unit}"
+    share = used / total if total else 0.0
+    colour = "red" if share >= 0.9 else "yellow" if share >= 0.75 else "green"
+    return f"{used:.{digits}f}/{total:.{digits}f}{unit} [{colour}]{share:.0%}[/]"
 
 
 def cluster_status(store: Any, keys: Any, now: float | None = None) -> dict[str, Any]:
@@ -105,7 +117,14 @@ def cluster_status(store: Any, keys: Any, now: float | None = None) -> dict[str,
                 age = round(max(0.0, now - float(at)), 1)
         hosts.append({"name": name, "alive": hv.alive, "state": hv.state.value if hv.state else None,
                       "failover": hv.failover or None, "agent_stopped": bool(hv.stopped),
-                      "self_fence_s": hv.self_fence, "report_age_s": age, "report": report})
+                      "self_fence_s": hv.self_fence, "report_age_s": age, "report": report,
+                      "cpus": hv.cpus, "memory_mib": hv.memory_mib, "cpu_used": hv.cpu_used,
+                      "memory_used_mib": hv.memory_used_mib, "cpu_model": hv.cpu_model or None,
+                      "tags": sorted(hv.tags), "inventory_error": hv.inventory_error or None,
+                      "numa": [{"id": c.id, "cpus": len(c.cpus), "memory_mib": c.memory_mib,
+                                "free_mib": c.free_mib,
+                                "hugepages": {str(s): {"total": t, "free": f} for s, (t, f) in sorted(c.hugepages.items())}}
+                               for c in hv.numa]})
     return {
         "cluster": keys.cluster,
         "revision": revision,

@@ -4,7 +4,10 @@ Safety, after every tick and at every committed leader write:
 1. never two running copies of a VM (counted on powered hosts, whatever etcd believes);
 2. placement moves off a host only when that VM does not run there, and off a host without a
    lease only once the host is confirmed fenced (fenced, recovering or failed);
-3. no VM definition is lost: every spec and placement key the cluster started with still exists.
+3. no VM definition is lost: every spec and placement key the cluster started with still exists;
+4. a VM whose XML binds its memory strictly to NUMA cells is started on a new host (a failover
+   or relocation: a placement decision) only where those cells have the free memory (or
+   hugepages) to hold it. A restart in place after a crash is the agent's, not a placement.
 
 Liveness, at quiescence (``check_recovered``): every HA VM runs exactly once, on the host its
 placement names, unless the leader reports it unplaceable (too little capacity), or its host's
@@ -26,6 +29,7 @@ class Invariants:
     def __init__(self, sim: Simulation):
         self.sim = sim
         self.vms = sorted(sim.specs)
+        self.last_host = {u: w[0] for u in self.vms if len(w := sim.where(u)) == 1}  # where it last started
 
     def attach(self) -> "Invariants":
         self.sim.checkers.append(lambda s: self.after_tick())
@@ -38,6 +42,39 @@ class Invariants:
         others = [h for h in self.sim.where(vm) if h != host]
         if others:
             self.fail(f"vm={vm} started on {host} while it runs on {', '.join(others)}")
+        spec = self.sim.specs.get(vm)
+        moved = self.last_host.get(vm) != host
+        self.last_host[vm] = host
+        if moved and spec is not None and spec.needs.numa == "strict" and spec.needs.nodeset:
+            self._check_numa_fit(host, spec)
+
+    def _check_numa_fit(self, host: str, spec) -> None:
+        """The host can hold the VM: memory bound to each of its cells (by the VMs running there
+        and this one) within the cell, and all memory within the host (unbound memory can live
+        anywhere). Order-free: it does not matter which of two VMs placed together starts first."""
+        hv = self.sim.hosts[host].hv
+        assert hv is not None
+        n = spec.needs
+        cells = {c.id: c for c in hv.host_info().numa}
+        if not set(n.nodeset) <= set(cells):
+            self.fail(f"vm={spec.uuid} (strict on NUMA cells {_ids(n.nodeset)}) started on {host}, "
+                      f"which has no cell {_ids(set(n.nodeset) - set(cells))}")
+        bound = {cid: 0.0 for cid in cells}
+        total = float(spec.memory_mib)
+        for info in hv.list_vms():
+            if not info.active or info.uuid == spec.uuid:
+                continue
+            total += info.memory_mib
+            nodes = [c for c in info.numa.nodeset if c in bound]
+            for c in nodes:
+                bound[c] += info.memory_mib / len(nodes)
+        for c in n.nodeset:
+            bound[c] += spec.memory_mib / len(n.nodeset)
+        over = [c for c in n.nodeset if bound[c] > cells[c].memory_mib + 1e-6]
+        if over or total > sum(c.memory_mib for c in cells.values()) + 1e-6:
+            self.fail(f"vm={spec.uuid} (strict on NUMA cells {_ids(n.nodeset)}) started on {host}, "
+                      f"which cannot hold it (bound to cell {_ids(over or n.nodeset)}: "
+                      f"{', '.join(f'{bound[c]:.0f}/{cells[c].memory_mib}' for c in n.nodeset)} MiB)")
 
     def fail(self, message: str) -> None:
         self.sim.say("INVARIANT", message)
@@ -107,3 +144,7 @@ def check_recovered(sim: Simulation) -> list[str]:
         problems.append(f"vm={uuid} runs on [{', '.join(where)}], placed on {placed} "
                         f"(host state {state.value if state else None})")
     return problems
+
+
+def _ids(ids) -> str:
+    return ",".join(str(i) for i in sorted(ids))

@@ -17,6 +17,7 @@ A scenario directory holds ``README`` (one line), ``cluster.json``, ``cmdlist`` 
     at 20 quorum lost          quorum back
     at 7 vm web-1 crash        vm web-1 shutdown    (a crash, or a shutdown by a user)
     at 20 ack h2               at 30 return h2      (haagent fence ack / haagent host return)
+    at 5 load web-1 150                             (the VM now burns 150 % of one host CPU)
     end 40                     (run until t=40; default 60)
 
 A line without ``at`` happens at t=0, before the first tick. docs/simulator.md has the details.
@@ -32,7 +33,8 @@ from typing import Any, Callable, Mapping
 
 from haagent.agent.core import AgentConfig
 from haagent.manager.core import ManagerConfig
-from haagent.state.view import VmSpec
+from haagent.model import HostCell
+from haagent.state.view import VmNeeds, VmSpec
 from haagent.sim.invariants import Invariants, check_recovered
 from haagent.sim.store import NoQuorum
 from haagent.sim.world import DEVICE_MODES, READ_FAULTS, Device, InvariantViolation, SimConfig, SimHost, Simulation
@@ -122,8 +124,19 @@ def _validate(words: tuple[str, ...] | list[str], source: str, n: int) -> None:
     elif verb == "repair":
         if len(words) != 1:
             raise ScenarioError(f"{source}:{n}: expected 'repair'")
+    elif verb == "load":
+        if len(words) != 3 or not _is_number(words[2]) or float(words[2]) < 0:
+            raise ScenarioError(f"{source}:{n}: expected 'load VM PERCENT' (of one host CPU, >= 0)")
     else:
         raise ScenarioError(f"{source}:{n}: unknown command {verb!r}")
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 def _config(cls: type, raw: Mapping[str, Any] | None, source: str) -> Any:
@@ -141,14 +154,28 @@ def build(cluster: Mapping[str, Any], source: str = "cluster.json") -> Simulatio
     for name, h in sorted(dict(cluster.get("hosts", {})).items()):
         h = h or {}
         levels = [[Device(d) for d in level] for level in h.get("fencing", [["ipmi"]])]
-        hosts.append(SimHost(name, int(h.get("cpus", 8)), int(h.get("memory_mib", 8192)), levels,
-                             watchdog=h.get("watchdog")))
+        cells = None
+        if h.get("numa"):  # [{"cpus": 4, "memory_mib": 4096, "hugepages_2m": 0}, ...]
+            cpu = 0
+            cells = []
+            for i, c in enumerate(h["numa"]):
+                pages = int(c.get("hugepages_2m", 0))
+                cells.append(HostCell(i, tuple(range(cpu, cpu + int(c["cpus"]))), int(c["memory_mib"]),
+                                      int(c["memory_mib"]), {2048: (pages, pages)} if pages else {}))
+                cpu += int(c["cpus"])
+            cells = tuple(cells)
+        hosts.append(SimHost(name, int(h.get("cpus", 8)) if cells is None else sum(len(c.cpus) for c in cells),
+                             int(h.get("memory_mib", 8192)) if cells is None else sum(c.memory_mib for c in cells),
+                             levels, watchdog=h.get("watchdog"), numa=cells, tags=tuple(h.get("tags", ()))))
     specs, placements, running = [], {}, {}
     names = {h.name for h in hosts}
     for v in cluster.get("vms", []):
+        hp = int(v.get("hugepages_2m", 0))
+        needs = VmNeeds(numa=str(v.get("numa", "none")), nodeset=tuple(v.get("nodeset", ())),
+                        hugepage_size_kib=2048 if hp else None, hugepage_count=hp)
         spec = VmSpec(v["name"], v["name"], int(v.get("vcpus", 1)), int(v.get("memory_mib", 1024)),
                       int(v.get("priority", 0)), str(v.get("policy", "restart")), "",
-                      tuple(v.get("groups", ())))
+                      tuple(v.get("groups", ())), needs)
         specs.append(spec)
         if v.get("host"):
             if v["host"] not in names:
@@ -216,6 +243,9 @@ def apply(sim: Simulation, cmd: Command) -> None:
                 sim.repair()
             except NoQuorum:
                 note = " (rejected: no quorum)"
+        elif verb == "load":
+            where = sim.vm_load(w[1], float(w[2]))
+            note = f" (on {where})" if where else " (not running anywhere: no effect)"
     except KeyError as exc:
         raise ScenarioError(f"line {cmd.line}: {cmd.text}: {exc.args[0]}") from None
     sim.say("fault", cmd.text + note)

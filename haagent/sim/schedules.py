@@ -6,7 +6,10 @@ failing seed replays exactly (``haagent sim random --seed N``) and can be saved 
 tick; after the heal, the run must reach quiescence (every HA VM that fits runs exactly once) by
 ``horizon``, and stops as soon as it does.
 
-The faults cover every input the leader trusts: power, network and agent faults (crashes, clean
+Clusters mix hosts with one and two NUMA cells, and VMs bound strictly to cells (restarted only
+where their cells hold them: an invariant checks every start); guests get busy at random, so the
+leader places by the load the agents report. The faults cover every input the leader trusts:
+power, network and agent faults (crashes, clean
 stops, restarts); fence devices that fail, hang, never cut power, answer status reads with no
 data, or lie while the host keeps renewing its lease; storms (half the hosts or more lost at once,
 by power or network) whose devices answer the leader's storm power reads honestly, with a lie
@@ -73,17 +76,33 @@ def generate(seed: int) -> Schedule:
             levels = [["ipmi"], ["pdu-a", "pdu-b"]]
         else:
             levels = [["ipmi"]]
-        cluster["hosts"][h] = {"cpus": 8, "memory_mib": rng.choice((4096, 8192)), "fencing": levels}
+        memory = rng.choice((4096, 8192))
+        cluster["hosts"][h] = {"cpus": 8, "memory_mib": memory, "fencing": levels}
+        if rng.random() < 0.5:  # two NUMA cells, even or not
+            first = rng.choice((memory // 4, memory // 2))
+            cluster["hosts"][h]["numa"] = [{"cpus": 4, "memory_mib": first}, {"cpus": 4, "memory_mib": memory - first}]
     used = {h: 0 for h in hosts}
+    cell0 = {h: 0.0 for h in hosts}  # memory cell 0 holds: bound there, or its share of the rest
     for i in range(1, rng.randint(2, 8) + 1):
         mem = rng.choice((1024, 2048, 3072))
         host = rng.choice(hosts)
-        if used[host] + mem > cluster["hosts"][host]["memory_mib"]:
+        cells = cluster["hosts"][host].get("numa")
+        size0 = cells[0]["memory_mib"] if cells else cluster["hosts"][host]["memory_mib"]
+        vm: dict[str, Any] = {"name": f"vm{i}", "host": host, "memory_mib": mem,
+                              "priority": rng.choice((0, 10, 50, 100)),
+                              "policy": "none" if rng.random() < 0.1 else "restart"}
+        share = mem / (len(cells) if cells else 1)  # what an unbound VM takes from each cell
+        if rng.random() < 0.3:  # bound strictly to NUMA cells: restarted only where they fit
+            vm["numa"] = "strict"
+            if rng.random() < 0.5:
+                vm["nodeset"] = [0]
+                share = mem
+        # The starting cluster is one a real host could run: no cell holds more than it has.
+        if used[host] + mem > cluster["hosts"][host]["memory_mib"] or cell0[host] + share > size0:
             continue
         used[host] += mem
-        cluster["vms"].append({"name": f"vm{i}", "host": host, "memory_mib": mem,
-                               "priority": rng.choice((0, 10, 50, 100)),
-                               "policy": "none" if rng.random() < 0.1 else "restart"})
+        cell0[host] += share
+        cluster["vms"].append(vm)
     vms = [v["name"] for v in cluster["vms"]]
 
     lines: list[str] = []
@@ -97,7 +116,7 @@ def generate(seed: int) -> Schedule:
         h = rng.choice(hosts)
         kind = rng.choice(("power", "power", "network", "network", "agent", "bmc", "quorum", "vm", "vm",
                            "flap", "pdu", "stop", "corrupt", "corrupt", "depose", "lie", "ackflap", "ackflap",
-                           "read", "storm", "storm"))
+                           "load", "read", "storm", "storm"))
         if kind in ("power", "network", "flap", "agent", "stop", "depose", "ackflap") and h in liars:
             continue  # a liar's lease may only lapse through the short flap below
         if kind in ("power", "network", "flap", "agent", "stop", "depose", "ackflap") and stormed and \
@@ -168,6 +187,9 @@ def generate(seed: int) -> Schedule:
         elif kind == "quorum":
             lines.append(f"at {t:g} quorum lost")
             lines.append(f"at {t + rng.randint(1, 6):g} quorum back")
+        elif kind == "load" and vms:  # guests get busy: the leader's placement reads the load
+            for vm in rng.sample(vms, rng.randint(1, len(vms))):
+                lines.append(f"at {t:g} load {vm} {rng.choice((0, 50, 100, 300, 700))}")
         elif kind == "vm" and vms:
             vm = rng.choice(vms)
             for k in range(rng.randint(1, 4)):  # sometimes often enough to be relocated

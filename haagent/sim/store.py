@@ -108,7 +108,7 @@ class SimStore:
 
     # -- reads and writes -------------------------------------------------------------------
 
-    def revision(self) -> int:
+    def revision(self, key: str = "\0") -> int:
         self._check()
         return self._revision
 

@@ -32,11 +32,15 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 from haagent.agent.core import AgentConfig, RequestRelocation, StartVm, StopVm
+from haagent.agent.inventory import LoadSmoother, host_inventory, worth_writing
 from haagent.agent.managed import HaMark, with_mark
 from haagent.agent.vms import ViewCache, VmShell, spec_record
 from haagent.manager import core as manager_core
-from haagent.errors import NotLeader, StoreError, StoreUnavailable
+from haagent.errors import HaagentError, NotLeader, StoreError, StoreUnavailable
 from haagent.hypervisor.fake import FakeCluster, FakeHypervisor
+from haagent.hypervisor.port import RawStats
+from haagent.hypervisor.stats import compute_usage
+from haagent.state.requirements import needs_from_xml
 from haagent.state.codec import AckRefused, build_view, fence_ack_record, fence_result_step
 from haagent.manager.core import ManagerConfig, Placer
 from haagent.manager.placer import policy_placer
@@ -44,7 +48,7 @@ from haagent.sim.fences import run_fence, run_status
 from haagent.manager.shell import LeaderShell
 from haagent.state.view import (Alert, ClusterView, FenceHost, JournalStep, PowerRead, ReadPower, SetHostState,
                                   SetPlacement, VmSpec)
-from haagent.model import HostState, VmState
+from haagent.model import HostCell, HostState, VmState
 from haagent.sim.store import NoQuorum, SimStore
 from haagent.store.port import Compare, Delete, Put
 from haagent.store.keys import Keys
@@ -61,6 +65,7 @@ class SimConfig:
     device_fail_time: float = 0.5  # a definite error comes back fast
     device_timeout: float = 5.0  # a hung device or one whose power never drops
     boot_time: float = 20.0  # a host reset by its watchdog is back (agent running) after this
+    report_interval: float = 5.0  # as [timing] report_interval: load is published at most this often
     cluster: str = "sim"
 
 
@@ -85,7 +90,10 @@ class AgentProc:
     leader: LeaderShell | None = None  # the production leader shell, made at its first election
     vms: VmShell | None = None  # the production agent VM shell (its memory dies with the process)
     cache: tuple[dict, int] = ({}, 0)  # the last snapshot it could read (stale while cut off)
-    last_report: tuple[str, ...] | None = None  # running_vms last published
+    last_report: dict | None = None  # the report last published (None: publish again)
+    last_report_at: float = float("-inf")
+    load: LoadSmoother = field(default_factory=LoadSmoother)  # the agent's smoothed load
+    stats: RawStats | None = None  # its previous counters reading
     store_error: str = ""
 
     @property
@@ -105,6 +113,8 @@ class SimHost:
     hv: FakeHypervisor | None = None  # its libvirtd (the simulation gives every host one)
     watchdog_fed_at: float | None = None  # None: the watchdog device is not armed
     watchdog: bool | None = None  # this host's agent arms a watchdog (and reports it); None: the agent config
+    numa: tuple[HostCell, ...] | None = None  # its NUMA cells; None: one cell with all of it
+    tags: tuple[str, ...] = ()
     read_fault: str = "ok"  # its devices' answers to the leader's power reads (READ_FAULTS)
 
     @property
@@ -196,6 +206,7 @@ class Simulation:
         self.start_checkers: list[Callable[["Simulation", str, str], None]] = []
         self.on_commit: list[Callable[["Simulation", ClusterView, list], None]] = []
         self.user_stopped: set[str] = set()  # VMs a user shut down (for the liveness check)
+        self.vm_loads: dict[str, float] = {}  # uuid -> % of one host CPU its guest burns
         self.fence_cuts: set[tuple[str, str]] = set()  # (host, device) that accepted off in this run
         self.views = ViewCache(self.keys)  # decoded views, shared by the agents' VM shells
         self.fakes = FakeCluster(clock=lambda: self.now)
@@ -214,9 +225,10 @@ class Simulation:
             owner = placements.get(s.uuid)
             if owner is not None and owner in up.get(s.uuid, []):
                 hv = self.hosts[owner].hv
-                record = spec_record(owner, hv, hv.vm_info(s.uuid), HaMark(s.priority, s.policy))
+                record = spec_record(owner, hv, hv.vm_info(s.uuid), HaMark(s.priority, s.policy, s.groups))
             else:
-                record = json.dumps({**replace(s, xml=xml).to_dict(), "registered_by": ""}, sort_keys=True)
+                record = json.dumps({**replace(s, xml=xml, needs=needs_from_xml(xml)).to_dict(), "registered_by": ""},
+                                    sort_keys=True)
             init.append(Put(self.keys.vm_spec(s.uuid), record))
         for uuid, host in sorted(placements.items()):
             init.append(Put(self.keys.vm_placement(uuid), json.dumps({"host": host, "epoch": 0, "op": "",
@@ -288,6 +300,7 @@ class Simulation:
         a = h.agent
         if not h.powered or a is None:
             return
+        ok = False
         if self.reaches_store(h) and a.lease:
             stopped = json.dumps({"policy": "freeze", "lease": a.lease, "at": self.now})
             ok = self.store.txn([Compare(self.keys.host_alive(name), "version", ">", 0)],
@@ -297,7 +310,10 @@ class Simulation:
             self.store.revoke(a.lease)
             self.say(f"agent {name}", "stopped cleanly" + ("" if ok else " (its lease was already gone)"))
         self._agent_gone(h)
-        h.watchdog_fed_at = None  # magic close: the watchdog is disarmed, not starved
+        if ok or h.watchdog_fed_at is None:
+            h.watchdog_fed_at = None  # magic close: the watchdog is disarmed, not starved
+        else:  # as the daemon: the leader was not told, so the watchdog is left to reset the host
+            self.say(f"agent {name}", "stopped, but the stop could not be recorded: watchdog left armed")
 
     def corrupt(self, key: str) -> None:
         """Overwrite a record with garbage, as a buggy tool or a careless operator with etcd access."""
@@ -348,6 +364,15 @@ class Simulation:
                     self.user_stopped.add(uuid)
                 else:
                     self.fakes.kill_qemu(h.hv.uri, uuid)  # QEMU died: a CRASHED event
+                return h.name
+        return None
+
+    def vm_load(self, uuid: str, cpu_percent: float) -> str | None:
+        """The VM's guest now burns ``cpu_percent`` of one host CPU, wherever it runs from now on."""
+        self.vm_loads[uuid] = cpu_percent
+        for h in self.hosts.values():
+            if h.powered and uuid in h.running:
+                self.fakes.set_vm_load(h.hv.uri, uuid, cpu_percent)
                 return h.name
         return None
 
@@ -534,18 +559,36 @@ class Simulation:
             elif isinstance(act, RequestRelocation):
                 self.say(who, f"request relocation vm={act.vm} ({act.crashes} crashes in the window)")
         if reach:
-            running = tuple(sorted(h.running))
-            if running != a.last_report and lease_ok:
-                self_fence = ({"watchdog": True, "timeout": self.acfg.self_fence_timeout,
-                               "self_fence_timeout": self.acfg.self_fence_timeout} if h.watchdog else None)
-                self.store.put(self.keys.host_report(h.name), json.dumps(
-                    {"host": h.name, "cpus": h.cpus, "memory_mib": h.memory_mib, "running_vms": list(running),
-                     "self_fence": self_fence}, sort_keys=True))
-                a.last_report = running
+            self._publish_report(h, a, lease_ok)
         else:
             a.last_report = None  # re-publish once back: the world may have moved on
         if a.leader is not None:
             a.leader.tick()
+
+    def _publish_report(self, h: SimHost, a: AgentProc, lease_ok: bool) -> None:
+        """As the daemon's publish_report: inventory and smoothed load from this host's libvirt,
+        written only when ``worth_writing`` says so."""
+        assert h.hv is not None
+        if (a.last_report is not None and self.now - a.last_report_at < self.cfg.report_interval
+                and a.last_report["running_vms"] == sorted(h.running)):
+            return  # only a new VM list is written within the interval (worth_writing): save the reads
+        try:
+            cur = h.hv.raw_stats()
+            a.load.add(compute_usage(a.stats, cur), cur.host_cpus)
+            a.stats = cur
+            inventory = host_inventory(h.hv.host_info(), h.tags)
+        except HaagentError as exc:  # its libvirtd is down: say so, as the daemon's collector does
+            inventory = {"cpus": h.cpus, "memory_mib": h.memory_mib, "tags": sorted(h.tags),
+                         "inventory_error": f"host capabilities: {exc}"}
+        if not lease_ok:
+            return
+        self_fence = ({"watchdog": True, "timeout": self.acfg.self_fence_timeout,
+                       "self_fence_timeout": self.acfg.self_fence_timeout} if h.watchdog else None)
+        report = {"host": h.name, **inventory, "load": a.load.record(),
+                  "running_vms": sorted(h.running), "self_fence": self_fence}
+        if worth_writing(a.last_report, report, self.now - a.last_report_at, self.cfg.report_interval):
+            self.store.put(self.keys.host_report(h.name), json.dumps(report, sort_keys=True))
+            a.last_report, a.last_report_at = report, self.now
 
     def _step_down(self, h: SimHost, a: AgentProc, why: str) -> None:
         self.say(f"mgr {h.name}", f"leadership lost: {why}")
@@ -584,12 +627,21 @@ SIM_DISKS = (("/sim/images",), (), ())  # what a simulated agent's domain allowl
 
 
 def domain_xml(spec: VmSpec) -> str:
-    """A simulated VM's domain: its size and its HA mark (what ``haagent vm manage`` leaves)."""
+    """A simulated VM's domain: its size, NUMA binding and hugepages, and its HA mark (what
+    ``haagent vm manage`` leaves); ``needs_from_xml`` reads the same needs back."""
+    n = spec.needs
+    numatune = ""
+    if n.numa != "none" or n.nodeset:
+        where = f"nodeset='{','.join(map(str, n.nodeset))}'" if n.nodeset else "placement='auto'"
+        numatune = f"<numatune><memory mode='{n.numa if n.numa != 'none' else 'interleave'}' {where}/></numatune>"
+    huge = ""
+    if n.hugepage_count:
+        huge = f"<memoryBacking><hugepages><page size='{n.hugepage_size_kib}' unit='KiB'/></hugepages></memoryBacking>"
     xml = (f"<domain type='qemu'><name>{spec.name}</name><uuid>{spec.uuid}</uuid>"
-           f"<memory unit='MiB'>{spec.memory_mib}</memory><vcpu>{spec.vcpus}</vcpu>"
+           f"<memory unit='MiB'>{spec.memory_mib}</memory><vcpu>{spec.vcpus}</vcpu>{numatune}{huge}"
            "<os><type arch='x86_64'>hvm</type></os>"
            "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices></domain>")
-    return with_mark(xml, HaMark(spec.priority, spec.policy))
+    return with_mark(xml, HaMark(spec.priority, spec.policy, spec.groups))
 
 
 class _SimHypervisor(FakeHypervisor):
@@ -597,13 +649,19 @@ class _SimHypervisor(FakeHypervisor):
     a violation even if it lasts one tick)."""
 
     def __init__(self, sim: "Simulation", host: str):
-        super().__init__(f"sim:///{host}", cluster=sim.fakes, hostname=host)
+        h = sim.hosts[host]
+        super().__init__(f"sim:///{host}", cluster=sim.fakes, hostname=host,
+                         numa=h.numa or (HostCell(0, tuple(range(h.cpus)), h.memory_mib, h.memory_mib),))
         self.sim, self.host = sim, host
 
     def start(self, vm: str):  # type: ignore[override]
         for check in self.sim.start_checkers:
             check(self.sim, self.host, vm)
-        return super().start(vm)
+        info = super().start(vm)
+        load = self.sim.vm_loads.get(info.uuid)
+        if load is not None:  # a VM's work goes with it
+            self.sim.fakes.set_vm_load(self.uri, info.uuid, load)
+        return info
 
 
 class _SimLease:

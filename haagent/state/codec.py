@@ -10,8 +10,8 @@ from typing import Any, Iterable, Mapping, Protocol
 
 from haagent.state.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, DeleteOp, Event, FenceHost, ForgetVm,
                                   HostView, JournalStep, ManagerAction, Migration, Op, OpStep, ReadPower,
-                                  Request, SetHostState, SetPlacement, SetStormHold, VmSpec)
-from haagent.model import HostState
+                                  Request, SetHostState, SetPlacement, SetStormHold, VmNeeds, VmSpec)
+from haagent.model import HostCell, HostState
 from haagent.store.port import Compare, Delete, Put
 from haagent.store.keys import Keys
 
@@ -76,8 +76,81 @@ def spec_from_record(uuid: str, d: Mapping[str, Any]) -> VmSpec:
     policy = _str(d, "policy", "restart")
     if policy not in POLICIES:
         raise BadRecord(f"policy: expected one of {', '.join(POLICIES)}, got {policy!r:.40}")
+    needs = d.get("needs")
+    if needs is not None and not isinstance(needs, dict):
+        raise BadRecord(f"needs: expected an object, got {needs!r:.40}")
     return VmSpec(uuid, _str(d, "name", uuid, empty=False), _int(d, "vcpus", 1, minimum=1),
-                  _int(d, "memory_mib", 64, minimum=1), priority, policy, _str(d, "xml", ""), _strs(d, "groups"))
+                  _int(d, "memory_mib", 64, minimum=1), priority, policy, _str(d, "xml", ""), _strs(d, "groups"),
+                  _needs(needs) if needs else VmNeeds())
+
+
+NUMA_MODES = ("none", "preferred", "strict")
+
+
+def _needs(d: Mapping[str, Any]) -> VmNeeds:
+    numa = _str(d, "numa", "none")
+    if numa not in NUMA_MODES:
+        raise BadRecord(f"needs.numa: expected one of {', '.join(NUMA_MODES)}, got {numa!r:.40}")
+    nodeset = d.get("nodeset", [])
+    if not isinstance(nodeset, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                                for n in nodeset):
+        raise BadRecord(f"needs.nodeset: expected a list of cell ids, got {nodeset!r:.40}")
+    size = d.get("hugepage_size_kib")
+    if size is not None:
+        size = _int(d, "hugepage_size_kib", minimum=1)
+    return VmNeeds(numa, tuple(nodeset), _int(d, "dedicated_cpus", 0), _int(d, "max_pinned_cpu", -1, minimum=-1),
+                   size, _int(d, "hugepage_count", 0), _str(d, "cpu_mode", ""), _str(d, "cpu_model", ""),
+                   _str(d, "unplaceable", ""))
+
+
+def _cells(v: Any) -> tuple[HostCell, ...]:
+    """The report's ``numa`` list -> HostCells."""
+    if not isinstance(v, list):
+        raise BadRecord(f"numa: expected a list, got {v!r:.40}")
+    cells = []
+    for c in v:
+        if not isinstance(c, dict):
+            raise BadRecord(f"numa: expected objects, got {c!r:.40}")
+        cpus = c.get("cpus")
+        if not isinstance(cpus, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                 for x in cpus):
+            raise BadRecord(f"numa.cpus: expected a list of cpu ids, got {cpus!r:.40}")
+        free = c.get("free_mib")
+        pages = c.get("hugepages", {})
+        if not isinstance(pages, dict):
+            raise BadRecord(f"numa.hugepages: expected an object, got {pages!r:.40}")
+        huge = {}
+        for size, counts in pages.items():
+            if not str(size).isdigit() or not isinstance(counts, list) or len(counts) != 2 or \
+                    not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in counts):
+                raise BadRecord(f"numa.hugepages: expected size -> [total, free], got {size!r:.12}: {counts!r:.30}")
+            huge[int(size)] = (counts[0], counts[1])
+        cells.append(HostCell(_int(c, "id"), tuple(cpus), _int(c, "memory_mib"),
+                              None if free is None else _int(c, "free_mib"), huge))
+    if len({c.id for c in cells}) != len(cells):
+        raise BadRecord("numa: a cell id appears twice")
+    return tuple(sorted(cells, key=lambda c: c.id))
+
+
+def _inventory(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The inventory and load parts of a report (checked apart: a bad part costs only itself)."""
+    out: dict[str, Any] = {"numa": _cells(d.get("numa", [])), "tags": frozenset(_strs(d, "tags")),
+                           "inventory_error": _str(d, "inventory_error", "")}
+    cpu = d.get("cpu", {})
+    if not isinstance(cpu, dict):
+        raise BadRecord(f"cpu: expected an object, got {cpu!r:.40}")
+    out["cpu_model"], out["cpu_key"] = _str(cpu, "model", ""), _str(cpu, "key", "")
+    out["cpu_models"] = frozenset(_strs(cpu, "models")) if cpu.get("models") else None
+    load = d.get("load")
+    if isinstance(load, dict):  # older agents wrote the load average, a number: not a usable load
+        cpu_used, mem = load.get("cpu"), load.get("memory_used_mib")
+        out["cpu_used"] = None if cpu_used is None else max(_num(load, "cpu"), 0.0)
+        out["memory_used_mib"] = None if mem is None else max(_num(load, "memory_used_mib"), 0.0)
+        vms = load.get("vms", {})
+        if not isinstance(vms, dict):
+            raise BadRecord(f"load.vms: expected an object, got {vms!r:.40}")
+        out["vm_cpu"] = {str(u): max(_num(vms, u), 0.0) for u in vms}
+    return out
 
 
 def _self_fence(report: Mapping[str, Any]) -> float | None:
@@ -137,7 +210,7 @@ def build_view(kvs: Mapping[str, KVLike], keys: Keys, epoch: int) -> ClusterView
         host_views[name] = HostView(
             name, h.get("alive", False), h.get("state"), report.get("cpus", 0), report.get("memory_mib", 0),
             frozenset(report.get("running_vms", ())), h.get("failover", ""), granted,
-            h.get("stopped", ""), self_fence, h.get("state_bad", False))
+            h.get("stopped", ""), self_fence, h.get("state_bad", False), **h.get("inventory", {}))
     return ClusterView(epoch, host_views, specs, placements, ops, migrations, tuple(requests), tuple(bad),
                        tuple(storm["hosts"]), storm["since"])
 
@@ -169,6 +242,13 @@ def _decode(key: str, kv: KVLike, keys: Keys, hosts: dict, specs: dict, placemen
             h["report"] = {"cpus": _int(d, "cpus", 0), "memory_mib": _int(d, "memory_mib", 0),
                            "running_vms": _strs(d, "running_vms"), "self_fence_s": _self_fence(d)}
             h["report_rev"] = kv.mod_revision
+            try:
+                h["inventory"] = _inventory(d)
+            except BadRecord as exc:
+                # The VM list and self-fence record above stand; placement treats the host as one
+                # whose inventory cannot be read, and the record is still listed as bad.
+                h["inventory"] = {"inventory_error": f"bad inventory in report: {exc}"}
+                raise
         elif leaf == "lease":
             h["granted_rev"] = kv.mod_revision
         elif leaf == "stopped":

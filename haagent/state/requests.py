@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any
 
-from haagent.clikit import fail
+from haagent.clikit import fail_store
 from haagent.config import Config
 from haagent.errors import StoreError
 
@@ -27,7 +27,7 @@ def send_request(config: Config, kind: str, host: str = "", **extra: object) -> 
     try:
         store.put(keys.request(req_id), json.dumps({"kind": kind, "host": host, "at": time.time(), **extra}))
     except StoreError as exc:
-        fail(f"cannot reach etcd: {exc}")
+        fail_store(exc)
     finally:
         store.close()
     return req_id

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from haagent.model import HostState
+from haagent.model import HostCell, HostState
 
 
 @dataclass(frozen=True)
@@ -25,16 +25,44 @@ class VmSpec:
     policy: str = "restart"  # restart | migrate | none
     xml: str = ""
     groups: tuple[str, ...] = ()
+    # What placement must honour, from the domain XML (haagent/hypervisor/requirements.py).
+    needs: "VmNeeds" = field(default_factory=lambda: VmNeeds())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"uuid": self.uuid, "name": self.name, "vcpus": self.vcpus, "memory_mib": self.memory_mib,
-                "priority": self.priority, "policy": self.policy, "xml": self.xml, "groups": list(self.groups)}
+        d = {"uuid": self.uuid, "name": self.name, "vcpus": self.vcpus, "memory_mib": self.memory_mib,
+             "priority": self.priority, "policy": self.policy, "xml": self.xml, "groups": list(self.groups)}
+        if self.needs != VmNeeds():
+            d["needs"] = self.needs.to_dict()
+        return d
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "VmSpec":
-        return cls(str(d["uuid"]), str(d.get("name", d["uuid"])), int(d.get("vcpus", 1)),
-                   int(d.get("memory_mib", 64)), None if d.get("priority") is None else int(d["priority"]), str(d.get("policy", "restart")),
-                   str(d.get("xml", "")), tuple(d.get("groups", ())))
+
+@dataclass(frozen=True)
+class VmNeeds:
+    """A VM's placement requirements beyond vcpus and memory, as its domain XML states them.
+
+    ``numa``: none | preferred | strict; ``nodeset``: the host NUMA cells its memory may come
+    from (empty: any); ``dedicated_cpus``: vcpus pinned to host cpus (never overcommitted);
+    ``max_pinned_cpu``: the highest host cpu id it pins (-1: none), which the target must have;
+    ``hugepage_size_kib``/``hugepage_count``: hugepage backing; ``cpu_mode``/``cpu_model``: the
+    <cpu> element (a custom model must be usable on the target); ``unplaceable``: a requirement
+    the parser does not understand, so the VM is placed nowhere rather than wrongly.
+    """
+
+    numa: str = "none"
+    nodeset: tuple[int, ...] = ()
+    dedicated_cpus: int = 0
+    max_pinned_cpu: int = -1
+    hugepage_size_kib: int | None = None
+    hugepage_count: int = 0
+    cpu_mode: str = ""
+    cpu_model: str = ""
+    unplaceable: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"numa": self.numa, "nodeset": list(self.nodeset), "dedicated_cpus": self.dedicated_cpus,
+                "max_pinned_cpu": self.max_pinned_cpu, "hugepage_size_kib": self.hugepage_size_kib,
+                "hugepage_count": self.hugepage_count, "cpu_mode": self.cpu_mode, "cpu_model": self.cpu_model,
+                "unplaceable": self.unplaceable}
 
 
 @dataclass(frozen=True)
@@ -52,6 +80,16 @@ class HostView:
     # the host itself reported during its current lease; None: it does not self-fence.
     self_fence: float | None = None
     state_bad: bool = False  # its state record exists but cannot be read
+    # Its inventory and smoothed load, from its report (haagent/agent/inventory.py).
+    numa: tuple[HostCell, ...] = ()
+    tags: frozenset[str] = frozenset()
+    cpu_model: str = ""
+    cpu_key: str = ""  # migration compatibility key
+    cpu_models: frozenset[str] | None = None  # custom CPU models usable here (None: not reported)
+    cpu_used: float | None = None  # cores, smoothed
+    memory_used_mib: float | None = None
+    vm_cpu: Mapping[str, float] = field(default_factory=dict)  # uuid -> cores, smoothed
+    inventory_error: str = ""  # the hypervisor could not be read (or its record part is malformed)
 
 
 @dataclass(frozen=True)

@@ -7,25 +7,30 @@ vocabulary below (``Put``, ``Delete``, ``Compare``) and translated here.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import etcd3
-import etcd3.exceptions as etcd_exc
-import grpc
-from etcd3 import etcdrpc
-from etcd3.etcdrpc import kv_pb2
-from etcd3 import transactions as etcd_tx
+# NOTE: gRPC's C core prints TLS handshake failures to stderr itself ("E1129 ... Decryption error:
+# TSI_DATA_CORRUPTED"), around the one-line error this module raises; it reads this at import.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from haagent import metrics
-from haagent.config import EtcdConfig, EtcdEndpoint, parse_endpoint
-from haagent.errors import (LeaseExpired, StoreCompacted, StoreError, StoreRequestInvalid, StoreTimeout,
-                            StoreUnavailable)
-from haagent.log import get_logger
-from haagent.store.port import KV, Compare, Delete, Put, TxnResult  # noqa: F401  (the vocabulary, re-exported)
+import etcd3  # noqa: E402  (after GRPC_VERBOSITY)
+import etcd3.exceptions as etcd_exc  # noqa: E402
+import grpc  # noqa: E402
+from etcd3 import etcdrpc  # noqa: E402
+from etcd3.etcdrpc import kv_pb2  # noqa: E402
+from etcd3 import transactions as etcd_tx  # noqa: E402
+
+from haagent import metrics  # noqa: E402
+from haagent.config import EtcdConfig, EtcdEndpoint, parse_endpoint  # noqa: E402
+from haagent.errors import (LeaseExpired, StoreAccessDenied, StoreCompacted, StoreError,  # noqa: E402
+                            StoreRequestInvalid, StoreTimeout, StoreTlsRefused, StoreUnavailable)
+from haagent.log import get_logger  # noqa: E402
+from haagent.store.port import KV, Compare, Delete, Put, TxnResult  # noqa: E402,F401  (the vocabulary, re-exported)
 
 log = get_logger("haagent.store")
 
@@ -38,6 +43,16 @@ _GRPC_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+
+def grpc_tls_options(scheme: str) -> list[tuple[str, str]]:
+    """gRPC channel options for TLS over etcd's unix socket (``unixs://``).
+
+    NOTE: gRPC takes the server name to verify from the socket's path there (etcd logs
+    ``server-name: var%2Flib%2F...``), which no certificate names; the member's certificate must
+    name ``localhost`` instead, as ``etcdctl --endpoints unixs://localhost:2379`` expects too.
+    """
+    return [("grpc.ssl_target_name_override", "localhost")] if scheme == "unixs" else []
 
 
 def _to_bytes(v: bytes | str) -> bytes:
@@ -82,8 +97,61 @@ def _kv(kv: Any) -> KV:
     return KV(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
 
 
-def translate(exc: BaseException, what: str) -> StoreError:
-    """Map an etcd3/grpc exception to the project's error tree."""
+def _grpc_error(exc: BaseException) -> grpc.RpcError | None:
+    """The gRPC error behind an exception (python3-etcd3 raises its own from inside the handler)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, grpc.RpcError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _details(exc: BaseException) -> str:
+    err = _grpc_error(exc)
+    try:
+        return (err.details() or "") if err is not None and hasattr(err, "details") else ""
+    except Exception:  # a half-built error object: nothing more to say
+        return ""
+
+
+# What gRPC says when the TLS handshake, rather than the network, failed.
+_SERVER_CERT_REFUSED = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed")
+_CLIENT_CERT_REFUSED = ("TSI_DATA_CORRUPTED", "BAD_CERTIFICATE", "CERTIFICATE_REQUIRED", "UNKNOWN_CA",
+                        "CERTIFICATE_EXPIRED")
+
+
+def tls_refusal(details: str, ca_cert: str | None, cert: str | None) -> str | None:
+    """Why a TLS connection was refused, from gRPC's details and our own files; None if it was not."""
+    if any(s in details for s in _SERVER_CERT_REFUSED):
+        return (f"TLS: the server's certificate is not trusted by etcd.ca_cert ({ca_cert}) or does not "
+                "name the endpoint's host")
+    if not any(s in details for s in _CLIENT_CERT_REFUSED):
+        return None
+    if cert is None:
+        return "TLS: etcd requires a client certificate and none is configured (set etcd.cert and etcd.key)"
+    from haagent.store.pki import certificate_problem, issued_by
+
+    problem = certificate_problem(cert)
+    if problem is not None:
+        return f"TLS: etcd refused the client certificate: {problem}"
+    if ca_cert is not None and issued_by(cert, ca_cert) is False:
+        return (f"TLS: etcd refused the client certificate {cert}: it was not issued by the CA in "
+                f"etcd.ca_cert ({ca_cert}), and etcd trusts only its --trusted-ca-file")
+    return (f"TLS: etcd refused the client certificate {cert}: not issued by a CA the server trusts "
+            "(its --trusted-ca-file)")
+
+
+def translate(exc: BaseException, what: str, user: str | None = None, cert: str | None = None) -> StoreError:
+    """Map an etcd3/grpc exception to the project's error tree (``user``: the CN of ``cert``)."""
+    raw = _grpc_error(exc)
+    if raw is not None and hasattr(raw, "code") and raw.code() == grpc.StatusCode.PERMISSION_DENIED:
+        who = f"etcd user {user!r} (the CN of {cert})" if user else "this client's etcd user (the CN of its certificate)"
+        return StoreAccessDenied(f"etcd {what}: permission denied: {who} has no role that allows it "
+                                 "(docs/security.md)")
+    if raw is not None and "user name is empty" in _details(raw):
+        return StoreAccessDenied(f"etcd {what}: etcd has auth enabled and this client presents no user "
+                                 "(set etcd.cert and etcd.key: the certificate's CN is the user)")
     if isinstance(exc, etcd_exc.RevisionCompactedError):
         return StoreCompacted(f"etcd {what}: revision compacted (now {exc.compacted_revision})",
                               exc.compacted_revision)
@@ -102,6 +170,8 @@ def translate(exc: BaseException, what: str) -> StoreError:
             return StoreUnavailable(f"etcd {what}: {details or code}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return StoreTimeout(f"etcd {what}: timed out")
+        if code == grpc.StatusCode.FAILED_PRECONDITION and "already exists" in (details or ""):
+            return StoreRequestInvalid(f"etcd {what}: rejected: {details}")  # auth: a user or role, as asked
         if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
             return StoreRequestInvalid(f"etcd {what}: rejected: {details}")
         return StoreUnavailable(f"etcd {what}: {code.name if code else 'error'}: {details}")
@@ -127,6 +197,11 @@ class EtcdStore:
         self.endpoints = tuple(parse_endpoint(e) if isinstance(e, str) else e for e in endpoints)
         self.timeout = timeout
         self._tls = (ca_cert, cert, key)
+        if cert is not None:
+            from haagent.store.pki import common_name
+            self.user = common_name(cert)  # etcd's user for this client when auth is on
+        else:
+            self.user = None
         self._clients: list[etcd3.MultiEndpointEtcd3Client | None] = [None] * len(self.endpoints)
         self._current = 0
         self._lock = threading.Lock()
@@ -144,12 +219,12 @@ class EtcdStore:
             if client is None:
                 ep = self.endpoints[index]
                 ca, cert, key = self._tls
-                secure = ep.scheme == "https"
+                secure = ep.scheme in ("https", "unixs")
                 creds = etcd3.MultiEndpointEtcd3Client.get_secure_creds(ca, key, cert) if secure else None
                 # NOTE: time_retry=0: etcd3's Endpoint otherwise refuses to reuse a failed endpoint
                 # for 300 s, which turns one blip into a five-minute outage of a single-endpoint client.
                 endpoint = etcd3.Endpoint(ep.host, ep.port, secure=secure, creds=creds,
-                                          time_retry=0, opts=_GRPC_OPTIONS)
+                                          time_retry=0, opts=_GRPC_OPTIONS + grpc_tls_options(ep.scheme))
                 client = etcd3.MultiEndpointEtcd3Client(endpoints=[endpoint], timeout=self.timeout)
                 # NOTE: require a leader on every call and stream: a member cut off from quorum then
                 # refuses calls at once and cancels its watch streams (etcd checks every election
@@ -158,6 +233,15 @@ class EtcdStore:
                 client.metadata = (("hasleader", "true"),)
                 self._clients[index] = client
             return client
+
+    def _translate(self, exc: BaseException, what: str, index: int) -> StoreError:
+        """``translate``, naming our certificate's user or the TLS refusal's cause."""
+        err = translate(exc, what, self.user, self._tls[1])
+        if isinstance(err, StoreUnavailable) and self.endpoints[index].scheme in ("https", "unixs"):
+            why = tls_refusal(_details(exc), self._tls[0], self._tls[1])
+            if why is not None:
+                return StoreTlsRefused(f"etcd {what} on {self.endpoints[index]}: {why}")
+        return err
 
     @property
     def current_endpoint(self) -> EtcdEndpoint:
@@ -177,8 +261,11 @@ class EtcdStore:
             except LeaseExpired:
                 raise
             except Exception as exc:  # translated below; anything untranslatable re-raises
-                err = translate(exc, what)
-                if isinstance(err, (LeaseExpired, StoreRequestInvalid, StoreCompacted)):
+                err = self._translate(exc, what, index)
+                # a refused handshake is one member's verdict (another may hold a good certificate);
+                # a denied request is etcd's, the same on every member
+                if isinstance(err, (LeaseExpired, StoreRequestInvalid, StoreCompacted)) or (
+                        isinstance(err, StoreAccessDenied) and not isinstance(err, StoreTlsRefused)):
                     raise err from exc
                 last = err
                 metrics.STORE_ERRORS.labels(kind=type(err).__name__).inc()
@@ -215,8 +302,9 @@ class EtcdStore:
         resp = self.call("get_prefix", lambda c: c.get_prefix_response(prefix, sort_order="ascend"))
         return [_kv(kv) for kv in resp.kvs], resp.header.revision
 
-    def revision(self) -> int:
-        resp = self.call("get", lambda c: c.get_response("\0"))
+    def revision(self, key: str = "\0") -> int:
+        """The store's revision, read through ``key``: with RBAC, a key the caller may read."""
+        resp = self.call("get", lambda c: c.get_response(key))
         return resp.header.revision
 
     def put(self, key: str, value: bytes | str, lease: int | None = None) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from haagent import metrics
-from haagent.errors import LeaseExpired, StoreError
+from haagent.errors import LeaseExpired, StoreAccessDenied, StoreError
 from haagent.log import get_logger
 from haagent.store.client import Delete, EtcdStore, Put
 
@@ -122,6 +122,8 @@ class LeaseKeeper:
             try:
                 self.grant()
                 break
+            except StoreAccessDenied:
+                raise  # etcd refuses our certificate or role: waiting cannot change that
             except StoreError as exc:
                 log.warning("lease_grant_failed", error=str(exc))
                 self._stop.wait(min(1.0, self.interval))

@@ -61,7 +61,8 @@ class Store(Protocol):
     def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
         """Every key under ``prefix`` (sorted) and the revision of the read."""
 
-    def revision(self) -> int: ...
+    def revision(self, key: str = "\0") -> int:
+        """The store's revision, read through ``key`` (with RBAC, one the caller may read)."""
 
     def put(self, key: str, value: bytes | str, lease: int | None = None) -> int:
         """The revision of the write."""

@@ -200,7 +200,7 @@ class ResumingWatch:
         """Read the store's revision, then ask the stream to show it got that far."""
         self._last_probe = sent = self.clock()
         try:
-            revision = self.store.revision()
+            revision = self.store.revision(self.prefix)
         except StoreError as exc:  # no quorum reachable: nothing can be confirmed, nothing to chase
             log.debug("watch_probe_failed", prefix=self.prefix, error=str(exc))
             return

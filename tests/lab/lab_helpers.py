@@ -33,13 +33,12 @@ def return_host(lab, host: str, timeout: float = 60) -> None:
     """Power the host back on and return it to service; wait until it is active again."""
     from haagent.model import HostState
     from haagent.state.codec import build_view
-    from haagent.store.client import EtcdStore
     from haagent.store.keys import Keys
 
     lab.heal(host)
     lab.revive(host)
     keys = Keys(lab.prefix)
-    store = EtcdStore(lab.etcd_endpoints(), timeout=1)
+    store = lab.etcd_store(timeout=1)
     try:
         deadline = time.monotonic() + timeout
         asked = False

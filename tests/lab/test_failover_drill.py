@@ -14,7 +14,6 @@ import pytest
 
 from haagent.state.codec import build_view
 from haagent.lab.drill import run_drill
-from haagent.store.client import EtcdStore
 from haagent.lab.lab import Lab
 from haagent.store.keys import Keys
 
@@ -103,7 +102,7 @@ def test_manual_live_migration_of_an_ha_vm(ha_lab):
     dst = next(h for h in ha_lab.hosts() if h != src)
     ha_lab.exec(src, ["virsh", "migrate", "--live", "--p2p", "--persistent", "--undefinesource", vm,
                       ha_lab.migration_uri(dst)], check=True, timeout=60)
-    store = EtcdStore(ha_lab.etcd_endpoints(), timeout=1)
+    store = ha_lab.etcd_store(timeout=1)
     try:
         deadline = time.monotonic() + 15
         while True:

@@ -92,17 +92,69 @@ def test_live_migration_from_inside_a_host(lab3: Lab) -> None:
     assert vm in lab3.exec(dst, ["virsh", "list", "--persistent", "--name"], check=True).stdout.split()
 
 
+def test_etcd_requires_certificates_and_roles(lab3: Lab) -> None:
+    from haagent.errors import StoreAccessDenied
+    from haagent.store.client import EtcdStore
+    from haagent.store.keys import Keys
+
+    keys = Keys(lab3.prefix)
+    assert lab3.tls and all(e.startswith("unixs://") for e in lab3.etcd_endpoints())
+    agent_cfg = lab3.agent_config_path("h2").read_text()
+    assert 'endpoints = ["https://10.99.0.11:2379"' in agent_cfg and "agent-h2.key" in agent_cfg
+    anonymous = EtcdStore(lab3.etcd_endpoints(), timeout=1, ca_cert=lab3.etcd_tls()["ca_cert"])
+    reader, operator = lab3.etcd_store(user="reader"), lab3.etcd_store(user="operator")
+    try:
+        with pytest.raises(StoreAccessDenied, match="requires a client certificate"):
+            anonymous.get(keys.leader)
+        assert reader.get(keys.leader) is not None and operator.get(keys.leader) is not None
+        with pytest.raises(StoreAccessDenied, match="etcd user 'reader'"):
+            reader.put(keys.request("lab-test"), "{}")
+        with pytest.raises(StoreAccessDenied, match="etcd user 'operator'"):
+            operator.put(keys.vm_placement(lab3.vm_uuid("vm1")), "h3")
+    finally:
+        for s in (anonymous, reader, operator):
+            s.close()
+
+
 def test_two_labs_coexist(lab3: Lab, make_lab) -> None:
-    other = make_lab("lbc", 2, 1)
+    other = make_lab("lbc", 2, 1, insecure=True)
     assert other.address("h1") == lab3.address("h1")  # same addresses, separate namespaces
     assert other.running_vms("h1") == ["vm1"]
     assert where_running(lab3) != {}
+    # --insecure: plain etcd, no certificates, the agents run all the same
+    assert not other.tls and other.etcd_endpoints()[0].startswith("unix://")
+    eventually(lambda: other.agent_alive_in_etcd("h2"), 30, what="insecure lab's agent alive key")
     put(other, "h1", "/lab-test/other")
     client = lab3.etcd_client("h1")
     try:
         assert client.get("/lab-test/other")[0] is None  # separate etcd clusters
     finally:
         client.close()
+
+
+def test_live_migration_over_tls(make_lab) -> None:
+    """--libvirt-tls: libvirtds listen only on TLS (16514) and QEMU's migration stream must be TLS too."""
+    from haagent.errors import OperationInvalid
+    from haagent.hypervisor.libvirt_impl import LibvirtHypervisor
+    from haagent.hypervisor.options import MigrationOptions
+    from haagent.hypervisor.port import Location, MigrationOutcome, MigrationTarget
+
+    lab = make_lab("lbs", 2, 1, libvirt_tls=True)
+    listening = lab.exec("h2", ["ss", "-Hltn"], check=True).stdout
+    assert ":16514 " in listening and ":16509 " not in listening, listening
+    target = MigrationTarget(uri=lab.migration_uri("h2"), client_uri=lab.libvirt_uri("h2"))
+    assert target.uri.startswith("qemu+tls://10.99.0.12/system")
+    src = LibvirtHypervisor(lab.libvirt_uri("h1"), shared_paths=(str(lab.shared_dir),))
+    try:
+        assert src.wait_connected(15)
+        refused = src.migrate("vm1", target, MigrationOptions(), deadline=60)  # no --tls: plain stream
+        assert refused.location == Location.SOURCE and isinstance(refused.error, OperationInvalid)
+        assert "only with VIR_MIGRATE_TLS" in str(refused.error)
+        moved = src.migrate("vm1", target, MigrationOptions(tls=True), deadline=60)
+        assert moved.outcome == MigrationOutcome.COMPLETED and moved.location == Location.DESTINATION, moved
+    finally:
+        src.close()
+    assert where_running(lab) == {"vm1": ["h2"]}
 
 
 def test_crash_then_revive(lab3: Lab) -> None:
@@ -144,12 +196,11 @@ def test_crash_then_revive(lab3: Lab) -> None:
 def test_a_watch_on_a_member_cut_off_from_quorum_moves_to_the_majority(lab3: Lab) -> None:
     """The stream stays open on a member that lost its peers; the store requires a leader, so
     that member cancels it and the watch resumes on the majority, missing nothing."""
-    from haagent.store.client import EtcdStore
     from haagent.store.watch import PrefixCache
 
     members = lab3.etcd_members()
     isolated = members[-1]
-    store = EtcdStore([lab3.etcd_endpoint(isolated)] + [lab3.etcd_endpoint(m) for m in members[:-1]], timeout=1)
+    store = lab3.etcd_store([lab3.etcd_endpoint(isolated)] + [lab3.etcd_endpoint(m) for m in members[:-1]], timeout=1)
     cache = PrefixCache(store, "/lab-watch/").start()  # its stream is on the isolated member
     lab3.bmc(isolated, "fail")  # keep the agents' leader from fencing it meanwhile (see below)
     try:

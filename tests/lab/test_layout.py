@@ -62,6 +62,11 @@ def test_domain_xml() -> None:
     assert kvm.get("type") == "kvm" and kvm.findtext("cpu/model") == "qemu64"
     assert kvm.find("cpu/feature").attrib == {"policy": "disable", "name": "svm"}
     assert kvm.find("devices/disk/source").get("file") == "/s/vm1.qcow2"
+    assert dom.find("numatune") is None
+    big = ET.fromstring(L.domain_xml("vm1", "0b0c0d0e-0000-0000-0000-000000000001", "hal", False, None,
+                                     memory_mib=1024, numa_strict="1"))
+    assert big.findtext("memory") == big.findtext("currentMemory") == "1024"
+    assert big.find("numatune/memory").attrib == {"mode": "strict", "nodeset": "1"}
 
 
 def test_root_namespace_endpoints_are_unix_sockets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,3 +79,96 @@ def test_root_namespace_endpoints_are_unix_sockets(tmp_path: Path, monkeypatch: 
     assert lab.libvirt_uri("h1") == f"qemu+unix:///system?socket={tmp_path}/unit/hosts/h1/run-libvirt/libvirt-sock"
     assert lab.migration_uri("h2") == "qemu+tcp://10.99.0.12/system"
     assert lab.etcd_lab_endpoints() == ["http://10.99.0.11:2379", "http://10.99.0.12:2379"]
+    # the default lab (TLS): the same sockets with TLS, https inside the lab, a certificate per user
+    lab.layout.state_file.write_text('{"hosts": ["h1", "h2"], "etcd_members": ["h1", "h2"], "tls": true}')
+    assert parse_endpoint(lab.etcd_endpoint("h2")).scheme == "unixs"
+    assert lab.etcd_lab_endpoints() == ["https://10.99.0.11:2379", "https://10.99.0.12:2379"]
+    pki = tmp_path / "unit" / "pki"
+    assert lab.etcd_tls("h1") == {"ca_cert": f"{pki}/ca.crt", "cert": f"{pki}/agent-h1.crt", "key": f"{pki}/agent-h1.key"}
+    assert lab.etcd_tls()["cert"] == f"{pki}/root.crt"
+    lab.layout.state_file.write_text('{"hosts": ["h1", "h2"], "etcd_members": ["h1"], "libvirt_tls": true}')
+    assert lab.migration_uri("h2") == "qemu+tls://10.99.0.12/system?pkipath=/etc/libvirt/pki"
+
+
+def test_default_numa_cells_differ_per_host_and_cell() -> None:
+    cells = {h: L.default_cells(h) for h in L.host_names(L.MAX_HOSTS)}
+    assert all(len(c) == 2 for c in cells.values())
+    assert cells["h1"][0].free_mib < cells["h1"][1].free_mib
+    assert cells["h2"][0].free_mib > cells["h2"][1].free_mib
+    assert len({tuple(c.free_mib for c in cs) for cs in cells.values()}) == L.MAX_HOSTS
+    assert all(c.free_pages <= c.hugepages for cs in cells.values() for c in cs)
+
+
+def test_lab_cell_rejects_impossible_figures() -> None:
+    for bad in (dict(free_mib=5000), dict(free_mib=-1), dict(free_mib=1, memory_mib=0),
+                dict(free_mib=1, hugepages=4096), dict(free_mib=1, hugepages=8, hugepages_free=9)):
+        with pytest.raises(ValueError, match="cell "):
+            L.LabCell(**bad)  # type: ignore[arg-type]
+    cell = L.LabCell(free_mib=100, hugepages_free=3)
+    assert L.LabCell.from_json(cell.to_json()) == cell
+
+
+def test_numa_option() -> None:
+    host, cells = L.parse_numa_option("h2=512,6000:7")
+    assert host == "h2" and [c.free_mib for c in cells] == [512, 6000]
+    assert cells[1].memory_mib == 6000 and cells[1].free_pages == 7 and cells[0].free_pages == 64
+    for bad in ("512,3584", "hx=1", "h1=", "h1=1,a", "h1=1:2:3", "h1=99999999", "h1=10:65"):
+        with pytest.raises(ValueError, match="--numa"):
+            L.parse_numa_option(bad)
+
+
+def test_cpus_split_into_contiguous_cells() -> None:
+    assert L.split_cpus([0, 1], 2) == [[0], [1]]
+    assert L.split_cpus([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]]
+    assert L.split_cpus([0], 2) == [[0], []]
+
+
+def test_numa_tree_is_what_libnuma_and_libvirt_read(tmp_path: Path) -> None:
+    cells = (L.LabCell(free_mib=512, hugepages_free=8), L.LabCell(free_mib=3584, memory_mib=8192))
+    files = L.numa_tree(cells, list(range(40)))
+    assert files["online"] == files["possible"] == files["has_memory"] == "0-1\n"
+    assert files["node0/cpulist"] == "0-19\n" and files["node1/cpulist"] == "20-39\n"
+    # The kernel's bitmap: 32-bit words, most significant first, the top word only as wide as needed.
+    assert files["node0/cpumap"] == "00,000fffff\n" and files["node1/cpumap"] == "ff,fff00000\n"
+    assert files["node1/cpu39"] == "@/sys/devices/system/cpu/cpu39"
+    assert files["node0/distance"] == "10 20\n"
+    meminfo = dict(line.split()[2:4] for line in files["node1/meminfo"].splitlines())
+    assert meminfo == {"MemTotal:": str(8192 * 1024), "MemFree:": str(3584 * 1024), "MemUsed:": str(4608 * 1024)}
+    assert files["node0/hugepages/hugepages-2048kB/nr_hugepages"] == "64\n"
+    assert files["node0/hugepages/hugepages-2048kB/free_hugepages"] == "8\n"
+    assert files["node1/hugepages/hugepages-2048kB/free_hugepages"] == "64\n"
+
+    root = tmp_path / "node"
+    L.write_numa_tree(root, cells + (L.LabCell(free_mib=1),), [0, 1, 2])
+    assert (root / "node2").is_dir() and (root / "node0" / "cpu0").is_symlink()
+    L.write_numa_tree(root, (L.LabCell(free_mib=7),), [0, 1, 2])  # rewritten in place
+    assert not (root / "node1").exists() and not (root / "node2").exists()
+    assert (root / "online").read_text() == "0\n" and (root / "node0" / "cpulist").read_text() == "0-2\n"
+    assert "MemFree:             7168 kB" in (root / "node0" / "meminfo").read_text()
+
+
+def test_numa_tree_with_a_hole_in_the_node_ids() -> None:
+    files = L.numa_tree((L.LabCell(free_mib=1), L.LabCell(free_mib=2)), [0, 1], node_ids=(0, 2))
+    assert files["online"] == "0,2\n" and "node1/cpulist" not in files
+    assert files["node2/cpulist"] == "1\n" and files["node2/distance"] == "20 10\n"
+    for bad in ((1, 2), (0, 0), (2, 0), (0,)):
+        with pytest.raises(ValueError, match="node ids"):
+            L.numa_tree((L.LabCell(free_mib=1), L.LabCell(free_mib=2)), [0, 1], node_ids=bad)
+
+
+def test_qemu_wrapper_binds_every_cell_to_node_0_and_passes_the_rest(tmp_path: Path) -> None:
+    import subprocess
+    echo = tmp_path / "qemu"
+    echo.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    echo.chmod(0o755)
+    wrapper = tmp_path / "wrapper"
+    wrapper.write_text(L.qemu_wrapper(str(echo)))
+    wrapper.chmod(0o755)
+    args = ["-name", "guest=a b,debug-threads=on", "-object",
+            '{"qom-type":"memory-backend-ram","id":"pc.ram","size":67108864,"host-nodes":[1,3],"policy":"bind"}',
+            "-object", "memory-backend-ram,id=ram-node0,size=1,host-nodes=1-3,policy=bind", "", "*"]
+    out = subprocess.run([str(wrapper), *args], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:-1] == [
+        "-name", "guest=a b,debug-threads=on", "-object",
+        '{"qom-type":"memory-backend-ram","id":"pc.ram","size":67108864,"host-nodes":[0],"policy":"bind"}',
+        "-object", "memory-backend-ram,id=ram-node0,size=1,host-nodes=0,policy=bind", "", "*"]

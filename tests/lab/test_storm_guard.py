@@ -40,7 +40,7 @@ def lab4() -> Iterator[tuple[Lab, EtcdStore]]:
 
     logs = Path(tempfile.gettempdir()) / "haagent-lab-logs" / "lsg"  # the daemons' logs outlive the lab
     with Lab("lsg").running(4, 6, keep_logs=logs) as lab:
-        store = EtcdStore(lab.etcd_endpoints(), timeout=1)
+        store = lab.etcd_store(timeout=1)
         try:
             yield lab, store
         finally:

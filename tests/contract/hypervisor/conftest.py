@@ -19,17 +19,19 @@ import pytest
 from haagent.errors import HaagentError
 from haagent.hypervisor.fake import FakeCluster, FakeHypervisor
 from haagent.hypervisor.port import EventKind, Hypervisor, MigrationTarget, VmEvent
+from haagent.lab import layout as L
+from haagent.model import HostCell
 
 LAB_PREFIX = "hvt"
 _names = itertools.count(1)
 
 
-def small_vm_xml(name: str, domain_type: str = "qemu", boot: str = "") -> str:
+def small_vm_xml(name: str, domain_type: str = "qemu", boot: str = "", extra: str = "") -> str:
     """A 64 MiB diskless VM with no OS: it idles in the BIOS, ignores ACPI shutdown."""
     return f"""<domain type='{domain_type}'>
   <name>{name}</name>
   <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
+  <vcpu>1</vcpu>{extra}
   <os><type arch='x86_64' machine='pc'>hvm</type>{boot}</os>
   <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
   <devices>
@@ -75,6 +77,14 @@ class Events:
         self.sub.cancel()
 
 
+def fake_cells(cells: tuple[L.LabCell, ...], cpus_per_cell: int = 2) -> tuple[HostCell, ...]:
+    """The fake host's cells for the NUMA layout a lab host has."""
+    return tuple(HostCell(id=i, cpus=tuple(range(i * cpus_per_cell, (i + 1) * cpus_per_cell)),
+                          memory_mib=c.memory_mib, free_mib=c.free_mib,
+                          hugepages={L.HUGEPAGE_KIB: (c.hugepages, c.free_pages)})
+                 for i, c in enumerate(cells))
+
+
 class Env:
     """What the contract suite needs from one implementation."""
 
@@ -83,9 +93,15 @@ class Env:
     dst: Hypervisor
     target: MigrationTarget
     real: bool
+    # The NUMA cells the source host reports while nothing runs on it (the lab layout's h1).
+    src_cells: tuple[L.LabCell, ...] = L.default_cells("h1")
 
-    def vm_xml(self) -> str:
-        return small_vm_xml(f"hvt-c{os.getpid() % 1000}-{next(_names)}")
+    def vm_xml(self, extra: str = "") -> str:
+        return small_vm_xml(f"hvt-c{os.getpid() % 1000}-{next(_names)}", extra=extra)
+
+    def set_src_cells(self, cells: tuple[L.LabCell, ...]) -> None:
+        """Make the source host report other free memory and free hugepages per cell."""
+        raise NotImplementedError
 
     def heavy_vm_xml(self) -> str:
         """A VM whose memory does not compress away, so a bandwidth limit really slows it."""
@@ -132,9 +148,14 @@ class FakeEnv(Env):
 
     def __init__(self) -> None:
         self.cluster = FakeCluster(clock=time.monotonic)
-        self.src = FakeHypervisor("fake://h1", cluster=self.cluster)
-        self.dst = FakeHypervisor("fake://h2", cluster=self.cluster)
+        self.src = FakeHypervisor("fake://h1", cluster=self.cluster, numa=fake_cells(self.src_cells))
+        self.dst = FakeHypervisor("fake://h2", cluster=self.cluster,
+                                  numa=fake_cells(L.default_cells("h2")))
         self.target = MigrationTarget(uri="fake://h2")
+
+    def set_src_cells(self, cells: tuple[L.LabCell, ...]) -> None:
+        assert isinstance(self.src, FakeHypervisor)
+        self.src.numa = fake_cells(cells)
 
     def kill_qemu(self, vm_name: str) -> None:
         self.cluster.kill_qemu("fake://h1", vm_name)
@@ -186,6 +207,9 @@ class LabEnv(Env):
 
     def make_guest_ignore_shutdown(self, vm_name: str) -> None:
         pass  # the lab's VMs have no OS: nothing answers ACPI
+
+    def set_src_cells(self, cells: tuple[L.LabCell, ...]) -> None:
+        self.lab.set_numa("h1", cells)  # type: ignore[attr-defined]
 
     def partition_dst(self) -> None:
         self.lab.partition("h2")  # type: ignore[attr-defined]

@@ -6,10 +6,11 @@ import time
 
 import pytest
 
-from haagent.errors import InvalidDomain, MigrationAborted, VmNotFound
+from haagent.errors import HypervisorError, InvalidDomain, MigrationAborted, VmNotFound
 from haagent.hypervisor.options import MigrationOptions
 from haagent.hypervisor.port import (EventKind, Location, MigrationControl, MigrationOutcome,
                                      MigrationProgress, ShutdownOutcome)
+from haagent.lab import layout as L
 from haagent.model import VmState
 
 pytestmark = pytest.mark.timeout(120)
@@ -28,6 +29,80 @@ def test_host_inventory(env):
         assert cell.cpus and cell.memory_mib > 0
         assert cell.free_mib is not None and 0 <= cell.free_mib <= cell.memory_mib
     assert info.sockets * info.cores_per_socket * info.threads_per_core >= 1
+
+
+def test_numa_cells_free_memory_hugepages_and_cpu_key(env):
+    info = env.src.host_info()
+    want = env.src_cells
+    assert [c.id for c in info.numa] == list(range(len(want)))
+    assert [c.memory_mib for c in info.numa] == [c.memory_mib for c in want]
+    assert [c.free_mib for c in info.numa] == [c.free_mib for c in want]
+    assert [c.hugepages for c in info.numa] == [{2048: (c.hugepages, c.free_pages)} for c in want]
+    cpus = [cpu for c in info.numa for cpu in c.cpus]
+    assert len(cpus) == len(set(cpus)) == info.cpus, "every CPU is in exactly one cell"
+    assert 2048 in info.page_sizes_kib
+    other = env.dst.host_info()
+    assert [c.free_mib for c in other.numa] != [c.free_mib for c in info.numa], \
+        "the two hosts' cells differ, as the layout says"
+    # Same CPU on both hosts: one key, usable to tell where a VM may live-migrate.
+    assert info.migration_key and info.migration_key == other.migration_key
+    assert info.migration_key.startswith(f"{info.arch}:{info.cpu_vendor}:{info.cpu_model}:")
+    # What a custom <cpu> may name, per domain type: TCG runs qemu64 anywhere.
+    assert "qemu64" in info.cpu_models["qemu"]
+    assert all(list(models) == sorted(set(models)) for models in info.cpu_models.values())
+    assert info.cpu_models == other.cpu_models
+
+
+def test_free_memory_and_hugepages_are_read_live(env):
+    changed = tuple(L.LabCell(free_mib=c.free_mib // 2, memory_mib=c.memory_mib, hugepages=c.hugepages,
+                              hugepages_free=c.free_pages // 2) for c in env.src_cells)
+    env.set_src_cells(changed)
+    try:
+        cells = env.src.host_info().numa
+        assert [c.free_mib for c in cells] == [c.free_mib for c in changed]
+        assert [c.hugepages[2048][1] for c in cells] == [c.free_pages for c in changed]
+    finally:
+        env.set_src_cells(env.src_cells)
+    assert [c.free_mib for c in env.src.host_info().numa] == [c.free_mib for c in env.src_cells]
+
+
+@pytest.mark.parametrize("cell", [0, 1])
+def test_strict_numatune_vm_starts_bound_to_a_cell(env, cell):
+    xml = env.vm_xml(f"<numatune><memory mode='strict' nodeset='{cell}'/></numatune>")
+    vm = env.src.define_and_start(xml)
+    assert vm.active
+    assert (vm.numa.mode, vm.numa.nodeset) == ("strict", (cell,))
+
+
+def test_strict_numatune_on_a_cell_the_host_lacks_does_not_start(env):
+    vm = env.src.define(env.vm_xml("<numatune><memory mode='strict' nodeset='7'/></numatune>"))
+    with pytest.raises(HypervisorError, match="(?i)numa"):
+        env.src.start(vm.uuid)
+    assert not env.src.vm_info(vm.uuid).active
+
+
+def test_raw_stats_counters_move_while_a_vm_runs(env):
+    vm = env.src.define_and_start(env.vm_xml())
+    first = env.src.raw_stats()
+    # An idle lab VM uses <1 % of a CPU and libvirt counts it in 10 ms ticks (from /proc, as
+    # the lab has no cgroups): wait, bounded, for the first tick rather than a fixed time.
+    end = time.monotonic() + 10
+    while True:
+        time.sleep(0.2)
+        second = env.src.raw_stats()
+        moved = {v.uuid: v for v in second.vms}[vm.uuid].cpu_time_ns > \
+            {v.uuid: v for v in first.vms}[vm.uuid].cpu_time_ns
+        if moved or time.monotonic() > end:
+            break
+    assert second.at > first.at
+    assert second.host_cpu_total_ns > first.host_cpu_total_ns
+    assert second.host_cpu_busy_ns > first.host_cpu_busy_ns
+    assert second.host_cpus == env.src.host_info().cpus
+    assert 0 < second.host_memory_free_kib <= second.host_memory_total_kib
+    before = {v.uuid: v for v in first.vms}[vm.uuid]
+    after = {v.uuid: v for v in second.vms}[vm.uuid]
+    assert after.active and after.memory_used_kib > 0
+    assert after.cpu_time_ns > before.cpu_time_ns, "a running VM's CPU time grows"
 
 
 def test_define_start_inventory_destroy_undefine(env, events_factory):

@@ -10,10 +10,12 @@ import time
 TTL = 2
 
 
-def spawn_agent(tmp_path, host, endpoints, *flags, agent_section="", stderr=subprocess.STDOUT):
+def spawn_agent(tmp_path, host, endpoints, *flags, agent_section="", stderr=subprocess.STDOUT, etcd_tls=None):
     """Start ``haagent agent`` for *host* with a short lease; stdout goes to ``<host>.log``.
 
-    *agent_section* is the body of an ``[agent]`` table (empty: the defaults)."""
+    *agent_section* is the body of an ``[agent]`` table (empty: the defaults); *etcd_tls* holds
+    ``ca_cert``/``cert``/``key`` for the ``[etcd]`` table."""
+    tls = "".join(f"{k} = {json.dumps(v)}\n" for k, v in sorted((etcd_tls or {}).items()))
     agent = f"[agent]\n{agent_section}" if agent_section else ""
     cfg = tmp_path / f"{host}.toml"
     cfg.write_text(f"""
@@ -22,7 +24,7 @@ host = "{host}"
 [etcd]
 endpoints = {json.dumps(list(endpoints))}
 timeout = 0.5
-[timing]
+{tls}[timing]
 heartbeat_interval = 0.5
 lease_ttl = {TTL}
 [metrics]

@@ -46,7 +46,11 @@ class Store:
         self.granted += 1
         return 40 + self.granted, 100
 
+    stop_fails = False  # etcd does not take the clean-stop record (cut off, or the lease is gone)
+
     def txn(self, compares, ops):
+        if self.stop_fails and any(isinstance(op, Put) and op.key == KEYS.host_stopped("h1") for op in ops):
+            raise StoreUnavailable("etcd is unreachable")
         self.txns.append(list(ops))
         return SimpleNamespace(succeeded=True)
 
@@ -108,6 +112,19 @@ def test_the_watchdog_is_armed_only_once_a_lease_is_held():
     assert dev.written().endswith(b"V")  # the clean stop disarmed it
     stopped = json.loads(store.written(KEYS.host_stopped("h1"))[0])
     assert stopped["policy"] == "freeze" and stopped["lease"] == 41
+
+
+def test_a_clean_stop_the_leader_was_not_told_of_leaves_the_watchdog_to_reset_the_host():
+    """The leader presumes a host whose report said "watchdog" has reset once its lease is gone,
+    and restarts its VMs elsewhere: disarming without a clean-stop record would run them twice."""
+    store = Store()
+    store.stop_fails = True
+    dev = Device(store)
+    d = daemon_with(store, dev)
+    dev.on_open = d.stop
+    assert d.run() == 0
+    assert not dev.written().endswith(b"V")  # closed without the magic close: the countdown runs on
+    assert KEYS.host_stopped("h1") not in store.puts
 
 
 def test_a_refused_watchdog_stops_like_a_clean_stop_and_says_why():

@@ -37,11 +37,20 @@ BAD = [
     (with_(host="KVM 01"), "host: must be lowercase letters, digits, '.', '_' or '-' (got 'KVM 01')"),
     (with_(etcd={"endpoints": []}), "etcd.endpoints: must list at least one endpoint"),
     (with_(etcd={"endpoints": "http://10.0.0.1:2379"}), "etcd.endpoints: must be a list of strings (got 'http://10.0.0.1:2379')"),
-    (with_(etcd={"endpoints": ["10.0.0.1:2379"]}), "etcd.endpoints[0]: must start with http://, https:// or unix:// (got '10.0.0.1:2379')"),
+    (with_(etcd={"endpoints": ["10.0.0.1:2379"]}), "etcd.endpoints[0]: must start with http://, https://, unix:// or unixs:// (got '10.0.0.1:2379')"),
     (with_(etcd={"endpoints": ["http://10.0.0.1"]}), "etcd.endpoints[0]: must name a host and a port, like http://10.0.0.1:2379 (got 'http://10.0.0.1')"),
     (with_(etcd={"endpoints": ["http://a:1", "http://a:1"]}), "etcd.endpoints: lists the same endpoint twice"),
-    (with_(etcd={"endpoints": ["https://a:1"]}), "etcd.ca_cert: is required when an endpoint uses https://"),
+    (with_(etcd={"endpoints": ["https://a:1"]}), "etcd.ca_cert: is required when an endpoint uses https:// or unixs://"),
     (with_(etcd={"ca_cert": "/nonexistent/ca.pem"}), "etcd.ca_cert: file not found or not readable: /nonexistent/ca.pem"),
+    (with_(etcd={"cert": "/nonexistent/h1.crt", "key": "/nonexistent/h1.key"}),
+     "etcd.cert: file not found or not readable: /nonexistent/h1.crt"),
+    (with_(etcd={"cert": "/nonexistent/h1.crt", "key": "/nonexistent/h1.key"}),
+     "etcd.key: /nonexistent/h1.key does not exist (create it with the secret and run: chmod 600 /nonexistent/h1.key)"),
+    (with_(etcd={"users": {"alice": "haagent-opertor"}}),
+     "etcd.users.alice: unknown role 'haagent-opertor' (roles: haagent-agent, haagent-operator, haagent-reader)"),
+    (with_(etcd={"users": {"root": "haagent-agent"}}),
+     "etcd.users.root: is etcd's own root user, created by setup-rbac; use another CN"),
+    (with_(etcd={"users": ["alice"]}), "etcd.users: must be a table of certificate CN = role"),
     (with_(etcd={"timeout": 0}), "etcd.timeout: must be greater than 0 (got 0)"),
     (with_(timing={"heartbeat_interval": 1.0, "lease_ttl": 1.0}), "timing.lease_ttl: must be greater than 2 x heartbeat_interval (got 1.0)"),
     (with_(timing={"lease_ttl": 2.5}), "timing.lease_ttl: must be a whole number of seconds: etcd leases are whole seconds (got 2.5)"),
@@ -80,6 +89,27 @@ def test_bad_config_names_the_field(data, message):
     with pytest.raises(ConfigError) as err:
         parse_config(data)
     assert message in err.value.problems, err.value.problems
+
+
+def test_a_certificate_must_be_valid_now(tmp_path):
+    import datetime as dt
+
+    from haagent.store.pki import CertificateAuthority
+
+    ca = CertificateAuthority(tmp_path)
+    ended = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).replace(second=0, microsecond=0)
+    old = ca.issue("old", "h1", not_before=ended - dt.timedelta(days=30), not_after=ended)
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(ConfigError) as err:
+        parse_config(with_(etcd={"ca_cert": str(junk), "cert": str(old.cert), "key": str(old.key)}))
+    assert err.value.problems == [f"etcd.ca_cert: {junk} is not a PEM certificate",
+                                  f"etcd.cert: certificate {old.cert} expired on {ended:%Y-%m-%d %H:%M} UTC"]
+
+
+def test_etcd_users_map_certificate_names_to_roles():
+    cfg = parse_config(with_(etcd={"users": {"kvm1": "haagent-agent", "grafana": "haagent-reader"}}))
+    assert cfg.etcd.users == (("grafana", "haagent-reader"), ("kvm1", "haagent-agent"))
 
 
 def test_every_problem_is_reported_not_just_the_first():
@@ -143,14 +173,14 @@ def test_status_without_etcd_says_so_in_one_line(tmp_path):
 
 
 def test_a_key_file_others_can_read_is_refused_naming_the_fix(tmp_path):
-    key = tmp_path / "agent.key"
-    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    from haagent.store.pki import CertificateAuthority
+
+    files = CertificateAuthority(tmp_path).issue("agent", "h1")
+    key, cert = files.key, files.cert
     key.chmod(0o644)
-    cert = tmp_path / "agent.pem"
-    cert.write_text("cert\n")
     with pytest.raises(ConfigError) as err:
         parse_config(with_(etcd={"cert": str(cert), "key": str(key)}))
-    assert f"etcd.key: {key} is readable or writable by group or others (mode 0644); run: chmod 600 {key}" \
+    assert f"etcd.key: {key} is readable by group or others (mode 0644); run: chmod 600 {key}" \
         in err.value.problems
     key.chmod(0o600)
     assert parse_config(with_(etcd={"cert": str(cert), "key": str(key)})).etcd.key == str(key)
@@ -160,3 +190,14 @@ def test_a_watchdog_at_the_lease_ttl_is_fine():
     cfg = parse_config(with_(timing={"lease_ttl": 5}, agent={"watchdog": True, "watchdog_device": "/dev/watchdog",
                                                              "self_fence_timeout": 5}))
     assert cfg.agent.self_fence_timeout == 5 and cfg.agent.metadata_namespaces  # libosinfo by default
+
+
+def test_host_tags_sit_beside_the_host_name():
+    from haagent.config import parse_config
+
+    cfg = parse_config({"cluster": "c", "host": "h1", "tags": ["ssd", "rack-a", "ssd"],
+                        "etcd": {"endpoints": ["http://127.0.0.1:2379"]}})
+    assert cfg.tags == ("rack-a", "ssd")
+    with pytest.raises(Exception) as err:
+        parse_config({"cluster": "c", "host": "h1", "tags": ["SSD"], "etcd": {"endpoints": ["http://127.0.0.1:2379"]}})
+    assert "tags[0]: must be lowercase" in str(err.value)

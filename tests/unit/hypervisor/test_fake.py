@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from haagent.errors import InvalidDomain, NoRouteToHost, OperationInvalid
 from haagent.hypervisor.fake import FakeCluster, FakeHypervisor, default_cells
 from haagent.hypervisor.options import MigrationOptions
-from haagent.hypervisor.port import Location, MigrationOutcome, MigrationTarget
+from haagent.hypervisor.port import Location, MigrationOutcome, MigrationTarget, cpu_migration_key
 from haagent.hypervisor.stats import compute_usage
 
 
@@ -90,6 +92,26 @@ def test_numa_and_hugepage_accounting(world):
     cells = h1.host_info().numa
     assert [c.free_mib for c in cells] == [4096, 3072]
     assert cells[0].hugepages[2048] == (512, 256) and cells[1].hugepages[2048] == (512, 512)
+
+
+def test_configured_free_memory_and_hugepages_are_the_base_running_vms_take_from(world):
+    clock, cluster, _, _ = world
+    cells = tuple(replace(c, free_mib=free, hugepages={2048: (512, pages)})
+                  for c, free, pages in zip(default_cells(2, 4, 4096), (1000, 3000), (100, 512)))
+    h3 = FakeHypervisor("fake://h3", cluster=cluster, numa=cells, cpu_model="EPYC-Rome",
+                        cpu_vendor="AMD", cpu_features=("avx2", "sse4.2"))
+    assert [c.free_mib for c in h3.host_info().numa] == [1000, 3000]
+    h3.define_and_start(vm("a", 256, "<numatune><memory mode='strict' nodeset='0'/></numatune>"))
+    h3.define_and_start(vm("b", 100, "<memoryBacking><hugepages><page size='2048'/></hugepages></memoryBacking>"
+                                     "<numatune><memory mode='strict' nodeset='1'/></numatune>"))
+    info = h3.host_info()
+    assert [c.free_mib for c in info.numa] == [744, 3000]
+    assert [c.hugepages[2048] for c in info.numa] == [(512, 100), (512, 462)]
+    assert (info.cpu_model, info.cpu_vendor) == ("EPYC-Rome", "AMD")
+    assert info.migration_key == cpu_migration_key("x86_64", "AMD", "EPYC-Rome", ("sse4.2", "avx2"))
+    assert info.migration_key != world[2].host_info().migration_key
+    with pytest.raises(InvalidDomain, match="NUMA node 2 is unavailable"):
+        h3.define_and_start(vm("c", 64, "<numatune><memory mode='strict' nodeset='0-2'/></numatune>"))
 
 
 def test_cpu_usage_follows_the_virtual_clock(world):

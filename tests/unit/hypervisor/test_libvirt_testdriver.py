@@ -8,7 +8,7 @@ import time
 import pytest
 
 from haagent.errors import HypervisorUnavailable, InvalidDomain, VmNotFound
-from haagent.hypervisor.port import EventKind, ShutdownOutcome
+from haagent.hypervisor.port import EventKind, ShutdownOutcome, cpu_migration_key
 from haagent.hypervisor.stats import StatsSampler
 from haagent.model import VmState
 
@@ -29,6 +29,8 @@ def test_numa_inventory_on_test_driver(testdriver):
     assert all(c.free_mib is not None for c in info.numa)
     assert 2048 in info.numa[0].hugepages and 1048576 in info.numa[0].hugepages
     assert 4 not in info.numa[0].hugepages
+    assert info.migration_key == cpu_migration_key(info.arch, info.cpu_vendor, info.cpu_model,
+                                                   info.cpu_features)
 
 
 def test_builtin_domain_inventory(testdriver):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from policies import place, rebalance
 from policies.config import PolicyConfig
-from policies.model import Cluster, Group, Host, NumaCell, Vm
+from policies.model import Cluster, Group, Host, HostAffinity, NumaCell, Vm
 from policies.rebalance import score
 
 RATIO = 2.0
@@ -118,3 +118,136 @@ def test_rebalance_never_raises_the_score_and_keeps_rules(cluster, max_moves):
         where[m.vm] = (m.target, m.cells)
     check_invariants(running, where)
     assert plan == rebalance(running, max_moves, 0.0, CONFIG)  # deterministic
+
+
+# -- rebalance: every prefix of a plan, and what the cost method saves ------------------------
+
+
+@st.composite
+def running_clusters(draw):
+    """A packed random cluster, running, with the rules the engine knows beyond clusters():
+    required tags, cpu families, hard host affinity, a host that is not active."""
+    base = draw(clusters())
+    packed = place(base.vms, base, PolicyConfig(cpu_overcommit=RATIO, strategy="pack"))
+    where = {p.vm: (p.host, p.cells) for p in packed.placements}
+    names = [h.name for h in base.hosts]
+    hosts = tuple(dataclasses.replace(
+        h, tags=frozenset(draw(st.sampled_from([(), ("ssd",)]))),
+        cpu_family=draw(st.sampled_from(["zen3", "zen3", "skylake"])),
+        state=draw(st.sampled_from(["active"] * 5 + ["maintenance"])))
+        for h in base.hosts)
+    vms = []
+    for v in base.vms:
+        if v.name not in where:
+            continue
+        rule = draw(st.sampled_from(["none"] * 4 + ["tags", "affinity"]))
+        extra: dict = {}
+        if rule == "tags":
+            extra["required_tags"] = frozenset({"ssd"})
+        elif rule == "affinity":
+            extra["host_affinity"] = HostAffinity(frozenset(draw(st.sets(
+                st.sampled_from(names), min_size=1, max_size=3)) | {where[v.name][0]}))
+        vms.append(dataclasses.replace(v, host=where[v.name][0], numa_cells=where[v.name][1],
+                                       **extra))
+    return Cluster(hosts, tuple(vms), base.groups)
+
+
+def utilisation_score(cluster: Cluster, where: dict[str, str], config: PolicyConfig) -> float:
+    """The imbalance score recounted from scratch (vcpus stand for cpu load: nothing is measured)."""
+    act = {h.name: h for h in cluster.hosts if h.state == "active"}
+    if not act:
+        return 0.0
+    cpu = dict.fromkeys(act, 0.0)
+    mem = dict.fromkeys(act, 0.0)
+    for v in cluster.vms:
+        if where[v.name] in act:
+            cpu[where[v.name]] += v.vcpus
+            mem[where[v.name]] += v.memory_mib
+
+    def sd(xs):
+        mean = sum(xs) / len(xs)
+        return math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs))
+
+    return (config.imbalance_cpu_weight * sd([cpu[n] / act[n].cpus for n in act])
+            + config.imbalance_memory_weight * sd([mem[n] / act[n].memory_mib for n in act]))
+
+
+@SETTINGS
+@given(running_clusters(), st.sampled_from(["cost", "greedy"]), st.integers(0, 3),
+       st.sampled_from([None, 0, 3, 8]), st.sampled_from([None, 0.0, 6.0, 20.0]),
+       st.sampled_from([0.0, 0.01]), st.sampled_from([0.0, 0.3]))
+def test_every_prefix_of_a_rebalance_keeps_every_rule_and_lowers_the_score(
+        cluster, method, n_frozen, max_moves, max_gib, min_gain, reserve):
+    config = PolicyConfig(cpu_overcommit=RATIO, reserve_memory=reserve,
+                          imbalance_memory_weight=1.5)
+    frozen = {v.name for v in cluster.vms[:n_frozen]}
+    plan = rebalance(cluster, max_moves, min_gain, config, max_gib=max_gib, frozen=frozen,
+                     method=method)
+    vms = {v.name: v for v in cluster.vms}
+    hosts = {h.name: h for h in cluster.hosts}
+    where = {v.name: (v.host, v.numa_cells or ()) for v in cluster.vms}
+    now = utilisation_score(cluster, {n: w[0] for n, w in where.items()}, config)
+    assert abs(plan.score_before - now) < 1e-9
+    assert len(plan.moves) == len(plan.scores) == len(plan.mib)
+    assert max_moves is None or len(plan.moves) <= max_moves
+    assert max_gib is None or plan.gib <= max_gib
+    assert len({m.vm for m in plan.moves}) == len(plan.moves)  # a VM moves once
+    for m, after, mib in zip(plan.moves, plan.scores, plan.mib):
+        vm, source, target = vms[m.vm], hosts[m.source], hosts[m.target]
+        assert where[m.vm][0] == m.source and m.vm not in frozen and vm.migratable
+        assert source.state == target.state == "active" and source.cpu_family == target.cpu_family
+        assert vm.required_tags <= target.tags
+        assert vm.host_affinity is None or m.target in vm.host_affinity.hosts
+        assert mib == vm.memory_mib
+        where[m.vm] = (m.target, m.cells)
+        check_invariants(cluster, where)
+        if reserve and not vm.hugepage_count:
+            normal = sum(vms[n].memory_mib for n, (h, _) in where.items()
+                         if h == m.target and not vms[n].hugepage_count)
+            assert normal <= (target.memory_mib - target.hugepage_mib) * (1 - reserve) + 1e-6
+        score = utilisation_score(cluster, {n: w[0] for n, w in where.items()}, config)
+        assert abs(score - after) < 1e-9
+        assert now - score >= max(min_gain, 1e-9) - 1e-12  # each move gains at least min_gain
+        now = score
+    assert abs(plan.score_after - now) < 1e-9
+    assert plan == rebalance(cluster, max_moves, min_gain, config, max_gib=max_gib,
+                             frozen=frozen, method=method)  # deterministic
+
+
+def memory_to_reach(plan, target: float) -> int:
+    """MiB the shortest prefix of ``plan`` at or below score ``target`` migrates."""
+    if plan.score_before <= target + 1e-9:
+        return 0
+    for k, score in enumerate(plan.scores):
+        if score <= target + 1e-9:
+            return sum(plan.mib[: k + 1])
+    raise AssertionError(f"the plan never reaches {target}")
+
+
+@st.composite
+def loaded_clusters(draw):
+    """Equal hosts, plain VMs of one cpu load and many memory sizes, crowded onto the first hosts:
+    the moves that gain alike differ most in the memory they migrate."""
+    n_hosts = draw(st.integers(3, 6))
+    hosts = tuple(Host(f"h{i}", 16, 65536, cpu_family="x") for i in range(n_hosts))
+    free = [65536] * n_hosts
+    vms = []
+    for j in range(draw(st.integers(4, 24))):
+        mem = draw(st.sampled_from([1024, 2048, 4096, 8192, 16384]))
+        i = draw(st.integers(0, n_hosts - 1)) if draw(st.booleans()) else draw(st.integers(0, 1))
+        if free[i] >= mem:
+            free[i] -= mem
+            vms.append(Vm(f"vm{j:02d}", draw(st.integers(1, 4)), mem, f"h{i}",
+                          cpu_load=draw(st.sampled_from([0.5, 1.0, 2.0]))))
+    return Cluster(hosts, tuple(vms))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(running_clusters(), loaded_clusters()))
+def test_the_cost_plan_migrates_no_more_memory_than_greedy_for_the_same_score(cluster):
+    """Both plans run to their end; at the score both reach (the higher of their two final
+    scores), the cost plan's shortest prefix there migrates no more memory than the greedy's."""
+    greedy = rebalance(cluster, None, 0.0, CONFIG, method="greedy")
+    cost = rebalance(cluster, None, 0.0, CONFIG, method="cost")
+    target = max(greedy.score_after, cost.score_after)
+    assert memory_to_reach(cost, target) <= memory_to_reach(greedy, target)

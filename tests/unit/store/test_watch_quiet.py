@@ -40,7 +40,7 @@ class ScriptedStore:
         self.opened: list[ScriptedStream] = []
         self.lock = threading.Lock()
 
-    def revision(self) -> int:
+    def revision(self, key: str = "\0") -> int:
         return self.rev
 
     def open_watch(self, prefix, start, on_response, *, after=None):

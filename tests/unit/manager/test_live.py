@@ -1,0 +1,137 @@
+"""The live cluster (manager/live.py) and the failover placer on it: what the hosts really have."""
+
+from __future__ import annotations
+
+import json
+
+from haagent.manager.live import live_cluster
+from haagent.manager.placer import policy_placer
+from haagent.model import HostCell, HostState as S
+from haagent.state.codec import build_view
+from haagent.state.view import ClusterView, HostView, VmNeeds, VmSpec
+from haagent.store.keys import Keys
+from policies.config import PolicyConfig
+
+
+def cells(*free: int, cpus: int = 2, total: int = 8192) -> tuple[HostCell, ...]:
+    return tuple(HostCell(i, tuple(range(i * cpus, (i + 1) * cpus)), total, f) for i, f in enumerate(free))
+
+
+def host(name: str, *free: int, state=S.ACTIVE, alive=True, **kw) -> HostView:
+    return HostView(name, alive, state, 4, 16384, numa=cells(*free) if free else (), **kw)
+
+
+def view(hosts, specs=(), placements=None) -> ClusterView:
+    return ClusterView(1, {h.name: h for h in hosts}, {s.uuid: s for s in specs}, placements or {})
+
+
+STRICT = VmNeeds(numa="strict")
+
+
+def test_a_strict_numa_vm_goes_only_where_one_cell_holds_it():
+    # h1 has the most free memory in total, but split over two cells; h2 has one cell that fits.
+    v = view([host("h1", 3000, 3000), host("h2", 5000, 500), host("h3", state=S.FENCED)],
+             [VmSpec("u1", "big", 2, 4096, needs=STRICT)])
+    placed, missed = policy_placer()(list(v.specs.values()), v, frozenset())
+    assert placed == {"u1": "h2"} and not missed
+
+
+def test_a_strict_vm_that_no_cell_holds_is_placed_nowhere_with_the_reason():
+    v = view([host("h1", 3000, 3000)], [VmSpec("u1", "big", 2, 4096, needs=STRICT)])
+    placed, missed = policy_placer()(list(v.specs.values()), v, frozenset())
+    assert not placed and "numa" in " ".join(missed["u1"])
+
+
+def test_a_nodeset_binds_the_vm_to_those_cells():
+    need = VmNeeds(numa="strict", nodeset=(0,))
+    v = view([host("h1", 500, 8000), host("h2", 4000, 100)], [VmSpec("u1", "vm", 1, 2048, needs=need)])
+    placed, _ = policy_placer()(list(v.specs.values()), v, frozenset())
+    assert placed == {"u1": "h2"}  # h1's cell 1 would hold it, but its XML binds cell 0
+
+
+def test_what_the_xml_cannot_express_is_placed_nowhere_and_says_why():
+    need = VmNeeds(unplaceable="<numatune> memory mode 'bogus' is not understood")
+    v = view([host("h1", 8000)], [VmSpec("u1", "vm", 1, 512, needs=need)])
+    placed, missed = policy_placer()(list(v.specs.values()), v, frozenset())
+    assert not placed and any("bogus" in r for r in missed["u1"])
+
+
+def test_the_least_loaded_host_takes_the_vm():
+    v = view([host("h1", 8000, cpu_used=3.6, memory_used_mib=2000),
+              host("h2", 8000, cpu_used=0.2, memory_used_mib=2000)],
+             [VmSpec("u1", "vm", 1, 512)])
+    placed, _ = policy_placer()(list(v.specs.values()), v, frozenset())
+    assert placed == {"u1": "h2"}
+
+
+def test_states_are_passed_as_they_are_and_a_host_without_a_lease_is_suspect():
+    v = view([host("h1", state=S.MAINTENANCE), host("h2", state=S.DRAINING), host("h3", alive=False),
+              host("h4"), host("h5")])
+    states = {h.name: h.state for h in live_cluster(v, avoid=["h5"]).cluster.hosts}
+    assert states == {"h1": "maintenance", "h2": "draining", "h3": "suspect", "h4": "active", "h5": "failed"}
+
+
+def test_free_capacity_is_the_cells_and_running_vms_count_once_at_host_level():
+    hv = HostView("h1", True, S.ACTIVE, 4, 16384, frozenset({"u1"}),
+                  numa=(HostCell(0, (0, 1), 8192, 6000, {2048: (512, 100)}),), tags=frozenset({"ssd"}),
+                  cpu_key="x86_64/AMD/EPYC/abc", cpu_used=1.5, memory_used_mib=4000.0, vm_cpu={"u1": 0.7})
+    live = live_cluster(view([hv], [VmSpec("u1", "vm", 2, 2048, groups=("db",))], {"u1": "h1"}),
+                        PolicyConfig(groups={"db": ("affinity", True)}))
+    h = live.cluster.hosts[0]
+    assert (h.tags, h.cpu_family, h.cpu_used, h.memory_used_mib) == (frozenset({"ssd"}), "x86_64/AMD/EPYC/abc", 1.5, 4000.0)
+    c = h.numa[0]
+    assert (c.memory_mib, c.memory_used_mib, dict(c.hugepages), dict(c.hugepages_used)) == \
+        (8192, 8192 - 6000 - 1024, {2048: 512}, {2048: 412})
+    vm = live.cluster.vms[0]
+    assert (vm.host, vm.numa_cells, vm.cpu_load) == ("h1", (), 0.7)
+    assert [(g.name, g.policy, g.hard) for g in live.cluster.groups] == [("db", "affinity", True)]
+    undeclared = live_cluster(view([hv], [VmSpec("u1", "vm", 2, 2048, groups=("web",))], {"u1": "h1"}))
+    assert [(g.policy, g.hard) for g in undeclared.cluster.groups] == [("anti-affinity", False)]
+
+
+def test_a_host_whose_inventory_cannot_be_read_is_placed_on_by_cpu_and_memory_only():
+    hv = host("h1", 100, inventory_error="host capabilities: libvirt is down")
+    live = live_cluster(view([hv]))
+    assert live.cluster.hosts[0].numa == () and "libvirt is down" in live.warnings[0]
+
+
+KEYS = Keys("c1")
+
+
+class KV:
+    def __init__(self, value, rev=5):
+        self.value, self.lease, self.mod_revision, self.create_revision = value.encode(), 0, rev, rev
+
+
+def test_a_report_decodes_to_the_inventory_and_a_bad_inventory_costs_only_itself():
+    report = {"cpus": 4, "memory_mib": 8192, "running_vms": ["u1"], "tags": ["ssd"],
+              "cpu": {"model": "EPYC", "key": "k1"},
+              "numa": [{"id": 0, "cpus": [0, 1], "memory_mib": 4096, "free_mib": 3000,
+                        "hugepages": {"2048": [10, 4]}}],
+              "load": {"cpu": 1.25, "memory_used_mib": 2000, "vms": {"u1": 0.5}}}
+    h = build_view({KEYS.host_report("h1"): KV(json.dumps(report))}, KEYS, 1).hosts["h1"]
+    assert h.numa == (HostCell(0, (0, 1), 4096, 3000, {2048: (10, 4)}),)
+    assert (h.tags, h.cpu_key, h.cpu_model, h.cpu_used, h.memory_used_mib, dict(h.vm_cpu)) == \
+        (frozenset({"ssd"}), "k1", "EPYC", 1.25, 2000.0, {"u1": 0.5})
+    bad = dict(report, numa=[{"id": 0, "cpus": "0-1", "memory_mib": 4096}])
+    v = build_view({KEYS.host_report("h1"): KV(json.dumps(bad))}, KEYS, 1)
+    assert v.hosts["h1"].running == frozenset({"u1"})  # the VM list still stands
+    assert v.hosts["h1"].inventory_error.startswith("bad inventory in report: numa.cpus")
+    assert v.bad_records and v.bad_records[0][0] == KEYS.host_report("h1")
+    legacy = dict(report, load=0.7)  # older agents wrote the load average
+    assert build_view({KEYS.host_report("h1"): KV(json.dumps(legacy))}, KEYS, 1).hosts["h1"].cpu_used is None
+
+
+def test_a_custom_cpu_model_goes_only_where_it_is_usable_and_pins_need_the_cpus():
+    need = VmNeeds(cpu_mode="custom", cpu_model="EPYC-Rome")
+    v = view([host("h1", 8000, cpu_models=frozenset({"qemu64"})), host("h2", 8000, cpu_models=frozenset({"EPYC-Rome"})),
+              host("h3", 8000)],  # h3 does not say: not held against it
+             [VmSpec("u1", "vm", 1, 512, needs=need)])
+    live = live_cluster(v)
+    from policies import explain
+    verdicts = {x.host: x for x in explain("vm", live.cluster).hosts}
+    assert verdicts["h1"].rejected_by == "requirements" and "EPYC-Rome is not usable" in verdicts["h1"].reason
+    assert not verdicts["h2"].rejected_by and not verdicts["h3"].rejected_by
+    pinned = view([host("h1", 8000)], [VmSpec("u1", "vm", 2, 512, needs=VmNeeds(dedicated_cpus=2, max_pinned_cpu=7))])
+    placed, missed = policy_placer()(list(pinned.specs.values()), pinned, frozenset())
+    assert not placed and "has 4 cpus; the VM pins cpu 7" in " ".join(missed["u1"])
