@@ -30,6 +30,9 @@ EXPLORED = {
     "storm guard held": "ALERT fencing_storm_hold",
     "watchdog self-fence": "how=watchdog",
     "fence retried": "attempt=2",
+    "guests got busy (load)": "fault     load",
+    "VM unplaceable (capacity, NUMA)": "ALERT vm_unplaceable",
+    "clean stop unrecorded, watchdog left armed": "watchdog left armed",
 }
 
 

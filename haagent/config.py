@@ -185,6 +185,10 @@ class AgentSection:
     network_disk_protocols: tuple[str, ...] = ()  # e.g. ("rbd",) for Ceph
     # namespaces a spec's <metadata> may use besides haagent's own (libosinfo: virt-install's OS id)
     metadata_namespaces: tuple[str, ...] = ("http://libosinfo.org/xmlns/libvirt/domain/1.0",)
+    # The load the host reports: its time constant, and whether the host's own CPU and memory
+    # figures count ("host") or only its VMs' ("vms": for hosts that share a machine, as the lab's).
+    load_smoothing: float = 60.0
+    load_source: str = "host"
 
 
 SHUTDOWN_POLICIES = ("freeze",)  # "migrate" comes with host drain
@@ -326,6 +330,8 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         block_device_dirs=tuple(a.string_list("block_device_dirs", [])),
         network_disk_protocols=tuple(a.string_list("network_disk_protocols", [])),
         metadata_namespaces=tuple(a.string_list("metadata_namespaces", list(AgentSection.metadata_namespaces))),
+        load_smoothing=a.number("load_smoothing", AgentSection.load_smoothing, positive=True, maximum=3600),
+        load_source=a.string("load_source", AgentSection.load_source, choices=("host", "vms")),
     )
     if agent.watchdog_device is not None and not os.path.isabs(agent.watchdog_device):
         a.problem("watchdog_device", f"must be an absolute path (got {agent.watchdog_device!r})")

@@ -79,7 +79,10 @@ class AgentDaemon:
         self._last_report_at = 0.0
         self.collector: InventoryCollector | None = None
         if hypervisor is not None:
-            self.collector = InventoryCollector(hypervisor, config.tags, interval=config.timing.report_interval)
+            # Sampled at least every 5 s: the smoothing needs a few readings per time constant.
+            self.collector = InventoryCollector(hypervisor, config.tags, interval=min(config.timing.report_interval, 5.0),
+                                                smoothing=config.agent.load_smoothing,
+                                                vms_only=config.agent.load_source == "vms")
         self._leader_watch: ResumingWatch | None = None
         self.lease.subscribe(self._on_lease_event)
         self.election.on_change(self._on_leadership)

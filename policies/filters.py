@@ -150,11 +150,14 @@ class RequirementsFilter(Filter):
     name = "requirements"
 
     def applies(self, req, ctx, state):
-        return bool(req.unplaceable or req.nodeset or req.max_pinned_cpu >= 0 or req.cpu_model)
+        return bool(req.unplaceable or req.nodeset or req.max_pinned_cpu >= 0 or req.cpu_model
+                    or req.numa != "none" or req.binds_cells)
 
     def check(self, host, req, ctx, state):
         if req.unplaceable:
             return f"cannot be placed: {req.unplaceable}"
+        if host.inventory_unknown:
+            return f"its NUMA and CPU inventory is unknown ({host.inventory_unknown})"
         missing = req.nodeset - {c.id for c in host.cells}
         if missing:
             return f"has no NUMA cell {_ids(missing)} (its numatune nodeset is {_ids(req.nodeset)})"

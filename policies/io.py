@@ -67,6 +67,7 @@ def _host(obj: Any, i: int, problems: list[str]) -> Host | None:
     family = f.string("cpu_family", None)
     cpu_used = f.number("cpu_used")
     mem_used = f.number("memory_used_mib")
+    unknown = f.string("inventory_unknown", None)
     raw_models = f.get("cpu_models", None)
     cpu_models = None if raw_models is None else frozenset(f.strings("cpu_models"))
     cells = []
@@ -121,7 +122,7 @@ def _host(obj: Any, i: int, problems: list[str]) -> Host | None:
     if len(problems) > start:
         return None
     return Host(name, cpus, memory, tuple(sorted(cells, key=lambda c: c.id)), state,
-                frozenset(tags), family, cpu_used, mem_used, cpu_models)
+                frozenset(tags), family, cpu_used, mem_used, cpu_models, unknown)
 
 
 def _vm(obj: Any, i: int, problems: list[str]) -> Vm | None:
@@ -312,6 +313,8 @@ def dump_cluster(cluster: Cluster, config: PolicyConfig | None = None) -> dict[s
                 d[key] = getattr(h, key)
         if h.cpu_models is not None:
             d["cpu_models"] = sorted(h.cpu_models)
+        if h.inventory_unknown:
+            d["inventory_unknown"] = h.inventory_unknown
         hosts.append(d)
     vms = []
     for v in cluster.vms:

@@ -57,6 +57,9 @@ class Host:
     memory_used_mib: float | None = None
     # Custom CPU models a guest may use here; None: not known (any model is accepted).
     cpu_models: frozenset[str] | None = None
+    # Why its NUMA cells, hugepages and CPU models are not known now (its inventory cannot be
+    # read): it takes only VMs that need none of them. None: known (or not modelled at all).
+    inventory_unknown: str | None = None
 
     @property
     def hugepage_mib(self) -> int:

@@ -35,7 +35,7 @@ class CellState:
 class HostUsage:
     """One host as the placement engine tracks it: capacity, what is bound to it, its load."""
 
-    __slots__ = ("name", "host", "active", "state", "tags", "family", "cpu_models", "cpus", "memory", "normal_memory",
+    __slots__ = ("name", "host", "active", "state", "tags", "family", "cpu_models", "inventory_unknown", "cpus", "memory", "normal_memory",
                  "shared_vcpus", "dedicated", "memory_alloc", "cpu_load", "mem_load", "cells",
                  "vms", "version", "shape", "memo")
 
@@ -47,6 +47,7 @@ class HostUsage:
         self.tags = host.tags
         self.family = host.cpu_family
         self.cpu_models = host.cpu_models
+        self.inventory_unknown = host.inventory_unknown
         self.cpus = host.cpus
         self.memory = host.memory_mib
         self.normal_memory = host.memory_mib - host.hugepage_mib

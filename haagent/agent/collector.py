@@ -25,9 +25,10 @@ class InventoryCollector:
     """Every ``interval`` s: ``host_info()`` and one stats reading, folded into the smoother."""
 
     def __init__(self, hv: Hypervisor, tags: tuple[str, ...] = (), interval: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, smoothing: float = 60.0, vms_only: bool = False):
         self.hv, self.tags, self.interval, self.clock = hv, tags, interval, clock
-        self.smoother = LoadSmoother()
+        self.smoother = LoadSmoother(tau=smoothing)
+        self.vms_only = vms_only
         self._lock = threading.Lock()
         self._inventory: dict[str, Any] | None = None
         self._error = ""
@@ -63,7 +64,7 @@ class InventoryCollector:
                 self._inventory = inventory
             if sample is not None:
                 cpus = (self._inventory or {}).get("cpus") or cur.host_cpus
-                self.smoother.add(sample, int(cpus))
+                self.smoother.add(sample, int(cpus), self.vms_only)
             if errors and errors[0] != self._error:
                 log.warning("inventory_read_failed", error="; ".join(errors))
             self._error = "; ".join(errors)

@@ -57,8 +57,11 @@ class LoadSmoother:
     vms: dict[str, float] = field(default_factory=dict)
     _at: float | None = None
 
-    def add(self, sample: StatsSample, cpus: int) -> None:
-        """Fold in one usage sample (CPU figures need two readings; memory counts at once)."""
+    def add(self, sample: StatsSample, cpus: int, vms_only: bool = False) -> None:
+        """Fold in one usage sample (CPU figures need two readings; memory counts at once).
+
+        ``vms_only``: the host's figures are its VMs' sums (hosts that share one machine, as the
+        lab's, cannot tell their own use from their neighbours')."""
         dt = None if self._at is None else max(sample.at - self._at, 0.0)
         a = 1.0 if dt is None else 1.0 - math.exp(-dt / self.tau)
         self._at = sample.at
@@ -66,11 +69,16 @@ class LoadSmoother:
         def mix(old: float | None, new: float) -> float:
             return new if old is None else old + a * (new - old)
 
-        if sample.host_load is not None and cpus > 0:
-            self.cpu = mix(self.cpu, sample.host_load * cpus)
-        used = sample.host_memory_total_mib - sample.host_memory_free_mib
-        if sample.host_memory_total_mib > 0:
-            self.memory_used_mib = mix(self.memory_used_mib, used)
+        if vms_only:
+            if sample.interval_s is not None:
+                self.cpu = mix(self.cpu, sum((u.cpu_percent or 0.0) for u in sample.vms.values()) / 100.0)
+            self.memory_used_mib = mix(self.memory_used_mib, sum(u.memory_used_mib for u in sample.vms.values()))
+        else:
+            if sample.host_load is not None and cpus > 0:
+                self.cpu = mix(self.cpu, sample.host_load * cpus)
+            used = sample.host_memory_total_mib - sample.host_memory_free_mib
+            if sample.host_memory_total_mib > 0:
+                self.memory_used_mib = mix(self.memory_used_mib, used)
         seen = {}
         for uuid, u in sample.vms.items():
             if u.cpu_percent is not None:
@@ -91,11 +99,11 @@ class LoadSmoother:
 class Thresholds:
     """How far load or free memory must move before a report is worth a write."""
 
-    cpu_cores: float = 0.5  # or 10 % of the host's cpus, whichever is larger
+    cpu_cores: float = 0.2  # or 10 % of the host's cpus, whichever is larger
     cpu_fraction: float = 0.10
-    memory_mib: float = 512.0  # or 5 % of the host's memory, whichever is larger
+    memory_mib: float = 256.0  # or 5 % of the host's memory, whichever is larger
     memory_fraction: float = 0.05
-    vm_cpu_cores: float = 0.5  # one VM's smoothed CPU
+    vm_cpu_cores: float = 0.25  # one VM's smoothed CPU
 
 
 def _moved(old: Any, new: Any, limit: float) -> bool:

@@ -89,6 +89,12 @@ class FakeCluster:
         hv._up = True
         hv._emit(VmEvent(EventKind.RECONNECTED, None, None, "reconnected", self.clock()))
 
+    def qemus(self, uri: str) -> frozenset[str]:
+        """The uuids whose QEMU runs on the host, whether or not its libvirtd answers (an oracle
+        for tests and the simulator's invariants, not part of the Hypervisor port)."""
+        return frozenset(v.uuid for v in self.hosts[uri]._vms.values()
+                         if v.state in (VmState.RUNNING, VmState.PAUSED))
+
     def set_daemon_up(self, uri: str, up: bool) -> None:
         hv = self.hosts[uri]
         if hv._up == up:

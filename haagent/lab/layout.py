@@ -627,6 +627,10 @@ format = "json"
 [agent]
 # the lab's shared storage: domain specs from etcd may keep their disks only there
 image_dirs = ["{images}"]
+# The lab's hosts share one machine: a host's load is its VMs' (the machine's CPU and memory
+# figures are everybody's), smoothed over 15 s so a test sees a burst within seconds.
+load_source = "vms"
+load_smoothing = 15
 {fencing}"""
 
 

@@ -327,6 +327,11 @@ def step(view: ClusterView, status: ManagerStatus, now: float, config: ManagerCo
         host_key, vm_key = st.keys_of(key)
         st.alert("bad_record", host=host_key, vm=vm_key,
                  message=f"{key}: {why}; skipped until it is fixed or deleted")
+    for name, hv in sorted(view.hosts.items()):
+        if hv.inventory_error and hv.alive:
+            st.alert("inventory_unreadable", host=name,
+                     message=f"{hv.inventory_error}; placed on by cpu and memory only, and only VMs "
+                             "without NUMA, pinning, hugepage or CPU model needs, until it reports again")
     requests = {(r.kind, r.host): r for r in view.requests if r.host and r.kind != "fence_ack"}
     _take_acks(st)
     for name in sorted(view.hosts):

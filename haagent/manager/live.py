@@ -17,7 +17,9 @@ How the live figures map onto the engine's model (docs/placement.md, "The live c
   "spread"``), so a strict VM placed after it in the same failover sees what is really left.
 - The migration compatibility key is the engine's ``cpu_family``; tags, smoothed CPU load (host
   and per VM) and memory in use come from the report as well.
-- A host whose inventory cannot be read (``inventory_error``) is placed on by cpu and memory only.
+- A host whose inventory cannot be read (``inventory_error``) is placed on by cpu and memory only,
+  and only VMs that need nothing of its inventory (no NUMA binding, pinning, hugepages or custom
+  CPU model) go there: placed nowhere rather than wrongly.
 - VMs carry their domain XML's requirements (``haagent/state/requirements.py``). VMs go to the
   engine under their libvirt names so the naming convention applies; a name used twice falls
   back to the uuid.
@@ -57,7 +59,8 @@ def live_host(hv: HostView, avoided: bool = False) -> Host:
         cells = tuple(_cell(c) for c in hv.numa)
     return Host(name=hv.name, cpus=max(hv.cpus, 1), memory_mib=max(hv.memory_mib, 1), numa=cells,
                 state=host_state(hv, avoided), tags=hv.tags, cpu_family=hv.cpu_key or None,
-                cpu_used=hv.cpu_used, memory_used_mib=hv.memory_used_mib, cpu_models=hv.cpu_models)
+                cpu_used=hv.cpu_used, memory_used_mib=hv.memory_used_mib, cpu_models=hv.cpu_models,
+                inventory_unknown=hv.inventory_error or None)
 
 
 def _cell(c: HostCell) -> NumaCell:

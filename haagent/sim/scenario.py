@@ -18,6 +18,7 @@ A scenario directory holds ``README`` (one line), ``cluster.json``, ``cmdlist`` 
     at 7 vm web-1 crash        vm web-1 shutdown    (a crash, or a shutdown by a user)
     at 20 ack h2               at 30 return h2      (haagent fence ack / haagent host return)
     at 5 load web-1 150                             (the VM now burns 150 % of one host CPU)
+    at 5 libvirtd h2 down      libvirtd h2 up       (its libvirtd stops answering; VMs run on)
     end 40                     (run until t=40; default 60)
 
 A line without ``at`` happens at t=0, before the first tick. docs/simulator.md has the details.
@@ -97,6 +98,7 @@ _SHAPES = {
     "power": ("HOST", ("on", "off")), "network": ("HOST", ("on", "off")),
     "agent": ("HOST", ("crash", "start", "stop")), "vm": ("VM", ("crash", "shutdown")),
     "bmc": ("HOST", DEVICE_MODES), "pdu": ("HOST", DEVICE_MODES), "read": ("HOST", READ_FAULTS),
+    "libvirtd": ("HOST", ("down", "up")),
 }
 _HOST_RECORDS = ("state", "report", "lease", "stopped")
 _VM_RECORDS = ("spec", "placement", "migration")
@@ -205,6 +207,8 @@ def apply(sim: Simulation, cmd: Command) -> None:
             sim.network(w[1], w[2] == "on")
         elif verb == "agent":
             {"crash": sim.agent_crash, "start": sim.agent_start, "stop": sim.agent_stop}[w[2]](w[1])
+        elif verb == "libvirtd":
+            sim.libvirtd(w[1], w[2] == "up")
         elif verb == "bmc":
             sim.set_device(w[1], "ipmi", w[2])
         elif verb == "pdu":

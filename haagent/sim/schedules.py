@@ -108,6 +108,7 @@ def generate(seed: int) -> Schedule:
     lines: list[str] = []
     off_at: dict[str, float] = {}  # hosts powered off by the schedule, and when
     back_on: set[str] = set()  # ... and powered on again before the heal
+    on_at: dict[str, float] = {}  # ... and when (an ack must come while the host is still off)
     liars: set[str] = set()
     lossy: set[str] = set()  # hosts with a fault that can take their lease away
     stormed: set[str] = set()  # hosts lost in a storm (a lying read lets their fences through)
@@ -116,7 +117,7 @@ def generate(seed: int) -> Schedule:
         h = rng.choice(hosts)
         kind = rng.choice(("power", "power", "network", "network", "agent", "bmc", "quorum", "vm", "vm",
                            "flap", "pdu", "stop", "corrupt", "corrupt", "depose", "lie", "ackflap", "ackflap",
-                           "load", "read", "storm", "storm"))
+                           "load", "libvirtd", "read", "storm", "storm"))
         if kind in ("power", "network", "flap", "agent", "stop", "depose", "ackflap") and h in liars:
             continue  # a liar's lease may only lapse through the short flap below
         if kind in ("power", "network", "flap", "agent", "stop", "depose", "ackflap") and stormed and \
@@ -127,8 +128,10 @@ def generate(seed: int) -> Schedule:
             off_at.setdefault(h, t)
             lossy.add(h)
             if rng.random() < 0.3:
-                lines.append(f"at {t + rng.randint(1, 8):g} power {h} on")
+                on = t + rng.randint(1, 8)
+                lines.append(f"at {on:g} power {h} on")
                 back_on.add(h)
+                on_at.setdefault(h, on)
         elif kind == "network":
             lines.append(f"at {t:g} network {h} off")
             lossy.add(h)
@@ -187,6 +190,10 @@ def generate(seed: int) -> Schedule:
         elif kind == "quorum":
             lines.append(f"at {t:g} quorum lost")
             lines.append(f"at {t + rng.randint(1, 6):g} quorum back")
+        elif kind == "libvirtd":  # its libvirtd stops answering: VMs run on, the inventory goes stale
+            lines.append(f"at {t:g} libvirtd {h} down")
+            if rng.random() < 0.5:
+                lines.append(f"at {t + rng.randint(1, 8):g} libvirtd {h} up")
         elif kind == "load" and vms:  # guests get busy: the leader's placement reads the load
             for vm in rng.sample(vms, rng.randint(1, len(vms))):
                 lines.append(f"at {t:g} load {vm} {rng.choice((0, 50, 100, 300, 700))}")
@@ -202,7 +209,7 @@ def generate(seed: int) -> Schedule:
                 lines.append(f"at {t:g} corrupt {rng.choice(vms)} {rng.choice(('spec', 'placement', 'migration'))}")
             else:
                 lines.append(f"at {t:g} corrupt request")
-        elif kind == "depose" and h != hosts[0]:
+        elif kind == "depose" and h != hosts[0] and hosts[0] not in liars:  # (it cuts hosts[0] off)
             # h dies; the first host (the usual leader) is cut off while its fence runs (a slow
             # one, sometimes: it ends after that leader has lost its lease, so it must be dropped).
             if cluster["hosts"][h]["fencing"] and rng.random() < 0.5:
@@ -218,6 +225,8 @@ def generate(seed: int) -> Schedule:
     for h, t in sorted(off_at.items()):
         if rng.random() < 0.4:
             ack = t + rng.randint(0, 12)
+            if ack >= on_at.get(h, float("inf")):
+                continue  # it runs again by then: acknowledging it off would be a false statement
             lines.append(f"at {ack:g} ack {h}")
             if h not in back_on and rng.random() < 0.3:
                 lines.append(f"at {ack + rng.randint(1, 6):g} power {h} on")
@@ -226,6 +235,7 @@ def generate(seed: int) -> Schedule:
     # still off are acknowledged (a storm hold waits for that); liars' hosts are returned.
     heal = [f"at {HEAL_AT:g} quorum back", f"at {HEAL_AT:g} repair"]
     for h in hosts:
+        heal.append(f"at {HEAL_AT:g} libvirtd {h} up")
         heal.append(f"at {HEAL_AT:g} network {h} on")
         heal.append(f"at {HEAL_AT:g} agent {h} start")
         for level in cluster["hosts"][h]["fencing"]:

@@ -94,6 +94,7 @@ class AgentProc:
     last_report_at: float = float("-inf")
     load: LoadSmoother = field(default_factory=LoadSmoother)  # the agent's smoothed load
     stats: RawStats | None = None  # its previous counters reading
+    inventory: dict | None = None  # the last inventory it could read
     store_error: str = ""
 
     @property
@@ -122,7 +123,7 @@ class SimHost:
         """Domains QEMU runs here now (whatever the agent or etcd believe)."""
         if self.hv is None:
             return frozenset()
-        return frozenset(i.uuid for i in self.hv.list_vms() if i.state in (VmState.RUNNING, VmState.PAUSED))
+        return self.hv.cluster.qemus(self.hv.uri)
 
     def stop_all(self) -> None:
         """Power is gone: every QEMU dies (the definitions stay, as libvirt keeps them on disk)."""
@@ -367,6 +368,12 @@ class Simulation:
                 return h.name
         return None
 
+    def libvirtd(self, name: str, up: bool) -> None:
+        """The host's libvirtd stops answering (or answers again); QEMU and its VMs run on."""
+        h = self.hosts[name]
+        assert h.hv is not None
+        self.fakes.set_daemon_up(h.hv.uri, up)
+
     def vm_load(self, uuid: str, cpu_percent: float) -> str | None:
         """The VM's guest now burns ``cpu_percent`` of one host CPU, wherever it runs from now on."""
         self.vm_loads[uuid] = cpu_percent
@@ -548,8 +555,8 @@ class Simulation:
                             views=self.views)
         try:
             actions = a.vms.reconcile()
-        except StoreError:
-            actions = []  # e.g. no quorum for a spec or a request: the daemon logs it and goes on
+        except (StoreError, HaagentError):
+            actions = []  # no quorum for a spec, libvirtd down: the daemon logs it and goes on
         for act in actions:
             if isinstance(act, StartVm):
                 self.user_stopped.discard(act.vm)
@@ -576,9 +583,9 @@ class Simulation:
             cur = h.hv.raw_stats()
             a.load.add(compute_usage(a.stats, cur), cur.host_cpus)
             a.stats = cur
-            inventory = host_inventory(h.hv.host_info(), h.tags)
-        except HaagentError as exc:  # its libvirtd is down: say so, as the daemon's collector does
-            inventory = {"cpus": h.cpus, "memory_mib": h.memory_mib, "tags": sorted(h.tags),
+            inventory = a.inventory = host_inventory(h.hv.host_info(), h.tags)
+        except HaagentError as exc:  # its libvirtd is down: the last inventory, marked (as the collector)
+            inventory = {**(a.inventory or {"cpus": h.cpus, "memory_mib": h.memory_mib, "tags": sorted(h.tags)}),
                          "inventory_error": f"host capabilities: {exc}"}
         if not lease_ok:
             return

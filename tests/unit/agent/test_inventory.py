@@ -76,8 +76,8 @@ def test_drifting_load_is_written_at_most_once_per_interval_and_only_past_a_thre
     busy = changed(load={"cpu": 4.0, "memory_used_mib": 8000, "vms": {"a": 1.0}})
     assert not worth_writing(BASE, busy, 4.9, 5.0)  # within the interval: never
     assert worth_writing(BASE, busy, 5.0, 5.0)
-    drift = changed(load={"cpu": 2.5, "memory_used_mib": 8300, "vms": {"a": 1.3}}, reported_at=9.0)
-    assert not worth_writing(BASE, drift, 60.0, 5.0)  # 0.5 core < 0.8 (10 % of 8), 300 < 819 MiB
+    drift = changed(load={"cpu": 2.5, "memory_used_mib": 8300, "vms": {"a": 1.2}}, reported_at=9.0)
+    assert not worth_writing(BASE, drift, 60.0, 5.0)  # 0.5 core < 0.8 (10 % of 8), 300 < 819 MiB, 0.2 < 0.25
     assert worth_writing(BASE, changed(load={"cpu": 2.0, "memory_used_mib": 9000, "vms": {"a": 1.0}}), 60, 5)
     assert worth_writing(BASE, changed(load={"cpu": 2.0, "memory_used_mib": 8000, "vms": {"a": 2.0}}), 60, 5)
     freed = [dict(BASE["numa"][0], free_mib=3000)]

@@ -93,6 +93,10 @@ def test_a_host_whose_inventory_cannot_be_read_is_placed_on_by_cpu_and_memory_on
     hv = host("h1", 100, inventory_error="host capabilities: libvirt is down")
     live = live_cluster(view([hv]))
     assert live.cluster.hosts[0].numa == () and "libvirt is down" in live.warnings[0]
+    assert "libvirt is down" in live.cluster.hosts[0].inventory_unknown
+    strict = view([hv, host("h2", 8000)], [VmSpec("u1", "vm", 1, 512, needs=STRICT), VmSpec("u2", "plain", 1, 512)])
+    placed, _ = policy_placer()(list(strict.specs.values()), strict, frozenset())
+    assert placed["u1"] == "h2"  # not where its cells are unknown
 
 
 KEYS = Keys("c1")
