@@ -37,9 +37,6 @@ CC_UNSPECIFIED = 0xFF
 _SUITE3 = (1, 1, 1)
 
 
-_SERVE_LOCK = threading.Lock()
-
-
 class _FakeServerSession(serversession.ServerSession):
     """pyghmi's server session with the two protocol faults fixed and live fault injection."""
 
@@ -208,11 +205,7 @@ class FakeBmc(pyghmi_bmc.Bmc):
     def serve_forever(self) -> None:
         """Process requests in the calling thread until :meth:`stop`."""
         while not self._stopping.is_set():
-            # pyghmi's loop is class-wide (it serves every session and BMC of the process): two
-            # BMCs' threads running it at once raced on half-made sessions and killed the thread
-            # (AttributeError 'k1'), so one BMC stopped answering. One at a time.
-            with _SERVE_LOCK:
-                ipmisession.Session.wait_for_rsp(timeout=0.2)
+            ipmisession.Session.wait_for_rsp(timeout=0.2)
 
     def start(self) -> "FakeBmc":
         """Serve in a daemon thread; returns self."""
