@@ -131,6 +131,26 @@ class DeviceStatus:
         return self.state is not None
 
 
+def power_verdict(statuses: Sequence[DeviceStatus]) -> tuple[str, str]:
+    """What one status read of a host's devices says: ("off" | "on" | "unknown", detail).
+
+    "off" only when every device of one level answered an explicit off, as a fence confirms (both
+    outlets of a host with two supplies); "on" when no level is off and a device answered on;
+    otherwise "unknown" (no device, errors, timeouts, replies without a power state). The detail
+    names each device's answer, never its reply text.
+    """
+    levels: dict[int, list[DeviceStatus]] = {}
+    for s in statuses:
+        levels.setdefault(s.level, []).append(s)
+    detail = " ".join(f"{s.device}:{s.state.value if isinstance(s.state, PowerState) else s.error or 'no-state'}"
+                      for s in statuses)
+    if any(all(s.state is PowerState.OFF for s in level) for level in levels.values()):
+        return "off", detail
+    if any(s.state is PowerState.ON for s in statuses):
+        return "on", detail
+    return "unknown", detail or "no fence device"
+
+
 class Fencer(Protocol):
     """The port the failover manager fences through."""
 

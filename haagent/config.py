@@ -200,6 +200,7 @@ class ManagerSection:
 
     storm_threshold: float = 0.5
     storm_window: float = 30.0
+    storm_read_timeout: float = 5.0
     fence_retry_interval: float = 10.0
     watchdog_margin: float = 2.0
     auto_return_after: float | None = None
@@ -364,6 +365,8 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
     manager = ManagerSection(
         storm_threshold=mg.number("storm_threshold", ManagerSection.storm_threshold, positive=True, maximum=1),
         storm_window=mg.number("storm_window", ManagerSection.storm_window, positive=True, maximum=3600),
+        storm_read_timeout=mg.number("storm_read_timeout", ManagerSection.storm_read_timeout, positive=True,
+                                     maximum=600),
         fence_retry_interval=mg.number("fence_retry_interval", ManagerSection.fence_retry_interval, positive=True, maximum=3600),
         watchdog_margin=mg.number("watchdog_margin", ManagerSection.watchdog_margin, minimum=0, maximum=600),
         auto_return_after=auto_return or None,

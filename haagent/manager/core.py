@@ -7,7 +7,8 @@ state change goes through ``change_state``. Safety rules (DESIGN §4) are enforc
 * placement moves off a host only once it is confirmed fenced (power confirmed off and its lease
   gone, or the watchdog wait elapsed, or an operator acknowledged it);
 * a new leader waits ``new_leader_grace`` before declaring any host dead;
-* the storm guard holds all fencing and recovery when too many hosts turn suspect at once;
+* the storm guard holds all fencing and recovery when too many hosts turn suspect at once and
+  their fence devices, read first (status only), do not say their power is off;
 * a VM reported running on two hosts freezes that VM and raises an alert for a human.
 """
 
@@ -17,8 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping, Sequence
 
 from haagent.state.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, DeleteOp, Event, FenceHost, ForgetVm,
-                                  HostView, JournalStep, ManagerAction, Op, OpStep, SetHostState, SetPlacement,
-                                  VmSpec)
+                                  HostView, JournalStep, ManagerAction, Op, OpStep, PowerRead, ReadPower,
+                                  SetHostState, SetPlacement, SetStormHold, VmSpec)
 from haagent.model import HostState as S
 
 # Allowed transitions: (from, to) -> one-line gloss of why.
@@ -56,6 +57,7 @@ class ManagerConfig:
     lease_ttl: float = 3.0
     storm_threshold: float = 0.5  # hold when at least this fraction of known hosts turn suspect in storm_window
     storm_window: float = 30.0
+    storm_read_timeout: float = 5.0  # a storm candidate's power read unanswered this long says nothing
     fence_retry_interval: float = 10.0
     watchdog_margin: float = 2.0
     auto_return_after: float | None = None  # seconds healthy before a failed host returns
@@ -79,6 +81,12 @@ class ManagerStatus:
     # them. They leave the storm count (kept while they are in the storm window).
     known_dead: frozenset[str] = frozenset()
     alive_after_off: Mapping[str, float] = field(default_factory=dict)  # host -> first seen alive after an "off"
+    # Power reads of storm candidates: host -> (failover, granted_rev, asked at, power); power is
+    # "" while the answer is awaited, else "off", "on" or "unknown".
+    power_reads: Mapping[str, tuple[str, int, float, str]] = field(default_factory=dict)
+    # Hosts still lost when a storm hold ended -> not fenced before then (a lease TTL and
+    # fence_delay after the release: hosts cut off together come back one by one).
+    released: Mapping[str, float] = field(default_factory=dict)
     seeded: bool = False  # the first step has taken over the hosts already suspect or fencing
 
 
@@ -110,6 +118,9 @@ class _Step:
         recent = {h for h, _ in self.suspect_log}
         self.known_dead = {h for h in status.known_dead if h in recent}
         self.alive_after_off = dict(status.alive_after_off)
+        self.power_reads = dict(status.power_reads)
+        self.reading = False  # storm candidates' power reads are awaited (the hold is not settled)
+        self.released = {h: t for h, t in status.released.items() if t > now}
         self.failover: dict[str, str] = {h: hv.failover for h, hv in view.hosts.items() if hv.failover}
         self.acks: dict[str, object] = {}  # host -> its valid fence_ack request
         self.consumed: set[str] = set()
@@ -123,6 +134,7 @@ class _Step:
         self.states[host] = new
         if new is S.ACTIVE:
             self.failover.pop(host, None)
+            self.known_dead.discard(host)  # back in service: its death says nothing of its next loss
         self.actions.append(SetHostState(host, old, new, reason, self.failover.get(host, "")))
 
     def consume(self, req) -> None:
@@ -176,34 +188,81 @@ class _Step:
 
         A storm starts when at least ``storm_threshold`` of the known hosts turned suspect within
         ``storm_window`` ("at least": half the hosts lost at once is the split network or dead
-        switch the guard exists for). Time alone never releases it: it holds, past the window,
-        while at least that fraction of hosts caught in it is still suspect. Hosts leave it by
-        coming back, or one by one through an operator's ``haagent fence ack``; once fewer than
-        the threshold remain, they are ordinary failures and are fenced as usual.
+        switch the guard exists for) and are not known dead. Before holding, the leader reads the
+        fence devices of the candidates never fenced in this failover (status only): a host whose
+        device says its power is off is dead, not cut off, and leaves the count. While those
+        reads are awaited (at most ``storm_read_timeout``) nothing is fenced, nor held yet.
+        Time alone never releases a hold: it holds, past the window, while at least that
+        fraction of hosts caught in it is still lost. Hosts leave it by coming back, by being
+        read off, or one by one through an operator's ``haagent fence ack``; once fewer than the
+        threshold remain, they are ordinary failures and are fenced as usual.
         """
         known = [h for h, st in self.states.items() if st not in (S.MAINTENANCE, None)]
         # A single lost host is never a storm (in a 2-host cluster 1 of 2 is "half").
         limit = max(2.0, self.cfg.storm_threshold * len(known))
-        dead = self.known_dead | set(self.acks)
+        dead = self.known_dead | set(self.acks) | self.read_off()
 
         def lost(h: str) -> bool:
             return self.states.get(h) not in (S.ACTIVE, S.DRAINING, S.MAINTENANCE) and h not in dead
 
         # Hosts lost within the window that are not back count, whatever became of them since: a
         # host we switched off a few seconds before the next one vanished may have been cut off by
-        # the same fault. One whose fence found it already off, or that an operator acked, died.
+        # the same fault. One found already off (by a fence or a read), or acked, died.
         recent = {h for h, _ in self.suspect_log if lost(h)}
+        hold = set(self.storm_hold)
         if len(recent) >= limit:
-            self.storm_hold |= recent
-        if self.storm_hold:  # while it lasts, a host that turns suspect joins it
-            self.storm_hold |= {h for h, st in self.states.items() if st is S.SUSPECT}
+            hold |= recent
+        if hold:  # while it lasts, a host that turns suspect joins it
+            hold |= {h for h, st in self.states.items() if st is S.SUSPECT}
         # Time alone never releases a host: only coming back, being found off, or an ack.
-        self.storm_hold = {h for h in self.storm_hold if lost(h)}
-        if len(self.storm_hold) < limit:
-            self.storm_hold = set()
-        return bool(self.storm_hold)
+        hold = {h for h in hold if lost(h)}
+        if len(hold) < limit:
+            hold = set()
+        self.reading = bool(hold) and self._read_power(hold)
+        if self.reading:
+            return True  # answers awaited: fence nothing yet, hold nobody new yet
+        if self.storm_hold and not hold:
+            # The hold ends with some of its hosts still lost: most came back (or were acked or
+            # found off). Hosts cut off together come back one by one, so the rest become
+            # ordinary failures only after the time a host needs to renew its lease.
+            wait = self.now + self.cfg.lease_ttl + self.cfg.fence_delay
+            self.released.update({h: wait for h in self.storm_hold if lost(h)})
+        self.storm_hold = hold
+        return bool(hold)
+
+    def _power_key(self, h: str) -> tuple[str, int]:
+        hv = self.view.hosts.get(h)
+        return self.failover.get(h, ""), hv.granted_rev if hv else 0
+
+    def read_off(self) -> set[str]:
+        """Hosts whose devices said "off" when read during their present loss."""
+        return {h for h, (fid, rev, _, power) in self.power_reads.items()
+                if power == "off" and (fid, rev) == self._power_key(h)}
+
+    def _read_power(self, hosts: set[str]) -> bool:
+        """Ask for the power of each candidate not read yet in this loss; whether any is awaited.
+
+        Only a host still ``suspect`` is read: no fence was sent in this failover, so an "off" is
+        its own doing (a host in ``fencing`` may have been switched off by us).
+        """
+        waiting = False
+        for h in sorted(hosts):
+            if self.states.get(h) is not S.SUSPECT:
+                continue
+            fid, rev = key = self._power_key(h)
+            read = self.power_reads.get(h)
+            if read is None or read[:2] != key:
+                self.power_reads[h] = (fid, rev, self.now, "")
+                self.actions.append(ReadPower(h, fid, rev))
+                waiting = True
+            elif read[3] == "" and self.now - read[2] < self.cfg.storm_read_timeout:
+                waiting = True
+        return waiting
 
     def finish(self) -> tuple[ManagerStatus, list[ManagerAction]]:
+        if not self.in_grace:
+            self._storm_record()
+        self.power_reads = {h: r for h, r in self.power_reads.items() if r[0] == self.failover.get(h)}
         # Alerts are level-triggered: emit the current set; the shell raises and clears them.
         for a in sorted(self.alerts, key=lambda a: (a.name, a.host, a.vm)):
             self.actions.append(a)
@@ -212,8 +271,47 @@ class _Step:
             suspect_since=self.s_since, lost_at=self.lost_at, fence_inflight=self.inflight,
             fence_issued_at=self.issued_at, suspect_log=tuple(self.suspect_log),
             healthy_since=self.healthy, alerts=frozenset(self.alerts), storm_hold=frozenset(self.storm_hold),
-            known_dead=frozenset(self.known_dead), alive_after_off=self.alive_after_off, seeded=True)
+            known_dead=frozenset(self.known_dead), alive_after_off=self.alive_after_off,
+            power_reads=self.power_reads, released=self.released, seeded=True)
         return status, self.actions
+
+
+    def _storm_record(self) -> None:
+        """Settle the storm guard for this step: its alert per held host, its stored record, and
+        an event when a hold starts, changes or ends."""
+        self.storm()
+        held = tuple(sorted(self.storm_hold))
+        listed = ", ".join(held)
+        for h in held:
+            self.alert("fencing_storm_hold", host=h,
+                       message=f"{len(held)} hosts lost their lease together and no fence device said their "
+                               f"power is off ({listed}): holding their fencing until they come back; once {h} "
+                               f"is known to be off, 'haagent fence ack {h} --yes' releases it")
+        before = tuple(sorted(self.view.storm_hold))
+        if held == before or self.reading:
+            return  # (while answers are awaited the record stays as it is: a new leader keeps it)
+        self.actions.append(SetStormHold(held))
+        if not before:
+            self.actions.append(Event("storm_hold_started", detail={"hosts": list(held)}))
+        elif not held:
+            self.actions.append(Event("storm_hold_ended", detail={"hosts": list(before)}))
+        else:
+            self.actions.append(Event("storm_hold_changed", detail={
+                "hosts": list(held), "joined": sorted(set(held) - set(before)),
+                "left": sorted(set(before) - set(held))}))
+
+
+def with_power_reads(status: ManagerStatus, reads: Iterable[PowerRead], now: float,
+                     config: ManagerConfig) -> ManagerStatus:
+    """Fold power read answers into the leader's memory: an answer counts only for the read it
+    answers (same host, failover and lease grant) and only within ``storm_read_timeout``."""
+    power = dict(status.power_reads)
+    for r in reads:
+        asked = power.get(r.host)
+        if (asked is not None and asked[:2] == (r.failover, r.granted_rev) and asked[3] == ""
+                and now - asked[2] <= config.storm_read_timeout):
+            power[r.host] = (*asked[:3], r.power)
+    return replace(status, power_reads=power)
 
 
 def new_status(now: float) -> ManagerStatus:
@@ -378,22 +476,16 @@ def _suspect(st: _Step, hv: HostView, requests) -> None:
     if st.storm():
         ack = st.acks.get(hv.name)
         if ack is None:
-            _storm_alert(st)
             return
         # An operator vouched for this one: it leaves the hold and is fenced (and recovered) now.
         st.storm_hold.discard(hv.name)
-    elif st.now - since < st.cfg.fence_delay:
-        return
+    elif st.now - since < st.cfg.fence_delay or (st.now < st.released.get(hv.name, st.now)
+                                                 and hv.name not in st.acks):
+        return  # (an operator's ack needs no wait for a host to come back)
     op_id = st.new_failover(hv.name)
     st.journal(op_id, hv.name, "intent", detect_after=round(st.now - since, 3))
     st.change_state(hv.name, S.FENCING, f"no lease for {st.now - since:.1f}s")
     st.dispatch_fence(hv.name, op_id)
-
-
-def _storm_alert(st: _Step) -> None:
-    st.alert("fencing_storm_hold", message=f"{len(st.storm_hold)} hosts lost their lease together "
-             f"({', '.join(sorted(st.storm_hold))}): holding their fencing until they come back or an operator "
-             "acknowledges each one with 'haagent fence ack HOST --yes'")
 
 
 INCONSISTENT = ("fence reported power off, yet the host holds a lease granted after that fence started: the "
@@ -480,8 +572,9 @@ def _fencing(st: _Step, hv: HostView, requests) -> None:
         return
     if fences and st.now - st.issued_at.get(hv.name, -1e18) < st.cfg.fence_retry_interval:
         return
+    if st.now < st.released.get(hv.name, st.now):
+        return  # just released from a storm hold
     if st.storm() and hv.name in st.storm_hold:
-        _storm_alert(st)
         return  # no retry while the storm guard holds it
     st.dispatch_fence(hv.name, op.id)
 
@@ -711,6 +804,10 @@ def _describe(a: ManagerAction) -> str:
         return f"op={a.op} step={a.step.step} {detail}".rstrip()
     if isinstance(a, FenceHost):
         return f"fence host={a.host} op={a.op} attempt={a.attempt}"
+    if isinstance(a, ReadPower):
+        return f"read power host={a.host} (status only: is it off?)"
+    if isinstance(a, SetStormHold):
+        return f"storm hold: {', '.join(a.hosts) or 'none'}"
     if isinstance(a, DeleteOp):
         return f"forget finished op={a.op}"
     if isinstance(a, ForgetVm):
@@ -724,7 +821,9 @@ def _describe(a: ManagerAction) -> str:
     if isinstance(a, Alert):
         return " ".join(x for x in (f"ALERT {a.name}", _who(a.host, a.vm), a.message) if x)
     if isinstance(a, Event):
-        return " ".join(x for x in (f"event {a.kind}", _who(a.host, a.vm)) if x)
+        hosts = a.detail.get("hosts") if a.kind.startswith("storm_hold") else None
+        return " ".join(x for x in (f"event {a.kind}", _who(a.host, a.vm),
+                                    f"hosts={','.join(hosts)}" if hosts is not None else "") if x)
     return repr(a)
 
 

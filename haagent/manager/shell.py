@@ -4,7 +4,8 @@
 drive it:
 
 * ``LeaderStore``: our epoch (None when we do not lead), the decoded view, guarded writes;
-* ``FenceDispatch``: start a fence in the background, reporting its journal step when done;
+* ``FenceDispatch``: start a fence in the background, reporting its journal step when done, and
+  read a host's fence devices (status only) for the storm guard, reporting a ``PowerRead``;
 * a monotonic clock and a wall clock (journal timestamps are for display only).
 
 What it reports (actions, alerts, a deposition) goes to a ``sink(event, fields)``: the daemon
@@ -31,14 +32,15 @@ from haagent.errors import LeaseExpired, NotLeader, StoreError, StoreUnavailable
 from haagent.log import get_logger
 from haagent.manager import core
 from haagent.state.codec import action_compares, action_ops, build_view, fence_result_step
-from haagent.state.view import Alert, ClusterView, FenceHost, JournalStep, ManagerAction, SetHostState
+from haagent.state.view import (Alert, ClusterView, FenceHost, JournalStep, ManagerAction, PowerRead, ReadPower,
+                                SetHostState)
 from haagent.model import HostState
 from haagent.store.port import Compare, Delete, Put
 from haagent.store.election import Election
 from haagent.store.keys import Keys
 from haagent.store.watch import PrefixCache
 
-from fencing.runner import Fencer
+from fencing.runner import Fencer, power_verdict
 
 log = get_logger("haagent.manager")
 
@@ -72,6 +74,10 @@ class FenceDispatch(Protocol):
     def start(self, action: FenceHost, cancel: threading.Event, done: Callable[[JournalStep], None]) -> None:
         """Fence in the background; call ``done(step)`` with the result's journal step."""
 
+    def read_power(self, action: ReadPower, done: Callable[[PowerRead], None]) -> None:
+        """Read the host's fence devices in the background (status only); call ``done`` with the
+        answer. The step bounds how long it waits (``storm_read_timeout``)."""
+
 
 class LeaderShell:
     """Runs the manager step while this process leads."""
@@ -85,6 +91,7 @@ class LeaderShell:
         self.epoch = 0
         self.alerts: frozenset[Alert] = frozenset()
         self._results: queue.Queue[tuple[int, JournalStep]] = queue.Queue()
+        self._reads: queue.Queue[tuple[int, PowerRead]] = queue.Queue()
         self._cancel = threading.Event()  # set when the epoch that dispatched the running fences ends
 
     @property
@@ -110,6 +117,11 @@ class LeaderShell:
         self._results.put((epoch, step))
         self.wake()
 
+    def power_done(self, epoch: int, read: PowerRead) -> None:
+        """A power read finished (any thread): fed to the next step if ``epoch`` still leads."""
+        self._reads.put((epoch, read))
+        self.wake()
+
     def tick(self) -> None:
         epoch = self.store.epoch()
         if epoch is None:
@@ -132,25 +144,21 @@ class LeaderShell:
         view = replace(self.store.view(), epoch=epoch)
         self.sink("store_ok", {})
         # Fence results first, so this step sees them; results of another epoch are dropped.
-        results = []
-        while True:
-            try:
-                done_epoch, step = self._results.get_nowait()
-            except queue.Empty:
-                break
-            if done_epoch == epoch:
-                results.append(step)
-            else:
-                self.sink("result_dropped", {"op": step.op, "host": step.host, "epoch": done_epoch,
-                                             "current": epoch})
+        results = self._drain(self._results, epoch)
         if results:
             revision = self._write(results, view)
             if not revision or not self.store.caught_up(revision):
                 self.sink("stale_view", {"waiting_for": revision})
                 return  # decide nothing from a view that does not hold our own last write
             view = replace(self.store.view(), epoch=epoch)
-        status, actions = core.step(view, self.status, self.clock(), self.config, self.placer)
-        writes = any(not isinstance(a, (Alert, FenceHost)) for a in actions)
+        reads = self._drain(self._reads, epoch)
+        for r in reads:
+            self.sink("power_read", {"host": r.host, "power": r.power, "detail": r.detail})
+        now = self.clock()
+        status = core.with_power_reads(self.status, reads, now, self.config) if reads else self.status
+        self.status = status  # an answer is kept even if this step's write fails
+        status, actions = core.step(view, status, now, self.config, self.placer)
+        writes = any(not isinstance(a, (Alert, FenceHost, ReadPower)) for a in actions)
         if writes:
             revision = self._write(actions, view)
             if not revision:
@@ -168,7 +176,23 @@ class LeaderShell:
         for a in actions:
             if isinstance(a, FenceHost):
                 self.fences.start(a, self._cancel, lambda step, e=epoch: self.fence_done(e, step))
+            elif isinstance(a, ReadPower):
+                self.fences.read_power(a, lambda read, e=epoch: self.power_done(e, read))
         self._set_alerts(frozenset(a for a in actions if isinstance(a, Alert)))
+
+    def _drain(self, results: queue.Queue, epoch: int) -> list:
+        """What finished for ``epoch``; results of another epoch are dropped (and said so)."""
+        out = []
+        while True:
+            try:
+                done_epoch, item = results.get_nowait()
+            except queue.Empty:
+                return out
+            if done_epoch == epoch:
+                out.append(item)
+            else:
+                self.sink("result_dropped", {"op": getattr(item, "op", "power read"), "host": item.host,
+                                             "epoch": done_epoch, "current": epoch})
 
     def _write(self, actions: list[ManagerAction] | list[JournalStep], view: ClusterView) -> int:
         ops = action_ops(actions, view, self.keys, self.wall(), self.store.events_lease())
@@ -241,6 +265,10 @@ class ThreadedFences:
     def __init__(self, fencer: Fencer, clock: Callable[[], float] = time.monotonic, workers: int = 4):
         self.fencer, self.clock = fencer, clock
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fence")
+        # Power reads on their own pool, so a hung device read never delays a fence; one at a time:
+        # two IPMI logins at once from this process were seen to fail (FenceAuthError) in the lab,
+        # and a read that fails counts its host towards the storm. A late answer is no evidence.
+        self.reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="power-read")
         self._running: dict[str, Future] = {}
 
     def start(self, action: FenceHost, cancel: threading.Event, done: Callable[[JournalStep], None]) -> None:
@@ -272,8 +300,19 @@ class ThreadedFences:
 
         self._running[action.host] = self.pool.submit(run)
 
+    def read_power(self, action: ReadPower, done: Callable[[PowerRead], None]) -> None:
+        def run() -> None:
+            try:
+                power, detail = power_verdict(self.fencer.status(action.host))
+            except Exception as exc:  # a broken plugin: no evidence
+                power, detail = "unknown", type(exc).__name__
+            done(PowerRead(action.host, action.failover, action.granted_rev, power, detail))
+
+        self.reads.submit(run)
+
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.reads.shutdown(wait=False, cancel_futures=True)
 
 
 class DaemonSink:
@@ -303,6 +342,8 @@ class DaemonSink:
             log.info("manager_started", **f)
         elif event == "deposed":
             log.warning("manager_stopped", **f)
+        elif event == "power_read":
+            log.warning("storm_power_read", **f)
         elif event in ("result_dropped", "stale_view", "store_error"):
             log.warning(f"manager_{event}", **f)
         elif event == "step_retry":
@@ -381,6 +422,6 @@ def manager_config(config: Any) -> core.ManagerConfig:
     t, m = config.timing, config.manager
     return core.ManagerConfig(
         fence_delay=t.fence_delay, new_leader_grace=t.new_leader_grace, lease_ttl=float(t.lease_ttl),
-        storm_threshold=m.storm_threshold, storm_window=m.storm_window,
+        storm_threshold=m.storm_threshold, storm_window=m.storm_window, storm_read_timeout=m.storm_read_timeout,
         fence_retry_interval=m.fence_retry_interval, watchdog_margin=m.watchdog_margin,
         auto_return_after=m.auto_return_after)

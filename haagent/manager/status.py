@@ -78,6 +78,7 @@ def status(config: Config, as_json: bool) -> None:
             "; ".join(notes),
         )
     console.print(table)
+    _print_storm_hold(console, data["storm_hold"])
     for bad in data["bad_records"]:
         console.print(f"[red]bad record[/] {bad['key']}: {bad['problem']} (runbooks/bad_record.md)")
 
@@ -130,4 +131,38 @@ def cluster_status(store: Any, keys: Any, now: float | None = None) -> dict[str,
         "leader": {"host": lead.host, "epoch": lead.epoch} if lead else None,
         "hosts": hosts,
         "bad_records": [{"key": k, "problem": why} for k, why in view.bad_records],
+        "storm_hold": storm_hold(store, keys),
     }
+
+
+RELEASE = "haagent fence ack {h} --yes"
+
+
+def storm_hold(store: Any, keys: Any) -> dict[str, Any] | None:
+    """The leader's storm record: ``{"hosts", "since", "release": {host: command}}``, or None when
+    the storm guard holds nothing (``problem`` says why a record that exists cannot be read)."""
+    from haagent.state.codec import BadRecord, storm_hold_record
+
+    kv = store.get(keys.storm_hold)
+    if kv is None:
+        return None
+    try:
+        rec = storm_hold_record(kv)
+    except BadRecord as exc:
+        return {"hosts": [], "since": None, "release": {}, "problem": f"{keys.storm_hold}: {exc}"}
+    return {"hosts": rec["hosts"], "since": rec["since"],
+            "release": {h: RELEASE.format(h=h) for h in rec["hosts"]}}
+
+
+def _print_storm_hold(console: Any, hold: dict[str, Any] | None) -> None:
+    if hold is None:
+        return
+    if hold.get("problem"):
+        console.print(f"[red]storm record unreadable[/] {hold['problem']} (runbooks/bad_record.md)")
+        return
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(hold["since"]))
+    console.print(f"[bold red]storm guard[/]: holding the fencing of {', '.join(hold['hosts'])} since {since}: "
+                  "they lost their leases together and no fence device said their power is off "
+                  "(runbooks/fencing_storm_hold.md). Each is released when it comes back, or:")
+    for h in hold["hosts"]:
+        console.print(f"  {h}: once you know it is off, [bold]{hold['release'][h]}[/]")

@@ -13,6 +13,11 @@ reports off whatever the power; ``empty`` answers status with no power state (a 
 the runner retries until ``power_timeout``, as the IPMI plugin reports it). The call costs keep the old figures: an ``ok`` device confirms
 in 1 s, a failing one fails in 0.5 s, a device that hangs or never cuts power times out after
 ``device_timeout``.
+
+The leader's storm-guard power reads (``run_status``) go through the same runner and devices. A
+host's ``read_fault`` makes its devices answer those reads, and only those, otherwise: ``lies``
+(off, whatever the power), ``hang`` (no answer), ``garbage`` (a reply without a power state):
+the faults a status answer the leader trusts can carry, while its fences stay honest.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from haagent.errors import FenceDeviceError, FenceTimeout
 
 from fencing.config import FenceDevice
 from fencing.plugin import FenceBadReply, FencePlugin, Option, PluginContext, PowerState
-from fencing.runner import FenceResult, FenceRunner, FencingConfig
+from fencing.runner import FenceResult, FenceRunner, FencingConfig, power_verdict
 
 if TYPE_CHECKING:
     from haagent.sim.world import Simulation
@@ -55,6 +60,7 @@ class SimDevice(FencePlugin):
     options = (Option("device", "string", required=True, help="the device's name on its host"),)
     sim: "Simulation"  # set on the per-simulation subclass
     clock: VirtualClock  # the fence run's clock (one run at a time: fences run synchronously)
+    reading: bool = False  # a storm-guard power read, not a fence (the host's read_fault applies)
 
     def _device(self) -> Any:
         return self.sim.hosts[self.host].device(self.opts["device"])
@@ -74,6 +80,8 @@ class SimDevice(FencePlugin):
     def status(self, timeout: float) -> PowerState:
         mode = self._device().mode
         target = self.sim.hosts[self.host]
+        if self.reading and target.read_fault != "ok":
+            mode = {"garbage": "empty"}.get(target.read_fault, target.read_fault)
         self._broken(mode, timeout)
         if mode == "empty":
             self._spend(FAIL)  # a bad reply, retried within power_timeout as the IPMI plugin's is
@@ -108,17 +116,32 @@ class SimDevice(FencePlugin):
         return f"sim {self.opts['device']} of {self.host}: power {action}"
 
 
-def run_fence(sim: "Simulation", host: str, start: float) -> tuple[FenceResult, float, bool]:
-    """Fence ``host`` with the real runner on virtual time from ``start``: (result, seconds it
-    took, whether a device switched the power off)."""
-    clock = VirtualClock(start)
-    plugin = type("SimDevice", (SimDevice,), {"sim": sim, "clock": clock})
+def _runner(sim: "Simulation", host: str, clock: VirtualClock, reading: bool) -> tuple[FenceRunner, tuple]:
+    plugin = type("SimDevice", (SimDevice,), {"sim": sim, "clock": clock, "reading": reading})
     target = sim.hosts.get(host)
     levels = tuple(tuple(FenceDevice(d.name, "sim", {"device": d.name}, sim.cfg.device_timeout,
                                      sim.cfg.device_timeout, FencingConfig.retries) for d in level)
                    for level in (target.levels if target else []))
     runner = FenceRunner(FencingConfig(poll_interval=sim.cfg.tick), plugins={"sim": plugin},
                          context=PluginContext(wall_time=lambda: clock.now), clock=clock)
+    return runner, levels
+
+
+def run_status(sim: "Simulation", host: str, start: float) -> tuple[str, str, float]:
+    """Read ``host``'s devices once with the real runner (status only) on virtual time from
+    ``start``: (power verdict, detail, seconds it took)."""
+    clock = VirtualClock(start)
+    runner, levels = _runner(sim, host, clock, reading=True)
+    statuses = [runner.device_status(host, d, n) for n, level in enumerate(levels, start=1) for d in level]
+    power, detail = power_verdict(statuses)
+    return power, detail, clock.now - start
+
+
+def run_fence(sim: "Simulation", host: str, start: float) -> tuple[FenceResult, float, bool]:
+    """Fence ``host`` with the real runner on virtual time from ``start``: (result, seconds it
+    took, whether a device switched the power off)."""
+    clock = VirtualClock(start)
+    runner, levels = _runner(sim, host, clock, reading=False)
     sim.fence_cuts = set()
     result = runner.run_levels(host, levels)
     # The power drops only if every device of the confirming level switched it off (both outlets

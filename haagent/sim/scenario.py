@@ -9,6 +9,8 @@ A scenario directory holds ``README`` (one line), ``cluster.json``, ``cmdlist`` 
     at 9 agent h1 stop                              (a clean stop, SIGTERM: shutdown_policy freeze)
     bmc h2 fail                pdu h2 never-off     device h2 pdu-b lies
                                (device modes: ok, fail, hang, never-off, lies, empty)
+    read h2 lies                                    (h2's devices answer the leader's storm power
+                                                     reads, only those: ok, lies, hang, garbage)
     at 5 corrupt h2 report     corrupt vm1 spec     (garbage in a record: host state|report|lease|
                                                      stopped; vm spec|placement|migration; request)
     at 30 repair                                    (every corrupted record put back)
@@ -36,7 +38,7 @@ from haagent.model import HostCell
 from haagent.state.view import VmNeeds, VmSpec
 from haagent.sim.invariants import Invariants, check_recovered
 from haagent.sim.store import NoQuorum
-from haagent.sim.world import DEVICE_MODES, Device, InvariantViolation, SimConfig, SimHost, Simulation
+from haagent.sim.world import DEVICE_MODES, READ_FAULTS, Device, InvariantViolation, SimConfig, SimHost, Simulation
 
 DEFAULT_END = 60.0
 CORPUS = Path(__file__).resolve().parent / "scenarios"  # ships with the package: haagent sim scenario NAME works anywhere
@@ -95,7 +97,7 @@ def _number(word: str, source: str, n: int) -> float:
 _SHAPES = {
     "power": ("HOST", ("on", "off")), "network": ("HOST", ("on", "off")),
     "agent": ("HOST", ("crash", "start", "stop")), "vm": ("VM", ("crash", "shutdown")),
-    "bmc": ("HOST", DEVICE_MODES), "pdu": ("HOST", DEVICE_MODES),
+    "bmc": ("HOST", DEVICE_MODES), "pdu": ("HOST", DEVICE_MODES), "read": ("HOST", READ_FAULTS),
     "libvirtd": ("HOST", ("down", "up")),
 }
 _HOST_RECORDS = ("state", "report", "lease", "stopped")
@@ -213,6 +215,8 @@ def apply(sim: Simulation, cmd: Command) -> None:
             sim.set_device(w[1], "pdu", w[2])
         elif verb == "device":
             sim.set_device(w[1], w[2], w[3])
+        elif verb == "read":
+            sim.set_read_fault(w[1], w[2])
         elif verb == "quorum":
             sim.set_quorum(w[1] == "back")
         elif verb == "vm":

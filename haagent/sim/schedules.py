@@ -11,7 +11,10 @@ where their cells hold them: an invariant checks every start); guests get busy a
 leader places by the load the agents report. The faults cover every input the leader trusts:
 power, network and agent faults (crashes, clean
 stops, restarts); fence devices that fail, hang, never cut power, answer status reads with no
-data, or lie while the host keeps renewing its lease; etcd quorum loss; garbage written into host,
+data, or lie while the host keeps renewing its lease; storms (half the hosts or more lost at once,
+by power or network) whose devices answer the leader's storm power reads honestly, with a lie
+(off), with silence or with garbage (fences stay honest: a read is evidence for the storm count,
+never a fence); etcd quorum loss; garbage written into host,
 VM and request records; a leader cut off while its fence runs; VM crash loops; and operator acks
 at any moment of hosts that are off then, some of which are powered on again later (the CLI
 refuses an ack for a host that is not being failed over; the leader binds the rest to their
@@ -35,6 +38,7 @@ from typing import Any
 from haagent.model import HostState
 from haagent.sim.invariants import check_recovered
 from haagent.sim.scenario import Command, Outcome, parse_cmdlist, run
+from haagent.sim.world import READ_FAULTS
 
 HEAL_AT = 20.0
 HORIZON = 90.0
@@ -107,14 +111,18 @@ def generate(seed: int) -> Schedule:
     on_at: dict[str, float] = {}  # ... and when (an ack must come while the host is still off)
     liars: set[str] = set()
     lossy: set[str] = set()  # hosts with a fault that can take their lease away
+    stormed: set[str] = set()  # hosts lost in a storm (a lying read lets their fences through)
     for _ in range(rng.randint(1, 4)):
         t = float(rng.randint(2, 15))
         h = rng.choice(hosts)
         kind = rng.choice(("power", "power", "network", "network", "agent", "bmc", "quorum", "vm", "vm",
                            "flap", "pdu", "stop", "corrupt", "corrupt", "depose", "lie", "ackflap", "ackflap",
-                           "load", "libvirtd"))
+                           "load", "libvirtd", "read", "storm", "storm"))
         if kind in ("power", "network", "flap", "agent", "stop", "depose", "ackflap") and h in liars:
             continue  # a liar's lease may only lapse through the short flap below
+        if kind in ("power", "network", "flap", "agent", "stop", "depose", "ackflap") and stormed and \
+                h == hosts[0]:
+            continue  # after a storm (whose lying reads may let fences through) someone must lead
         if kind == "power":
             lines.append(f"at {t:g} power {h} off")
             off_at.setdefault(h, t)
@@ -164,6 +172,21 @@ def generate(seed: int) -> Schedule:
             lines += [f"at {t:g} bmc {h} hang", f"at {t:g} power {h} off",
                       f"at {t + rng.randint(4, 5):g} ack {h}", f"at {t + rng.randint(6, 7):g} power {h} on",
                       f"at {t + 12:g} bmc {h} fail", f"at {t + 13:g} network {h} off"]
+        elif kind == "read":  # how h's devices answer the leader's storm power reads, from now on
+            lines.append(f"at {t:g} read {h} {rng.choice(READ_FAULTS)}")
+        elif kind == "storm" and hosts[0] not in lossy:
+            # Half the hosts or more lost together, each by power or network, with a read fault;
+            # never the first host, so that someone is left to lead.
+            group = [x for x in rng.sample(hosts[1:], max(2, (n_hosts + 1) // 2)) if x not in liars]
+            stormed.update(group)
+            how = rng.choice(("power", "network", "mixed"))
+            for x in group:
+                lines.append(f"at {t - 1:g} read {x} {rng.choice(READ_FAULTS)}")
+                cut = rng.choice(("power", "network")) if how == "mixed" else how
+                lines.append(f"at {t:g} {cut} {x} off")
+                lossy.add(x)
+                if cut == "power":
+                    off_at.setdefault(x, t)
         elif kind == "quorum":
             lines.append(f"at {t:g} quorum lost")
             lines.append(f"at {t + rng.randint(1, 6):g} quorum back")
@@ -186,7 +209,7 @@ def generate(seed: int) -> Schedule:
                 lines.append(f"at {t:g} corrupt {rng.choice(vms)} {rng.choice(('spec', 'placement', 'migration'))}")
             else:
                 lines.append(f"at {t:g} corrupt request")
-        elif kind == "depose" and h != hosts[0]:
+        elif kind == "depose" and h != hosts[0] and hosts[0] not in liars:  # (it cuts hosts[0] off)
             # h dies; the first host (the usual leader) is cut off while its fence runs (a slow
             # one, sometimes: it ends after that leader has lost its lease, so it must be dropped).
             if cluster["hosts"][h]["fencing"] and rng.random() < 0.5:
@@ -218,13 +241,17 @@ def generate(seed: int) -> Schedule:
         for level in cluster["hosts"][h]["fencing"]:
             for d in level:
                 heal.append(f"at {HEAL_AT:g} device {h} {d} ok")
+        heal.append(f"at {HEAL_AT:g} read {h} ok")
     power: dict[str, str] = {}  # each host's last power command before the heal decides
     for ln in sorted(lines, key=lambda ln: float(ln.split()[1])):
         w = ln.split()
         if w[2] == "power" and float(w[1]) < HEAL_AT:
             power[w[3]] = w[4]
     still_off = sorted(h for h, state in power.items() if state == "off")
-    for h in still_off:
+    # A storm host may have been switched off by a fence whose result a deposed leader dropped: the
+    # next leader holds it (it cannot tell it from a cut-off one). The operator acks it; the CLI
+    # refuses the ack if it holds a lease again, i.e. it runs.
+    for h in sorted(set(still_off) | stormed):
         heal.append(f"at {HEAL_AT + 2:g} ack {h}")
         heal.append(f"at {HEAL_AT + 12:g} ack {h}")
         heal.append(f"at {HEAL_AT + 25:g} ack {h}")  # after a slow recovery (e.g. watchdog resets)

@@ -13,7 +13,8 @@ model is what the simulator keeps of its own:
   leader shell (which journals finished fences, steps, and writes in one epoch-guarded
   transaction before dispatching fences);
 * hosts lose power (their QEMUs die, definitions stay), are cut off, reset by their watchdog;
-  fence devices confirm, fail, hang, never cut power, lie, or answer with no data.
+  fence devices confirm, fail, hang, never cut power, lie, or answer with no data, and may answer
+  the leader's storm-guard power reads (only those) with lies, silence or garbage.
 
 Hosts have separate hypervisors, so nothing prevents one VM from running on two hosts at once:
 catching that is the invariant checker's job (a start is checked before it happens, too).
@@ -43,10 +44,10 @@ from haagent.state.requirements import needs_from_xml
 from haagent.state.codec import AckRefused, build_view, fence_ack_record, fence_result_step
 from haagent.manager.core import ManagerConfig, Placer
 from haagent.manager.placer import policy_placer
-from haagent.sim.fences import run_fence
+from haagent.sim.fences import run_fence, run_status
 from haagent.manager.shell import LeaderShell
-from haagent.state.view import (Alert, ClusterView, FenceHost, JournalStep, SetHostState, SetPlacement,
-                                  VmSpec)
+from haagent.state.view import (Alert, ClusterView, FenceHost, JournalStep, PowerRead, ReadPower, SetHostState,
+                                  SetPlacement, VmSpec)
 from haagent.model import HostCell, HostState, VmState
 from haagent.sim.store import NoQuorum, SimStore
 from haagent.store.port import Compare, Delete, Put
@@ -54,6 +55,7 @@ from haagent.store.keys import Keys
 
 GARBAGE = b'["not", "a", "record"]'
 DEVICE_MODES = ("ok", "fail", "hang", "never-off", "lies", "empty")
+READ_FAULTS = ("ok", "lies", "hang", "garbage")  # how devices answer the leader's power reads
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ class SimHost:
     watchdog: bool | None = None  # this host's agent arms a watchdog (and reports it); None: the agent config
     numa: tuple[HostCell, ...] | None = None  # its NUMA cells; None: one cell with all of it
     tags: tuple[str, ...] = ()
+    read_fault: str = "ok"  # its devices' answers to the leader's power reads (READ_FAULTS)
 
     @property
     def running(self) -> frozenset[str]:
@@ -154,6 +157,17 @@ class PendingFence:
     already_off: bool = False
 
 
+@dataclass
+class PendingRead:
+    """A storm-guard power read under way: answered when the clock reaches ``done_at``."""
+
+    issuer: str
+    proc: AgentProc  # the leader process that asked; the read dies with it
+    read: PowerRead
+    done: Callable[[PowerRead], None]
+    done_at: float
+
+
 class InvariantViolation(AssertionError):
     """A safety invariant broke; the message says which, when and where."""
 
@@ -183,6 +197,7 @@ class Simulation:
         self.ticks = 0
         self.log: list[str] = []
         self.fences: list[PendingFence] = []
+        self.reads: list[PendingRead] = []
         self.boots: dict[str, float] = {}  # host -> when it is back from a watchdog reset
         self.violations: list[str] = []
         self.corrupted: dict[str, bytes | None] = {}
@@ -333,6 +348,11 @@ class Simulation:
         else:
             h.device(device).mode = mode
 
+    def set_read_fault(self, name: str, fault: str) -> None:
+        if fault not in READ_FAULTS:
+            raise ValueError(f"unknown read fault {fault!r} (one of {', '.join(READ_FAULTS)})")
+        self.hosts[name].read_fault = fault
+
     def set_quorum(self, ok: bool) -> None:
         self.store.set_quorum(ok)
 
@@ -391,6 +411,7 @@ class Simulation:
         """One tick at ``now``: leases expire, fences finish, watchdogs fire, every agent runs."""
         self.store.expire()
         self._finish_fences()
+        self._finish_reads()
         self._watchdogs()
         for h in self.hosts.values():
             if h.powered and h.agent is not None:
@@ -408,6 +429,20 @@ class Simulation:
         self.fences.append(PendingFence(action.host, action.op, issuer.name, proc, proc.epoch, cancel, done,
                                         action.attempt, self.now, self.now + took, result.outcome.value,
                                         result.reason, devices, cuts, result.found_off))
+
+    def _start_read(self, issuer: SimHost, proc: AgentProc, action: ReadPower,
+                    done: Callable[[PowerRead], None]) -> None:
+        """Read with the real runner on virtual time now; answer when that time comes."""
+        power, detail, took = run_status(self, action.host, self.now)
+        read = PowerRead(action.host, action.failover, action.granted_rev, power, detail)
+        self.reads.append(PendingRead(issuer.name, proc, read, done, self.now + took))
+
+    def _finish_reads(self) -> None:
+        due = [r for r in self.reads if r.done_at <= self.now + 1e-9]
+        self.reads = [r for r in self.reads if r.done_at > self.now + 1e-9]
+        for r in due:
+            if self.hosts[r.issuer].agent is r.proc:
+                r.done(r.read)
 
     def fence_cut(self, host: str, device: str) -> bool:
         """Whether ``device`` of ``host`` accepted "off" in the fence run under way."""
@@ -728,6 +763,9 @@ class _SimFences:
     def start(self, action: FenceHost, cancel: threading.Event, done: Callable[[JournalStep], None]) -> None:
         self.sim._start_fence(self.host, self.proc, action, cancel, done)
 
+    def read_power(self, action: ReadPower, done: Callable[[PowerRead], None]) -> None:
+        self.sim._start_read(self.host, self.proc, action, done)
+
 
 class _SimSink:
     """The leader shell's reports, told as the simulation's story."""
@@ -756,9 +794,11 @@ class _SimSink:
             self.proc.store_error = ""
         elif event == "step_retry":
             say("step not written: a host's lease changed under it; deciding again")
+        elif event == "power_read":
+            say(f"power read host={f['host']}: {f['power']} ({f['detail']})")
         elif event == "result_dropped":
             say(f"fence result of epoch {f['epoch']} dropped (op={f['op']})")
 
 
-__all__ = ["AgentProc", "Device", "InvariantViolation", "PendingFence", "SetHostState", "SetPlacement",
+__all__ = ["AgentProc", "Device", "InvariantViolation", "PendingFence", "PendingRead", "READ_FAULTS", "SetHostState", "SetPlacement",
            "SimConfig", "SimHost", "Simulation", "DEVICE_MODES"]

@@ -9,8 +9,8 @@ import json
 from typing import Any, Iterable, Mapping, Protocol
 
 from haagent.state.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, DeleteOp, Event, FenceHost, ForgetVm,
-                                  HostView, JournalStep, ManagerAction, Migration, Op, OpStep, Request,
-                                  SetHostState, SetPlacement, VmNeeds, VmSpec)
+                                  HostView, JournalStep, ManagerAction, Migration, Op, OpStep, ReadPower,
+                                  Request, SetHostState, SetPlacement, SetStormHold, VmNeeds, VmSpec)
 from haagent.model import HostCell, HostState
 from haagent.store.port import Compare, Delete, Put
 from haagent.store.keys import Keys
@@ -184,9 +184,13 @@ def build_view(kvs: Mapping[str, KVLike], keys: Keys, epoch: int) -> ClusterView
     op_heads: dict[str, tuple[dict[str, Any], int]] = {}
     requests: list[Request] = []
     bad: list[tuple[str, str]] = []
+    storm: dict[str, Any] = {"hosts": (), "since": 0.0}
     for key in sorted(kvs):
         kv = kvs[key]
         try:
+            if key == keys.storm_hold:
+                storm = storm_hold_record(kv)
+                continue
             _decode(key, kv, keys, hosts, specs, placements, migrations, steps, op_heads, requests)
         except BadRecord as exc:
             bad.append((key, str(exc)))
@@ -207,7 +211,14 @@ def build_view(kvs: Mapping[str, KVLike], keys: Keys, epoch: int) -> ClusterView
             name, h.get("alive", False), h.get("state"), report.get("cpus", 0), report.get("memory_mib", 0),
             frozenset(report.get("running_vms", ())), h.get("failover", ""), granted,
             h.get("stopped", ""), self_fence, h.get("state_bad", False), **h.get("inventory", {}))
-    return ClusterView(epoch, host_views, specs, placements, ops, migrations, tuple(requests), tuple(bad))
+    return ClusterView(epoch, host_views, specs, placements, ops, migrations, tuple(requests), tuple(bad),
+                       tuple(storm["hosts"]), storm["since"])
+
+
+def storm_hold_record(kv: KVLike) -> dict[str, Any]:
+    """The storm record: ``{"hosts": [...], "since": wall time, "epoch": n}``; BadRecord if malformed."""
+    d = _obj(kv)
+    return {"hosts": list(_strs(d, "hosts")), "since": _num(d, "since", 0.0), "epoch": _int(d, "epoch", 0)}
 
 
 def _decode(key: str, kv: KVLike, keys: Keys, hosts: dict, specs: dict, placements: dict, migrations: dict,
@@ -272,7 +283,7 @@ def _decode(key: str, kv: KVLike, keys: Keys, hosts: dict, specs: dict, placemen
 
 def action_ops(actions: Iterable[ManagerAction], view: ClusterView, keys: Keys, wall_now: float,
                events_lease: int | None = None) -> list[Put | Delete]:
-    """The etcd writes for one step's actions (FenceHost and Alert are not writes)."""
+    """The etcd writes for one step's actions (FenceHost, ReadPower and Alert are not writes)."""
     ops: list[Put | Delete] = []
     seq: dict[str, int] = {op_id: len(op.steps) for op_id, op in view.ops.items()}
     for i, a in enumerate(actions):
@@ -305,7 +316,14 @@ def action_ops(actions: Iterable[ManagerAction], view: ClusterView, keys: Keys, 
             ops.append(Put(keys.event(f"{wall_now:017.6f}-{i:03d}"), json.dumps(
                 {"kind": a.kind, "host": a.host, "vm": a.vm, "op": a.op, "detail": dict(a.detail),
                  "at": round(wall_now, 3), "epoch": view.epoch}, sort_keys=True), events_lease))
-        elif isinstance(a, (FenceHost, Alert)):
+        elif isinstance(a, SetStormHold):
+            if a.hosts:
+                since = view.storm_since if view.storm_hold else wall_now
+                ops.append(Put(keys.storm_hold, json.dumps(
+                    {"hosts": list(a.hosts), "since": round(since, 3), "epoch": view.epoch})))
+            else:
+                ops.append(Delete(keys.storm_hold))
+        elif isinstance(a, (FenceHost, Alert, ReadPower)):
             continue
     # etcd rejects a transaction that writes one key twice (e.g. fencing -> fenced -> recovering
     # in one step): keep the last write of each key, in order.

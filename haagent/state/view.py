@@ -156,6 +156,8 @@ class ClusterView:
     migrations: Mapping[str, Migration] = field(default_factory=dict)
     requests: tuple[Request, ...] = ()
     bad_records: tuple[tuple[str, str], ...] = ()  # (key, why) of records that cannot be read
+    storm_hold: tuple[str, ...] = ()  # hosts the leader's storm record names as held (storm_hold key)
+    storm_since: float = 0.0  # when that hold began (wall clock, for display)
 
 
 # -- actions the manager step emits ------------------------------------------------------------
@@ -239,6 +241,35 @@ class Event:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ReadPower:
+    """Read a lost host's fence devices (status only, never a power command): evidence for the
+    storm guard. Answered by a ``PowerRead`` the shell feeds back to the step."""
+
+    host: str
+    failover: str  # the loss it is asked for: an answer about another loss counts for nothing
+    granted_rev: int
+
+
+@dataclass(frozen=True)
+class PowerRead:
+    """The answer to a ``ReadPower``: ``power`` is "off" only when every device of one level said
+    off; "on" when a device said on; "unknown" otherwise (no answer, errors, garbage)."""
+
+    host: str
+    failover: str
+    granted_rev: int
+    power: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class SetStormHold:
+    """Write the storm record (the held hosts, for ``haagent status``); delete it when empty."""
+
+    hosts: tuple[str, ...]
+
+
 ManagerAction = (SetHostState | JournalStep | FenceHost | SetPlacement | ClearMigration | ConsumeRequest | DeleteOp
-                 | ForgetVm
+                 | ForgetVm | ReadPower | SetStormHold
                  | Alert | Event)

@@ -24,6 +24,11 @@ class Keys:
         return self.root + "leader_info"
 
     @property
+    def storm_hold(self) -> str:
+        """The hosts the storm guard holds now (a guarded write; absent when nothing is held)."""
+        return self.root + "storm_hold"
+
+    @property
     def hosts(self) -> str:
         return self.root + "hosts/"
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import pytest
 
 from haagent.state.codec import build_view
 from haagent.lab.drill import run_drill
-from haagent.model import HostState
 from haagent.lab.lab import Lab
 from haagent.store.keys import Keys
+
+from lab_helpers import return_host
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -30,31 +30,6 @@ def ha_lab():
         pytest.skip("lab tests need root (namespaces, libvirtd, etcd); CI runs them as root")
     with Lab("lfo").running(3, 6) as lab:
         yield lab
-
-
-def return_host(lab, host: str, timeout: float = 60) -> None:
-    """Power the host back on and return it to service; wait until it is active again."""
-    lab.heal(host)
-    lab.revive(host)
-    keys = Keys(lab.prefix)
-    store = lab.etcd_store(timeout=1)
-    try:
-        deadline = time.monotonic() + timeout
-        asked = False
-        while True:
-            kvs, _ = store.get_prefix(keys.root)
-            view = build_view({kv.key: kv for kv in kvs}, keys, 0)
-            hv = view.hosts.get(host)
-            if hv is not None and hv.alive and hv.state is HostState.FAILED and not asked:
-                store.put(keys.request(f"host_return-{host}-{uuid.uuid4().hex[:6]}"),
-                          json.dumps({"kind": "host_return", "host": host, "at": time.time()}))
-                asked = True
-            if hv is not None and hv.alive and hv.state is HostState.ACTIVE:
-                return
-            assert time.monotonic() < deadline, f"{host} did not return to service: {hv}"
-            time.sleep(0.2)
-    finally:
-        store.close()
 
 
 def busy_host(lab) -> tuple[str, str]:

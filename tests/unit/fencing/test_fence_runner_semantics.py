@@ -163,3 +163,24 @@ def test_an_uncancelled_event_changes_nothing():
     Scripted.scripts["a2"] = {"status": [PowerState.ON, PowerState.OFF], "off": [None]}
     result = cancel_runner({"d": dev("a2")}, [["d"]]).fence_host("h1", cancel=CANCEL)
     assert result.confirmed_off and CALLS == ["d:status", "d:off", "d:status"]
+
+
+def test_power_verdict_of_a_status_read_is_off_only_when_a_whole_level_says_off():
+    from fencing.runner import power_verdict
+
+    Scripted.scripts = {"off": {"status": [PowerState.OFF]}, "on": {"status": [PowerState.ON]},
+                        "bad": {"status": [FenceUnreachable("no route")]}, "junk": {"status": ["0x7f"]}}
+    bmc_then_pdus = [["bmc"], ["pdu-a", "pdu-b"]]
+
+    def read(**scripts):
+        r = runner({name: dev(scripts[name]) for name in ("bmc", "pdu-a", "pdu-b")}, bmc_then_pdus)
+        return power_verdict(r.status("h1"))
+
+    # the BMC says off while the outlets report themselves on (a crashed host): off
+    assert read(bmc="off", **{"pdu-a": "on", "pdu-b": "on"})[0] == "off"
+    # one outlet of two off is not the host off; the BMC cannot be reached: on, not off
+    assert read(bmc="bad", **{"pdu-a": "off", "pdu-b": "on"}) == ("on", "bmc:FenceUnreachable pdu-a:off pdu-b:on")
+    assert read(bmc="bad", **{"pdu-a": "off", "pdu-b": "off"})[0] == "off"
+    # errors and a reply without a power state say nothing
+    assert read(bmc="junk", **{"pdu-a": "bad", "pdu-b": "bad"})[0] == "unknown"
+    assert power_verdict(()) == ("unknown", "no fence device")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from haagent.manager.core import ManagerConfig, new_status, step
+from haagent.manager.core import ManagerConfig, new_status, step, with_power_reads
 from haagent.state.view import (Alert, ClusterView, ConsumeRequest, Event, FenceHost, HostView, JournalStep, Op,
-                                  OpStep, Request, SetHostState, SetPlacement, VmSpec)
+                                  OpStep, PowerRead, ReadPower, Request, SetHostState, SetPlacement, SetStormHold,
+                                  VmSpec)
 from haagent.model import HostState as S
 
 CFG = ManagerConfig(fence_delay=1.0, new_leader_grace=3.0, lease_ttl=3.0)
@@ -175,13 +176,86 @@ def test_vm_running_twice_is_frozen_and_alerted():
     assert not kinds(acts, SetPlacement)
 
 
-def test_storm_holds_fencing():
+def _two_lost(granted_rev=0):
+    """a and b lost their leases together (2 of 3: a storm unless their devices say off)."""
     v = view(alive=("c",))
-    st, _ = step(v, new_status(0.0), 10.0, CFG, first_fit)
-    v = replace(v, hosts={h: replace(hv, state=S.SUSPECT if h != "c" else S.ACTIVE) for h, hv in v.hosts.items()})
-    st, acts = step(v, st, 20.0, CFG, first_fit)
+    v = replace(v, hosts={h: replace(hv, granted_rev=granted_rev) for h, hv in v.hosts.items()})
+    st, acts = step(v, new_status(0.0), 10.0, CFG, first_fit)
+    fids = {a.host: a.failover for a in kinds(acts, SetHostState)}
+    v = replace(v, hosts={h: replace(hv, state=S.SUSPECT, failover=fids[h])
+                          if h in fids else hv for h, hv in v.hosts.items()})
+    # the step that saw them go already asks for their power (status only), fencing nobody
+    assert not kinds(acts, FenceHost) and not kinds(acts, Alert)
+    return v, st, sorted(kinds(acts, ReadPower), key=lambda r: r.host)
+
+
+def test_storm_reads_the_devices_before_holding_and_holds_hosts_that_are_on():
+    v, st, reads = _two_lost()
+    assert [r.host for r in reads] == ["a", "b"]
+    st, acts = step(v, st, 10.5, CFG, first_fit)
+    assert not kinds(acts, Alert)  # not held yet either
+    assert not kinds(acts, ReadPower) and not kinds(acts, FenceHost)  # asked once, still waiting
+    answers = [PowerRead(r.host, r.failover, r.granted_rev, "on", "ipmi:on") for r in reads]
+    st, acts = step(v, with_power_reads(st, answers, 11.0, CFG), 11.0, CFG, first_fit)
     assert not kinds(acts, FenceHost)
-    assert "fencing_storm_hold" in [a.name for a in kinds(acts, Alert)]
+    assert sorted((a.name, a.host) for a in kinds(acts, Alert)) == [("fencing_storm_hold", "a"),
+                                                                    ("fencing_storm_hold", "b")]
+    assert "'haagent fence ack a --yes'" in [a for a in kinds(acts, Alert) if a.host == "a"][0].message
+    assert kinds(acts, SetStormHold) == [SetStormHold(("a", "b"))]
+    assert [(e.kind, e.detail["hosts"]) for e in kinds(acts, Event)] == [("storm_hold_started", ["a", "b"])]
+    # once the record is written, the next step neither rewrites it nor says it started again
+    st, acts = step(replace(v, storm_hold=("a", "b")), st, 11.5, CFG, first_fit)
+    assert not kinds(acts, SetStormHold) and not kinds(acts, Event) and len(kinds(acts, Alert)) == 2
+    # both back: the hold ends, with an event, and the record is deleted
+    back = replace(v, storm_hold=("a", "b"), hosts={h: replace(hv, alive=True) for h, hv in v.hosts.items()})
+    st, acts = step(back, st, 12.0, CFG, first_fit)
+    assert kinds(acts, SetStormHold) == [SetStormHold(())] and not kinds(acts, Alert)
+    assert [(e.kind, e.detail.get("hosts")) for e in kinds(acts, Event) if e.kind.startswith("storm")] == \
+        [("storm_hold_ended", ["a", "b"])]
+
+
+def test_storm_hosts_whose_devices_say_off_are_dead_and_fenced_as_usual():
+    v, st, reads = _two_lost()
+    answers = [PowerRead(r.host, r.failover, r.granted_rev, "off", "ipmi:off") for r in reads]
+    st, acts = step(v, with_power_reads(st, answers, 11.0, CFG), 11.0, CFG, first_fit)
+    # no storm: each is fenced through the usual sequence (the read does not replace the fence)
+    assert sorted(f.host for f in kinds(acts, FenceHost)) == ["a", "b"]
+    assert not kinds(acts, Alert) and not kinds(acts, SetStormHold)
+    assert not [j for j in kinds(acts, JournalStep) if j.step.step == "fenced"]
+
+
+def test_storm_one_host_read_off_leaves_no_storm_but_unanswered_reads_hold():
+    v, st, (ra, rb) = _two_lost()
+    _, acts = step(v, st, 10.0 + CFG.storm_read_timeout - 0.5, CFG, first_fit)
+    assert not kinds(acts, FenceHost) and not kinds(acts, Alert)  # answers awaited: nothing either way
+    # a says off: b alone is an ordinary failure (1 < 2), fenced without waiting for its answer
+    _, acts = step(v, with_power_reads(st, [replace_read(ra, "off")], 11.0, CFG), 11.0, CFG, first_fit)
+    assert sorted(f.host for f in kinds(acts, FenceHost)) == ["a", "b"] and not kinds(acts, Alert)
+    # neither answers: both count once the timeout passed, and a late "off" counts for nothing
+    st3, acts = step(v, st, 10.0 + CFG.storm_read_timeout, CFG, first_fit)
+    assert not kinds(acts, FenceHost) and len(kinds(acts, Alert)) == 2
+    late = with_power_reads(st3, [replace_read(ra, "off"), replace_read(rb, "off")], 16.0, CFG)
+    _, acts = step(v, late, 16.0, CFG, first_fit)
+    assert not kinds(acts, FenceHost) and len(kinds(acts, Alert)) == 2
+
+
+def test_storm_read_answers_count_only_for_the_loss_they_were_asked_for():
+    v, st, reads = _two_lost(granted_rev=5)
+    assert {r.granted_rev for r in reads} == {5}
+    # the hosts got a new lease (and lost it) since: "off" from before says nothing about now
+    regranted = replace(v, hosts={h: replace(hv, granted_rev=9) if h != "c" else hv for h, hv in v.hosts.items()})
+    answers = [replace_read(r, "off") for r in reads]
+    st, acts = step(regranted, with_power_reads(st, answers, 11.0, CFG), 11.0, CFG, first_fit)
+    assert not kinds(acts, FenceHost)
+    assert sorted(r.host for r in kinds(acts, ReadPower)) == ["a", "b"]  # asked again, for this loss
+    # garbage or "unknown" never counts as off
+    answers = [replace_read(r, "unknown") for r in kinds(acts, ReadPower)]
+    st, acts = step(regranted, with_power_reads(st, answers, 11.5, CFG), 11.5, CFG, first_fit)
+    assert not kinds(acts, FenceHost) and len(kinds(acts, Alert)) == 2
+
+
+def replace_read(r: ReadPower, power: str) -> PowerRead:
+    return PowerRead(r.host, r.failover, r.granted_rev, power)
 
 
 def test_policy_placer_applies_the_naming_convention():
@@ -228,7 +302,12 @@ def test_storm_needs_two_hosts_and_counts_hosts_lost_apart_within_the_window():
     v4 = replace(v4, hosts={**v4.hosts, "b": replace(v4.hosts["b"], state=S.SUSPECT, failover="fb")})
     st, acts = step(v4, st, 17.0, CFG, first_fit)
     assert not kinds(acts, FenceHost)
-    assert [a.name for a in kinds(acts, Alert)] == ["fencing_storm_hold"]
+    # only b, never fenced in this failover, is read: a may have been switched off by us
+    [read] = kinds(acts, ReadPower)
+    assert read.host == "b"
+    st, acts = step(v4, with_power_reads(st, [replace_read(read, "on")], 17.5, CFG), 17.5, CFG, first_fit)
+    assert not kinds(acts, FenceHost)
+    assert [(a.name, a.host) for a in kinds(acts, Alert)] == [("fencing_storm_hold", "a"), ("fencing_storm_hold", "b")]
 
 
 def test_a_bad_record_is_skipped_with_an_alert_and_the_step_goes_on():
@@ -287,3 +366,33 @@ def test_unmanage_is_a_request_the_leader_carries_out():
     assert [f.vm for f in kinds(acts, ForgetVm)] == ["vm1"]
     assert sorted(c.id for c in kinds(acts, ConsumeRequest)) == ["r1", "r2"]
     assert sorted(e.kind for e in kinds(acts, Event)) == ["request_discarded", "vm_unmanaged"]
+
+
+def test_a_new_leader_keeps_the_storm_record_while_it_reads_the_held_hosts_again():
+    v = view(alive=("c",), states={"a": S.SUSPECT, "b": S.SUSPECT, "c": S.ACTIVE})
+    v = replace(v, storm_hold=("a", "b"), hosts={h: replace(hv, failover=f"f{h}") if h != "c" else hv
+                                                 for h, hv in v.hosts.items()})
+    st, acts = step(v, new_status(0.0), 1.0, CFG, first_fit)
+    assert not kinds(acts, ReadPower) and not kinds(acts, SetStormHold)  # grace: nothing decided
+    st, acts = step(v, st, 3.5, CFG, first_fit)
+    reads = kinds(acts, ReadPower)
+    assert sorted(r.host for r in reads) == ["a", "b"]
+    assert not kinds(acts, SetStormHold) and not kinds(acts, Event) and not kinds(acts, FenceHost)
+    st, acts = step(v, with_power_reads(st, [replace_read(r, "on") for r in reads], 4.0, CFG), 4.0, CFG, first_fit)
+    assert not kinds(acts, SetStormHold) and not kinds(acts, Event) and not kinds(acts, FenceHost)
+    assert sorted(a.host for a in kinds(acts, Alert)) == ["a", "b"]
+
+
+def test_a_host_found_dead_then_returned_counts_again_when_it_is_lost_again():
+    from haagent.manager.core import ManagerStatus
+
+    # a died (its fence found it already off) and was returned to service by an operator
+    v = view(states={"a": S.FAILED, "b": S.ACTIVE, "c": S.ACTIVE}, requests=[Request("r1", "host_return", "a")])
+    st = replace(ManagerStatus(leader_since=0.0, seeded=True), known_dead=frozenset({"a"}),
+                 suspect_log=(("a", 10.0),))
+    st, acts = step(v, st, 20.0, CFG, first_fit)
+    assert [(a.host, a.new) for a in kinds(acts, SetHostState)] == [("a", S.ACTIVE)]
+    # within the storm window a and b are lost together: a is no longer "known dead"
+    v = view(alive=("c",))
+    st, acts = step(v, st, 25.0, CFG, first_fit)
+    assert sorted(r.host for r in kinds(acts, ReadPower)) == ["a", "b"] and not kinds(acts, FenceHost)
