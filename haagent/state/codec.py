@@ -207,9 +207,13 @@ def build_view(kvs: Mapping[str, KVLike], keys: Keys, epoch: int) -> ClusterView
         # Valid only if written during the host's last lease, and void after a clean stop (which
         # disarms the watchdog with the magic close).
         self_fence = report.get("self_fence_s") if report_rev > granted and not h.get("stopped") else None
+        # A host holding a lease granted after its report was written has not reported in this
+        # life yet (its agent republishes on its first tick): the old list is from before a crash
+        # or a restart and says nothing about what runs there now.
+        stale = bool(h.get("alive")) and report_rev <= granted
         host_views[name] = HostView(
             name, h.get("alive", False), h.get("state"), report.get("cpus", 0), report.get("memory_mib", 0),
-            frozenset(report.get("running_vms", ())), h.get("failover", ""), granted,
+            frozenset() if stale else frozenset(report.get("running_vms", ())), h.get("failover", ""), granted,
             h.get("stopped", ""), self_fence, h.get("state_bad", False), **h.get("inventory", {}))
     return ClusterView(epoch, host_views, specs, placements, ops, migrations, tuple(requests), tuple(bad),
                        tuple(storm["hosts"]), storm["since"])

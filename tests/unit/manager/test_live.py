@@ -139,3 +139,16 @@ def test_a_custom_cpu_model_goes_only_where_it_is_usable_and_pins_need_the_cpus(
     pinned = view([host("h1", 8000)], [VmSpec("u1", "vm", 2, 512, needs=VmNeeds(dedicated_cpus=2, max_pinned_cpu=7))])
     placed, missed = policy_placer()(list(pinned.specs.values()), pinned, frozenset())
     assert not placed and "has 4 cpus; the VM pins cpu 7" in " ".join(missed["u1"])
+
+
+def test_a_report_older_than_the_hosts_current_lease_lists_no_running_vms():
+    """After a crash and return, the old report (not on the lease) is from the host's previous
+    life: it must not make the leader see a second copy, or follow a 'migration' to it."""
+    report = json.dumps({"cpus": 4, "memory_mib": 8192, "running_vms": ["u1"]})
+    kvs = {KEYS.host_report("h1"): KV(report, rev=5), KEYS.host_alive("h1"): KV("{}", rev=9),
+           KEYS.host_lease("h1"): KV("{}", rev=9)}
+    assert build_view(kvs, KEYS, 1).hosts["h1"].running == frozenset()
+    kvs[KEYS.host_report("h1")] = KV(report, rev=10)  # republished in this life
+    assert build_view(kvs, KEYS, 1).hosts["h1"].running == frozenset({"u1"})
+    del kvs[KEYS.host_alive("h1")]  # no lease: the last report stands (the host may still run them)
+    assert build_view(kvs, KEYS, 1).hosts["h1"].running == frozenset({"u1"})
