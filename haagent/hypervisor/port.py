@@ -367,7 +367,7 @@ class Hypervisor(ABC):
     # stats
     @abstractmethod
     def raw_stats(self) -> RawStats:
-        """One reading of cumulative counters; blocking: call it from ``StatsSampler``'s thread."""
+        """One reading of cumulative counters; blocking: the agent calls it from its inventory thread (haagent.agent.collector)."""
 
     # events
     @abstractmethod
