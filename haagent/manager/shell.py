@@ -30,6 +30,7 @@ from haagent import metrics
 from haagent.errors import LeaseExpired, NotLeader, StoreError, StoreUnavailable
 from haagent.log import get_logger
 from haagent.manager import core
+from haagent.manager.notices import alert_notice, step_notices
 from haagent.state.codec import action_compares, action_ops, build_view, fence_result_step
 from haagent.state.view import Alert, ClusterView, FenceHost, JournalStep, ManagerAction, SetHostState
 from haagent.model import HostState
@@ -145,6 +146,8 @@ class LeaderShell:
                                              "current": epoch})
         if results:
             revision = self._write(results, view)
+            if revision:
+                self.sink("results_committed", {"view": view, "steps": results})
             if not revision or not self.store.caught_up(revision):
                 self.sink("stale_view", {"waiting_for": revision})
                 return  # decide nothing from a view that does not hold our own last write
@@ -277,36 +280,49 @@ class ThreadedFences:
 
 
 class DaemonSink:
-    """The daemon's view of the shell: structured logs, metrics, and the failover timeline."""
+    """The daemon's view of the shell: structured logs, metrics, the failover timeline, and the
+    events out (``notify(type, data)``, the webhook queue's ``publish``; it never blocks)."""
 
-    def __init__(self, wall: Callable[[], float] = time.time):
+    def __init__(self, wall: Callable[[], float] = time.time, notify: Callable[[str, Mapping[str, Any]], Any] | None = None):
         self.wall = wall
+        self.notify = notify
 
     def __call__(self, event: str, f: Mapping[str, Any]) -> None:
         if event == "action":
             log.info("manager_action", action=f["line"], epoch=f["epoch"])
         elif event == "committed":
             self._committed(f["view"], f["actions"])
+            self._send(step_notices(f["view"], f["actions"], self.wall()))
+        elif event == "results_committed":
+            self._send(step_notices(f["view"], f["steps"], self.wall()))
         elif event == "alert_raised":
             a = f["alert"]
             log.error("alert_raised", alert=a.name, host=a.host, vm=a.vm, message=a.message)
             metrics.ALERT.labels(name=a.name, host=a.host, vm=a.vm).set(1)
+            self._send([alert_notice(a, raised=True)])
         elif event == "alert_cleared":
             a = f["alert"]
             log.info("alert_cleared", alert=a.name, host=a.host, vm=a.vm)
             metrics.ALERT.labels(name=a.name, host=a.host, vm=a.vm).set(0)
+            self._send([alert_notice(a, raised=False)])
         elif event == "alerts_dropped":
             for a in f["alerts"]:
                 metrics.ALERT.labels(name=a.name, host=a.host, vm=a.vm).set(0)
             log.info("alerts_dropped", reason="no longer the leader", alerts=sorted(a.name for a in f["alerts"]))
         elif event == "started":
             log.info("manager_started", **f)
+            self._send([("leader.started", {"epoch": f["epoch"]})])
         elif event == "deposed":
             log.warning("manager_stopped", **f)
         elif event in ("result_dropped", "stale_view", "store_error"):
             log.warning(f"manager_{event}", **f)
         elif event == "step_retry":
             log.info("manager_step_retry", **f)
+
+    def _send(self, notices: list[tuple[str, dict[str, Any]]]) -> None:
+        if self.notify is not None:
+            for event_type, data in notices:
+                self.notify(event_type, data)
 
     def _committed(self, view: ClusterView, actions: list[ManagerAction]) -> None:
         """Host states and failover phases as metrics (seconds from detection to each step)."""
@@ -338,11 +354,12 @@ class LeaderLoop:
 
     def __init__(self, keys: Keys, election: Election, cache: PrefixCache, config: core.ManagerConfig,
                  fencer: Fencer, placer: core.Placer, *, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, wake: Callable[[], None] = lambda: None):
+                 wall: Callable[[], float] = time.time, wake: Callable[[], None] = lambda: None,
+                 notify: Callable[[str, Mapping[str, Any]], Any] | None = None):
         self.fencer, self.clock = fencer, clock
         self.fences = ThreadedFences(fencer, clock)
         self.shell = LeaderShell(keys, config, placer, EtcdLeaderStore(keys, election, cache), self.fences,
-                                 clock=clock, wall=wall, sink=DaemonSink(wall), wake=wake)
+                                 clock=clock, wall=wall, sink=DaemonSink(wall, notify), wake=wake)
         self._health: Future | None = None
         self._health_due = 0.0
 
