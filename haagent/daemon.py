@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable
 
 import click
+from sdnotify import SystemdNotifier
 
 from haagent import __version__, metrics
 from fencing.runner import Fencer
@@ -28,6 +29,7 @@ from haagent.clikit import config_option
 from haagent.config import Config
 from haagent.errors import NotLeader, StoreAccessDenied, StoreError
 from haagent.log import configure, get_logger
+from haagent.notify.webhook import Notifier
 from haagent.store.client import Compare, Delete, EtcdStore, Put
 from haagent.store.election import Election, Leadership
 from haagent.store.keys import Keys
@@ -58,7 +60,7 @@ class AgentDaemon:
                  leader_work: Callable[["AgentDaemon"], None] | None = None,
                  facts: Callable[[], dict[str, Any]] = host_facts, hypervisor: Hypervisor | None = None,
                  fencer: Fencer | None = None, watchdog: Watchdog | None = None,
-                 watchdog_write_only: bool = False):
+                 watchdog_write_only: bool = False, systemd: Any = None):
         self.config = config
         self.host = config.host
         self.keys = Keys(config.cluster)
@@ -91,6 +93,14 @@ class AgentDaemon:
         self.lease.on_grant(lambda lease_id: [
             Put(self.keys.host_lease(self.host), json.dumps({"lease": lease_id, "at": round(time.time(), 3)})),
             Delete(self.keys.host_stopped(self.host))])
+        # systemd's notify protocol (Type=notify, WatchdogSec): without NOTIFY_SOCKET it sends nothing.
+        self.systemd = systemd if systemd is not None else SystemdNotifier()
+        self._ready = False
+        self.notifier: Notifier | None = None
+        if config.notify is not None:
+            # Every agent delivers what its own queue holds (a former leader's events go out after
+            # a restart); only the leader queues new ones.
+            self.notifier = Notifier(config.notify, config.cluster, self.host)
         self.watchdog = watchdog
         if self.watchdog is None and config.agent.watchdog and config.agent.watchdog_device:
             # A device that took a timeout below lease_ttl would reset a host whose lease is alive.
@@ -135,6 +145,9 @@ class AgentDaemon:
         """Raises WatchdogError (after a clean stop) when the watchdog cannot be armed as configured,
         StoreAccessDenied when etcd refuses our certificate or role at the first grant."""
         metrics.serve(self.config.metrics_listen)
+        if self.notifier is not None:
+            self.notifier.start()
+        self.systemd.notify("STATUS=waiting for an etcd lease")
         log.info("agent_starting", host=self.host, cluster=self.config.cluster, version=__version__,
                  endpoints=[str(e) for e in self.config.etcd.endpoints])
         self.lease.attach(self.keys.host_alive(self.host),
@@ -152,8 +165,18 @@ class AgentDaemon:
         while not self._stop.is_set():
             self._wake.clear()
             self.tick()
+            self._tell_systemd()
             self._wake.wait(interval)
         return self._shutdown()
+
+    def _tell_systemd(self) -> None:
+        """READY once the first round has heartbeated and joined the election; then a watchdog
+        ping every round, so a loop that hangs gets the agent restarted (WatchdogSec)."""
+        if not self._ready and self.lease.alive:
+            self._ready = True
+            lead = self.election.leadership
+            self.systemd.notify(f"READY=1\nSTATUS={'leader, epoch ' + str(lead.epoch) if lead else 'following'}")
+        self.systemd.notify("WATCHDOG=1")
 
     def _arm_watchdog(self, watchdog: Watchdog) -> None:
         """Arm only now that we hold a lease, before any VM is looked at.
@@ -210,7 +233,8 @@ class AgentDaemon:
         if self.leader_work is None:
             self.leader = LeaderLoop(self.keys, self.election, self.cache, manager_config(self.config),
                                      self.fencer or _no_fencing(), policy_placer(self.config.policy),
-                                     wake=self._wake.set)
+                                     wake=self._wake.set,
+                                     notify=self.notifier.publish if self.notifier is not None else None)
 
     def tick(self) -> None:
         """One round: keep leadership honest, campaign if free, run VMs, report, lead."""
@@ -292,6 +316,7 @@ class AgentDaemon:
 
     def _shutdown(self) -> int:
         log.info("agent_stopping", host=self.host)
+        self.systemd.notify("STOPPING=1")
         recorded = self._record_clean_stop()
         if self.watchdog is not None:
             if recorded or not self.watchdog.armed:
@@ -314,6 +339,8 @@ class AgentDaemon:
             self.vms.close()
         if self.collector is not None:
             self.collector.stop()
+        if self.notifier is not None:
+            self.notifier.stop()  # what is still queued stays on disk for the next start
         self.election.resign()
         self.lease.stop(revoke=True)
         self.store.close()
