@@ -27,7 +27,7 @@ from haagent.agent.watchdog import Watchdog, WatchdogError
 from haagent.hypervisor.port import Hypervisor
 from haagent.clikit import config_option
 from haagent.config import Config
-from haagent.errors import NotLeader, StoreAccessDenied, StoreError
+from haagent.errors import ConfigError, NotLeader, StoreAccessDenied, StoreError
 from haagent.log import configure, get_logger
 from haagent.notify.webhook import Notifier
 from haagent.store.client import Compare, Delete, EtcdStore, Put
@@ -161,7 +161,8 @@ class AgentDaemon:
         self._start_cache()
         log.info("agent_started", host=self.host, lease=self.lease.lease_id,
                  hypervisor=getattr(self.hypervisor, "uri", None))
-        interval = self.config.timing.heartbeat_interval
+        # Round at least twice per systemd watchdog period, even with a long heartbeat_interval.
+        interval = min(self.config.timing.heartbeat_interval, _watchdog_period() / 2)
         while not self._stop.is_set():
             self._wake.clear()
             self.tick()
@@ -348,6 +349,15 @@ class AgentDaemon:
         return 0
 
 
+def _watchdog_period() -> float:
+    """systemd's WatchdogSec for this process, in seconds (infinite when it set none)."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return float("inf")
+    return int(usec) / 1e6
+
+
 def _no_fencing() -> Fencer:
     """Without a [fencing] section every fence fails, saying so (recovery then needs an ack)."""
     from fencing.config import FencingConfig
@@ -376,7 +386,11 @@ def agent(config: Config, watchdog_write_only: bool) -> None:
         # No ack source: in the cluster an operator's ack is a request the leader's core binds
         # to one failover (docs/design.md, "Operator acks"); a manual device only says so.
         fencer = FenceRunner(config.fencing)
-    daemon = AgentDaemon(config, hypervisor=hypervisor, fencer=fencer, watchdog_write_only=watchdog_write_only)
+    try:
+        daemon = AgentDaemon(config, hypervisor=hypervisor, fencer=fencer, watchdog_write_only=watchdog_write_only)
+    except ConfigError as exc:  # what check-config cannot see: a queue_dir this process cannot use
+        click.echo(f"haagent: refusing to run: {'; '.join(exc.problems)}", err=True)
+        sys.exit(2)
     daemon.install_signals()
     try:
         code = daemon.run()

@@ -292,26 +292,26 @@ class DaemonSink:
             log.info("manager_action", action=f["line"], epoch=f["epoch"])
         elif event == "committed":
             self._committed(f["view"], f["actions"])
-            self._send(step_notices(f["view"], f["actions"], self.wall()))
+            self._send(lambda: step_notices(f["view"], f["actions"], self.wall()))
         elif event == "results_committed":
-            self._send(step_notices(f["view"], f["steps"], self.wall()))
+            self._send(lambda: step_notices(f["view"], f["steps"], self.wall()))
         elif event == "alert_raised":
             a = f["alert"]
             log.error("alert_raised", alert=a.name, host=a.host, vm=a.vm, message=a.message)
             metrics.ALERT.labels(name=a.name, host=a.host, vm=a.vm).set(1)
-            self._send([alert_notice(a, raised=True)])
+            self._send(lambda: [alert_notice(a, raised=True)])
         elif event == "alert_cleared":
             a = f["alert"]
             log.info("alert_cleared", alert=a.name, host=a.host, vm=a.vm)
             metrics.ALERT.labels(name=a.name, host=a.host, vm=a.vm).set(0)
-            self._send([alert_notice(a, raised=False)])
+            self._send(lambda: [alert_notice(a, raised=False)])
         elif event == "alerts_dropped":
             for a in f["alerts"]:
                 metrics.ALERT.labels(name=a.name, host=a.host, vm=a.vm).set(0)
             log.info("alerts_dropped", reason="no longer the leader", alerts=sorted(a.name for a in f["alerts"]))
         elif event == "started":
             log.info("manager_started", **f)
-            self._send([("leader.started", {"epoch": f["epoch"]})])
+            self._send(lambda: [("leader.started", {"epoch": f["epoch"]})])
         elif event == "deposed":
             log.warning("manager_stopped", **f)
         elif event in ("result_dropped", "stale_view", "store_error"):
@@ -319,10 +319,16 @@ class DaemonSink:
         elif event == "step_retry":
             log.info("manager_step_retry", **f)
 
-    def _send(self, notices: list[tuple[str, dict[str, Any]]]) -> None:
-        if self.notify is not None:
-            for event_type, data in notices:
+    def _send(self, notices: Callable[[], list[tuple[str, dict[str, Any]]]]) -> None:
+        """Hand ``notices()`` to the webhook queue. Never raises: this runs between a step's
+        commit and its fence dispatch, which a bug here must not stop."""
+        if self.notify is None:
+            return
+        try:
+            for event_type, data in notices():
                 self.notify(event_type, data)
+        except Exception:
+            log.exception("notify_failed")
 
     def _committed(self, view: ClusterView, actions: list[ManagerAction]) -> None:
         """Host states and failover phases as metrics (seconds from detection to each step)."""

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
 from haagent import __version__, metrics
-from haagent.errors import DeliveryFailed
+from haagent.errors import ConfigError, DeliveryFailed
 from haagent.log import get_logger
 from haagent.notify.config import NotifyConfig
 from haagent.notify.queue import DiskQueue
@@ -98,14 +98,18 @@ class HttpPoster:
 class Notifier:
     """``publish`` (the leader's thread) queues an event on disk and returns; one delivery thread
     (``start``) sends the queue's head until it is taken, waiting ``min_backoff`` doubling up to
-    ``max_backoff`` between tries. Events still queued at a stop go out after the next start."""
+    ``max_backoff`` between tries. Events still queued at a stop go out after the next start.
+    Raises ConfigError when ``queue_dir`` cannot be made or read."""
 
     def __init__(self, config: NotifyConfig, cluster: str, source: str, *, poster: Poster | None = None,
                  wall: Callable[[], float] = time.time, new_id: Callable[[], str] = lambda: uuid.uuid4().hex):
         self.config, self.cluster, self.source = config, cluster, source
         self.poster = poster or HttpPoster(config)
         self.wall, self.new_id = wall, new_id
-        self.queue = DiskQueue(config.queue_dir, config.max_queued)
+        try:
+            self.queue = DiskQueue(config.queue_dir, config.max_queued)
+        except OSError as exc:
+            raise ConfigError([f"notify.queue_dir: cannot use {config.queue_dir}: {exc.strerror}"]) from exc
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
