@@ -63,3 +63,18 @@ def test_alerts():
     assert alert_notice(a, raised=True) == ("alert.raised", {"alert": "fence_failed", "host": "h2", "vm": None,
                                                              "message": "fencing failed: timeout"})
     assert alert_notice(a, raised=False)[0] == "alert.cleared"
+
+
+def test_a_failing_hook_never_raises_into_the_step():
+    from haagent.manager.shell import DaemonSink
+
+    def broken(event_type, data):
+        raise OSError("disk full")
+
+    sink = DaemonSink(wall=lambda: 1000.0, notify=broken)
+    sink("committed", {"view": view(), "actions": [SetHostState("h2", HostState.ACTIVE, HostState.SUSPECT, "lease lost")]})
+    sink("alert_raised", {"alert": Alert("fence_failed", host="h2")})
+    sink("started", {"epoch": 7, "grace_s": 3.0})
+    sent = []
+    DaemonSink(wall=lambda: 1000.0, notify=lambda t, d: sent.append(t))("started", {"epoch": 7, "grace_s": 3.0})
+    assert sent == ["leader.started"]
