@@ -24,6 +24,7 @@ from haagent.fields import MISSING, Fields
 
 if TYPE_CHECKING:  # names only: the sections' packages register their parsers, never imported here
     from fencing.config import FencingConfig
+    from haagent.notify.config import NotifyConfig
     from policies.config import PolicyConfig
 
 DEFAULT_PATH = "/etc/haagent/haagent.toml"
@@ -221,6 +222,7 @@ class Config:
     # Filled by the fencing and policies packages' own parsers (entry points, see _section_parsers).
     fencing: FencingConfig | None = None
     policy: PolicyConfig | None = None
+    notify: NotifyConfig | None = None  # [notify]: the leader's events as webhooks (None: none sent)
     source: str | None = None
     tags: tuple[str, ...] = ()  # this host's tags, that placement rules may require (ssd, rack-a, gpu...)
 
@@ -408,7 +410,7 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         timing=TimingConfig(heartbeat, int(ttl), fence_delay, grace, report_interval),
         libvirt_uri=libvirt_uri, libvirt_enabled=libvirt_enabled, agent=agent, manager=manager,
         metrics_listen=metrics_listen or None, log=log_cfg,
-        fencing=sections.get("fencing"), policy=sections.get("policy"),
+        fencing=sections.get("fencing"), policy=sections.get("policy"), notify=sections.get("notify"),
         source=source, tags=tuple(sorted(set(tags))),
     )
 

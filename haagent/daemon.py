@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable
 
 import click
+from sdnotify import SystemdNotifier
 
 from haagent import __version__, metrics
 from fencing.runner import Fencer
@@ -26,8 +27,9 @@ from haagent.agent.watchdog import Watchdog, WatchdogError
 from haagent.hypervisor.port import Hypervisor
 from haagent.clikit import config_option
 from haagent.config import Config
-from haagent.errors import NotLeader, StoreAccessDenied, StoreError
+from haagent.errors import ConfigError, NotLeader, StoreAccessDenied, StoreError
 from haagent.log import configure, get_logger
+from haagent.notify.webhook import Notifier
 from haagent.store.client import Compare, Delete, EtcdStore, Put
 from haagent.store.election import Election, Leadership
 from haagent.store.keys import Keys
@@ -58,7 +60,7 @@ class AgentDaemon:
                  leader_work: Callable[["AgentDaemon"], None] | None = None,
                  facts: Callable[[], dict[str, Any]] = host_facts, hypervisor: Hypervisor | None = None,
                  fencer: Fencer | None = None, watchdog: Watchdog | None = None,
-                 watchdog_write_only: bool = False):
+                 watchdog_write_only: bool = False, systemd: Any = None):
         self.config = config
         self.host = config.host
         self.keys = Keys(config.cluster)
@@ -91,6 +93,14 @@ class AgentDaemon:
         self.lease.on_grant(lambda lease_id: [
             Put(self.keys.host_lease(self.host), json.dumps({"lease": lease_id, "at": round(time.time(), 3)})),
             Delete(self.keys.host_stopped(self.host))])
+        # systemd's notify protocol (Type=notify, WatchdogSec): without NOTIFY_SOCKET it sends nothing.
+        self.systemd = systemd if systemd is not None else SystemdNotifier()
+        self._ready = False
+        self.notifier: Notifier | None = None
+        if config.notify is not None:
+            # Every agent delivers what its own queue holds (a former leader's events go out after
+            # a restart); only the leader queues new ones.
+            self.notifier = Notifier(config.notify, config.cluster, self.host)
         self.watchdog = watchdog
         if self.watchdog is None and config.agent.watchdog and config.agent.watchdog_device:
             # A device that took a timeout below lease_ttl would reset a host whose lease is alive.
@@ -135,6 +145,9 @@ class AgentDaemon:
         """Raises WatchdogError (after a clean stop) when the watchdog cannot be armed as configured,
         StoreAccessDenied when etcd refuses our certificate or role at the first grant."""
         metrics.serve(self.config.metrics_listen)
+        if self.notifier is not None:
+            self.notifier.start()
+        self.systemd.notify("STATUS=waiting for an etcd lease")
         log.info("agent_starting", host=self.host, cluster=self.config.cluster, version=__version__,
                  endpoints=[str(e) for e in self.config.etcd.endpoints])
         self.lease.attach(self.keys.host_alive(self.host),
@@ -148,12 +161,23 @@ class AgentDaemon:
         self._start_cache()
         log.info("agent_started", host=self.host, lease=self.lease.lease_id,
                  hypervisor=getattr(self.hypervisor, "uri", None))
-        interval = self.config.timing.heartbeat_interval
+        # Round at least twice per systemd watchdog period, even with a long heartbeat_interval.
+        interval = min(self.config.timing.heartbeat_interval, _watchdog_period() / 2)
         while not self._stop.is_set():
             self._wake.clear()
             self.tick()
+            self._tell_systemd()
             self._wake.wait(interval)
         return self._shutdown()
+
+    def _tell_systemd(self) -> None:
+        """READY once the first round has heartbeated and joined the election; then a watchdog
+        ping every round, so a loop that hangs gets the agent restarted (WatchdogSec)."""
+        if not self._ready and self.lease.alive:
+            self._ready = True
+            lead = self.election.leadership
+            self.systemd.notify(f"READY=1\nSTATUS={'leader, epoch ' + str(lead.epoch) if lead else 'following'}")
+        self.systemd.notify("WATCHDOG=1")
 
     def _arm_watchdog(self, watchdog: Watchdog) -> None:
         """Arm only now that we hold a lease, before any VM is looked at.
@@ -210,7 +234,8 @@ class AgentDaemon:
         if self.leader_work is None:
             self.leader = LeaderLoop(self.keys, self.election, self.cache, manager_config(self.config),
                                      self.fencer or _no_fencing(), policy_placer(self.config.policy),
-                                     wake=self._wake.set)
+                                     wake=self._wake.set,
+                                     notify=self.notifier.publish if self.notifier is not None else None)
 
     def tick(self) -> None:
         """One round: keep leadership honest, campaign if free, run VMs, report, lead."""
@@ -292,6 +317,7 @@ class AgentDaemon:
 
     def _shutdown(self) -> int:
         log.info("agent_stopping", host=self.host)
+        self.systemd.notify("STOPPING=1")
         recorded = self._record_clean_stop()
         if self.watchdog is not None:
             if recorded or not self.watchdog.armed:
@@ -314,11 +340,22 @@ class AgentDaemon:
             self.vms.close()
         if self.collector is not None:
             self.collector.stop()
+        if self.notifier is not None:
+            self.notifier.stop()  # what is still queued stays on disk for the next start
         self.election.resign()
         self.lease.stop(revoke=True)
         self.store.close()
         log.info("agent_stopped", host=self.host)
         return 0
+
+
+def _watchdog_period() -> float:
+    """systemd's WatchdogSec for this process, in seconds (infinite when it set none)."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return float("inf")
+    return int(usec) / 1e6
 
 
 def _no_fencing() -> Fencer:
@@ -349,7 +386,11 @@ def agent(config: Config, watchdog_write_only: bool) -> None:
         # No ack source: in the cluster an operator's ack is a request the leader's core binds
         # to one failover (docs/design.md, "Operator acks"); a manual device only says so.
         fencer = FenceRunner(config.fencing)
-    daemon = AgentDaemon(config, hypervisor=hypervisor, fencer=fencer, watchdog_write_only=watchdog_write_only)
+    try:
+        daemon = AgentDaemon(config, hypervisor=hypervisor, fencer=fencer, watchdog_write_only=watchdog_write_only)
+    except ConfigError as exc:  # what check-config cannot see: a queue_dir this process cannot use
+        click.echo(f"haagent: refusing to run: {'; '.join(exc.problems)}", err=True)
+        sys.exit(2)
     daemon.install_signals()
     try:
         code = daemon.run()

@@ -155,3 +155,7 @@ class LabError(PermanentError):
 
 class PlacementInputError(PermanentError):
     """Placement input is invalid (missing field, negative size, unknown host, duplicate)."""
+
+
+class DeliveryFailed(TransientError):
+    """A webhook POST that did not get a 2xx answer (unreachable, timed out, refused); retried."""

@@ -36,3 +36,9 @@ HOST_MEMORY_USED = Gauge("haagent_host_memory_used_bytes", "This host's memory i
 TICK_ERRORS = Counter("haagent_tick_errors_total", "Agent loop rounds that failed on an unexpected error (logged with a traceback)", registry=REGISTRY)
 VM_SPECS_REJECTED = Counter("haagent_vm_specs_rejected_total", "Domain specs from etcd refused by the allowlist, by rule", ["rule"], registry=REGISTRY)
 VM_ACTIONS = Counter("haagent_vm_actions_total", "VM starts and stops by the agent", ["action", "result"], registry=REGISTRY)
+
+# -- events out (webhooks) -----------------------------------------------------------------------
+NOTIFY_QUEUED = Gauge("haagent_notify_queued", "Events waiting in this agent's webhook queue", registry=REGISTRY)
+NOTIFY_DELIVERED = Counter("haagent_notify_delivered_total", "Events the webhook receiver accepted (2xx)", registry=REGISTRY)
+NOTIFY_FAILURES = Counter("haagent_notify_failures_total", "Webhook POSTs that failed and will be retried", registry=REGISTRY)
+NOTIFY_DROPPED = Counter("haagent_notify_dropped_total", "Undelivered events dropped because the queue was full", registry=REGISTRY)

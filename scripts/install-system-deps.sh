@@ -19,6 +19,9 @@ PACKAGES=(
   # the lab's Linux guest (`lab up --guest linux`): Debian's kernel and a static busybox, which
   # haagent/lab/guest_image.py packs into an initramfs; cpio checks that archive in the tests
   linux-image-amd64 busybox-static cpio
+  # systemd-analyze, to verify deploy/haagent-agent.service. Only the package `systemd`: without
+  # systemd-sysv it never becomes init, and policy-rc.d keeps its postinst from starting anything.
+  systemd
 )
 
 missing=()

@@ -31,6 +31,7 @@ from haagent import metrics
 from haagent.errors import LeaseExpired, NotLeader, StoreError, StoreUnavailable
 from haagent.log import get_logger
 from haagent.manager import core
+from haagent.manager.notices import alert_notice, step_notices
 from haagent.state.codec import action_compares, action_ops, build_view, fence_result_step
 from haagent.state.view import (Alert, ClusterView, FenceHost, JournalStep, ManagerAction, PowerRead, ReadPower,
                                 SetHostState)
@@ -147,6 +148,8 @@ class LeaderShell:
         results = self._drain(self._results, epoch)
         if results:
             revision = self._write(results, view)
+            if revision:
+                self.sink("results_committed", {"view": view, "steps": results})
             if not revision or not self.store.caught_up(revision):
                 self.sink("stale_view", {"waiting_for": revision})
                 return  # decide nothing from a view that does not hold our own last write
@@ -316,30 +319,38 @@ class ThreadedFences:
 
 
 class DaemonSink:
-    """The daemon's view of the shell: structured logs, metrics, and the failover timeline."""
+    """The daemon's view of the shell: structured logs, metrics, the failover timeline, and the
+    events out (``notify(type, data)``, the webhook queue's ``publish``; it never blocks)."""
 
-    def __init__(self, wall: Callable[[], float] = time.time):
+    def __init__(self, wall: Callable[[], float] = time.time, notify: Callable[[str, Mapping[str, Any]], Any] | None = None):
         self.wall = wall
+        self.notify = notify
 
     def __call__(self, event: str, f: Mapping[str, Any]) -> None:
         if event == "action":
             log.info("manager_action", action=f["line"], epoch=f["epoch"])
         elif event == "committed":
             self._committed(f["view"], f["actions"])
+            self._send(lambda: step_notices(f["view"], f["actions"], self.wall()))
+        elif event == "results_committed":
+            self._send(lambda: step_notices(f["view"], f["steps"], self.wall()))
         elif event == "alert_raised":
             a = f["alert"]
             log.error("alert_raised", alert=a.name, host=a.host, vm=a.vm, message=a.message)
             metrics.ALERT.labels(name=a.name, host=a.host, vm=a.vm).set(1)
+            self._send(lambda: [alert_notice(a, raised=True)])
         elif event == "alert_cleared":
             a = f["alert"]
             log.info("alert_cleared", alert=a.name, host=a.host, vm=a.vm)
             metrics.ALERT.labels(name=a.name, host=a.host, vm=a.vm).set(0)
+            self._send(lambda: [alert_notice(a, raised=False)])
         elif event == "alerts_dropped":
             for a in f["alerts"]:
                 metrics.ALERT.labels(name=a.name, host=a.host, vm=a.vm).set(0)
             log.info("alerts_dropped", reason="no longer the leader", alerts=sorted(a.name for a in f["alerts"]))
         elif event == "started":
             log.info("manager_started", **f)
+            self._send(lambda: [("leader.started", {"epoch": f["epoch"]})])
         elif event == "deposed":
             log.warning("manager_stopped", **f)
         elif event == "power_read":
@@ -348,6 +359,17 @@ class DaemonSink:
             log.warning(f"manager_{event}", **f)
         elif event == "step_retry":
             log.info("manager_step_retry", **f)
+
+    def _send(self, notices: Callable[[], list[tuple[str, dict[str, Any]]]]) -> None:
+        """Hand ``notices()`` to the webhook queue. Never raises: this runs between a step's
+        commit and its fence dispatch, which a bug here must not stop."""
+        if self.notify is None:
+            return
+        try:
+            for event_type, data in notices():
+                self.notify(event_type, data)
+        except Exception:
+            log.exception("notify_failed")
 
     def _committed(self, view: ClusterView, actions: list[ManagerAction]) -> None:
         """Host states and failover phases as metrics (seconds from detection to each step)."""
@@ -379,11 +401,12 @@ class LeaderLoop:
 
     def __init__(self, keys: Keys, election: Election, cache: PrefixCache, config: core.ManagerConfig,
                  fencer: Fencer, placer: core.Placer, *, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, wake: Callable[[], None] = lambda: None):
+                 wall: Callable[[], float] = time.time, wake: Callable[[], None] = lambda: None,
+                 notify: Callable[[str, Mapping[str, Any]], Any] | None = None):
         self.fencer, self.clock = fencer, clock
         self.fences = ThreadedFences(fencer, clock)
         self.shell = LeaderShell(keys, config, placer, EtcdLeaderStore(keys, election, cache), self.fences,
-                                 clock=clock, wall=wall, sink=DaemonSink(wall), wake=wake)
+                                 clock=clock, wall=wall, sink=DaemonSink(wall, notify), wake=wake)
         self._health: Future | None = None
         self._health_due = 0.0
 

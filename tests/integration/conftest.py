@@ -7,6 +7,18 @@ import shutil
 import pytest
 
 from haagent.store.etcd_server import EtcdCluster
+from webhook_receiver import Receiver
+
+
+@pytest.fixture
+def receiver():
+    """A webhook receiver on a free loopback port (``webhook_receiver.Receiver``)."""
+    r = Receiver().up()
+    try:
+        yield r
+    finally:
+        r.hold.set()
+        r.down()
 
 
 def _require_etcd() -> None:

@@ -117,3 +117,40 @@ def test_no_dispatch_when_the_host_holds_a_lease_at_write_time(leader):
     start = [JournalStep("op-y", "h2", OpStep("fence_start", 0.0, {"attempt": 1})), FenceHost("h2", "op-y", 1)]
     assert loop.shell._write(start, view) == 0  # the compare failed: nothing written, nothing dispatched
     assert store.get(K.op("op-y") + "/head") is None and election.is_leader
+
+
+def test_a_failover_is_told_to_the_notify_hook_start_fence_and_finish(etcd1):
+    """What the daemon hands the webhook queue: the step's notices after each committed write,
+    the fence result too (it is written apart from the step, at the next tick)."""
+    store = EtcdStore(etcd1.endpoints, timeout=1)
+    lease = LeaseKeeper(store, 2, interval=0.3)
+    lease.attach(K.host_alive("h1"), "{}")
+    lease.start()
+    election = Election(store, K, "h1", lease)
+    assert election.try_acquire()
+    cache = PrefixCache(store, K.root).start()
+    fencer = GateFencer(store)
+    fencer.release.set()
+    sent: list[tuple[str, dict]] = []
+    cfg = core.ManagerConfig(fence_delay=0.1, new_leader_grace=0.0, lease_ttl=2.0, fence_retry_interval=0.2)
+    loop = LeaderLoop(K, election, cache, cfg, fencer, _placer, notify=lambda t, d: sent.append((t, dict(d))))
+    for h in ("h1", "h2"):
+        store.put(K.host_state(h), json.dumps({"state": "active"}))
+    try:
+        _tick_until(loop, lambda: any(t == "failover.finished" for t, _ in sent), timeout=10)
+    finally:
+        loop.close()
+        cache.stop()
+        lease.stop()
+        store.close()
+    types = [t for t, _ in sent]
+    assert types[0] == "leader.started"
+    assert types.index("failover.started") < types.index("fence.result") < types.index("failover.finished")
+    [fence] = [d for t, d in sent if t == "fence.result"]
+    assert fence["host"] == "h2" and fence["result"] == "confirmed_off" and fence["attempt"] == 1
+    [finished] = [d for t, d in sent if t == "failover.finished"]
+    assert finished["failover"] == fence["failover"]
+    phases = [row["phase"] for row in finished["timeline"]]
+    assert phases[0] == "confirm" and phases[-1] == "done" and "fence" in phases
+    states = [(d["host"], d["to"]) for t, d in sent if t == "host.state_changed"]
+    assert ("h2", "suspect") in states and ("h2", "fencing") in states and ("h2", "fenced") in states

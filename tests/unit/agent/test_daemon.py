@@ -166,3 +166,17 @@ def test_the_report_claims_self_fencing_only_while_armed_and_verified():
     assert d.watchdog.armed and self_fence() is None  # fed, but its timeout is unknown
     d.watchdog.disarm()
     write_only.written()
+
+
+def test_the_systemd_watchdog_period(monkeypatch):
+    import os
+
+    from haagent.daemon import _watchdog_period
+
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    assert _watchdog_period() == float("inf")
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    assert _watchdog_period() == 30.0
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))  # meant for another process
+    assert _watchdog_period() == float("inf")

@@ -1,0 +1,1 @@
+"""Events out: the leader's events as signed JSON webhooks, from a bounded on-disk queue."""
