@@ -19,6 +19,9 @@ PACKAGES=(
   # the lab's Linux guest (`lab up --guest linux`): Debian's kernel and a static busybox, which
   # haagent/lab/guest_image.py packs into an initramfs; cpio checks that archive in the tests
   linux-image-amd64 busybox-static cpio
+  # monitoring: promtool checks and unit-tests deploy/prometheus-rules.yml; `lab up --monitoring`
+  # runs a real Prometheus and Alertmanager inside the lab (packaged services stay unused)
+  prometheus prometheus-alertmanager
 )
 
 missing=()
