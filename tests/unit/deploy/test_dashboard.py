@@ -52,3 +52,10 @@ def test_queries_name_only_metrics_haagent_exports():
     used = {m for p in dashboard.PANELS for m in re.findall(r"\bhaagent_\w+", p.expr)}
     assert "haagent_host_numa_free_bytes" in used
     assert sorted(used - exported) == []
+
+
+def test_docs_describe_every_panel():
+    text = (dashboard.DASHBOARD_FILE.parents[2] / "docs" / "monitoring.md").read_text()
+    missing = [p.title for p in dashboard.PANELS if f"**{p.title}**" not in text]
+    assert not missing, f"panels without a description in docs/monitoring.md: {missing}"
+    assert all(f"### {row}" in text for row in dashboard.ROWS)
