@@ -73,10 +73,15 @@ PANELS: tuple[PanelSpec, ...] = (
               "included, by result (confirmed_off, failed, ...).",
               "sum by (result) (haagent_fence_seconds_sum) / sum by (result) (haagent_fence_seconds_count)",
               "{{result}}", kind="bargauge", unit="s"),
-    PanelSpec("Fencing", "Fence results by device plugin", "Device fence operations since each "
-              "agent started, by plugin and result; anything but confirmed_off deserves a look.",
-              "sum by (plugin, result) (haagent_fence_device_results_total)", "{{plugin}} {{result}}",
+    PanelSpec("Fencing", "Fence results by device", "Device fence operations since each agent "
+              "started, by device and result; anything but confirmed_off deserves a look.",
+              "sum by (device, result) (haagent_fence_device_results_total)", "{{device}} {{result}}",
               kind="bargauge"),
+    PanelSpec("Fencing", "Fence latency by device", "Mean seconds one device took to confirm the "
+              "host off (or give up), by device and result.",
+              "sum by (device, result) (haagent_fence_device_seconds_sum) / "
+              "sum by (device, result) (haagent_fence_device_seconds_count)", "{{device}} {{result}}",
+              kind="bargauge", unit="s"),
     PanelSpec("Fencing", "Fence path check by device", "1 while the leader's periodic status check "
               "([fencing] check_interval) finds a host's fence device not answering "
               "(alert HaagentFencePathBroken).",
