@@ -112,7 +112,8 @@ def status(prefix: str, as_json: bool) -> None:
                     f"{', qcow2 disks' if st['disk'] else ''}"
                     f"{', etcd TLS + roles' if st['etcd_tls'] else ', etcd plain (--insecure)'}"
                     f"{', libvirt TLS' if st['libvirt_tls'] else ''}"
-                    f"{', Linux guests' if st.get('guest') == 'linux' else ''})")
+                    f"{', Linux guests' if st.get('guest') == 'linux' else ''}"
+                    f"{', Prometheus ' + st['monitoring']['prometheus'] if st.get('monitoring') else ''})")
     for col in ("host", "address", "power", "network", "libvirtd", "etcd", "agent", "bmc", "running VMs"):
         t.add_column(col)
     for h in st["hosts"]:
