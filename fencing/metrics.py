@@ -7,12 +7,12 @@ from prometheus_client import Counter, Gauge, Histogram
 from haagent.metrics import REGISTRY
 
 FENCE_DEVICE_SECONDS = Histogram(
-    "haagent_fence_device_seconds", "Time one device took to confirm off or give up, by plugin and result",
-    ["plugin", "result"], registry=REGISTRY,
+    "haagent_fence_device_seconds", "Time one device took to confirm off or give up, by plugin, device and result",
+    ["plugin", "device", "result"], registry=REGISTRY,
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 FENCE_DEVICE_RESULTS = Counter(
-    "haagent_fence_device_results_total", "Device fence operations by plugin and result "
-    "(confirmed_off, failed, timed_out, unconfirmed)", ["plugin", "result"], registry=REGISTRY)
+    "haagent_fence_device_results_total", "Device fence operations by plugin, device and result "
+    "(confirmed_off, failed, timed_out, unconfirmed)", ["plugin", "device", "result"], registry=REGISTRY)
 FENCE_CALL_SECONDS = Histogram(
     "haagent_fence_call_seconds", "Latency of one plugin call (status or set_power) by plugin and result",
     ["plugin", "call", "result"], registry=REGISTRY,

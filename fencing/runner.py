@@ -441,8 +441,8 @@ class FenceRunner:
     def _device_done(self, host: str, device: FenceDevice, outcome: Outcome, reason: str, error: str | None,
                      already_off: bool, attempts: int, t0: float) -> DeviceResult:
         duration = self.clock.monotonic() - t0
-        metrics.FENCE_DEVICE_SECONDS.labels(device.plugin, outcome.value).observe(duration)
-        metrics.FENCE_DEVICE_RESULTS.labels(device.plugin, outcome.value).inc()
+        metrics.FENCE_DEVICE_SECONDS.labels(device.plugin, device.name, outcome.value).observe(duration)
+        metrics.FENCE_DEVICE_RESULTS.labels(device.plugin, device.name, outcome.value).inc()
         level = log.info if outcome in (Outcome.CONFIRMED_OFF, Outcome.UNCONFIRMED) else log.error
         level("fence.device", host=host, device=device.name, plugin=device.plugin, outcome=outcome.value,
               reason=reason, error=error, attempts=attempts, seconds=round(duration, 3))

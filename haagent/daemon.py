@@ -287,11 +287,7 @@ class AgentDaemon:
         if not worth_writing(self._last_report, report, now - self._last_report_at,
                              self.config.timing.report_interval):
             return
-        load = report.get("load") or {}
-        if load.get("cpu") is not None:
-            metrics.HOST_CPU_USED.set(load["cpu"])
-        if load.get("memory_used_mib") is not None:
-            metrics.HOST_MEMORY_USED.set(load["memory_used_mib"] * 2**20)
+        metrics.record_host_load(report)
         self.store.put(self.keys.host_report(self.host), json.dumps(report, sort_keys=True))
         metrics.REPORT_WRITES.inc()
         self._last_report, self._last_report_at = report, now

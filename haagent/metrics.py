@@ -33,6 +33,10 @@ FAILOVER_PHASE_SECONDS = Histogram("haagent_failover_phase_seconds", "Seconds fr
 REPORT_WRITES = Counter("haagent_report_writes_total", "Writes of this host's report to etcd (only on a meaningful change)", registry=REGISTRY)
 HOST_CPU_USED = Gauge("haagent_host_cpu_used_cores", "This host's CPU in use, cores, smoothed over a minute", registry=REGISTRY)
 HOST_MEMORY_USED = Gauge("haagent_host_memory_used_bytes", "This host's memory in use, smoothed over a minute", registry=REGISTRY)
+HOST_NUMA_MEMORY = Gauge("haagent_host_numa_memory_bytes", "Size of each of this host's NUMA cells, as last reported",
+                         ["cell"], registry=REGISTRY)
+HOST_NUMA_FREE = Gauge("haagent_host_numa_free_bytes", "Free memory in each of this host's NUMA cells, as last reported",
+                       ["cell"], registry=REGISTRY)
 TICK_ERRORS = Counter("haagent_tick_errors_total", "Agent loop rounds that failed on an unexpected error (logged with a traceback)", registry=REGISTRY)
 VM_SPECS_REJECTED = Counter("haagent_vm_specs_rejected_total", "Domain specs from etcd refused by the allowlist, by rule", ["rule"], registry=REGISTRY)
 VM_ACTIONS = Counter("haagent_vm_actions_total", "VM starts and stops by the agent", ["action", "result"], registry=REGISTRY)
@@ -42,3 +46,16 @@ NOTIFY_QUEUED = Gauge("haagent_notify_queued", "Events waiting in this agent's w
 NOTIFY_DELIVERED = Counter("haagent_notify_delivered_total", "Events the webhook receiver accepted (2xx)", registry=REGISTRY)
 NOTIFY_FAILURES = Counter("haagent_notify_failures_total", "Webhook POSTs that failed and will be retried", registry=REGISTRY)
 NOTIFY_DROPPED = Counter("haagent_notify_dropped_total", "Undelivered events dropped because the queue was full", registry=REGISTRY)
+
+
+def record_host_load(report: dict) -> None:
+    """Set the per-host gauges from a report as the agent writes it (``load`` and ``numa`` parts)."""
+    load = report.get("load") or {}
+    if load.get("cpu") is not None:
+        HOST_CPU_USED.set(load["cpu"])
+    if load.get("memory_used_mib") is not None:
+        HOST_MEMORY_USED.set(load["memory_used_mib"] * 2**20)
+    for cell in report.get("numa") or ():
+        if cell.get("memory_mib") is not None and cell.get("free_mib") is not None:
+            HOST_NUMA_MEMORY.labels(cell=str(cell["id"])).set(cell["memory_mib"] * 2**20)
+            HOST_NUMA_FREE.labels(cell=str(cell["id"])).set(cell["free_mib"] * 2**20)

@@ -22,6 +22,9 @@ PACKAGES=(
   # systemd-analyze, to verify deploy/haagent-agent.service. Only the package `systemd`: without
   # systemd-sysv it never becomes init, and policy-rc.d keeps its postinst from starting anything.
   systemd
+  # monitoring: promtool checks and unit-tests deploy/prometheus-rules.yml; `lab up --monitoring`
+  # runs a real Prometheus and Alertmanager inside the lab (packaged services stay unused)
+  prometheus prometheus-alertmanager
 )
 
 missing=()

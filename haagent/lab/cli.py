@@ -60,9 +60,12 @@ def lab() -> None:
 @click.option("--numa", "numa_opts", multiple=True, metavar="HOST=FREE,FREE",
               help="free MiB (optionally FREE:HUGEPAGES, free 2 MiB pages) of each NUMA cell "
                    "a host's libvirtd reports, e.g. h1=512,3584; repeat per host")
+@click.option("--monitoring", is_flag=True,
+              help=f"run Prometheus and Alertmanager on the cluster network ({L.MONITOR_ADDRESS}), "
+                   "scraping every agent, with deploy/prometheus-rules.yml (docs/monitoring.md)")
 def up(hosts: int, vms: int, prefix: str, kvm: bool, disk: bool, no_ha: bool, guest: str,
        memory: int | None, vcpus: int, keep_on_failure: bool, insecure: bool, libvirt_tls: bool,
-       numa_opts: tuple[str, ...]) -> None:
+       numa_opts: tuple[str, ...], monitoring: bool) -> None:
     """Build the lab: hosts, etcd cluster (TLS, client certificates, roles), agents, BMCs, shared storage, VMs."""
     lab_ = _lab(prefix)
     try:
@@ -71,7 +74,12 @@ def up(hosts: int, vms: int, prefix: str, kvm: bool, disk: bool, no_ha: bool, gu
         fail(str(e), 2)
     _guard(lambda: lab_.up(hosts, vms, kvm=kvm, disk=disk, keep_on_failure=keep_on_failure, ha=not no_ha,
                            insecure=insecure, libvirt_tls=libvirt_tls, guest=guest, memory_mib=memory, vcpus=vcpus,
-                           progress=lambda msg: click.echo(msg, err=True), numa=numa))
+                           progress=lambda msg: click.echo(msg, err=True), numa=numa, monitoring=monitoring))
+    if monitoring:
+        click.echo(f"Prometheus {L.prometheus_url()}, Alertmanager {L.alertmanager_url()}: lab addresses, "
+                   f"reached from inside the lab, e.g. `haagent lab exec --prefix {prefix} h1 curl -s "
+                   f"'{L.prometheus_url('/api/v1/query?query=up')}'` or `haagent lab query --prefix {prefix} "
+                   f"'ALERTS'`")
     click.echo(f"try: haagent lab status --prefix {prefix}; haagent status --config {lab_.layout.operator_config}; "
                f"haagent lab virsh h1 list; haagent lab crash h2; haagent lab down --prefix {prefix}")
 
@@ -104,7 +112,8 @@ def status(prefix: str, as_json: bool) -> None:
                     f"{', qcow2 disks' if st['disk'] else ''}"
                     f"{', etcd TLS + roles' if st['etcd_tls'] else ', etcd plain (--insecure)'}"
                     f"{', libvirt TLS' if st['libvirt_tls'] else ''}"
-                    f"{', Linux guests' if st.get('guest') == 'linux' else ''})")
+                    f"{', Linux guests' if st.get('guest') == 'linux' else ''}"
+                    f"{', Prometheus ' + st['monitoring']['prometheus'] if st.get('monitoring') else ''})")
     for col in ("host", "address", "power", "network", "libvirtd", "etcd", "agent", "bmc", "running VMs"):
         t.add_column(col)
     for h in st["hosts"]:
@@ -146,6 +155,17 @@ def exec_(prefix: str, host: str, cmd: tuple[str, ...]) -> None:
 
     argv = _guard(lambda: _lab(prefix).nsenter_argv(host))
     sys.exit(subprocess.call(argv + list(cmd), env=exec_env()))
+
+
+@lab.command()
+@prefix_option
+@click.argument("expr")
+def query(prefix: str, expr: str) -> None:
+    """Evaluate PromQL EXPR in the lab's Prometheus (`lab up --monitoring`), from inside the lab."""
+    for series in _guard(lambda: _lab(prefix).query(expr)):
+        labels = ", ".join(f'{k}="{v}"' for k, v in sorted(series.get("metric", {}).items()))
+        value = series.get("value", [None, None])[1] if "value" in series else series.get("values")
+        click.echo(f"{{{labels}}} {value}")
 
 
 @lab.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -38,6 +38,13 @@ if TYPE_CHECKING:
 Progress = Callable[[str], None]
 INIT_SCRIPT = str(Path(__file__).with_name("init.py"))
 NETNS_DIR = Path("/run/netns")
+PROMETHEUS = "prometheus"
+ALERTMANAGER = "prometheus-alertmanager"  # Debian's name for alertmanager
+RULES_FILE = Path(__file__).resolve().parents[2] / "deploy" / "prometheus-rules.yml"
+# Run inside a lab namespace by monitoring_get: print the body of a GET (a JSON API).
+_FETCH = ("import sys, urllib.request\n"
+          "with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as r:\n"
+          "    sys.stdout.write(r.read().decode())\n")
 
 
 def _quiet(_msg: str) -> None:
@@ -280,7 +287,7 @@ class Lab:
            progress: Progress | None = None, keep_on_failure: bool = False, ha: bool = True,
            insecure: bool = False, libvirt_tls: bool = False, guest: str = "none",
            memory_mib: int | None = None, vcpus: int = 1,
-           numa: dict[str, Sequence[L.LabCell]] | None = None) -> "Lab":
+           numa: dict[str, Sequence[L.LabCell]] | None = None, monitoring: bool = False) -> "Lab":
         """Build the whole lab; on failure tear down what was built (unless keep_on_failure).
 
         etcd speaks TLS to clients and peers and requires client certificates from the lab's CA,
@@ -288,11 +295,12 @@ class Lab:
         ``libvirt_tls``: libvirtds (and QEMU's migration streams) talk TLS with the lab's CA.
         ``guest="linux"`` boots every VM into the lab's Linux guest (see ``Lab.guest``);
         ``memory_mib`` defaults to 64 without a guest and 192 with one. ``numa``: host -> the NUMA
-        cells its libvirtd reports; hosts not named get ``layout.default_cells``."""
+        cells its libvirtd reports; hosts not named get ``layout.default_cells``. ``monitoring``:
+        Prometheus and Alertmanager on the cluster network, scraping every agent (docs/monitoring.md)."""
         say = progress or _quiet
         if memory_mib is None:
             memory_mib = L.GUEST_MEMORY_MIB if guest == "linux" else L.VM_MEMORY_MIB
-        self._preflight(hosts, vms, kvm, guest, memory_mib, vcpus, numa or {})
+        self._preflight(hosts, vms, kvm, guest, memory_mib, vcpus, numa or {}, monitoring)
         t0 = time.monotonic()
 
         def step(msg: str) -> None:
@@ -300,7 +308,7 @@ class Lab:
 
         try:
             self._build(hosts, vms, kvm, disk, step, ha, not insecure, libvirt_tls, guest, memory_mib, vcpus,
-                        numa or {})
+                        numa or {}, monitoring)
         except BaseException:
             if not keep_on_failure:
                 step("failed: tearing the half-built lab down")
@@ -315,17 +323,19 @@ class Lab:
                 progress: Progress | None = None, ha: bool = True,
                 keep_logs: Path | None = None, insecure: bool = False,
                 libvirt_tls: bool = False, guest: str = "none", memory_mib: int | None = None,
-                vcpus: int = 1, numa: dict[str, Sequence[L.LabCell]] | None = None) -> Iterator["Lab"]:
+                vcpus: int = 1, numa: dict[str, Sequence[L.LabCell]] | None = None,
+                monitoring: bool = False) -> Iterator["Lab"]:
         """``with Lab(p).running(3, 6) as lab:`` - removes a leftover lab first, always tears down."""
         self.down()
         try:
             yield self.up(hosts, vms, kvm=kvm, disk=disk, progress=progress, ha=ha, insecure=insecure,
-                          libvirt_tls=libvirt_tls, guest=guest, memory_mib=memory_mib, vcpus=vcpus, numa=numa)
+                          libvirt_tls=libvirt_tls, guest=guest, memory_mib=memory_mib, vcpus=vcpus, numa=numa,
+                          monitoring=monitoring)
         finally:
             self.down(keep_logs=keep_logs)
 
     def _preflight(self, hosts: int, vms: int, kvm: bool, guest: str, memory_mib: int, vcpus: int,
-                   numa: dict[str, Sequence[L.LabCell]]) -> None:
+                   numa: dict[str, Sequence[L.LabCell]], monitoring: bool = False) -> None:
         if os.geteuid() != 0:
             raise LabError("the lab needs root: it creates namespaces, bridges and runs libvirtd")
         if not L.MIN_HOSTS <= hosts <= L.MAX_HOSTS:
@@ -355,7 +365,12 @@ class Lab:
             if not BUSYBOX.exists():
                 raise LabError(f"--guest linux: {BUSYBOX} is missing (install busybox-static: "
                                "scripts/install-system-deps.sh)")
-        for tool in ("ip", "nsenter", "setsid", "libvirtd", "etcd", "qemu-system-x86_64", "qemu-img"):
+        tools = ["ip", "nsenter", "setsid", "libvirtd", "etcd", "qemu-system-x86_64", "qemu-img"]
+        if monitoring:
+            tools += [PROMETHEUS, ALERTMANAGER]
+            if not RULES_FILE.is_file():
+                raise LabError(f"--monitoring: {RULES_FILE} is missing (it ships in haagent's source tree)")
+        for tool in tools:
             if shutil.which(tool) is None:
                 raise LabError(f"{tool}: not installed (run scripts/install-system-deps.sh)")
         if self.exists():
@@ -367,7 +382,7 @@ class Lab:
 
     def _build(self, n: int, m: int, kvm: bool, disk: bool, step: Progress, ha: bool, tls: bool,
                libvirt_tls: bool, guest: str, memory_mib: int, vcpus: int,
-               numa: dict[str, Sequence[L.LabCell]]) -> None:
+               numa: dict[str, Sequence[L.LabCell]], monitoring: bool = False) -> None:
         names = L.host_names(n)
         members = names[:min(n, 3)]
         vm_list = L.vm_names(m)
@@ -379,7 +394,7 @@ class Lab:
         self._save_state({
             "prefix": self.prefix, "phase": "building", "hosts": names, "etcd_members": members,
             "kvm": kvm, "disk": disk, "ha": ha, "tls": tls, "libvirt_tls": libvirt_tls, "created": time.time(),
-            "guest": guest, "memory_mib": memory_mib, "vcpus": vcpus,
+            "guest": guest, "memory_mib": memory_mib, "vcpus": vcpus, "monitoring": monitoring,
             "vms": {vm: {"home": homes[vm], "uuid": lay.vm_uuid(vm)} for vm in vm_list},
             "numa": {h: [c.to_json() for c in (numa.get(h) or L.default_cells(h))] for h in names},
         })
@@ -387,6 +402,8 @@ class Lab:
             step(f"namespaces and bridges for {n} hosts (cluster {L.CLUSTER_NET}.0/{L.NETMASK}, "
                  f"management {L.MGMT_NET}.0/{L.NETMASK})")
             self._build_network(names)
+            if monitoring:
+                _ip("-n", lay.bridge_netns, "addr", "add", f"{L.MONITOR_ADDRESS}/{L.NETMASK}", "dev", "br0")
             step("host files: libvirt configs, agent configs, shared storage")
             lay.shared_dir.mkdir()
             lay.bmc_dir.mkdir(mode=0o700)
@@ -407,6 +424,8 @@ class Lab:
             for h in names:
                 self._boot(h, wait=False)
             self._start_bmcd(step)
+            if monitoring:
+                self._start_monitoring(names)
         self._wait_libvirtd(names, timeout=60)
         step("libvirtd answers on every host")
         self._wait_etcd(members, timeout=30)
@@ -419,6 +438,11 @@ class Lab:
         if _bmc_available():
             self.wait_bmcs()
             step(f"{n} BMCs answer IPMI on the management network")
+        if monitoring:
+            self.wait_monitoring()
+            step(f"Prometheus {L.prometheus_url()} and Alertmanager {L.alertmanager_url()} answer "
+                 f"on the cluster network (from inside the lab), scraping {n} agents every "
+                 f"{L.SCRAPE_INTERVAL}s; fence path check every {L.FENCE_CHECK_INTERVAL}s")
         if m:
             self._create_vms(vm_list, homes, kvm, disk, ha, memory_mib, vcpus)
             step(f"{m} VMs running: " + ", ".join(f"{h}={sum(1 for v in homes.values() if v == h)}"
@@ -486,6 +510,9 @@ class Lab:
             for src in (self.layout.logs_dir(h), self.layout.host_dir(h) / "var-log-libvirt"):
                 if src.exists():
                     shutil.copytree(src, dest / h / src.name, dirs_exist_ok=True)
+        for log in sorted(self.layout.monitoring_dir.glob("*.log")):
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy(log, dest / log.name)
         if (self.layout.bmc_dir / "bmcd.log").exists():
             dest.mkdir(parents=True, exist_ok=True)
             shutil.copy(self.layout.bmc_dir / "bmcd.log", dest / "bmcd.log")
@@ -631,7 +658,9 @@ class Lab:
         return {"prefix": self.prefix, "dir": str(self.layout.dir), "phase": st.get("phase", "unknown"),
                 "kvm": st.get("kvm", False), "disk": st.get("disk", False), "guest": st.get("guest", "none"),
                 "etcd_tls": st.get("tls", False), "libvirt_tls": st.get("libvirt_tls", False),
-                "etcd_endpoints": self.etcd_endpoints(), "hosts": hosts, "vms": where}
+                "etcd_endpoints": self.etcd_endpoints(), "hosts": hosts, "vms": where,
+                "monitoring": ({"prometheus": L.prometheus_url(), "alertmanager": L.alertmanager_url()}
+                               if st.get("monitoring") else None)}
 
     def running_vms(self, host: str, timeout: float = 5.0) -> list[str] | None:
         """Names of the VMs running on the host, from its libvirtd; None if it does not answer."""
@@ -796,7 +825,8 @@ class Lab:
 
     def _fencing_section(self, h: str) -> str:
         """Every host's BMC as an IPMI fence device: any host may be the leader that fences."""
-        return L.fencing_toml(self.hosts(), str(self.layout.bmc_password_file))
+        return L.fencing_toml(self.hosts(), str(self.layout.bmc_password_file),
+                              L.FENCE_CHECK_INTERVAL if self.state.get("monitoring") else None)
 
     def _boot(self, h: str, wait: bool = True) -> None:
         """Power a host on: a fresh init (new PID/mount namespaces), then its daemons."""
@@ -1064,6 +1094,77 @@ class Lab:
                 return
             time.sleep(0.05)
         raise LabError(f"BMC supervisor not ready after {timeout:g}s; see {self.layout.bmc_dir / 'bmcd.log'}")
+
+    # == monitoring =============================================================================
+
+    @property
+    def monitoring(self) -> bool:
+        return bool(self.state.get("monitoring"))
+
+    def _start_monitoring(self, names: list[str]) -> None:
+        """Prometheus and Alertmanager in the bridge's namespace, on MONITOR_ADDRESS."""
+        d = self.layout.monitoring_dir
+        for sub in ("prometheus-data", "alertmanager-data"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        # A copy: the lab evaluates the rules as they were when it was built.
+        _write(d / "rules.yml", RULES_FILE.read_text())
+        _write(d / "prometheus.yml", L.prometheus_yml(self.prefix, names, str(d / "rules.yml")))
+        _write(d / "alertmanager.yml", L.alertmanager_yml(self.prefix))
+        self._spawn_monitor("alertmanager", [
+            ALERTMANAGER, f"--config.file={d / 'alertmanager.yml'}", f"--storage.path={d / 'alertmanager-data'}",
+            f"--web.listen-address={L.MONITOR_ADDRESS}:{L.ALERTMANAGER_PORT}",
+            f"--web.external-url={L.alertmanager_url()}",
+            "--cluster.listen-address=",  # one Alertmanager: no gossip port
+        ])
+        self._spawn_monitor("prometheus", [
+            PROMETHEUS, f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'prometheus-data'}",
+            f"--web.listen-address={L.MONITOR_ADDRESS}:{L.PROMETHEUS_PORT}",
+            f"--web.external-url={L.prometheus_url()}", "--storage.tsdb.retention.time=1d",
+        ])
+
+    def _spawn_monitor(self, name: str, argv: list[str]) -> None:
+        # Detached in the bridge's namespace, like the BMC supervisor in the management one;
+        # `down` stops it with everything else in the lab's namespaces.
+        with open(self.layout.monitoring_dir / f"{name}.log", "ab") as out:
+            subprocess.run(["nsenter", f"--net={NETNS_DIR / self.layout.bridge_netns}", "--",
+                            "setsid", "-f", *argv], cwd=self.layout.monitoring_dir,
+                           stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=20, check=True)
+
+    def monitoring_get(self, url: str, timeout: float = 5.0) -> Any:
+        """GET a Prometheus or Alertmanager URL from inside the lab (the bridge's namespace); JSON."""
+        if not self.monitoring:
+            raise LabError(f"lab {self.prefix} has no monitoring (`haagent lab up --monitoring`)")
+        res = _run(["nsenter", f"--net={NETNS_DIR / self.layout.bridge_netns}", "--",
+                    sys.executable, "-I", "-c", _FETCH, url, str(timeout)], timeout=timeout + 10, check=False)
+        if res.returncode != 0:
+            raise LabError(f"{url}: {(res.stderr or '').strip().splitlines()[-1:] or ['no answer']}")
+        return json.loads(res.stdout)
+
+    def query(self, expr: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Evaluate PromQL now in the lab's Prometheus: the result vector (or matrix)."""
+        from urllib.parse import urlencode
+        data = self.monitoring_get(L.prometheus_url("/api/v1/query?" + urlencode({"query": expr})), timeout)
+        if data.get("status") != "success":
+            raise LabError(f"Prometheus refused {expr!r}: {data.get('error')}")
+        result = data["data"]["result"]
+        if data["data"].get("resultType") in ("scalar", "string"):
+            return [{"metric": {}, "value": result}]
+        return result
+
+    def wait_monitoring(self, timeout: float = 30) -> None:
+        """Wait until Prometheus and Alertmanager answer and Prometheus scrapes an agent."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                self.monitoring_get(L.alertmanager_url("/api/v2/status"), timeout=2)
+                if self.query("up == 1", timeout=2):
+                    return
+                last = "no agent scraped yet"
+            except LabError as e:
+                last = str(e)
+            time.sleep(0.5)
+        raise LabError(f"monitoring not ready after {timeout:g}s ({last}); see {self.layout.monitoring_dir}/*.log")
 
     # == internals: state and locking ============================================================
 

@@ -172,3 +172,30 @@ def test_qemu_wrapper_binds_every_cell_to_node_0_and_passes_the_rest(tmp_path: P
         "-name", "guest=a b,debug-threads=on", "-object",
         '{"qom-type":"memory-backend-ram","id":"pc.ram","size":67108864,"host-nodes":[0],"policy":"bind"}',
         "-object", "memory-backend-ram,id=ram-node0,size=1,host-nodes=0,policy=bind", "", "*"]
+
+
+def test_monitoring_configs_pass_prometheus_own_checks(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from haagent.lab.lab import RULES_FILE
+
+    (tmp_path / "prometheus.yml").write_text(L.prometheus_yml("hal", L.host_names(3), str(RULES_FILE)))
+    (tmp_path / "alertmanager.yml").write_text(L.alertmanager_yml("hal"))
+    for tool, args in (("promtool", ["check", "config", "prometheus.yml"]),
+                       ("amtool", ["check-config", "alertmanager.yml"])):
+        exe = shutil.which(tool)
+        assert exe, f"{tool} is missing: run scripts/install-system-deps.sh"
+        res = subprocess.run([exe, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stdout + res.stderr
+    text = (tmp_path / "prometheus.yml").read_text()
+    # every agent's metrics endpoint is a target; the target label is not "host" (metrics have one)
+    for h in L.host_names(3):
+        assert f'"{L.address(h)}:{L.METRICS_PORT}"' in text and f'agent: "{h}"' in text
+    assert "host:" not in text
+
+
+def test_monitoring_lab_checks_fence_paths_often() -> None:
+    fast = tomllib.loads(L.fencing_toml(["h1", "h2"], "/p", L.FENCE_CHECK_INTERVAL))
+    assert fast["fencing"]["check_interval"] == L.FENCE_CHECK_INTERVAL
+    assert "check_interval" not in tomllib.loads(L.fencing_toml(["h1", "h2"], "/p"))["fencing"]

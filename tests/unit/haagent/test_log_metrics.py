@@ -43,3 +43,15 @@ def test_metrics_served_on_configured_address():
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert "haagent_is_leader 1.0" in body
     metrics.IS_LEADER.set(0)
+
+
+def test_host_load_and_numa_cells_from_a_report():
+    metrics.record_host_load({"load": {"cpu": 1.5, "memory_used_mib": 256},
+                              "numa": [{"id": 0, "memory_mib": 4096, "free_mib": 512},
+                                       {"id": 1, "memory_mib": 4096, "free_mib": 3584}]})
+    got = metrics.REGISTRY.get_sample_value
+    assert got("haagent_host_cpu_used_cores") == 1.5
+    assert got("haagent_host_memory_used_bytes") == 256 * 2**20
+    assert got("haagent_host_numa_memory_bytes", {"cell": "1"}) == 4096 * 2**20
+    assert got("haagent_host_numa_free_bytes", {"cell": "0"}) == 512 * 2**20
+    assert got("haagent_host_numa_free_bytes", {"cell": "1"}) == 3584 * 2**20
