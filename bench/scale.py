@@ -1,7 +1,8 @@
 """The control plane at 100, 300 and 1,000 hosts: a real 3-member etcd, light agents, one real leader.
 
-The agents live in this process: each host has its own lease (the agent's ``LeaseKeeper``, driven
-by one shared refresh loop on a small pool instead of a thread per host), its ``alive``/``lease``
+The agents live in this process: each host has its own lease (the agent's ``LeaseKeeper``; one
+shared loop refreshes every lease of a client over one keepalive stream, ``refresh_many``, and
+hands each keeper its answer, instead of a thread and a stream per host), its ``alive``/``lease``
 keys stamped in the grant's transaction, a report in the agent's format (``host_inventory`` from a
 ``HostInfo``, published only when ``worth_writing`` says so while each VM's CPU jitters), 20 VM
 specs registered as the agent does (``spec_record``), initial placements and host states, and a
@@ -93,10 +94,12 @@ class Fleet:
         self.stores = [EtcdStore([e], timeout=2.0) for e in endpoints]
         self.admin = EtcdStore(endpoints, timeout=5.0)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agents")
+        self.keepalives = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keepalive")
         self.agents = [self._agent(i, n) for i in range(n)]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.behind = 0  # keepalive rounds that overran their interval
+        self.leases_lost = 0  # leases that expired under a live agent (the bench's own overload)
         self.report_writes = 0
 
     def _agent(self, i: int, n: int) -> Agent:
@@ -135,6 +138,7 @@ class Fleet:
         a.keeper.attach(k.host_alive(a.name), json.dumps({"host": a.name, "pid": os.getpid()}))
         a.keeper.on_grant(lambda lease, h=a.name: [
             Put(k.host_lease(h), json.dumps({"lease": lease, "at": time.time()})), Delete(k.host_stopped(h))])
+        a.keeper.subscribe(self._lease_event)
         a.keeper.grant()
         ops: list[Any] = []
         for j, uuid in enumerate(a.vms):
@@ -152,11 +156,20 @@ class Fleet:
         a.store.txn([], ops)
         self._report(a, force=True)
 
+    def _lease_event(self, event: Any) -> None:
+        if event.kind == "lease_lost":
+            self.leases_lost += 1
+
     # -- steady-state loops -----------------------------------------------------------------------
 
+    def start_keepalives(self) -> None:
+        """Before registering: hosts that joined are kept alive while the others join."""
+        t = threading.Thread(target=self._keepalive_loop, name="keepalive", daemon=True)
+        t.start()
+        self._threads.append(t)
+
     def start(self) -> None:
-        for target, name in ((self._keepalive_loop, "keepalive"), (self._report_loop, "reports"),
-                             (self._reconcile_loop, "reconcile")):
+        for target, name in ((self._report_loop, "reports"), (self._reconcile_loop, "reconcile")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -166,6 +179,7 @@ class Fleet:
         for t in self._threads:
             t.join(timeout=10)
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.keepalives.shutdown(wait=True, cancel_futures=True)
         for a in self.agents:
             if a.alive and a.keeper.lease_id:
                 try:
@@ -181,13 +195,31 @@ class Fleet:
         next_at = time.monotonic()
         while not self._stop.is_set():
             next_at += interval
-            live = [a for a in self.agents if a.alive]
-            list(self.pool.map(lambda a: a.keeper.refresh_once() if a.alive else None, live))
+            live = [a for a in self.agents if a.alive and a.keeper.lease_id]
+            list(self.keepalives.map(self._refresh, [[a for a in live if a.store is st] for st in self.stores]))
             now = time.monotonic()
             if now > next_at:
                 self.behind += 1
                 next_at = now
             self._stop.wait(max(0.0, next_at - now))
+
+    def _refresh(self, agents: list[Agent]) -> None:
+        """One store's hosts: one keepalive stream, then each host's LeaseKeeper takes its answer
+        (re-granting an expired lease as the agent would)."""
+        from haagent.errors import StoreError
+
+        if not agents:
+            return
+        sent = time.monotonic()
+        try:
+            ttls = agents[0].store.refresh_many([a.keeper.lease_id for a in agents])
+        except StoreError as exc:
+            for a in agents:
+                a.keeper.refresh_failed(sent, exc)
+            return
+        for a in agents:
+            if a.alive:
+                a.keeper.refreshed(sent, ttls.get(a.keeper.lease_id, 0))
 
     def _report(self, a: Agent, force: bool = False) -> None:
         from haagent.agent.inventory import worth_writing
@@ -312,6 +344,19 @@ def leader_main(endpoints: list[str], host: str, out_path: str, probe_key: str) 
             out(event, **{k: str(v) for k, v in fields.items()})
 
     shell.sink = sink
+    real_write = shell.store.write
+
+    def write(ops, compares):
+        try:
+            return real_write(ops, compares)
+        except Exception:
+            import collections
+            out("write_failed", ops=len(ops), kinds=dict(collections.Counter(
+                o.key.rsplit("/", 1)[-1] if "/hosts/" in o.key else o.key.split("/")[3] for o in ops)),
+                sample=[o.key for o in ops[:5]])
+            raise
+
+    shell.store.write = write
     out("ready", pid=os.getpid())
     leading = False
     while True:
@@ -378,6 +423,12 @@ def run_size(n: int, *, failover: bool = False, steady_s: float = STEADY_S) -> d
     """Bring up etcd, N agents and a leader; measure; tear everything down. Figures as a dict."""
     from haagent.store.etcd_server import EtcdCluster
 
+    import logging
+
+    import structlog
+
+    # The agents' own logs (a lease_lost per host if the bench falls behind) are counted instead.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     work = Path(tempfile.mkdtemp(prefix="haagent-bench-scale-"))
     etcd = EtcdCluster(3, work / "etcd").start()
     fleet: Fleet | None = None
@@ -389,6 +440,7 @@ def run_size(n: int, *, failover: bool = False, steady_s: float = STEADY_S) -> d
         keys, admin = fleet.keys, fleet.admin
         probe_key = keys.root + "bench-probe"
         t0 = time.monotonic()
+        fleet.start_keepalives()
         fleet.register()
         res["register_s"] = time.monotonic() - t0
         fleet.start()
@@ -424,7 +476,8 @@ def run_size(n: int, *, failover: bool = False, steady_s: float = STEADY_S) -> d
                    tick_max_ms=max(ticks) * 1000 if ticks else float("nan"), ticks_per_s=len(ticks) / (b - a),
                    rss_mib=max(rss), writes_per_s=writes / (b - a), writes_per_host_min=writes / n / minutes,
                    reports_per_host_min=(w1 - w0) / n / minutes, lag_p50_ms=_pct(lags, 50) * 1000,
-                   lag_p99_ms=_pct(lags, 99) * 1000, keepalive_overruns=fleet.behind)
+                   lag_p99_ms=_pct(lags, 99) * 1000, keepalive_overruns=fleet.behind,
+                   leases_lost=fleet.leases_lost)
         # -- one host dies
         victim = fleet.agents[n // 2]
         last_keepalive = fleet.kill(victim)
@@ -443,6 +496,7 @@ def run_size(n: int, *, failover: bool = False, steady_s: float = STEADY_S) -> d
             time.sleep(0.05)
         res["placed_after_fence_s"] = (done_at - fence["at"]) if done_at else float("nan")
         res["wrong_fences"] = sorted({r["host"] for r in leaders[0].lines("fence")} - {victim.name})
+        res["store_errors"] = len(leaders[0].lines("store_error"))
         # -- leader failover: the leader process dies; the standby's first decision
         if failover:
             time.sleep(2.0)
@@ -534,7 +588,9 @@ def run() -> str:
                   f"after {fo['failover_first_decision_s']:.2f} s (that tick took {fo['failover_first_tick_ms']:.0f} ms)."]
     wrong = sorted({h for r in rows for h in r["wrong_fences"]})
     lines += ["", f"Hosts fenced that had not died: {', '.join(wrong) if wrong else 'none'}. Keepalive rounds "
-              f"that overran: {', '.join(str(r['keepalive_overruns']) for r in rows)}."]
+              f"that overran, by size: {', '.join(str(r['keepalive_overruns']) for r in rows)}; leases that "
+              f"expired under a live agent: {', '.join(str(r['leases_lost']) for r in rows)}; the leader's "
+              f"failed steps (store errors): {', '.join(str(r['store_errors']) for r in rows)}."]
     if plotted:
         lines += ["", f"![tick and failover time against host count](bench/{plot.name})"]
     return "\n".join(lines)

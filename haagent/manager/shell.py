@@ -30,7 +30,7 @@ from haagent import metrics
 from haagent.errors import LeaseExpired, NotLeader, StoreError, StoreUnavailable
 from haagent.log import get_logger
 from haagent.manager import core
-from haagent.state.codec import action_compares, action_ops, build_view, fence_result_step
+from haagent.state.codec import DecodeMemo, action_compares, action_ops, build_view, fence_result_step
 from haagent.state.view import Alert, ClusterView, FenceHost, JournalStep, ManagerAction, SetHostState
 from haagent.model import HostState
 from haagent.store.port import Compare, Delete, Put
@@ -197,6 +197,7 @@ class EtcdLeaderStore:
     def __init__(self, keys: Keys, election: Election, cache: PrefixCache):
         self.keys, self.election, self.cache = keys, election, cache
         self._events_lease = 0
+        self._memo = DecodeMemo()  # a view per tick decodes only the records that changed
 
     def epoch(self) -> int | None:
         lead = self.election.leadership
@@ -209,7 +210,7 @@ class EtcdLeaderStore:
             # already moving to another endpoint).
             raise StoreUnavailable("the watch-fed view is not known to be current")
         kvs, _ = self.cache.snapshot()
-        return build_view(kvs, self.keys, 0)
+        return build_view(kvs, self.keys, 0, self._memo)
 
     def write(self, ops: list[Put | Delete], compares: list[Compare]) -> int:
         try:
