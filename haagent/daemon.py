@@ -210,7 +210,7 @@ class AgentDaemon:
         if self.leader_work is None:
             self.leader = LeaderLoop(self.keys, self.election, self.cache, manager_config(self.config),
                                      self.fencer or _no_fencing(), policy_placer(self.config.policy),
-                                     wake=self._wake.set)
+                                     wake=self._wake.set, memo=self.vms.views.memo if self.vms is not None else None)
 
     def tick(self) -> None:
         """One round: keep leadership honest, campaign if free, run VMs, report, lead."""

@@ -265,12 +265,12 @@ class ViewCache:
     def __init__(self, keys: Keys, keep: int = 8):
         self.keys, self.keep = keys, keep
         self._views: dict[int, Any] = {}
-        self._memo = DecodeMemo()
+        self.memo = DecodeMemo()  # the daemon's leader shares it: a new leader starts warm
 
     def view(self, kvs: Any, revision: int) -> Any:
         found = self._views.get(revision)
         if found is None:
-            found = self._views[revision] = build_view(kvs, self.keys, 0, self._memo)
+            found = self._views[revision] = build_view(kvs, self.keys, 0, self.memo)
             if len(self._views) > self.keep:
                 del self._views[min(self._views)]
         return found

@@ -194,10 +194,12 @@ def _alert_key(a: Alert) -> tuple[str, str, str]:
 class EtcdLeaderStore:
     """LeaderStore over the agent's Election (epoch, guarded writes) and its watch-fed cache."""
 
-    def __init__(self, keys: Keys, election: Election, cache: PrefixCache):
+    def __init__(self, keys: Keys, election: Election, cache: PrefixCache, memo: DecodeMemo | None = None):
         self.keys, self.election, self.cache = keys, election, cache
         self._events_lease = 0
-        self._memo = DecodeMemo()  # a view per tick decodes only the records that changed
+        # A view per tick decodes only the records that changed. The daemon passes its VM shell's
+        # memo (same thread), which decodes every change while we stand by: a new leader starts warm.
+        self._memo = memo if memo is not None else DecodeMemo()
 
     def epoch(self) -> int | None:
         lead = self.election.leadership
@@ -339,10 +341,12 @@ class LeaderLoop:
 
     def __init__(self, keys: Keys, election: Election, cache: PrefixCache, config: core.ManagerConfig,
                  fencer: Fencer, placer: core.Placer, *, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, wake: Callable[[], None] = lambda: None):
+                 wall: Callable[[], float] = time.time, wake: Callable[[], None] = lambda: None,
+                 memo: DecodeMemo | None = None):
         self.fencer, self.clock = fencer, clock
         self.fences = ThreadedFences(fencer, clock)
-        self.shell = LeaderShell(keys, config, placer, EtcdLeaderStore(keys, election, cache), self.fences,
+        store = EtcdLeaderStore(keys, election, cache, memo)
+        self.shell = LeaderShell(keys, config, placer, store, self.fences,
                                  clock=clock, wall=wall, sink=DaemonSink(wall), wake=wake)
         self._health: Future | None = None
         self._health_due = 0.0
