@@ -61,6 +61,23 @@ def test_get_prefix_reads_pages_at_one_revision(etcd1, monkeypatch):
     assert store.get("/p/k05").value == b"changed" and store.revision() == revision + 2
 
 
+def test_refresh_many_over_one_stream_and_a_keeper_takes_its_answer(etcd1):
+    """Many leases refreshed in one keepalive stream: a live one gets its TTL, a revoked one 0, and
+    a LeaseKeeper handed that 0 re-grants and puts its keys back, as its own refresh would."""
+    store = store_for(etcd1)
+    live = [store.grant(5)[0] for _ in range(3)]
+    keeper = LeaseKeeper(store, 5)
+    keeper.attach("/rm/alive", "1")
+    keeper.grant()
+    gone = keeper.lease_id
+    store.revoke(gone)
+    assert store.get("/rm/alive") is None
+    ttls = store.refresh_many(live + [gone])
+    assert all(0 < ttls[i] <= 5 for i in live) and ttls[gone] == 0
+    keeper.refreshed(time.monotonic(), ttls[gone])
+    assert keeper.lease_id not in (0, gone) and store.get("/rm/alive").lease == keeper.lease_id
+
+
 def test_kv_and_txn_roundtrip(etcd1):
     store = store_for(etcd1)
     rev = store.put("/x/a", "1")
