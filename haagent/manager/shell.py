@@ -171,10 +171,31 @@ class LeaderShell:
         self._set_alerts(frozenset(a for a in actions if isinstance(a, Alert)))
 
     def _write(self, actions: list[ManagerAction] | list[JournalStep], view: ClusterView) -> int:
-        ops = action_ops(actions, view, self.keys, self.wall(), self.store.events_lease())
+        wall, events_lease = self.wall(), self.store.events_lease()
+        ops = action_ops(actions, view, self.keys, wall, events_lease)
         if not ops:
             return 0
-        return self.store.write(ops, action_compares(actions, self.keys))
+        if len(ops) <= MAX_TXN_OPS:
+            return self.store.write(ops, action_compares(actions, self.keys))
+        # More writes than etcd takes in one transaction (a mass event: a rack's switch). Split by
+        # host, each host's actions (and its failover's) whole in one transaction; every host
+        # being fenced goes in the first, with every fence condition, so a condition that fails
+        # still writes nothing. Later parts carry only the epoch guard. The step's decisions
+        # (and its fences) count only once every part is written; a part lost to an error is
+        # decided again from the view next tick.
+        chunks = _split(actions, view, lambda part: len(action_ops(part, view, self.keys, wall, events_lease)))
+        revision = 0
+        for i, chunk in enumerate(chunks):
+            # distinct event keys across parts: they are named after the wall time and position
+            part = action_ops(chunk, view, self.keys, wall + i * 1e-6, events_lease)
+            if not part:
+                continue
+            revision = self.store.write(part, action_compares(chunk, self.keys))
+            if not revision:
+                return 0
+        if len(chunks) > 1:
+            self.sink("step_split", {"parts": len(chunks), "writes": len(ops)})
+        return revision
 
     def _set_alerts(self, alerts: frozenset[Alert]) -> None:
         for a in sorted(alerts - self.alerts, key=_alert_key):
@@ -182,6 +203,29 @@ class LeaderShell:
         for a in sorted(self.alerts - alerts, key=_alert_key):
             self.sink("alert_cleared", {"alert": a})
         self.alerts = alerts
+
+
+MAX_TXN_OPS = 128  # etcd's --max-txn-ops default: more writes in one transaction are refused
+
+
+def _split(actions: list, view: ClusterView, writes: Callable[[list], int]) -> list[list]:
+    """The step's actions in parts of at most MAX_TXN_OPS writes (``writes(part)`` counts them),
+    each host's actions and its failover's in one part, the hosts being fenced first."""
+    op_host = {op_id: op.host for op_id, op in view.ops.items()}
+    op_host.update({a.op: a.host for a in actions if isinstance(a, JournalStep)})
+    groups: dict[str, list] = {}
+    for a in actions:
+        op = getattr(a, "op", "") or getattr(a, "failover", "")
+        groups.setdefault(op_host.get(op, getattr(a, "host", "")), []).append(a)
+    fenced = {a.host for a in actions if isinstance(a, FenceHost)}
+    order = sorted(groups, key=lambda h: (h not in fenced, h))
+    chunks: list[list] = [[]]
+    for host in order:
+        group = groups[host]
+        if host not in fenced and chunks[-1] and writes(chunks[-1] + group) > MAX_TXN_OPS:
+            chunks.append([])
+        chunks[-1].extend(group)
+    return chunks
 
 
 def _alert_key(a: Alert) -> tuple[str, str, str]:
@@ -308,8 +352,8 @@ class DaemonSink:
             log.warning("manager_stopped", **f)
         elif event in ("result_dropped", "stale_view", "store_error"):
             log.warning(f"manager_{event}", **f)
-        elif event == "step_retry":
-            log.info("manager_step_retry", **f)
+        elif event in ("step_retry", "step_split"):
+            log.info(f"manager_{event}", **f)
 
     def _committed(self, view: ClusterView, actions: list[ManagerAction]) -> None:
         """Host states and failover phases as metrics (seconds from detection to each step)."""
