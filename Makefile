@@ -33,6 +33,7 @@ demo: deps
 	$(PY) -m haagent.demo
 
 bench: deps
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench $(BENCH)
 
 clean:

@@ -235,7 +235,8 @@ class AgentDaemon:
             self.leader = LeaderLoop(self.keys, self.election, self.cache, manager_config(self.config),
                                      self.fencer or _no_fencing(), policy_placer(self.config.policy),
                                      wake=self._wake.set,
-                                     notify=self.notifier.publish if self.notifier is not None else None)
+                                     notify=self.notifier.publish if self.notifier is not None else None,
+                                     memo=self.vms.views.memo if self.vms is not None else None)
 
     def tick(self) -> None:
         """One round: keep leadership honest, campaign if free, run VMs, report, lead."""

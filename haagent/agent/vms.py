@@ -19,7 +19,7 @@ from haagent.state.requirements import needs_from_xml
 from haagent.errors import HypervisorError, InvalidDomain, VmNotFound
 from haagent.hypervisor.port import EventKind, Hypervisor, VmEvent
 from haagent.log import get_logger
-from haagent.state.codec import build_view
+from haagent.state.codec import DecodeMemo, build_view
 from haagent.state.view import VmSpec
 from haagent.model import VmState
 from haagent.store.keys import Keys
@@ -258,16 +258,19 @@ def spec_record(host: str, hv: Hypervisor, info: Any, mark: HaMark, source: str 
 
 class ViewCache:
     """Decoded views by store revision: most rounds see a revision already decoded (a heartbeat
-    with no change), and the simulator's agents share one."""
+    with no change), and the simulator's agents share one. A new revision decodes only the
+    records that changed (``DecodeMemo``): every agent reads the whole cluster's view, and at
+    20,000 VMs decoding it all took a third of a second per change."""
 
     def __init__(self, keys: Keys, keep: int = 8):
         self.keys, self.keep = keys, keep
         self._views: dict[int, Any] = {}
+        self.memo = DecodeMemo()  # the daemon's leader shares it: a new leader starts warm
 
     def view(self, kvs: Any, revision: int) -> Any:
         found = self._views.get(revision)
         if found is None:
-            found = self._views[revision] = build_view(kvs, self.keys, 0)
+            found = self._views[revision] = build_view(kvs, self.keys, 0, self.memo)
             if len(self._views) > self.keep:
                 del self._views[min(self._views)]
         return found

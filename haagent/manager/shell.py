@@ -32,7 +32,7 @@ from haagent.errors import LeaseExpired, NotLeader, StoreError, StoreUnavailable
 from haagent.log import get_logger
 from haagent.manager import core
 from haagent.manager.notices import alert_notice, step_notices
-from haagent.state.codec import action_compares, action_ops, build_view, fence_result_step
+from haagent.state.codec import DecodeMemo, action_compares, action_ops, build_view, fence_result_step
 from haagent.state.view import (Alert, ClusterView, FenceHost, JournalStep, ManagerAction, PowerRead, ReadPower,
                                 SetHostState)
 from haagent.model import HostState
@@ -198,10 +198,31 @@ class LeaderShell:
                                              "epoch": done_epoch, "current": epoch})
 
     def _write(self, actions: list[ManagerAction] | list[JournalStep], view: ClusterView) -> int:
-        ops = action_ops(actions, view, self.keys, self.wall(), self.store.events_lease())
+        wall, events_lease = self.wall(), self.store.events_lease()
+        ops = action_ops(actions, view, self.keys, wall, events_lease)
         if not ops:
             return 0
-        return self.store.write(ops, action_compares(actions, self.keys))
+        if len(ops) <= MAX_TXN_OPS:
+            return self.store.write(ops, action_compares(actions, self.keys))
+        # More writes than etcd takes in one transaction (a mass event: a rack's switch). Split by
+        # host, each host's actions (and its failover's) whole in one transaction; every host
+        # being fenced goes in the first, with every fence condition, so a condition that fails
+        # still writes nothing. Later parts carry only the epoch guard. The step's decisions
+        # (and its fences) count only once every part is written; a part lost to an error is
+        # decided again from the view next tick.
+        chunks = _split(actions, view, lambda part: len(action_ops(part, view, self.keys, wall, events_lease)))
+        revision = 0
+        for i, chunk in enumerate(chunks):
+            # distinct event keys across parts: they are named after the wall time and position
+            part = action_ops(chunk, view, self.keys, wall + i * 1e-6, events_lease)
+            if not part:
+                continue
+            revision = self.store.write(part, action_compares(chunk, self.keys))
+            if not revision:
+                return 0
+        if len(chunks) > 1:
+            self.sink("step_split", {"parts": len(chunks), "writes": len(ops)})
+        return revision
 
     def _set_alerts(self, alerts: frozenset[Alert]) -> None:
         for a in sorted(alerts - self.alerts, key=_alert_key):
@@ -209,6 +230,29 @@ class LeaderShell:
         for a in sorted(self.alerts - alerts, key=_alert_key):
             self.sink("alert_cleared", {"alert": a})
         self.alerts = alerts
+
+
+MAX_TXN_OPS = 128  # etcd's --max-txn-ops default: more writes in one transaction are refused
+
+
+def _split(actions: list, view: ClusterView, writes: Callable[[list], int]) -> list[list]:
+    """The step's actions in parts of at most MAX_TXN_OPS writes (``writes(part)`` counts them),
+    each host's actions and its failover's in one part, the hosts being fenced first."""
+    op_host = {op_id: op.host for op_id, op in view.ops.items()}
+    op_host.update({a.op: a.host for a in actions if isinstance(a, JournalStep)})
+    groups: dict[str, list] = {}
+    for a in actions:
+        op = getattr(a, "op", "") or getattr(a, "failover", "")
+        groups.setdefault(op_host.get(op, getattr(a, "host", "")), []).append(a)
+    fenced = {a.host for a in actions if isinstance(a, FenceHost)}
+    order = sorted(groups, key=lambda h: (h not in fenced, h))
+    chunks: list[list] = [[]]
+    for host in order:
+        group = groups[host]
+        if host not in fenced and chunks[-1] and writes(chunks[-1] + group) > MAX_TXN_OPS:
+            chunks.append([])
+        chunks[-1].extend(group)
+    return chunks
 
 
 def _alert_key(a: Alert) -> tuple[str, str, str]:
@@ -221,9 +265,12 @@ def _alert_key(a: Alert) -> tuple[str, str, str]:
 class EtcdLeaderStore:
     """LeaderStore over the agent's Election (epoch, guarded writes) and its watch-fed cache."""
 
-    def __init__(self, keys: Keys, election: Election, cache: PrefixCache):
+    def __init__(self, keys: Keys, election: Election, cache: PrefixCache, memo: DecodeMemo | None = None):
         self.keys, self.election, self.cache = keys, election, cache
         self._events_lease = 0
+        # A view per tick decodes only the records that changed. The daemon passes its VM shell's
+        # memo (same thread), which decodes every change while we stand by: a new leader starts warm.
+        self._memo = memo if memo is not None else DecodeMemo()
 
     def epoch(self) -> int | None:
         lead = self.election.leadership
@@ -236,7 +283,7 @@ class EtcdLeaderStore:
             # already moving to another endpoint).
             raise StoreUnavailable("the watch-fed view is not known to be current")
         kvs, _ = self.cache.snapshot()
-        return build_view(kvs, self.keys, 0)
+        return build_view(kvs, self.keys, 0, self._memo)
 
     def write(self, ops: list[Put | Delete], compares: list[Compare]) -> int:
         try:
@@ -357,8 +404,8 @@ class DaemonSink:
             log.warning("storm_power_read", **f)
         elif event in ("result_dropped", "stale_view", "store_error"):
             log.warning(f"manager_{event}", **f)
-        elif event == "step_retry":
-            log.info("manager_step_retry", **f)
+        elif event in ("step_retry", "step_split"):
+            log.info(f"manager_{event}", **f)
 
     def _send(self, notices: Callable[[], list[tuple[str, dict[str, Any]]]]) -> None:
         """Hand ``notices()`` to the webhook queue. Never raises: this runs between a step's
@@ -402,10 +449,12 @@ class LeaderLoop:
     def __init__(self, keys: Keys, election: Election, cache: PrefixCache, config: core.ManagerConfig,
                  fencer: Fencer, placer: core.Placer, *, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, wake: Callable[[], None] = lambda: None,
-                 notify: Callable[[str, Mapping[str, Any]], Any] | None = None):
+                 notify: Callable[[str, Mapping[str, Any]], Any] | None = None,
+                 memo: DecodeMemo | None = None):
         self.fencer, self.clock = fencer, clock
         self.fences = ThreadedFences(fencer, clock)
-        self.shell = LeaderShell(keys, config, placer, EtcdLeaderStore(keys, election, cache), self.fences,
+        store = EtcdLeaderStore(keys, election, cache, memo)
+        self.shell = LeaderShell(keys, config, placer, store, self.fences,
                                  clock=clock, wall=wall, sink=DaemonSink(wall, notify), wake=wake)
         self._health: Future | None = None
         self._health_due = 0.0

@@ -6,7 +6,7 @@ encoding as well as the same decisions.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from haagent.state.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, DeleteOp, Event, FenceHost, ForgetVm,
                                   HostView, JournalStep, ManagerAction, Migration, Op, OpStep, ReadPower,
@@ -169,13 +169,71 @@ def _self_fence(report: Mapping[str, Any]) -> float | None:
     return max(timeout, configured)
 
 
-def build_view(kvs: Mapping[str, KVLike], keys: Keys, epoch: int) -> ClusterView:
+class DecodeMemo:
+    """Decoded records by key and mod_revision (which names one version of a key), so a leader
+    that builds its view every tick decodes only what changed: at 20,000 VMs nearly every record
+    is the same from one tick to the next, and decoding them all took most of a second."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[int, Any]] = {}
+        self._routes: dict[str, tuple[tuple[str, str] | None, tuple[str, str] | None]] = {}
+
+    def route(self, keys: Keys, key: str) -> tuple[tuple[str, str] | None, tuple[str, str] | None]:
+        """(host, leaf) or None, (uuid, leaf) or None: a key's place, which never changes."""
+        found = self._routes.get(key)
+        if found is None:
+            found = self._routes[key] = _route(keys, key)
+        return found
+
+    def decode(self, key: str, kv: KVLike, how: Callable[[KVLike], Any]) -> Any:
+        """``how(kv)``, or what it returned (or raised) for this version of ``key`` before."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != kv.mod_revision:
+            try:
+                value: Any = how(kv)
+            except BadRecord as exc:
+                value = exc
+            entry = self._entries[key] = (kv.mod_revision, value)
+        if isinstance(entry[1], BadRecord):
+            raise BadRecord(str(entry[1]))
+        return entry[1]
+
+    def keep_only(self, kvs: Mapping[str, KVLike]) -> None:
+        """Forget deleted keys (once they are a quarter of what is remembered)."""
+        if len(self._entries) > len(kvs) * 5 // 4:
+            self._entries = {k: v for k, v in self._entries.items() if k in kvs}
+        if len(self._routes) > len(kvs) * 5 // 4:
+            self._routes = {k: v for k, v in self._routes.items() if k in kvs}
+
+
+class _NoMemo(DecodeMemo):
+    """Decodes every record every time (one-off views: the CLI, a status read)."""
+
+    def route(self, keys: Keys, key: str) -> tuple[tuple[str, str] | None, tuple[str, str] | None]:
+        return _route(keys, key)
+
+    def decode(self, key: str, kv: KVLike, how: Callable[[KVLike], Any]) -> Any:
+        return how(kv)
+
+    def keep_only(self, kvs: Mapping[str, KVLike]) -> None:
+        pass
+
+
+def _route(keys: Keys, key: str) -> tuple[tuple[str, str] | None, tuple[str, str] | None]:
+    host = keys.parse_host_key(key)
+    return host, (keys.parse_vm_key(key) if host is None else None)
+
+
+def build_view(kvs: Mapping[str, KVLike], keys: Keys, epoch: int, memo: DecodeMemo | None = None) -> ClusterView:
     """A ClusterView from every key under the cluster root. Never raises on stored data.
 
     A record that does not have its documented shape is left out (a host's unreadable state is
     flagged ``state_bad``) and listed in ``bad_records`` with the reason, so the leader can raise
-    an alert naming the key while it keeps deciding for everything else.
+    an alert naming the key while it keeps deciding for everything else. ``memo`` (kept from one
+    call to the next) spares decoding the records that did not change.
     """
+    memo = memo if memo is not None else _NoMemo()
+    memo.keep_only(kvs)
     hosts: dict[str, dict[str, Any]] = {}
     specs: dict[str, VmSpec] = {}
     placements: dict[str, str] = {}
@@ -191,7 +249,7 @@ def build_view(kvs: Mapping[str, KVLike], keys: Keys, epoch: int) -> ClusterView
             if key == keys.storm_hold:
                 storm = storm_hold_record(kv)
                 continue
-            _decode(key, kv, keys, hosts, specs, placements, migrations, steps, op_heads, requests)
+            _decode(key, kv, keys, hosts, specs, placements, migrations, steps, op_heads, requests, memo)
         except BadRecord as exc:
             bad.append((key, str(exc)))
             if (parsed := keys.parse_host_key(key)) is not None and parsed[1] == "state":
@@ -225,44 +283,59 @@ def storm_hold_record(kv: KVLike) -> dict[str, Any]:
     return {"hosts": list(_strs(d, "hosts")), "since": _num(d, "since", 0.0), "epoch": _int(d, "epoch", 0)}
 
 
+def _host_state(kv: KVLike) -> tuple[HostState, str]:
+    d = _obj(kv)
+    value = d.get("state")
+    try:
+        state = HostState(value)
+    except ValueError:
+        raise BadRecord(f"state: expected one of {', '.join(s.value for s in HostState)}, "
+                        f"got {value!r:.40}") from None
+    return state, _str(d, "failover", "")
+
+
+def _report(kv: KVLike) -> tuple[dict[str, Any], dict[str, Any] | BadRecord]:
+    """``hosts/<h>/report`` -> (what the view keeps, the inventory or why it is bad)."""
+    d = _obj(kv)
+    report = {"cpus": _int(d, "cpus", 0), "memory_mib": _int(d, "memory_mib", 0),
+              "running_vms": _strs(d, "running_vms"), "self_fence_s": _self_fence(d)}
+    try:
+        return report, _inventory(d)
+    except BadRecord as exc:
+        return report, exc
+
+
 def _decode(key: str, kv: KVLike, keys: Keys, hosts: dict, specs: dict, placements: dict, migrations: dict,
-            steps: dict, op_heads: dict, requests: list) -> None:
-    if (parsed := keys.parse_host_key(key)) is not None:
-        name, leaf = parsed
+            steps: dict, op_heads: dict, requests: list, memo: DecodeMemo) -> None:
+    host_key, vm_key = memo.route(keys, key)
+    decode = memo.decode
+    if host_key is not None:
+        name, leaf = host_key
         h = hosts.setdefault(name, {})
         if leaf == "alive":
             h["alive"], h["alive_rev"] = True, kv.create_revision
         elif leaf == "state":
-            d = _obj(kv)
-            value = d.get("state")
-            try:
-                state = HostState(value)
-            except ValueError:
-                raise BadRecord(f"state: expected one of {', '.join(s.value for s in HostState)}, "
-                                f"got {value!r:.40}") from None
-            h["state"], h["failover"] = state, _str(d, "failover", "")
+            h["state"], h["failover"] = decode(key, kv, _host_state)
         elif leaf == "report":
-            d = _obj(kv)
-            h["report"] = {"cpus": _int(d, "cpus", 0), "memory_mib": _int(d, "memory_mib", 0),
-                           "running_vms": _strs(d, "running_vms"), "self_fence_s": _self_fence(d)}
+            report, inventory = decode(key, kv, _report)
+            h["report"] = report
             h["report_rev"] = kv.mod_revision
-            try:
-                h["inventory"] = _inventory(d)
-            except BadRecord as exc:
+            if isinstance(inventory, BadRecord):
                 # The VM list and self-fence record above stand; placement treats the host as one
                 # whose inventory cannot be read, and the record is still listed as bad.
-                h["inventory"] = {"inventory_error": f"bad inventory in report: {exc}"}
-                raise
+                h["inventory"] = {"inventory_error": f"bad inventory in report: {inventory}"}
+                raise BadRecord(str(inventory))
+            h["inventory"] = inventory
         elif leaf == "lease":
             h["granted_rev"] = kv.mod_revision
         elif leaf == "stopped":
             h["stopped"] = f"stopped:{_int(_obj(kv), 'lease', 0)}"
-    elif (parsed := keys.parse_vm_key(key)) is not None:
-        uuid, leaf = parsed
+    elif vm_key is not None:
+        uuid, leaf = vm_key
         if leaf == "spec":
-            specs[uuid] = spec_from_record(uuid, _obj(kv))
+            specs[uuid] = decode(key, kv, lambda kv: spec_from_record(uuid, _obj(kv)))
         elif leaf == "placement":
-            placements[uuid] = _str(_obj(kv), "host", empty=False)
+            placements[uuid] = decode(key, kv, lambda kv: _str(_obj(kv), "host", empty=False))
         elif leaf == "migration":
             d = _obj(kv)
             migrations[uuid] = Migration(uuid, _str(d, "from", empty=False), _str(d, "to", empty=False),

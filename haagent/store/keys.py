@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
 class Keys:
+    """The prefixes are computed once per instance: a leader's view parses every key each tick."""
+
     cluster: str
 
-    @property
+    @cached_property
     def root(self) -> str:
         return f"/haagent/{self.cluster}/"
 
@@ -23,12 +26,12 @@ class Keys:
         """What the current leader last wrote about itself (a guarded write)."""
         return self.root + "leader_info"
 
-    @property
+    @cached_property
     def storm_hold(self) -> str:
         """The hosts the storm guard holds now (a guarded write; absent when nothing is held)."""
         return self.root + "storm_hold"
 
-    @property
+    @cached_property
     def hosts(self) -> str:
         return self.root + "hosts/"
 
@@ -53,7 +56,7 @@ class Keys:
         """A clean agent stop's record (written while the lease lived; deleted by the next grant)."""
         return self.host(host) + "stopped"
 
-    @property
+    @cached_property
     def vms(self) -> str:
         return self.root + "vms/"
 
@@ -66,21 +69,21 @@ class Keys:
     def vm_migration(self, uuid: str) -> str:
         return f"{self.vms}{uuid}/migration"
 
-    @property
+    @cached_property
     def ops(self) -> str:
         return self.root + "ops/"
 
     def op(self, op_id: str) -> str:
         return self.ops + op_id
 
-    @property
+    @cached_property
     def requests(self) -> str:
         return self.root + "requests/"
 
     def request(self, req_id: str) -> str:
         return self.requests + req_id
 
-    @property
+    @cached_property
     def events(self) -> str:
         return self.root + "events/"
 

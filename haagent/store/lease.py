@@ -159,12 +159,21 @@ class LeaseKeeper:
         except LeaseExpired:
             ttl = 0
         except StoreError as exc:
-            if not self.isolated and started - self._last_ok >= self.interval * 1.5:
-                self.isolated = True
-                metrics.STORE_ISOLATED.set(1)
-                log.warning("etcd_isolated", error=str(exc), since_ok_s=round(started - self._last_ok, 3))
-                self._emit(LeaseEvent("isolated", self.lease_id, detail=str(exc)))
+            self.refresh_failed(started, exc)
             return
+        self.refreshed(started, ttl)
+
+    def refresh_failed(self, started: float, exc: StoreError) -> None:
+        """A refresh sent at ``started`` got no answer (for a loop that refreshes many leases)."""
+        if not self.isolated and started - self._last_ok >= self.interval * 1.5:
+            self.isolated = True
+            metrics.STORE_ISOLATED.set(1)
+            log.warning("etcd_isolated", error=str(exc), since_ok_s=round(started - self._last_ok, 3))
+            self._emit(LeaseEvent("isolated", self.lease_id, detail=str(exc)))
+
+    def refreshed(self, started: float, ttl: int) -> None:
+        """A refresh sent at ``started`` answered ``ttl`` (0: expired, so re-grant); never raises.
+        Public for a loop that refreshes many leases in one stream (``EtcdStore.refresh_many``)."""
         if ttl > 0:
             self._last_ok = started  # when the refresh was sent (see grant)
             metrics.LEASE_REFRESH_SECONDS.observe(self.clock() - started)

@@ -14,7 +14,7 @@ from haagent.manager import core
 from haagent.state.codec import build_view
 from haagent.manager.shell import LeaderLoop
 from haagent.state.view import FenceHost, JournalStep, OpStep
-from haagent.store.client import EtcdStore
+from haagent.store.client import EtcdStore, Put
 from haagent.store.election import Election
 from haagent.store.keys import Keys
 from haagent.store.lease import LeaseKeeper
@@ -154,3 +154,18 @@ def test_a_failover_is_told_to_the_notify_hook_start_fence_and_finish(etcd1):
     assert phases[0] == "confirm" and phases[-1] == "done" and "fence" in phases
     states = [(d["host"], d["to"]) for t, d in sent if t == "host.state_changed"]
     assert ("h2", "suspect") in states and ("h2", "fencing") in states and ("h2", "fenced") in states
+
+
+def test_a_step_past_etcds_transaction_limit_is_written_in_parts(leader):
+    """150 hosts lost at once: one step writes more than etcd's 128 operations per transaction.
+    It is written in parts, per host, and the storm guard still holds every fence."""
+    store, _, cache, loop, fencer = leader
+    lost = [f"m{i:03d}" for i in range(150)]
+    for i in range(0, len(lost), 50):
+        store.txn([], [Put(K.host_state(h), json.dumps({"state": "active"})) for h in lost[i:i + 50]])
+
+    def states():
+        return {h: json.loads(store.get(K.host_state(h)).value)["state"] for h in lost}
+
+    _tick_until(loop, lambda: set(states().values()) == {"suspect"}, timeout=10)
+    assert fencer.calls == []  # 150 of 152 hosts: a storm, held

@@ -31,6 +31,53 @@ def agent(cluster, host, ttl=2):
     return store, lease, election
 
 
+def test_get_prefix_reads_pages_at_one_revision(etcd1, monkeypatch):
+    """A prefix larger than a page comes back whole, sorted, and as of the first page's revision
+    even when a write lands between pages (a whole cluster's keys exceed one gRPC message)."""
+    import haagent.store.client as client
+
+    store = store_for(etcd1)
+    for i in range(10):
+        store.put(f"/p/k{i:02d}", str(i))
+    store.put("/q/outside", "x")
+    monkeypatch.setattr(client, "PAGE_KEYS", 3)
+    calls = {"n": 0}
+    real_call = store.call
+
+    def call(what, fn):
+        calls["n"] += 1
+        if calls["n"] == 2:  # between the first and the second page
+            real_call("put", lambda c: c.put("/p/k05", "changed"))
+            real_call("put", lambda c: c.put("/p/k99", "new"))
+        return real_call(what, fn)
+
+    monkeypatch.setattr(store, "call", call)
+    kvs, revision = store.get_prefix("/p/")
+    assert [kv.key for kv in kvs] == [f"/p/k{i:02d}" for i in range(10)]
+    assert [kv.value for kv in kvs] == [str(i).encode() for i in range(10)]
+    assert all(kv.mod_revision <= revision for kv in kvs)
+    assert calls["n"] >= 4  # 10 keys in pages of 3 (+ the two puts)
+    monkeypatch.undo()
+    assert store.get("/p/k05").value == b"changed" and store.revision() == revision + 2
+
+
+def test_refresh_many_over_one_stream_and_a_keeper_takes_its_answer(etcd1):
+    """Many leases refreshed in one keepalive stream: a live one gets its TTL, a revoked one 0, and
+    a LeaseKeeper handed that 0 re-grants and puts its keys back, as its own refresh would."""
+    store = store_for(etcd1)
+    live = [store.grant(5)[0] for _ in range(3)]
+    keeper = LeaseKeeper(store, 5)
+    keeper.attach("/rm/alive", "1")
+    keeper.grant()
+    gone = keeper.lease_id
+    store.revoke(gone)
+    assert store.get("/rm/alive") is None
+    ttls = store.refresh_many(live + [gone])
+    assert all(0 < ttls[i] <= 5 for i in live) and ttls[gone] == 0
+    keeper.refreshed(time.monotonic(), ttls[gone])
+    assert keeper.lease_id not in (0, gone) and store.get("/rm/alive").lease == keeper.lease_id
+
+
 def test_kv_and_txn_roundtrip(etcd1):
     store = store_for(etcd1)
     rev = store.put("/x/a", "1")
