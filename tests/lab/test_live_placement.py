@@ -77,7 +77,10 @@ def test_a_strict_numa_vm_restarts_where_its_cell_fits(make_lab) -> None:
                 lambda: view(lab).specs.get(vm_uuid), 30)
     assert (spec.needs.numa, spec.needs.nodeset) == ("strict", (0,))
     wait("the leader to record it on h3", lambda: view(lab).placements.get(vm_uuid) == "h3", 30)
-    assert view(lab).hosts["h1"].numa[0].free_mib == L.default_cells("h1")[0].free_mib  # the report carries the cells
+    # The report carries the cells (once the agent has read its libvirtd: its first read may come
+    # before libvirtd answers, and then the next one, report_interval later, brings them).
+    cells = wait("h1's report to carry its NUMA cells", lambda: view(lab).hosts["h1"].numa, 30)
+    assert cells[0].free_mib == L.default_cells("h1")[0].free_mib
     assert crash_and_follow(lab, "h3", vm) == "h2"
     assert view(lab).placements.get(vm_uuid) == "h2"
 
