@@ -18,7 +18,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from haagent.state.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, DeleteOp, Event, FenceHost, ForgetVm,
                                   HostView, JournalStep, ManagerAction, Op, OpStep, SetHostState, SetPlacement,
-                                  VmSpec)
+                                  StartMigration, VmSpec)
+from haagent.config import MigrationSection
 from haagent.model import HostState as S
 
 # Allowed transitions: (from, to) -> one-line gloss of why.
@@ -41,6 +42,7 @@ TRANSITIONS: dict[tuple[S | None, S], str] = {
     (S.MAINTENANCE, S.ACTIVE): "operator",
     (S.ACTIVE, S.DRAINING): "operator",
     (S.DRAINING, S.ACTIVE): "operator",
+    (S.DRAINING, S.MAINTENANCE): "drained: no VMs left",
 }
 
 # Hosts whose VMs may be restarted elsewhere: power is confirmed off (DESIGN §4 invariant 2).
@@ -60,6 +62,7 @@ class ManagerConfig:
     watchdog_margin: float = 2.0
     auto_return_after: float | None = None  # seconds healthy before a failed host returns
     keep_finished_ops: int = 50  # journals of finished operations kept in etcd (newest first)
+    migration: MigrationSection = field(default_factory=MigrationSection)  # the migration executor's limits
 
 
 @dataclass(frozen=True)
@@ -222,8 +225,11 @@ def new_status(now: float) -> ManagerStatus:
 
 
 def step(view: ClusterView, status: ManagerStatus, now: float, config: ManagerConfig,
-         placer: Placer) -> tuple[ManagerStatus, list[ManagerAction]]:
-    """One leader decision round. Pure: same inputs, same outputs."""
+         placer: Placer, mover: Placer | None = None) -> tuple[ManagerStatus, list[ManagerAction]]:
+    """One leader decision round. Pure: same inputs, same outputs.
+
+    ``mover`` plans live migrations (drain, undrain, vm migrate); ``placer`` when not given.
+    """
     st = _Step(view, status, now, config, placer)
     for key, why in view.bad_records:
         host_key, vm_key = st.keys_of(key)
@@ -250,11 +256,21 @@ def step(view: ClusterView, status: ManagerStatus, now: float, config: ManagerCo
         if st.states.get(host) not in (S.SUSPECT, S.FENCING) and not frozen and ack.id not in st.consumed:  # type: ignore[attr-defined]
             st.consume(ack)
             st.actions.append(Event("fence_ack_discarded", host=host, detail={"reason": "its failover closed"}))
+    _migrations(st, mover or placer)
     _forget_finished_ops(st)
     return st.finish()
 
 
-KNOWN_REQUESTS = frozenset({"fence_ack", "host_return", "relocate", "unmanage"})
+KNOWN_REQUESTS = frozenset({"fence_ack", "host_return", "relocate", "unmanage", "drain", "undrain", "migrate"})
+
+
+# -- the migration executor (haagent/manager/drain.py) ----------------------------------------
+
+
+def _migrations(st: _Step, mover: Placer) -> None:
+    from haagent.manager import drain
+
+    drain.run(st, mover)
 
 
 def _forget(st: _Step, req) -> None:
@@ -714,6 +730,9 @@ def _describe(a: ManagerAction) -> str:
         return f"place vm={a.vm} on={a.host} ({a.reason})"
     if isinstance(a, ClearMigration):
         return f"clear migration vm={a.vm}"
+    if isinstance(a, StartMigration):
+        return (f"migrate vm={a.vm} from={a.source} to={a.dest} op={a.op} attempt={a.attempt} "
+                f"deadline={a.deadline:g}")
     if isinstance(a, ConsumeRequest):
         return f"consume request {a.id}"
     if isinstance(a, Alert):

@@ -78,8 +78,9 @@ class LeaderShell:
 
     def __init__(self, keys: Keys, config: core.ManagerConfig, placer: core.Placer, store: LeaderStore,
                  fences: FenceDispatch, *, clock: Callable[[], float], wall: Callable[[], float],
-                 sink: Sink, wake: Callable[[], None] = lambda: None):
+                 sink: Sink, wake: Callable[[], None] = lambda: None, mover: core.Placer | None = None):
         self.keys, self.config, self.placer, self.store, self.fences = keys, config, placer, store, fences
+        self.mover = mover  # plans live migrations (None: the placer)
         self.clock, self.wall, self.sink, self.wake = clock, wall, sink, wake
         self.status: core.ManagerStatus | None = None
         self.epoch = 0
@@ -149,7 +150,7 @@ class LeaderShell:
                 self.sink("stale_view", {"waiting_for": revision})
                 return  # decide nothing from a view that does not hold our own last write
             view = replace(self.store.view(), epoch=epoch)
-        status, actions = core.step(view, self.status, self.clock(), self.config, self.placer)
+        status, actions = core.step(view, self.status, self.clock(), self.config, self.placer, self.mover)
         writes = any(not isinstance(a, (Alert, FenceHost)) for a in actions)
         if writes:
             revision = self._write(actions, view)
@@ -338,11 +339,12 @@ class LeaderLoop:
 
     def __init__(self, keys: Keys, election: Election, cache: PrefixCache, config: core.ManagerConfig,
                  fencer: Fencer, placer: core.Placer, *, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, wake: Callable[[], None] = lambda: None):
+                 wall: Callable[[], float] = time.time, wake: Callable[[], None] = lambda: None,
+                 mover: core.Placer | None = None):
         self.fencer, self.clock = fencer, clock
         self.fences = ThreadedFences(fencer, clock)
         self.shell = LeaderShell(keys, config, placer, EtcdLeaderStore(keys, election, cache), self.fences,
-                                 clock=clock, wall=wall, sink=DaemonSink(wall), wake=wake)
+                                 clock=clock, wall=wall, sink=DaemonSink(wall), wake=wake, mover=mover)
         self._health: Future | None = None
         self._health_due = 0.0
 
@@ -383,4 +385,4 @@ def manager_config(config: Any) -> core.ManagerConfig:
         fence_delay=t.fence_delay, new_leader_grace=t.new_leader_grace, lease_ttl=float(t.lease_ttl),
         storm_threshold=m.storm_threshold, storm_window=m.storm_window,
         fence_retry_interval=m.fence_retry_interval, watchdog_margin=m.watchdog_margin,
-        auto_return_after=m.auto_return_after)
+        auto_return_after=m.auto_return_after, migration=config.migration)
