@@ -606,7 +606,11 @@ def _vms(st: _Step) -> None:
     frozen: set[str] = set()
     for uuid in sorted(st.view.specs):
         where = _running_on(st, uuid)
-        if len(where) > 1:
+        mig = st.view.migrations.get(uuid)
+        if len(where) > 1 and not (mig is not None and set(where) == {mig.source, mig.dest}
+                                   and _cooperating(st, mig.source) and _cooperating(st, mig.dest)):
+            # (Both ends of a live migration list it until the source's next report: in transit,
+            # settled by the migration executor once the source stops reporting it.)
             frozen.add(uuid)
             st.alert("vm_running_twice", vm=uuid, message=f"reported running on {', '.join(where)}; "
                      "haagent will not touch it until a human resolves it")
@@ -738,7 +742,8 @@ def _describe(a: ManagerAction) -> str:
     if isinstance(a, Alert):
         return " ".join(x for x in (f"ALERT {a.name}", _who(a.host, a.vm), a.message) if x)
     if isinstance(a, Event):
-        return " ".join(x for x in (f"event {a.kind}", _who(a.host, a.vm)) if x)
+        why = f"({a.detail['reason']})" if a.kind.endswith("_refused") and a.detail.get("reason") else ""
+        return " ".join(x for x in (f"event {a.kind}", _who(a.host, a.vm), why) if x)
     return repr(a)
 
 

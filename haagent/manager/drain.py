@@ -221,6 +221,8 @@ def _settle(st: "_Step") -> None:
     from haagent.manager.core import _running_on
 
     for uuid, m in sorted(st.view.migrations.items()):
+        if not m.op:
+            continue  # not an order of this executor (no op, no attempt): failover's rules only
         src, dst = st.view.hosts.get(m.source), st.view.hosts.get(m.dest)
         if src is None or dst is None or st.states.get(m.source) in LOST or st.states.get(m.dest) in LOST:
             continue
@@ -290,12 +292,16 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
     moved = {s.detail.get("vm") for s in op.steps if s.step == "migrated"}
     moved |= {a.vm for a in st.actions if isinstance(a, SetPlacement) and a.op == op.id}
     failed: dict[str, list[str]] = {}
+    last_error: dict[str, str] = {}
     for s in op.steps:
         if s.step == "migrate_failed":
-            failed.setdefault(s.detail.get("vm", ""), []).append(str(s.detail.get("to", "")))
+            vm = s.detail.get("vm", "")
+            failed.setdefault(vm, []).append(str(s.detail.get("to", "")))
+            last_error[vm] = f"{s.detail.get('outcome')} to {s.detail.get('to')}: {s.detail.get('error') or 'no detail'}"
     for a in st.actions:  # failures settled in this very step
         if isinstance(a, Event) and a.kind == "migration_failed" and a.op == op.id:
             failed.setdefault(a.vm, []).append(str(a.detail.get("to", "")))
+            last_error[a.vm] = f"{a.detail.get('outcome')} to {a.detail.get('to')}: {a.detail.get('error') or 'no detail'}"
     if op.kind == "drain":
         todo = [u for u, h in sorted(st.placements.items()) if h == op.host and u not in in_flight
                 and u in st.view.specs and st.view.specs[u].policy != "none"]
@@ -317,7 +323,7 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
             return
         st.alert("drain_paused", host=op.host, message=(
             f"{op.kind} {op.id} paused: {names} failed to migrate {limits.max_attempts} times "
-            f"(last: {_last_error(op, exhausted[0])}); fix the cause, then 'haagent host undrain {op.host}' "
+            f"(last: {last_error.get(exhausted[0], 'unknown')}); fix the cause, then 'haagent host undrain {op.host}' "
             f"and drain again"))
         return
     if not todo and not in_flight:
@@ -363,13 +369,6 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
         view = replace(view, placements={**view.placements, spec.uuid: dest})
     if blocked:
         st.alert("drain_paused", host=op.host, message=f"{op.kind} {op.id} cannot place " + "; ".join(blocked))
-
-
-def _last_error(op: Op, vm: str) -> str:
-    for s in reversed(op.steps):
-        if s.step == "migrate_failed" and s.detail.get("vm") == vm:
-            return f"{s.detail.get('outcome')} to {s.detail.get('to')}: {s.detail.get('error') or 'no detail'}"
-    return "unknown"
 
 
 __all__ = ["Alert", "KINDS", "PlannedMove", "Refused", "check_drain", "check_migrate", "plan_moves", "run"]

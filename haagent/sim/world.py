@@ -196,7 +196,8 @@ class Simulation:
         self.fence_cuts: set[tuple[str, str]] = set()  # (host, device) that accepted off in this run
         self.views = ViewCache(self.keys)  # decoded views, shared by the agents' VM shells
         # Live migrations under way: (when the job ends, source host, its agent process, the run)
-        self.migrations: list[tuple[float, str, AgentProc, Callable[[], None]]] = []
+        self.migrations: list[tuple[float, str, AgentProc, str, int, Callable[[], None]]] = []
+        self.power_offs: dict[str, int] = {}  # host -> times it lost power (a job to it dies with it)
         self.fakes = FakeCluster(clock=lambda: self.now)
         for h in self.hosts.values():
             h.hv = _SimHypervisor(self, h.name)
@@ -265,6 +266,7 @@ class Simulation:
             self._host_down(h)
 
     def _host_down(self, h: SimHost) -> None:
+        self.power_offs[h.name] = self.power_offs.get(h.name, 0) + 1
         self._agent_gone(h)
         h.stop_all()
         h.watchdog_fed_at = None
@@ -409,17 +411,28 @@ class Simulation:
             spec = self.specs.get(act.vm)
             took = 0.05 + (spec.memory_mib if spec else 64) / self.fakes.link_mib_s
             abort_at = act.deadline - min(3.0, 0.3 * act.deadline)
-            self.migrations.append((self.now + min(took, abort_at), h.name, h.agent, run))  # type: ignore[arg-type]
+            self.migrations.append((self.now + min(took, abort_at), h.name, h.agent,  # type: ignore[arg-type]
+                                    act.dest, self.power_offs.get(act.dest, 0), run))
         return spawn
 
     def _finish_migrations(self) -> None:
         """Jobs whose time came: run them if their source still has power and the same agent
-        (a crash of either takes the job with it: the VM stays on the source, if it runs at all)."""
+        (a crash of the source takes the job with it; one of the destination fails it, and the VM
+        stays on the source)."""
         due = [m for m in self.migrations if m[0] <= self.now + 1e-9]
         self.migrations = [m for m in self.migrations if m[0] > self.now + 1e-9]
-        for _at, host, proc, run in due:
-            h = self.hosts[host]
-            if h.powered and h.agent is proc:
+        for _at, host, proc, dest, offs, run in due:
+            h, d = self.hosts[host], self.hosts.get(dest)
+            if not (h.powered and h.agent is proc):
+                continue
+            if d is not None and d.hv is not None and self.power_offs.get(dest, 0) != offs:
+                # the destination died during the job: its libvirtd is gone for the job's end
+                self.fakes.set_daemon_up(d.hv.uri, False)
+                try:
+                    run()
+                finally:
+                    self.fakes.set_daemon_up(d.hv.uri, True)
+            else:
                 run()  # a cut-off side makes the fake's job hang until its deadline, as libvirt's
 
     # -- fences -----------------------------------------------------------------------------
