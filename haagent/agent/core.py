@@ -113,7 +113,9 @@ def step(inp: AgentInput, now: float, config: AgentConfig) -> list[AgentAction]:
             actions.append(StopVm(uuid, f"placed on {owner}, which reports it running"))
 
     for uuid, mig in sorted(inp.migrations.items()):
-        if (mig.source == inp.host and mig.attempt > 0 and uuid in inp.running and inp.placements.get(uuid) == inp.host
+        # An order for a VM that does not run here is carried out too: the shell reports that it
+        # failed (the VM is not here), so the leader clears it and the VM is started again.
+        if (mig.source == inp.host and mig.attempt > 0 and inp.placements.get(uuid) == inp.host
                 and (uuid, mig.op, mig.attempt) not in inp.migrations_run):
             actions.append(MigrateVm(uuid, mig.dest, mig.deadline, mig.op, mig.attempt))
 

@@ -76,6 +76,7 @@ class VmShell:
         self.spawn = spawn or _thread
         self.wall = wall
         self.migrations_run: set[tuple[str, str, int]] = set()
+        self._unreported: dict[str, str] = {}  # uuid -> an outcome record whose write failed
         # (image_dirs, block_device_dirs, network_disk_protocols[, metadata_namespaces]) a domain
         # spec may use here: check_domain's arguments
         self.disks = disks if disks is not None else (("/var/lib/libvirt/images",), (), ())
@@ -193,6 +194,10 @@ class VmShell:
             for u in sorted(u for u in self.relocation_requested if view.placements.get(u) != self.host):
                 self.relocation_requested.discard(u)
                 self.crashes.pop(u, None)
+            # Gone by migration and the leader has moved its placement since: if it is ever placed
+            # here again (a failover back), it is to be started here like any other.
+            self.migrated_away -= {u for u in self.migrated_away if u in view.placements
+                                   and view.placements[u] != self.host}
         self.local_since = {u: self.local_since.get(u, revision + 1) for u in self.running}
         report_revisions = {}
         for h in view.hosts:
@@ -200,6 +205,8 @@ class VmShell:
             report_revisions[h] = kv.mod_revision if kv is not None else 0
         if self.lease.alive:
             self.register_specs(dict(view.placements))
+            if self._unreported:
+                self.flush_migration_reports()
         with self._lock:
             inp = core.AgentInput(
                 host=self.host, host_state=host_state, lease_ok=self.lease.alive,
@@ -259,17 +266,34 @@ class VmShell:
                                      result.location.value, str(result.error or ""), result.duration_s,
                                      result.downtime_ms, result.data_total, self.wall())
         except HypervisorError as exc:  # refused before anything moved: the VM is where it was
-            report = MigrationReport(a.vm, self.host, a.dest, a.op, a.attempt, "failed", "source",
+            try:
+                where = "source" if self.hv.vm_info(a.vm).active else "none"
+            except HypervisorError:
+                where = "none" if isinstance(exc, VmNotFound) else "unknown"
+            report = MigrationReport(a.vm, self.host, a.dest, a.op, a.attempt, "failed", where,
                                      f"{type(exc).__name__}: {exc}", self.clock() - started, None, None, self.wall())
         metrics.VM_ACTIONS.labels(action="migrate", result="ok" if report.outcome == "completed" else "error").inc()
         log.info("vm_migration_finished", vm=a.vm, to=a.dest, outcome=report.outcome, location=report.location,
                  duration_s=round(report.duration_s, 3), downtime_ms=report.downtime_ms, error=report.error)
-        try:
-            self.store.put(self.keys.host_migration(self.host, a.vm), migration_report_record(report))
-        except StoreError as exc:
-            log.error("vm_migration_report_failed", vm=a.vm, error=str(exc))
+        with self._lock:
+            self._unreported[a.vm] = migration_report_record(report)
+        self.flush_migration_reports()
         self.wake()
         return report
+
+    def flush_migration_reports(self) -> None:
+        """Write the outcomes not written yet (the store was out of reach): the leader waits for them."""
+        with self._lock:
+            todo = sorted(self._unreported.items())
+        for uuid, record in todo:
+            try:
+                self.store.put(self.keys.host_migration(self.host, uuid), record)
+            except StoreError as exc:
+                log.warning("vm_migration_report_failed", vm=uuid, error=str(exc), retry="next round")
+                return
+            with self._lock:
+                if self._unreported.get(uuid) == record:
+                    del self._unreported[uuid]
 
     def _start(self, uuid: str, spec: VmSpec, reason: str) -> None:
         try:

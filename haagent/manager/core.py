@@ -632,8 +632,10 @@ def _vms(st: _Step) -> None:
         return
     # HA VMs whose host is confirmed fenced go elsewhere, by priority (the placer orders them).
     # The storm guard holds fencing, not this: a host confirmed off runs nothing, whatever the cause.
+    # A VM whose migration record cannot be read may be on its way anywhere: held (bad_record says why).
+    unreadable = {st.keys_of(k)[1] for k, _ in st.view.bad_records if k.endswith("/migration")}
     todo = [st.view.specs[u] for u, h in sorted(st.placements.items())
-            if u not in frozen and u not in st.view.migrations and _is_ha(st, u)
+            if u not in frozen and u not in st.view.migrations and u not in unreadable and _is_ha(st, u)
             and st.states.get(h) in CONFIRMED_FENCED]
     if not todo:
         return
@@ -673,12 +675,23 @@ def _resolve_migration(st: _Step, uuid: str, mig) -> None:
     where = set(_running_on(st, uuid))
     if src in (S.SUSPECT, S.FENCING) or dst in (S.SUSPECT, S.FENCING):
         return  # wait for the dead side to be confirmed fenced: only then is "where" the truth
+    for side in (mig.source, mig.dest):
+        hv = st.view.hosts.get(side)
+        if hv is not None and not hv.alive and st.states.get(side) not in CONFIRMED_FENCED:
+            return  # no lease and not fenced (e.g. its agent stopped cleanly): its report may be stale
     if where == {mig.dest}:
         st.actions.append(SetPlacement(uuid, mig.dest, "", "migration completed before the crash"))
         st.placements[uuid] = mig.dest
     elif where == {mig.source}:
         st.actions.append(SetPlacement(uuid, mig.source, "", "migration did not complete; stays on source"))
         st.placements[uuid] = mig.source
+    elif not where:
+        # Running nowhere a live host reports: it ran on the side that is confirmed off (the other
+        # side's live report says it does not run it there). Placed there, recovery restarts it.
+        fenced = [h for h in (mig.source, mig.dest) if st.states.get(h) in CONFIRMED_FENCED]
+        if fenced and st.placements.get(uuid) != fenced[0]:
+            st.actions.append(SetPlacement(uuid, fenced[0], "", "migration cut off by a fenced host; recover it"))
+            st.placements[uuid] = fenced[0]
     st.actions.append(ClearMigration(uuid))
     st.actions.append(Event("migration_resolved", vm=uuid, detail={"running_on": sorted(where)}))
 

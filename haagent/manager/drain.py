@@ -21,7 +21,7 @@ Called by ``manager.core.step`` once per round, after the failover rules; pure l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from haagent.config import MigrationSection
@@ -226,24 +226,30 @@ def _settle(st: "_Step") -> None:
         src, dst = st.view.hosts.get(m.source), st.view.hosts.get(m.dest)
         if src is None or dst is None or st.states.get(m.source) in LOST or st.states.get(m.dest) in LOST:
             continue
+        if not (src.alive and dst.alive):
+            continue  # a side without a lease: its report may be stale; it comes back or is failed over
         where = _running_on(st, uuid)
         op = st.view.ops.get(m.op)
         journal = op is not None and not op.finished
-        if where == [m.dest]:
+        report = src.migration_outcomes.get(uuid)
+        if report is not None and (report.op, report.attempt) != (m.op, m.attempt):
+            report = None  # an older order's
+        landed = report is not None and report.outcome == "completed" and report.location == "destination"
+        if where == [m.dest] or (landed and not where):
+            # On the target only; or the source saw it land there and nobody runs it now (it
+            # stopped on the target since): either way it belongs to the target.
             st.actions.append(SetPlacement(uuid, m.dest, m.op, f"migrated from {m.source}"))
             st.placements[uuid] = m.dest
             st.actions.append(ClearMigration(uuid))
-            report = src.migration_outcomes.get(uuid)
             stats = {}
-            if report is not None and (report.op, report.attempt) == (m.op, m.attempt):
+            if report is not None:
                 stats = {"duration_s": report.duration_s, "downtime_ms": report.downtime_ms}
             if journal:
                 st.journal(m.op, op.host, "migrated", vm=uuid, to=m.dest, attempt=m.attempt, **stats)
             st.actions.append(Event("migration_completed", host=m.dest, vm=uuid, op=m.op,
                                     detail={"from": m.source, **stats}))
             continue
-        report = src.migration_outcomes.get(uuid)
-        if report is None or (report.op, report.attempt) != (m.op, m.attempt) or report.outcome == "completed":
+        if report is None or report.outcome == "completed":
             continue  # running, or done and the reports have not caught up
         if len(where) > 1 or (where and where != [m.source]):
             continue  # two copies are core's alert; a copy elsewhere waits for the reports
@@ -263,6 +269,7 @@ class _Load:
     into: dict[str, int]
     total: int
     settled: set[str]
+    started: set[str] = field(default_factory=set)
 
     @classmethod
     def of(cls, st: "_Step") -> "_Load":
@@ -275,13 +282,16 @@ class _Load:
                 into[m.dest] = into.get(m.dest, 0) + 1
         return cls(out, into, sum(out.values()), settled)
 
-    def add(self, source: str, dest: str) -> None:
+    def add(self, vm: str, source: str, dest: str) -> None:
+        self.started.add(vm)
         self.out[source] = self.out.get(source, 0) + 1
         self.into[dest] = self.into.get(dest, 0) + 1
         self.total += 1
 
 
 def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, load: _Load) -> None:
+    from haagent.manager.core import _running_on
+
     intent = op.last("intent")
     detail = intent.detail if intent else {}
     if op.kind == "drain" and st.states.get(op.host) in LOST:
@@ -289,6 +299,8 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
         st.actions.append(Event("drain_aborted", host=op.host, op=op.id))
         return
     in_flight = {u for u, m in st.view.migrations.items() if m.op == op.id and u not in load.settled}
+    # A VM moves by one migration at a time: one of another op (or started this step) waits.
+    busy = {u for u in st.view.migrations if u not in load.settled} | load.started
     moved = {s.detail.get("vm") for s in op.steps if s.step == "migrated"}
     moved |= {a.vm for a in st.actions if isinstance(a, SetPlacement) and a.op == op.id}
     failed: dict[str, list[str]] = {}
@@ -303,16 +315,17 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
             failed.setdefault(a.vm, []).append(str(a.detail.get("to", "")))
             last_error[a.vm] = f"{a.detail.get('outcome')} to {a.detail.get('to')}: {a.detail.get('error') or 'no detail'}"
     if op.kind == "drain":
-        todo = [u for u, h in sorted(st.placements.items()) if h == op.host and u not in in_flight
+        todo = [u for u, h in sorted(st.placements.items()) if h == op.host and u not in busy
                 and u in st.view.specs and st.view.specs[u].policy != "none"]
         fixed = ""
     elif op.kind == "return":
         fixed = op.host
-        todo = [u for u in detail.get("vms", []) if u not in moved and u not in in_flight
+        todo = [u for u in detail.get("vms", []) if u not in moved and u not in busy
                 and u in st.placements and st.placements[u] != op.host]
     else:
         fixed = str(detail.get("to", ""))
-        todo = [u for u in detail.get("vms", []) if u not in moved and u not in in_flight and u in st.placements]
+        todo = [u for u in detail.get("vms", []) if u not in moved and u not in busy and u in st.placements
+                and st.placements[u] != fixed]
     exhausted = sorted(u for u in todo if len(failed.get(u, [])) >= limits.max_attempts)
     if exhausted:
         names = ", ".join(st.view.specs[u].name if u in st.view.specs else u for u in exhausted)
@@ -326,7 +339,11 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
             f"(last: {last_error.get(exhausted[0], 'unknown')}); fix the cause, then 'haagent host undrain {op.host}' "
             f"and drain again"))
         return
-    if not todo and not in_flight:
+    if op.kind == "drain":
+        waiting = [u for u, h in st.placements.items() if h == op.host and u in busy - in_flight]
+    else:
+        waiting = [u for u in detail.get("vms", []) if u in busy - in_flight and u not in moved]
+    if not todo and not in_flight and not waiting:
         if op.kind == "drain":
             if op.host in st.view.hosts and st.states.get(op.host) is S.DRAINING:
                 st.journal(op.id, op.host, "done", moved=len(moved))
@@ -349,11 +366,15 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
             break
         if st.states.get(source) in LOST or not st.view.hosts.get(source, None) or not st.view.hosts[source].alive:
             continue  # failover's VM now
+        if _running_on(st, spec.uuid) != [source]:
+            continue  # not running (its agent restarts it first), or not only there
         full = frozenset(h for h, n in load.into.items() if n >= limits.max_incoming)
         tried = frozenset(failed.get(spec.uuid, ()))
         avoid = base | full | tried | ({h for h in st.view.hosts if h != fixed} if fixed else set())
         chosen, missed = mover([spec], view, frozenset(avoid))
         dest = chosen.get(spec.uuid)
+        if dest == source:
+            continue  # never: the mover keeps a VM off its own host
         if dest is None:
             if not (full - base - tried):  # not merely waiting for a busy target
                 blocked.append(f"{spec.name}: {', '.join(missed.get(spec.uuid, ())) or 'no host fits'}")
@@ -364,7 +385,7 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
         st.actions.append(StartMigration(spec.uuid, source, dest, deadline, op.id, attempt))
         st.actions.append(Event("migration_started", host=source, vm=spec.uuid, op=op.id,
                                 detail={"to": dest, "attempt": attempt}))
-        load.add(source, dest)
+        load.add(spec.uuid, source, dest)
         running += 1
         view = replace(view, placements={**view.placements, spec.uuid: dest})
     if blocked:

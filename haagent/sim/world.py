@@ -425,8 +425,8 @@ class Simulation:
             h, d = self.hosts[host], self.hosts.get(dest)
             if not (h.powered and h.agent is proc):
                 continue
-            if d is not None and d.hv is not None and self.power_offs.get(dest, 0) != offs:
-                # the destination died during the job: its libvirtd is gone for the job's end
+            if d is not None and d.hv is not None and (not d.powered or self.power_offs.get(dest, 0) != offs):
+                # the destination is off, or died during the job: its libvirtd is gone for the job's end
                 self.fakes.set_daemon_up(d.hv.uri, False)
                 try:
                     run()

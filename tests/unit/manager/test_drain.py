@@ -212,3 +212,27 @@ def test_vm_migrate_checks_and_runs_through_the_same_executor():
     op = Op(intent.op, "migrate", "a", 7, (replace(intent.step, rev=3),), rev=3)
     [m] = kinds(run(replace(v, ops={op.id: op})), StartMigration)
     assert (m.vm, m.source, m.dest) == ("vm1", "a", "c")
+
+
+def test_a_vm_that_landed_and_stopped_on_the_target_belongs_to_the_target():
+    mig = Migration("vm1", "a", "b", 7, 30.0, "drain-a", 1)
+    op = drain_op(["vm1"], OpStep("migrate_start", 2.0, {"vm": "vm1", "to": "b", "attempt": 1}))
+    v = cluster(vms_on_a=1, states={"a": S.DRAINING}, migrations={"vm1": mig}, ops={"drain-a": op},
+                running={"a": set(), "b": set()})
+    assert not kinds(run(v), SetPlacement)  # no outcome yet: it may be in transit
+    a = v.hosts["a"]
+    landed = MigrationReport("vm1", "a", "b", "drain-a", 1, "completed", "destination")
+    v = replace(v, hosts={**v.hosts, "a": replace(a, migration_outcomes={"vm1": landed})})
+    assert [(p.vm, p.host) for p in kinds(run(v), SetPlacement)] == [("vm1", "b")]
+
+
+def test_a_vm_moves_by_one_migration_at_a_time():
+    other = Migration("vm4", "a", "c", 7, 30.0, "migrate-vm4", 1)
+    v = cluster(states={"a": S.DRAINING}, migrations={"vm4": other},
+                ops={"drain-a": drain_op(["vm4", "vm3", "vm2", "vm1"])})
+    starts = kinds(run(v), StartMigration)
+    assert "vm4" not in [m.vm for m in starts] and len(starts) == 1  # max_outgoing counts the other op's
+    # the drain does not end while another op still moves one of its host's VMs
+    v = cluster(vms_on_a=1, states={"a": S.DRAINING}, migrations={"vm1": replace(other, vm="vm1")},
+                ops={"drain-a": drain_op(["vm1"])})
+    assert not kinds(run(v), SetHostState)
