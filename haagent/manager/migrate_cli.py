@@ -137,13 +137,15 @@ def migrations(as_json: bool, config: Config) -> None:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    t = Table("vm", "from", "to", "state", "op", "attempt", "took", "MiB", "MiB/s", "downtime", "error")
+    t = Table("from", "to", "try", "took", "MiB", "MiB/s", "downtime", "error")
+    t.columns.insert(0, Column("vm", no_wrap=True))
+    t.columns.insert(3, Column("state", no_wrap=True))
     for r in rows:
         mib = r["data_total"] / 2**20 if r.get("data_total") else None
         speed = mib / r["duration_s"] if mib and r.get("duration_s") else None
-        t.add_row(r["name"], r["from"], r["to"], r["state"], r["op"], str(r["attempt"]),
+        t.add_row(r["name"], r["from"], r["to"], r["state"], str(r["attempt"]),
                   f"{r['duration_s']:.1f}s" if r.get("duration_s") else "-",
                   f"{mib:.0f}" if mib else "-", f"{speed:.0f}" if speed else "-",
                   f"{r['downtime_ms']} ms" if r.get("downtime_ms") is not None else "-", r.get("error", "")[:60])

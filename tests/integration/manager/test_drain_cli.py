@@ -105,5 +105,5 @@ def test_migrations_lists_those_in_flight_and_the_last_outcomes(cluster):
     assert [(r["name"], r["state"], r["to"]) for r in rows] == [("acme-prod-web-2", "migrating", "h2"),
                                                                 ("acme-prod-web-1", "completed", "h3")]
     assert rows[1]["downtime_ms"] == 41
-    res = _run(cfg, "migrations")
-    assert res.exit_code == 0 and "completed" in res.output and "41 ms" in res.output and "256" in res.output
+    res = CliRunner(env={"COLUMNS": "160"}).invoke(main, ["migrations", "--config", cfg])
+    assert "acme-prod-web-1" in res.output and res.exit_code == 0 and "completed" in res.output and "41 ms" in res.output and "256" in res.output
