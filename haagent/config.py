@@ -14,7 +14,7 @@ import re
 import stat
 import tomllib
 from datetime import datetime, timezone
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import urlsplit
@@ -222,6 +222,13 @@ class MigrationSection:
     bandwidth: float = 100.0  # MiB/s expected between hosts (the deadline's yardstick)
     order: str = "largest"  # largest | name: which VMs of a host leave first
     uri: str = "qemu+tls://{host}/system"  # the destination as the source libvirtd reaches it
+    # host -> the address put in ``uri`` for it, where its name does not resolve ([migration.peers])
+    peers: tuple[tuple[str, str], ...] = ()
+    tls: bool = False  # --tls: QEMU's migration stream over TLS too (libvirt's migrate_tls_x509 set up)
+
+    def target_uri(self, host: str) -> str:
+        """The URI the source libvirtd migrates ``host``'s VMs to."""
+        return self.uri.format(host=dict(self.peers).get(host, host))
 
     def deadline(self, memory_mib: int) -> float:
         """Seconds a migration of a VM of this size may take before it is aborted."""
@@ -408,7 +415,14 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         bandwidth=mi.number("bandwidth", MigrationSection.bandwidth, positive=True, maximum=1e6),
         order=mi.string("order", MigrationSection.order, choices=MIGRATION_ORDERS),
         uri=mi.string("uri", MigrationSection.uri),
+        tls=mi.boolean("tls", False),
     )
+    raw_peers = mi.raw("peers")
+    if raw_peers is not MISSING:
+        if not isinstance(raw_peers, dict) or not all(isinstance(v, str) and v for v in raw_peers.values()):
+            mi.problem("peers", "must be a table of host = \"address\"")
+        else:
+            migration = replace(migration, peers=tuple(sorted(raw_peers.items())))
     if migration.uri is not None and ("{host}" not in migration.uri or "://" not in migration.uri):
         mi.problem("uri", f"must be a libvirt URI naming {{host}}, like qemu+tls://{{host}}/system (got {migration.uri!r})")
     mi.finish()

@@ -202,11 +202,14 @@ class AgentDaemon:
             from haagent.agent.vms import VmShell
             from haagent.hypervisor.port import MigrationTarget
 
-            a, uri = self.config.agent, self.config.migration.uri
+            from haagent.hypervisor.options import MigrationOptions
+
+            a, mig = self.config.agent, self.config.migration
             self.vms = VmShell(self.host, self.hypervisor, self.store, self.keys, self.lease, self.cache,
                                AgentConfig(a.max_restart, a.restart_window, a.watchdog, a.self_fence_timeout),
                                wake=self._wake.set,
-                               migration_target=lambda host: MigrationTarget(uri.format(host=host)),
+                               migration_target=lambda host: MigrationTarget(mig.target_uri(host)),
+                               migration_options=MigrationOptions(tls=mig.tls),
                                disks=(a.image_dirs, a.block_device_dirs, a.network_disk_protocols,
                                       a.metadata_namespaces))
         if self.leader_work is None:

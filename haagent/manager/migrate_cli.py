@@ -62,8 +62,11 @@ def drain(name: str, wait: bool, dry_run: bool, max_parallel: int | None, partia
     """Live-migrate every HA VM off NAME, then put it in maintenance (never fenced for being down)."""
     from haagent.manager.drain import Refused, check_drain
 
+    view = _view(config)
+    if any(r.kind == "drain" and r.host == name for r in view.requests):
+        fail(f"refused: {name} is already draining (its request waits for the leader); watch it: haagent migrations", 2)
     try:
-        plan = check_drain(_view(config), name, _mover(config), config.migration, partial=partial or dry_run)
+        plan = check_drain(view, name, _mover(config), config.migration, partial=partial or dry_run)
     except Refused as exc:
         fail(f"refused: {exc}", 2)
         return

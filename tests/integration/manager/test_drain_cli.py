@@ -82,6 +82,9 @@ def test_drain_undrain_and_migrate_put_one_request_each(cluster):
     assert json.loads(res.output)["host"] == "h1"
     [req] = _requests(store)
     assert (req["kind"], req["host"], req["options"]) == ("drain", "h1", {"partial": False, "max_parallel": 1})
+    res = _run(cfg, "host", "drain", "h1")  # the leader has not acted on the first one yet
+    assert res.exit_code == 2 and "h1 is already draining (its request waits for the leader)" in res.output
+    assert len(_requests(store)) == 1
     _state(store, "h1", "maintenance")
     assert _run(cfg, "host", "undrain", "h1", "--return-vms").exit_code == 0
     res = _run(cfg, "vm", "migrate", "acme-prod-web-2", "--to", "h3", "--json")
