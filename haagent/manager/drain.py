@@ -168,6 +168,24 @@ def _request(st: "_Step", r: Request, mover: "Placer", limits: MigrationSection)
                                                                                   "reason": str(exc)}))
 
 
+def _job_may_run(st: "_Step", op: Op, vm: str, source: str) -> bool:
+    """Whether the source's last migration job of ``vm`` (in ``op``) may still run in its libvirtd.
+
+    Its order can be gone already (the target was lost and failover resolved the migration) while
+    the job is still winding down to its deadline; a new attempt then fails at once ("another
+    migration job is already running"). The source's outcome record ends the wait, and so does a
+    lease granted to the source after the order (its agent, which ran the job, is not the same).
+    """
+    last = next((s for s in reversed(op.steps) if s.step == "migrate_start" and s.detail.get("vm") == vm), None)
+    if last is None or not last.rev:
+        return False
+    hv = st.view.hosts.get(source)
+    if hv is None or hv.granted_rev > last.rev:
+        return False
+    report = hv.migration_outcomes.get(vm)
+    return report is None or (report.op, report.attempt) != (op.id, last.detail.get("attempt"))
+
+
 def _open(st: "_Step", op_id: str, host: str, kind: str, **detail: Any) -> None:
     st.actions.append(JournalStep(op_id, host, OpStep("intent", st.now, detail), kind))
 
@@ -368,15 +386,21 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
             continue  # failover's VM now
         if _running_on(st, spec.uuid) != [source]:
             continue  # not running (its agent restarts it first), or not only there
+        if _job_may_run(st, op, spec.uuid, source):
+            continue  # the source has not said how its last job of this VM ended: libvirt may still run it
         full = frozenset(h for h, n in load.into.items() if n >= limits.max_incoming)
         tried = frozenset(failed.get(spec.uuid, ()))
-        avoid = base | full | tried | ({h for h in st.view.hosts if h != fixed} if fixed else set())
-        chosen, missed = mover([spec], view, frozenset(avoid))
+        avoid = base | full | ({h for h in st.view.hosts if h != fixed} if fixed else set())
+        # Another target than the ones it failed on, if one takes it; else the same one again
+        # (the only host left may have failed it for a passing reason, e.g. a job still winding down).
+        chosen, missed = mover([spec], view, frozenset(avoid | tried))
+        if spec.uuid not in chosen and tried - avoid:
+            chosen, missed = mover([spec], view, frozenset(avoid))
         dest = chosen.get(spec.uuid)
         if dest == source:
             continue  # never: the mover keeps a VM off its own host
         if dest is None:
-            if not (full - base - tried):  # not merely waiting for a busy target
+            if not (full - base):  # not merely waiting for a busy target
                 blocked.append(f"{spec.name}: {', '.join(missed.get(spec.uuid, ())) or 'no host fits'}")
             continue
         attempt = 1 + sum(1 for s in op.steps if s.step == "migrate_start" and s.detail.get("vm") == spec.uuid)

@@ -122,6 +122,9 @@ def test_a_failed_migration_is_retried_on_another_target_then_the_drain_pauses()
     acts = run(v, cfg=cfg)
     assert [c.vm for c in kinds(acts, ClearMigration)] == ["vm1"]
     assert [(m.vm, m.dest, m.attempt) for m in kinds(acts, StartMigration)] == [("vm1", "c", 2)]  # not b again
+    # ... unless b is the only target left: then b again (up to max_attempts)
+    only_b = replace(v, hosts={**v.hosts, "c": replace(v.hosts["c"], state=S.MAINTENANCE)})
+    assert [(m.dest, m.attempt) for m in kinds(run(only_b, cfg=cfg), StartMigration)] == [("b", 2)]
     # a stale outcome (an older attempt) settles nothing
     stale = _failed(replace(v, migrations={"vm1": replace(mig, dest="c", attempt=2)}), "vm1", "b", 1)
     assert not kinds(run(stale, cfg=cfg), ClearMigration)
@@ -236,3 +239,18 @@ def test_a_vm_moves_by_one_migration_at_a_time():
     v = cluster(vms_on_a=1, states={"a": S.DRAINING}, migrations={"vm1": replace(other, vm="vm1")},
                 ops={"drain-a": drain_op(["vm1"])})
     assert not kinds(run(v), SetHostState)
+
+
+def test_no_new_attempt_while_the_sources_last_job_may_still_run():
+    """The target was lost and failover cleared the order, but the source's libvirt job is still
+    winding down to its deadline: a new attempt would fail at once, so it waits for the outcome."""
+    start = OpStep("migrate_start", 2.0, {"vm": "vm1", "to": "b", "attempt": 1}, rev=20)
+    v = cluster(vms_on_a=1, states={"a": S.DRAINING, "b": S.FAILED}, alive=("a", "c"),
+                ops={"drain-a": drain_op(["vm1"], start)})
+    v = replace(v, hosts={**v.hosts, "a": replace(v.hosts["a"], granted_rev=5)})
+    assert not kinds(run(v), StartMigration)
+    ended = _failed(v, "vm1", "b", 1)
+    assert [(m.dest, m.attempt) for m in kinds(run(ended), StartMigration)] == [("c", 2)]
+    # an agent that came back with a new lease since the order is not running that job
+    renewed = replace(v, hosts={**v.hosts, "a": replace(v.hosts["a"], granted_rev=25)})
+    assert [m.attempt for m in kinds(run(renewed), StartMigration)] == [2]
