@@ -18,7 +18,7 @@ from haagent.agent.managed import HaMark, parse_mark, with_mark
 from haagent.state.requirements import needs_from_xml
 from haagent.errors import HypervisorError, InvalidDomain, StoreError, VmNotFound
 from haagent.hypervisor.options import MigrationOptions
-from haagent.hypervisor.port import EventKind, Hypervisor, MigrationTarget, VmEvent
+from haagent.hypervisor.port import EventKind, Hypervisor, MigrationProgress, MigrationTarget, VmEvent
 from haagent.log import get_logger
 from haagent.state.codec import build_view, migration_report_record
 from haagent.state.view import MigrationReport, VmSpec
@@ -220,7 +220,8 @@ class VmShell:
                 local_since=dict(self.local_since), report_revisions=report_revisions,
                 migrations=dict(view.migrations),
                 migrations_run=frozenset(self.migrations_run | {
-                    (u, r.op, r.attempt) for u, r in (me.migration_outcomes.items() if me else ())}))
+                    (u, r.op, r.attempt) for u, r in (me.migration_outcomes.items() if me else ())
+                    if r.outcome != "running"}))
         actions = core.step(inp, self.clock(), self.config)
         for a in actions:
             self.execute(a, view.specs)
@@ -261,7 +262,8 @@ class VmShell:
         try:
             if self.migration_target is None:
                 raise InvalidDomain("no migration URI configured ([migration] uri)")
-            result = self.hv.migrate(a.vm, self.migration_target(a.dest), self.migration_options, deadline=a.deadline)
+            result = self.hv.migrate(a.vm, self.migration_target(a.dest), self.migration_options,
+                                     progress=self._progress_writer(a), deadline=a.deadline)
             report = MigrationReport(a.vm, self.host, a.dest, a.op, a.attempt, result.outcome.value,
                                      result.location.value, str(result.error or ""), result.duration_s,
                                      result.downtime_ms, result.data_total, self.wall())
@@ -280,6 +282,26 @@ class VmShell:
         self.flush_migration_reports()
         self.wake()
         return report
+
+    def _progress_writer(self, a: core.MigrateVm, every: float = 1.0) -> Callable[[MigrationProgress], None]:
+        """libvirt's job info, put at most once a second as a "running" record (for ``--wait``;
+        a lost one is not written again: the next one supersedes it)."""
+        last = [float("-inf")]
+
+        def write(p: MigrationProgress) -> None:
+            now = self.clock()
+            if now - last[0] < every:
+                return
+            last[0] = now
+            report = MigrationReport(a.vm, self.host, a.dest, a.op, a.attempt, "running", "source",
+                                     duration_s=p.elapsed_s, downtime_ms=p.downtime_ms, data_total=p.data_total,
+                                     at=self.wall(), data_processed=p.data_processed,
+                                     data_remaining=p.data_remaining)
+            try:
+                self.store.put(self.keys.host_migration(self.host, a.vm), migration_report_record(report))
+            except StoreError:
+                pass
+        return write
 
     def flush_migration_reports(self) -> None:
         """Write the outcomes not written yet (the store was out of reach): the leader waits for them."""

@@ -183,7 +183,8 @@ def _job_may_run(st: "_Step", op: Op, vm: str, source: str) -> bool:
     if hv is None or hv.granted_rev > last.rev:
         return False
     report = hv.migration_outcomes.get(vm)
-    return report is None or (report.op, report.attempt) != (op.id, last.detail.get("attempt"))
+    return (report is None or (report.op, report.attempt) != (op.id, last.detail.get("attempt"))
+            or report.outcome == "running")
 
 
 def _open(st: "_Step", op_id: str, host: str, kind: str, **detail: Any) -> None:
@@ -267,7 +268,7 @@ def _settle(st: "_Step") -> None:
             st.actions.append(Event("migration_completed", host=m.dest, vm=uuid, op=m.op,
                                     detail={"from": m.source, **stats}))
             continue
-        if report is None or report.outcome == "completed":
+        if report is None or report.outcome in ("completed", "running"):
             continue  # running, or done and the reports have not caught up
         if len(where) > 1 or (where and where != [m.source]):
             continue  # two copies are core's alert; a copy elsewhere waits for the reports

@@ -158,9 +158,16 @@ def migrations(as_json: bool, config: Config) -> None:
 def migration_rows(view) -> list[dict[str, Any]]:
     """In-flight migrations first, then each VM's last reported outcome, newest first."""
     name = {u: s.name for u, s in view.specs.items()}
-    rows = [{"vm": u, "name": name.get(u, u), "from": m.source, "to": m.dest, "state": "migrating", "op": m.op,
-             "attempt": m.attempt, "deadline_s": m.deadline} for u, m in sorted(view.migrations.items())]
-    done = [r for h in view.hosts.values() for r in h.migration_outcomes.values()]
+    rows = []
+    for u, m in sorted(view.migrations.items()):
+        row = {"vm": u, "name": name.get(u, u), "from": m.source, "to": m.dest, "state": "migrating", "op": m.op,
+               "attempt": m.attempt, "deadline_s": m.deadline}
+        p = _job(view, m)
+        if p is not None:
+            row.update(duration_s=p.duration_s, data_total=p.data_total, data_processed=p.data_processed,
+                       data_remaining=p.data_remaining)
+        rows.append(row)
+    done = [r for h in view.hosts.values() for r in h.migration_outcomes.values() if r.outcome != "running"]
     for r in sorted(done, key=lambda r: -r.at):
         if r.vm in view.migrations and (view.migrations[r.vm].op, view.migrations[r.vm].attempt) == (r.op, r.attempt):
             continue
@@ -168,6 +175,13 @@ def migration_rows(view) -> list[dict[str, Any]]:
                      "op": r.op, "attempt": r.attempt, "duration_s": r.duration_s, "downtime_ms": r.downtime_ms,
                      "data_total": r.data_total, "error": r.error, "at": r.at})
     return rows
+
+
+def _job(view, m):
+    """The source's last job info of an in-flight migration (its "running" record), if any."""
+    hv = view.hosts.get(m.source)
+    r = hv.migration_outcomes.get(m.vm) if hv is not None else None
+    return r if r is not None and r.outcome == "running" and (r.op, r.attempt) == (m.op, m.attempt) else None
 
 
 def _op_of(view, req: str):
@@ -191,10 +205,21 @@ def op_progress(view, op) -> dict[str, Any]:
             state[vm] = f"on {s.detail.get('to')}"
         elif s.step == "migrate_failed":
             state[vm] = f"failed to {s.detail.get('to')}: {s.detail.get('outcome')}"
+    fraction = {u: 1.0 for u, st in state.items() if st.startswith("on ")}
+    for u, m in view.migrations.items():
+        job = _job(view, m) if m.op == op.id else None
+        if job is not None and job.data_total and u in state:
+            fraction[u] = min((job.data_processed or 0) / job.data_total, 0.99)
+            state[u] += f" {(job.data_processed or 0) >> 20}/{job.data_total >> 20} MiB, {(job.data_remaining or 0) >> 20} MiB left"
     moved = sum(1 for s in op.steps if s.step == "migrated")
     return {"op": op.id, "kind": op.kind, "host": op.host, "done": op.finished, "paused": op.has("paused"),
-            "moved": moved, "total": len(vms), "vms": {view.specs[u].name if u in view.specs else u: st
-                                                       for u, st in state.items()}}
+            "moved": moved, "total": len(vms),
+            "vms": {_name(view, u): st for u, st in state.items()},
+            "fraction": {_name(view, u): round(fraction.get(u, 0.0), 3) for u in state}}
+
+
+def _name(view, u: str) -> str:
+    return view.specs[u].name if u in view.specs else u
 
 
 def _wait(config: Config, req: str, as_json: bool, how: str, poll: float = 1.0,
@@ -228,7 +253,7 @@ def _wait(config: Config, req: str, as_json: bool, how: str, poll: float = 1.0,
                 for vm, st in p["vms"].items():
                     if vm not in bars:
                         bars[vm] = progress.add_task(vm, total=1)
-                    progress.update(bars[vm], description=f"  {vm}: {st}", completed=1 if st.startswith("on ") else 0)
+                    progress.update(bars[vm], description=f"  {vm}: {st}", completed=p["fraction"][vm])
             elif p != last:
                 _emit(as_json, p, f"{p['kind']} {p['host']}: {p['moved']}/{p['total']} moved; "
                       + ", ".join(f"{vm} {st}" for vm, st in p["vms"].items()))

@@ -278,7 +278,7 @@ def _decode(key: str, kv: KVLike, keys: Keys, hosts: dict, specs: dict, placemen
                                 _str(d, "vm", ""), _str(d, "failover", ""), options))
 
 
-MIGRATION_RESULTS = ("completed", "failed", "aborted-deadline", "aborted-request")
+MIGRATION_RESULTS = ("running", "completed", "failed", "aborted-deadline", "aborted-request")
 
 
 def migration_report_from_record(host: str, uuid: str, d: Mapping[str, Any]) -> MigrationReport:
@@ -287,10 +287,13 @@ def migration_report_from_record(host: str, uuid: str, d: Mapping[str, Any]) -> 
     if outcome not in MIGRATION_RESULTS:
         raise BadRecord(f"outcome: expected one of {', '.join(MIGRATION_RESULTS)}, got {outcome!r:.40}")
     downtime, total = d.get("downtime_ms"), d.get("data_total")
+    processed, remaining = d.get("data_processed"), d.get("data_remaining")
     return MigrationReport(uuid, host, _str(d, "to", empty=False), _str(d, "op", ""), _int(d, "attempt", 0),
                            outcome, _str(d, "location", "unknown"), _str(d, "error", ""),
                            _num(d, "duration_s", 0.0), None if downtime is None else _int(d, "downtime_ms"),
-                           None if total is None else _int(d, "data_total"), _num(d, "at", 0.0))
+                           None if total is None else _int(d, "data_total"), _num(d, "at", 0.0),
+                           None if processed is None else _int(d, "data_processed"),
+                           None if remaining is None else _int(d, "data_remaining"))
 
 
 def migration_report_record(report: MigrationReport) -> str:
@@ -298,7 +301,8 @@ def migration_report_record(report: MigrationReport) -> str:
     return json.dumps({"to": report.dest, "op": report.op, "attempt": report.attempt, "outcome": report.outcome,
                        "location": report.location, "error": report.error, "duration_s": round(report.duration_s, 3),
                        "downtime_ms": report.downtime_ms, "data_total": report.data_total,
-                       "at": round(report.at, 3)}, sort_keys=True)
+                       "at": round(report.at, 3), "data_processed": report.data_processed,
+                       "data_remaining": report.data_remaining}, sort_keys=True)
 
 
 def action_ops(actions: Iterable[ManagerAction], view: ClusterView, keys: Keys, wall_now: float,

@@ -121,13 +121,16 @@ class MigrationReport:
     dest: str
     op: str
     attempt: int
-    outcome: str  # completed | failed | aborted-deadline | aborted-request
+    outcome: str  # running (progress, not an outcome yet) | completed | failed | aborted-deadline | aborted-request
     location: str  # source | destination | both | none | unknown (the hypervisor's answer)
     error: str = ""
     duration_s: float = 0.0
     downtime_ms: int | None = None
     data_total: int | None = None
     at: float = 0.0  # the agent's wall clock, for display
+    # While ``outcome`` is "running": libvirt's job info, as the source last wrote it (bytes).
+    data_processed: int | None = None
+    data_remaining: int | None = None
 
 
 @dataclass(frozen=True)

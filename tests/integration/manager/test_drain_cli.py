@@ -102,11 +102,42 @@ def test_migrations_lists_those_in_flight_and_the_last_outcomes(cluster):
                                                          "outcome": "completed", "location": "destination",
                                                          "duration_s": 2.0, "downtime_ms": 41,
                                                          "data_total": 536870912, "at": 5.0}))
+    # the source's job info while it runs (libvirt's jobStats, a "running" record)
+    store.put(K.host_migration("h1", "vm2"), json.dumps({"to": "h2", "op": "drain-h1", "attempt": 1,
+                                                         "outcome": "running", "location": "source",
+                                                         "duration_s": 1.5, "data_total": 2 << 30,
+                                                         "data_processed": 1 << 30, "data_remaining": 1 << 30}))
     res = _run(cfg, "migrations", "--json")
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)
+    assert (rows[0]["data_processed"], rows[0]["data_remaining"]) == (1 << 30, 1 << 30)
     assert [(r["name"], r["state"], r["to"]) for r in rows] == [("acme-prod-web-2", "migrating", "h2"),
                                                                 ("acme-prod-web-1", "completed", "h3")]
     assert rows[1]["downtime_ms"] == 41
     res = CliRunner(env={"COLUMNS": "160"}).invoke(main, ["migrations", "--config", cfg])
     assert "acme-prod-web-1" in res.output and res.exit_code == 0 and "completed" in res.output and "41 ms" in res.output and "256" in res.output
+
+
+def test_wait_follows_the_operation_from_its_journal_and_the_sources_job_info(cluster):
+    from haagent.manager.migrate_cli import op_progress
+    from haagent.state.codec import build_view
+
+    store, cfg = cluster
+    op = "drain-h1-1-5"
+    store.put(f"{K.op(op)}/head", json.dumps({"kind": "drain", "host": "h1", "epoch": 1}))
+    store.put(f"{K.op(op)}/0000", json.dumps({"step": "intent", "at": 1.0, "detail": {"vms": ["vm2", "vm1"],
+                                                                                     "request": "r1"}}))
+    store.put(f"{K.op(op)}/0001", json.dumps({"step": "migrated", "at": 2.0, "detail": {"vm": "vm1", "to": "h3"}}))
+    store.put(f"{K.op(op)}/0002", json.dumps({"step": "migrate_start", "at": 2.0,
+                                             "detail": {"vm": "vm2", "to": "h2", "attempt": 1}}))
+    store.put(K.vm_migration("vm2"), json.dumps({"from": "h1", "to": "h2", "epoch": 1, "deadline": 60, "op": op,
+                                                 "attempt": 1}))
+    store.put(K.host_migration("h1", "vm2"), json.dumps({"to": "h2", "op": op, "attempt": 1, "outcome": "running",
+                                                         "location": "source", "data_total": 2 << 30,
+                                                         "data_processed": 1 << 29, "data_remaining": 3 << 29}))
+    kvs, _ = store.get_prefix(K.root)
+    view = build_view({kv.key: kv for kv in kvs}, K, 0)
+    p = op_progress(view, view.ops[op])
+    assert (p["moved"], p["total"], p["done"]) == (1, 2, False)
+    assert p["fraction"] == {"acme-prod-web-2": 0.25, "acme-prod-web-1": 1.0}
+    assert p["vms"]["acme-prod-web-2"] == "migrating to h2 (attempt 1) 512/2048 MiB, 1536 MiB left"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from haagent.agent import core
 from haagent.agent.vms import VmShell
 from haagent.hypervisor.fake import FakeCluster, FakeHypervisor
@@ -51,9 +53,11 @@ def test_a_vm_with_a_migration_record_is_never_started_nor_stopped_by_the_step()
 class Store:
     def __init__(self):
         self.kvs = {}
+        self.history = []
 
     def put(self, key, value, lease=None):
         self.kvs[key] = value
+        self.history.append((key, value))
         return 1
 
 
@@ -67,6 +71,11 @@ def test_the_shell_migrates_through_the_hypervisor_and_reports_where_the_vm_runs
     report = shell.migrate(core.MigrateVm(UUID, "h2", 30.0, "drain-h1", 1))
     assert (report.outcome, report.location) == ("completed", "destination")
     assert dst.vm_info(UUID).active and UUID not in {i.uuid for i in src.list_vms()}
+    # libvirt's job info went out first as a "running" record (throttled: the fake reports 4 at once)
+    [(key, first), *_rest] = store.history
+    running = json.loads(first)
+    assert key == K.host_migration("h1", UUID) and running["outcome"] == "running"
+    assert 0 < running["data_processed"] <= running["data_total"] == 256 * 2**20 and len(store.history) == 2
 
     class KV:
         def __init__(self, v):
@@ -89,5 +98,5 @@ def test_a_malformed_outcome_record_is_a_bad_record_naming_the_field():
 
     key = K.host_migration("h1", "vm1")
     view = build_view({key: KV('{"to": "h2", "outcome": "teleported"}')}, K, 0)
-    assert view.bad_records == ((key, "outcome: expected one of completed, failed, aborted-deadline, "
+    assert view.bad_records == ((key, "outcome: expected one of running, completed, failed, aborted-deadline, "
                                       "aborted-request, got 'teleported'"),)
