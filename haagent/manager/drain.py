@@ -168,6 +168,15 @@ def _request(st: "_Step", r: Request, mover: "Placer", limits: MigrationSection)
                                                                                   "reason": str(exc)}))
 
 
+BUSY = "another migration job is already running"
+
+
+def _busy(error: str) -> bool:
+    """libvirt refused the job because an abandoned one of the same VM still winds down (a cut-off
+    peer can keep it ~a minute): not the VM's fault, so it does not count against max_attempts."""
+    return BUSY in error
+
+
 def _job_may_run(st: "_Step", op: Op, vm: str, source: str) -> bool:
     """Whether the source's last migration job of ``vm`` (in ``op``) may still run in its libvirtd.
 
@@ -325,12 +334,13 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
     failed: dict[str, list[str]] = {}
     last_error: dict[str, str] = {}
     for s in op.steps:
-        if s.step == "migrate_failed":
+        if s.step == "migrate_failed" and not _busy(str(s.detail.get("error", ""))):
             vm = s.detail.get("vm", "")
             failed.setdefault(vm, []).append(str(s.detail.get("to", "")))
             last_error[vm] = f"{s.detail.get('outcome')} to {s.detail.get('to')}: {s.detail.get('error') or 'no detail'}"
     for a in st.actions:  # failures settled in this very step
-        if isinstance(a, Event) and a.kind == "migration_failed" and a.op == op.id:
+        if isinstance(a, Event) and a.kind == "migration_failed" and a.op == op.id \
+                and not _busy(str(a.detail.get("error", ""))):
             failed.setdefault(a.vm, []).append(str(a.detail.get("to", "")))
             last_error[a.vm] = f"{a.detail.get('outcome')} to {a.detail.get('to')}: {a.detail.get('error') or 'no detail'}"
     if op.kind == "drain":

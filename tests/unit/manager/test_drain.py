@@ -254,3 +254,13 @@ def test_no_new_attempt_while_the_sources_last_job_may_still_run():
     # an agent that came back with a new lease since the order is not running that job
     renewed = replace(v, hosts={**v.hosts, "a": replace(v.hosts["a"], granted_rev=25)})
     assert [m.attempt for m in kinds(run(renewed), StartMigration)] == [2]
+
+
+def test_a_job_refused_because_an_abandoned_one_still_runs_does_not_count_as_an_attempt():
+    cfg = replace(CFG, migration=MigrationSection(max_attempts=1))
+    busy = OpStep("migrate_failed", 3.0, {"vm": "vm1", "to": "b", "attempt": 1, "outcome": "failed",
+                                          "error": "Requested operation is not valid: another migration job is "
+                                                   "already running for domain 'vm1'"})
+    v = cluster(vms_on_a=1, states={"a": S.DRAINING}, ops={"drain-a": drain_op(["vm1"], busy)})
+    acts = run(v, cfg=cfg)
+    assert [m.attempt for m in kinds(acts, StartMigration)] == [1] and not kinds(acts, Alert)
