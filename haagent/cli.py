@@ -25,6 +25,7 @@ from haagent.config import Config
     "vm": "haagent.agent.vm_cli:vm",
     "host": "haagent.manager.cli:host",
     "events": "haagent.manager.cli:events",
+    "migrations": "haagent.manager.migrate_cli:migrations",
     "drill": "haagent.lab.drill:drill",
     "etcd": "haagent.store.cli:etcd",
 })

@@ -14,7 +14,7 @@ import re
 import stat
 import tomllib
 from datetime import datetime, timezone
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import urlsplit
@@ -208,6 +208,39 @@ class ManagerSection:
 
 
 @dataclass(frozen=True)
+class MigrationSection:
+    """[migration]: the leader's live-migration executor (drain, undrain, vm migrate).
+
+    A migration's deadline is ``deadline_floor`` or the time ``deadline_factor`` passes over the
+    VM's memory take at ``bandwidth``, whichever is longer; past it the source aborts the job.
+    """
+
+    max_outgoing: int = 2  # migrations out of one host at once
+    max_incoming: int = 2  # migrations into one host at once
+    max_cluster: int = 8  # migrations in the whole cluster at once
+    max_attempts: int = 3  # per VM and operation, each on another target; then the drain pauses
+    deadline_floor: float = 30.0  # seconds
+    deadline_factor: float = 3.0  # memory passes allowed before the deadline
+    bandwidth: float = 100.0  # MiB/s expected between hosts (the deadline's yardstick)
+    order: str = "largest"  # largest | name: which VMs of a host leave first
+    uri: str = "qemu+tls://{host}/system"  # the destination as the source libvirtd reaches it
+    # host -> the address put in ``uri`` for it, where its name does not resolve ([migration.peers])
+    peers: tuple[tuple[str, str], ...] = ()
+    tls: bool = False  # --tls: QEMU's migration stream over TLS too (libvirt's migrate_tls_x509 set up)
+
+    def target_uri(self, host: str) -> str:
+        """The URI the source libvirtd migrates ``host``'s VMs to."""
+        return self.uri.format(host=dict(self.peers).get(host, host))
+
+    def deadline(self, memory_mib: int) -> float:
+        """Seconds a migration of a VM of this size may take before it is aborted."""
+        return round(max(self.deadline_floor, self.deadline_factor * memory_mib / self.bandwidth), 1)
+
+
+MIGRATION_ORDERS = ("largest", "name")
+
+
+@dataclass(frozen=True)
 class Config:
     cluster: str
     host: str
@@ -217,6 +250,7 @@ class Config:
     libvirt_enabled: bool = True
     agent: AgentSection = field(default_factory=AgentSection)
     manager: ManagerSection = field(default_factory=ManagerSection)
+    migration: MigrationSection = field(default_factory=MigrationSection)
     metrics_listen: str | None = "127.0.0.1:9464"
     log: LogConfig = field(default_factory=LogConfig)
     # Filled by the fencing and policies packages' own parsers (entry points, see _section_parsers).
@@ -375,6 +409,29 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
     )
     mg.finish()
 
+    mi = top.sub("migration")
+    migration = MigrationSection(
+        max_outgoing=mi.number("max_outgoing", MigrationSection.max_outgoing, minimum=1, maximum=64, integer=True),
+        max_incoming=mi.number("max_incoming", MigrationSection.max_incoming, minimum=1, maximum=64, integer=True),
+        max_cluster=mi.number("max_cluster", MigrationSection.max_cluster, minimum=1, maximum=1024, integer=True),
+        max_attempts=mi.number("max_attempts", MigrationSection.max_attempts, minimum=1, maximum=20, integer=True),
+        deadline_floor=mi.number("deadline_floor", MigrationSection.deadline_floor, positive=True, maximum=86400),
+        deadline_factor=mi.number("deadline_factor", MigrationSection.deadline_factor, positive=True, maximum=1000),
+        bandwidth=mi.number("bandwidth", MigrationSection.bandwidth, positive=True, maximum=1e6),
+        order=mi.string("order", MigrationSection.order, choices=MIGRATION_ORDERS),
+        uri=mi.string("uri", MigrationSection.uri),
+        tls=mi.boolean("tls", False),
+    )
+    raw_peers = mi.raw("peers")
+    if raw_peers is not MISSING:
+        if not isinstance(raw_peers, dict) or not all(isinstance(v, str) and v for v in raw_peers.values()):
+            mi.problem("peers", "must be a table of host = \"address\"")
+        else:
+            migration = replace(migration, peers=tuple(sorted(raw_peers.items())))
+    if migration.uri is not None and ("{host}" not in migration.uri or "://" not in migration.uri):
+        mi.problem("uri", f"must be a libvirt URI naming {{host}}, like qemu+tls://{{host}}/system (got {migration.uri!r})")
+    mi.finish()
+
     m = top.sub("metrics")
     metrics_listen = m.string("listen", "127.0.0.1:9464")
     if metrics_listen:
@@ -409,7 +466,7 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         etcd=EtcdConfig(tuple(endpoints), etcd_timeout, ca_cert, cert, key, tuple(users)),
         timing=TimingConfig(heartbeat, int(ttl), fence_delay, grace, report_interval),
         libvirt_uri=libvirt_uri, libvirt_enabled=libvirt_enabled, agent=agent, manager=manager,
-        metrics_listen=metrics_listen or None, log=log_cfg,
+        migration=migration, metrics_listen=metrics_listen or None, log=log_cfg,
         fencing=sections.get("fencing"), policy=sections.get("policy"), notify=sections.get("notify"),
         source=source, tags=tuple(sorted(set(tags))),
     )

@@ -208,7 +208,7 @@ class AgentDaemon:
     def _start_cache(self) -> None:
         """The watch-fed copy of the cluster's keys, and the shells that read it."""
         from haagent.agent.core import AgentConfig
-        from haagent.manager.placer import policy_placer
+        from haagent.manager.placer import policy_mover, policy_placer
         from haagent.manager.shell import LeaderLoop, manager_config
 
         while not self._stop.is_set():
@@ -224,11 +224,16 @@ class AgentDaemon:
             self.collector.start()
         if self.hypervisor is not None:
             from haagent.agent.vms import VmShell
+            from haagent.hypervisor.port import MigrationTarget
 
-            a = self.config.agent
+            from haagent.hypervisor.options import MigrationOptions
+
+            a, mig = self.config.agent, self.config.migration
             self.vms = VmShell(self.host, self.hypervisor, self.store, self.keys, self.lease, self.cache,
                                AgentConfig(a.max_restart, a.restart_window, a.watchdog, a.self_fence_timeout),
                                wake=self._wake.set,
+                               migration_target=lambda host: MigrationTarget(mig.target_uri(host)),
+                               migration_options=MigrationOptions(tls=mig.tls),
                                disks=(a.image_dirs, a.block_device_dirs, a.network_disk_protocols,
                                       a.metadata_namespaces))
         if self.leader_work is None:
@@ -236,7 +241,8 @@ class AgentDaemon:
                                      self.fencer or _no_fencing(), policy_placer(self.config.policy),
                                      wake=self._wake.set,
                                      notify=self.notifier.publish if self.notifier is not None else None,
-                                     memo=self.vms.views.memo if self.vms is not None else None)
+                                     memo=self.vms.views.memo if self.vms is not None else None,
+                                     mover=policy_mover(self.config.policy))
 
     def tick(self) -> None:
         """One round: keep leadership honest, campaign if free, run VMs, report, lead."""

@@ -94,6 +94,19 @@ def place(vms: Iterable[Vm], cluster: Cluster, config: PolicyConfig = DEFAULT, *
         tuple(missed), tuple(dict.fromkeys(errors)), tuple(state.warnings))
 
 
+def move(vms: Iterable[Vm], cluster: Cluster, config: PolicyConfig = DEFAULT, *, avoid: Iterable[str] = (),
+         pipeline: Pipeline = DEFAULT_PIPELINE) -> PlacementResult:
+    """Plan live migrations of running VMs (each leaves its host), keeping off ``avoid``."""
+    vms = list(vms)
+    state = ClusterState(cluster, config)
+    sources = frozenset(v.host for v in vms if v.host)
+    ctx = Context(MIGRATE, sources | frozenset(avoid))
+    placed, missed, errors = _place_all([state.req(v) for v in vms], state, ctx, pipeline)
+    return PlacementResult(
+        tuple(Placement(r.name, c.host, c.cells, r.priority) for r, c in placed),
+        tuple(missed), tuple(dict.fromkeys(errors)), tuple(state.warnings))
+
+
 def evacuate(host: str, cluster: Cluster, config: PolicyConfig = DEFAULT, *,
              pipeline: Pipeline = DEFAULT_PIPELINE) -> EvacuationPlan:
     """Plan the live migrations that drain one host, by priority then size."""

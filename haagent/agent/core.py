@@ -8,6 +8,10 @@
   reports that VM running;
 * a managed VM that crashed (not one a user shut down) restarts in place up to ``max_restart``
   times per ``restart_window``; after that the agent asks the leader to relocate it;
+* a live migration ordered from this host (``vms/<uuid>/migration``) runs once per order (op and
+  attempt), only while the lease lives and the VM runs here; a VM with a migration record is
+  never started by the step (the leader settles where it runs first), and a copy arriving by
+  migration is never stopped for running where its placement does not say;
 * watchdog mode: once the lease is lost, kill every managed VM (the watchdog is fed from the
   lease keepalive, so it starves by itself and resets the host: haagent/agent/watchdog.py).
 """
@@ -17,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from haagent.state.view import VmSpec
+from haagent.state.view import Migration, VmSpec
 from haagent.model import HostState
 
 STARTS_VMS = frozenset({HostState.ACTIVE, HostState.DRAINING})
@@ -52,6 +56,8 @@ class AgentInput:
     # migration to us that the owner has not reported yet).
     local_since: Mapping[str, int] = field(default_factory=dict)
     report_revisions: Mapping[str, int] = field(default_factory=dict)
+    migrations: Mapping[str, Migration] = field(default_factory=dict)  # every stored migration order
+    migrations_run: frozenset[tuple[str, str, int]] = frozenset()  # (uuid, op, attempt) run (or reported) here
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,18 @@ class RequestRelocation:
     crashes: int
 
 
-AgentAction = StartVm | StopVm | RequestRelocation
+@dataclass(frozen=True)
+class MigrateVm:
+    """Live-migrate a local VM as the leader ordered; the shell reports the outcome."""
+
+    vm: str
+    dest: str
+    deadline: float
+    op: str
+    attempt: int
+
+
+AgentAction = StartVm | StopVm | RequestRelocation | MigrateVm
 
 
 def step(inp: AgentInput, now: float, config: AgentConfig) -> list[AgentAction]:
@@ -88,9 +105,19 @@ def step(inp: AgentInput, now: float, config: AgentConfig) -> list[AgentAction]:
         owner = inp.placements.get(uuid)
         if owner is None or owner == inp.host:
             continue
+        mig = inp.migrations.get(uuid)
+        if mig is not None and mig.dest == inp.host:
+            continue  # arriving by migration: the leader moves placement once it has settled
         fresh_report = inp.report_revisions.get(owner, 0) >= inp.local_since.get(uuid, 0)
         if uuid in inp.reports.get(owner, frozenset()) and fresh_report:
             actions.append(StopVm(uuid, f"placed on {owner}, which reports it running"))
+
+    for uuid, mig in sorted(inp.migrations.items()):
+        # An order for a VM that does not run here is carried out too: the shell reports that it
+        # failed (the VM is not here), so the leader clears it and the VM is started again.
+        if (mig.source == inp.host and mig.attempt > 0 and inp.placements.get(uuid) == inp.host
+                and (uuid, mig.op, mig.attempt) not in inp.migrations_run):
+            actions.append(MigrateVm(uuid, mig.dest, mig.deadline, mig.op, mig.attempt))
 
     fresh = inp.placement_revision > inp.lease_grant_revision
     if not fresh or inp.host_state not in STARTS_VMS:
@@ -101,8 +128,8 @@ def step(inp: AgentInput, now: float, config: AgentConfig) -> list[AgentAction]:
             continue
         if uuid in inp.stopped_by_user:
             continue  # an operator shut it down on purpose; HA does not fight the operator
-        if uuid in inp.migrated_away:
-            continue  # it runs on the destination now; the leader moves placement after it
+        if uuid in inp.migrated_away or uuid in inp.migrations:
+            continue  # it runs on the destination now, or may: the leader moves placement after it
         if any(uuid in running for running in inp.reports.values()):
             # A live host runs it (e.g. a migration finished before its placement moved): starting
             # it here would make a second copy. The leader resolves it; never start a twin.

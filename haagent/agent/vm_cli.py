@@ -28,7 +28,7 @@ def _hypervisor(config: Config):
 # -- vm ------------------------------------------------------------------------------------------
 
 
-@click.group(cls=LazyGroup)
+@click.group(cls=LazyGroup, lazy={"migrate": "haagent.manager.migrate_cli:vm_migrate"})
 def vm() -> None:
     """Mark which VMs on this host are HA (a libvirt <metadata> element)."""
 

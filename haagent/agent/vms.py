@@ -16,11 +16,12 @@ from haagent.agent import core
 from haagent.agent.domain_policy import SpecRejected, check_domain
 from haagent.agent.managed import HaMark, parse_mark, with_mark
 from haagent.state.requirements import needs_from_xml
-from haagent.errors import HypervisorError, InvalidDomain, VmNotFound
-from haagent.hypervisor.port import EventKind, Hypervisor, VmEvent
+from haagent.errors import HypervisorError, InvalidDomain, StoreError, VmNotFound
+from haagent.hypervisor.options import MigrationOptions
+from haagent.hypervisor.port import EventKind, Hypervisor, MigrationProgress, MigrationTarget, VmEvent
 from haagent.log import get_logger
-from haagent.state.codec import DecodeMemo, build_view
-from haagent.state.view import VmSpec
+from haagent.state.codec import DecodeMemo, build_view, migration_report_record
+from haagent.state.view import MigrationReport, VmSpec
 from haagent.model import VmState
 from haagent.store.keys import Keys
 from haagent.store.port import KV
@@ -60,10 +61,22 @@ class VmShell:
                  cache: StoreCache, config: core.AgentConfig, *, wake: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.monotonic,
                  disks: tuple[tuple[str, ...], ...] | None = None,
-                 views: "ViewCache | None" = None):
+                 views: "ViewCache | None" = None,
+                 migration_target: Callable[[str], MigrationTarget] | None = None,
+                 migration_options: MigrationOptions | None = None,
+                 spawn: "Callable[[Callable[[], None], core.MigrateVm], None] | None" = None,
+                 wall: Callable[[], float] = time.time):
         self.host, self.hv, self.store, self.keys, self.lease, self.cache = host, hv, store, keys, lease, cache
         self.config, self.wake, self.clock = config, wake, clock
         self.views = views or ViewCache(keys)
+        # Live migrations the leader orders from this host: where a host's libvirtd is reached,
+        # the virsh-migrate flags, and how a migration is run off the reconcile loop.
+        self.migration_target = migration_target
+        self.migration_options = migration_options or MigrationOptions()
+        self.spawn = spawn or _thread
+        self.wall = wall
+        self.migrations_run: set[tuple[str, str, int]] = set()
+        self._unreported: dict[str, str] = {}  # uuid -> an outcome record whose write failed
         # (image_dirs, block_device_dirs, network_disk_protocols[, metadata_namespaces]) a domain
         # spec may use here: check_domain's arguments
         self.disks = disks if disks is not None else (("/var/lib/libvirt/images",), (), ())
@@ -181,6 +194,10 @@ class VmShell:
             for u in sorted(u for u in self.relocation_requested if view.placements.get(u) != self.host):
                 self.relocation_requested.discard(u)
                 self.crashes.pop(u, None)
+            # Gone by migration and the leader has moved its placement since: if it is ever placed
+            # here again (a failover back), it is to be started here like any other.
+            self.migrated_away -= {u for u in self.migrated_away if u in view.placements
+                                   and view.placements[u] != self.host}
         self.local_since = {u: self.local_since.get(u, revision + 1) for u in self.running}
         report_revisions = {}
         for h in view.hosts:
@@ -188,6 +205,8 @@ class VmShell:
             report_revisions[h] = kv.mod_revision if kv is not None else 0
         if self.lease.alive:
             self.register_specs(dict(view.placements))
+            if self._unreported:
+                self.flush_migration_reports()
         with self._lock:
             inp = core.AgentInput(
                 host=self.host, host_state=host_state, lease_ok=self.lease.alive,
@@ -198,7 +217,11 @@ class VmShell:
                 stopped_by_user=frozenset(self.stopped_by_user),
                 relocation_requested=frozenset(self.relocation_requested),
                 migrated_away=frozenset(u for u in self.migrated_away if view.placements.get(u) == self.host),
-                local_since=dict(self.local_since), report_revisions=report_revisions)
+                local_since=dict(self.local_since), report_revisions=report_revisions,
+                migrations=dict(view.migrations),
+                migrations_run=frozenset(self.migrations_run | {
+                    (u, r.op, r.attempt) for u, r in (me.migration_outcomes.items() if me else ())
+                    if r.outcome != "running"}))
         actions = core.step(inp, self.clock(), self.config)
         for a in actions:
             self.execute(a, view.specs)
@@ -214,6 +237,10 @@ class VmShell:
                 self.hv.destroy(a.vm)
                 metrics.VM_ACTIONS.labels(action="stop", result="ok").inc()
                 log.warning("vm_stopped", vm=a.vm, reason=a.reason)
+            elif isinstance(a, core.MigrateVm):
+                with self._lock:
+                    self.migrations_run.add((a.vm, a.op, a.attempt))
+                self.spawn(lambda a=a: self.migrate(a), a)
             elif isinstance(a, core.RequestRelocation):
                 self.store.put(self.keys.request(f"relocate-{a.vm}"),
                                json.dumps({"kind": "relocate", "vm": a.vm, "host": self.host, "crashes": a.crashes}))
@@ -223,6 +250,72 @@ class VmShell:
         except HypervisorError as exc:
             metrics.VM_ACTIONS.labels(action=type(a).__name__, result="error").inc()
             log.error("vm_action_failed", action=type(a).__name__, vm=getattr(a, "vm", ""), error=str(exc))
+
+    def migrate(self, a: core.MigrateVm) -> MigrationReport:
+        """Run one ordered live migration and put its outcome in ``hosts/<me>/migration/<uuid>``.
+
+        The outcome says where the hypervisor found the VM afterwards; the leader settles the
+        migration by the hosts' reports, so a lost outcome write costs a retry, never a copy.
+        """
+        started = self.clock()
+        log.info("vm_migration_started", vm=a.vm, to=a.dest, op=a.op, attempt=a.attempt, deadline_s=a.deadline)
+        try:
+            if self.migration_target is None:
+                raise InvalidDomain("no migration URI configured ([migration] uri)")
+            result = self.hv.migrate(a.vm, self.migration_target(a.dest), self.migration_options,
+                                     progress=self._progress_writer(a), deadline=a.deadline)
+            report = MigrationReport(a.vm, self.host, a.dest, a.op, a.attempt, result.outcome.value,
+                                     result.location.value, str(result.error or ""), result.duration_s,
+                                     result.downtime_ms, result.data_total, self.wall())
+        except HypervisorError as exc:  # refused before anything moved: the VM is where it was
+            try:
+                where = "source" if self.hv.vm_info(a.vm).active else "none"
+            except HypervisorError:
+                where = "none" if isinstance(exc, VmNotFound) else "unknown"
+            report = MigrationReport(a.vm, self.host, a.dest, a.op, a.attempt, "failed", where,
+                                     f"{type(exc).__name__}: {exc}", self.clock() - started, None, None, self.wall())
+        metrics.VM_ACTIONS.labels(action="migrate", result="ok" if report.outcome == "completed" else "error").inc()
+        log.info("vm_migration_finished", vm=a.vm, to=a.dest, outcome=report.outcome, location=report.location,
+                 duration_s=round(report.duration_s, 3), downtime_ms=report.downtime_ms, error=report.error)
+        with self._lock:
+            self._unreported[a.vm] = migration_report_record(report)
+        self.flush_migration_reports()
+        self.wake()
+        return report
+
+    def _progress_writer(self, a: core.MigrateVm, every: float = 1.0) -> Callable[[MigrationProgress], None]:
+        """libvirt's job info, put at most once a second as a "running" record (for ``--wait``;
+        a lost one is not written again: the next one supersedes it)."""
+        last = [float("-inf")]
+
+        def write(p: MigrationProgress) -> None:
+            now = self.clock()
+            if now - last[0] < every:
+                return
+            last[0] = now
+            report = MigrationReport(a.vm, self.host, a.dest, a.op, a.attempt, "running", "source",
+                                     duration_s=p.elapsed_s, downtime_ms=p.downtime_ms, data_total=p.data_total,
+                                     at=self.wall(), data_processed=p.data_processed,
+                                     data_remaining=p.data_remaining)
+            try:
+                self.store.put(self.keys.host_migration(self.host, a.vm), migration_report_record(report))
+            except StoreError:
+                pass
+        return write
+
+    def flush_migration_reports(self) -> None:
+        """Write the outcomes not written yet (the store was out of reach): the leader waits for them."""
+        with self._lock:
+            todo = sorted(self._unreported.items())
+        for uuid, record in todo:
+            try:
+                self.store.put(self.keys.host_migration(self.host, uuid), record)
+            except StoreError as exc:
+                log.warning("vm_migration_report_failed", vm=uuid, error=str(exc), retry="next round")
+                return
+            with self._lock:
+                if self._unreported.get(uuid) == record:
+                    del self._unreported[uuid]
 
     def _start(self, uuid: str, spec: VmSpec, reason: str) -> None:
         try:
@@ -245,6 +338,10 @@ class VmShell:
         self.hv.start(uuid)
         metrics.VM_ACTIONS.labels(action="start", result="ok").inc()
         log.info("vm_started", vm=uuid, name=spec.name, reason=reason)
+
+
+def _thread(fn: Callable[[], None], _action: object) -> None:
+    threading.Thread(target=fn, name="migration", daemon=True).start()
 
 
 def spec_record(host: str, hv: Hypervisor, info: Any, mark: HaMark, source: str | None = None) -> str:

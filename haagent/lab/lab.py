@@ -781,7 +781,8 @@ class Lab:
         scheme = "https" if self.tls else "http"
         endpoints = [f"{scheme}://{L.address(m)}:{L.ETCD_CLIENT_PORT}" for m in members]
         _write(lay.agent_config(h), L.agent_toml(self.prefix, h, endpoints, self._fencing_section(h),
-                                                 str(lay.shared_dir), self.etcd_cert(h)))
+                                                 str(lay.shared_dir), self.etcd_cert(h),
+                                                 L.migration_toml(self.hosts(), bool(self.state.get("libvirt_tls")))))
 
     def _make_certificates(self, names: list[str], members: list[str]) -> None:
         """The lab's CA; a server/peer certificate per etcd member; a client certificate per agent

@@ -17,7 +17,8 @@ from haagent.errors import HaagentError, StoreError
 # -- host / fence ack ----------------------------------------------------------------------------
 
 
-@click.group(cls=LazyGroup)
+@click.group(cls=LazyGroup, lazy={"drain": "haagent.manager.migrate_cli:drain",
+                                  "undrain": "haagent.manager.migrate_cli:undrain"})
 def host() -> None:
     """Host lifecycle commands for the leader."""
 

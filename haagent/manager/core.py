@@ -19,7 +19,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from haagent.state.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, DeleteOp, Event, FenceHost, ForgetVm,
                                   HostView, JournalStep, ManagerAction, Op, OpStep, PowerRead, ReadPower,
-                                  SetHostState, SetPlacement, SetStormHold, VmSpec)
+                                  SetHostState, SetPlacement, SetStormHold, StartMigration, VmSpec)
+from haagent.config import MigrationSection
 from haagent.model import HostState as S
 
 # Allowed transitions: (from, to) -> one-line gloss of why.
@@ -42,6 +43,7 @@ TRANSITIONS: dict[tuple[S | None, S], str] = {
     (S.MAINTENANCE, S.ACTIVE): "operator",
     (S.ACTIVE, S.DRAINING): "operator",
     (S.DRAINING, S.ACTIVE): "operator",
+    (S.DRAINING, S.MAINTENANCE): "drained: no VMs left",
 }
 
 # Hosts whose VMs may be restarted elsewhere: power is confirmed off (DESIGN §4 invariant 2).
@@ -62,6 +64,7 @@ class ManagerConfig:
     watchdog_margin: float = 2.0
     auto_return_after: float | None = None  # seconds healthy before a failed host returns
     keep_finished_ops: int = 50  # journals of finished operations kept in etcd (newest first)
+    migration: MigrationSection = field(default_factory=MigrationSection)  # the migration executor's limits
 
 
 @dataclass(frozen=True)
@@ -326,8 +329,11 @@ def new_status(now: float) -> ManagerStatus:
 
 
 def step(view: ClusterView, status: ManagerStatus, now: float, config: ManagerConfig,
-         placer: Placer) -> tuple[ManagerStatus, list[ManagerAction]]:
-    """One leader decision round. Pure: same inputs, same outputs."""
+         placer: Placer, mover: Placer | None = None) -> tuple[ManagerStatus, list[ManagerAction]]:
+    """One leader decision round. Pure: same inputs, same outputs.
+
+    ``mover`` plans live migrations (drain, undrain, vm migrate); ``placer`` when not given.
+    """
     st = _Step(view, status, now, config, placer)
     for key, why in view.bad_records:
         host_key, vm_key = st.keys_of(key)
@@ -359,11 +365,21 @@ def step(view: ClusterView, status: ManagerStatus, now: float, config: ManagerCo
         if st.states.get(host) not in (S.SUSPECT, S.FENCING) and not frozen and ack.id not in st.consumed:  # type: ignore[attr-defined]
             st.consume(ack)
             st.actions.append(Event("fence_ack_discarded", host=host, detail={"reason": "its failover closed"}))
+    _migrations(st, mover or placer)
     _forget_finished_ops(st)
     return st.finish()
 
 
-KNOWN_REQUESTS = frozenset({"fence_ack", "host_return", "relocate", "unmanage"})
+KNOWN_REQUESTS = frozenset({"fence_ack", "host_return", "relocate", "unmanage", "drain", "undrain", "migrate"})
+
+
+# -- the migration executor (haagent/manager/drain.py) ----------------------------------------
+
+
+def _migrations(st: _Step, mover: Placer) -> None:
+    from haagent.manager import drain
+
+    drain.run(st, mover)
 
 
 def _forget(st: _Step, req) -> None:
@@ -694,7 +710,11 @@ def _vms(st: _Step) -> None:
     frozen: set[str] = set()
     for uuid in sorted(st.view.specs):
         where = _running_on(st, uuid)
-        if len(where) > 1:
+        mig = st.view.migrations.get(uuid)
+        if len(where) > 1 and not (mig is not None and set(where) == {mig.source, mig.dest}
+                                   and _cooperating(st, mig.source) and _cooperating(st, mig.dest)):
+            # (Both ends of a live migration list it until the source's next report: in transit,
+            # settled by the migration executor once the source stops reporting it.)
             frozen.add(uuid)
             st.alert("vm_running_twice", vm=uuid, message=f"reported running on {', '.join(where)}; "
                      "haagent will not touch it until a human resolves it")
@@ -716,8 +736,10 @@ def _vms(st: _Step) -> None:
         return
     # HA VMs whose host is confirmed fenced go elsewhere, by priority (the placer orders them).
     # The storm guard holds fencing, not this: a host confirmed off runs nothing, whatever the cause.
+    # A VM whose migration record cannot be read may be on its way anywhere: held (bad_record says why).
+    unreadable = {st.keys_of(k)[1] for k, _ in st.view.bad_records if k.endswith("/migration")}
     todo = [st.view.specs[u] for u, h in sorted(st.placements.items())
-            if u not in frozen and u not in st.view.migrations and _is_ha(st, u)
+            if u not in frozen and u not in st.view.migrations and u not in unreadable and _is_ha(st, u)
             and st.states.get(h) in CONFIRMED_FENCED]
     if not todo:
         return
@@ -757,12 +779,23 @@ def _resolve_migration(st: _Step, uuid: str, mig) -> None:
     where = set(_running_on(st, uuid))
     if src in (S.SUSPECT, S.FENCING) or dst in (S.SUSPECT, S.FENCING):
         return  # wait for the dead side to be confirmed fenced: only then is "where" the truth
+    for side in (mig.source, mig.dest):
+        hv = st.view.hosts.get(side)
+        if hv is not None and not hv.alive and st.states.get(side) not in CONFIRMED_FENCED:
+            return  # no lease and not fenced (e.g. its agent stopped cleanly): its report may be stale
     if where == {mig.dest}:
         st.actions.append(SetPlacement(uuid, mig.dest, "", "migration completed before the crash"))
         st.placements[uuid] = mig.dest
     elif where == {mig.source}:
         st.actions.append(SetPlacement(uuid, mig.source, "", "migration did not complete; stays on source"))
         st.placements[uuid] = mig.source
+    elif not where:
+        # Running nowhere a live host reports: it ran on the side that is confirmed off (the other
+        # side's live report says it does not run it there). Placed there, recovery restarts it.
+        fenced = [h for h in (mig.source, mig.dest) if st.states.get(h) in CONFIRMED_FENCED]
+        if fenced and st.placements.get(uuid) != fenced[0]:
+            st.actions.append(SetPlacement(uuid, fenced[0], "", "migration cut off by a fenced host; recover it"))
+            st.placements[uuid] = fenced[0]
     st.actions.append(ClearMigration(uuid))
     st.actions.append(Event("migration_resolved", vm=uuid, detail={"running_on": sorted(where)}))
 
@@ -822,14 +855,18 @@ def _describe(a: ManagerAction) -> str:
         return f"place vm={a.vm} on={a.host} ({a.reason})"
     if isinstance(a, ClearMigration):
         return f"clear migration vm={a.vm}"
+    if isinstance(a, StartMigration):
+        return (f"migrate vm={a.vm} from={a.source} to={a.dest} op={a.op} attempt={a.attempt} "
+                f"deadline={a.deadline:g}")
     if isinstance(a, ConsumeRequest):
         return f"consume request {a.id}"
     if isinstance(a, Alert):
         return " ".join(x for x in (f"ALERT {a.name}", _who(a.host, a.vm), a.message) if x)
     if isinstance(a, Event):
         hosts = a.detail.get("hosts") if a.kind.startswith("storm_hold") else None
+        why = f"({a.detail['reason']})" if a.kind.endswith("_refused") and a.detail.get("reason") else ""
         return " ".join(x for x in (f"event {a.kind}", _who(a.host, a.vm),
-                                    f"hosts={','.join(hosts)}" if hosts is not None else "") if x)
+                                    f"hosts={','.join(hosts)}" if hosts is not None else "", why) if x)
     return repr(a)
 
 

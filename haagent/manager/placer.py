@@ -33,3 +33,25 @@ def policy_placer(config: object = None) -> Placer:
                 {live.uuid[u.vm]: tuple(u.reasons) for u in result.unplaceable})
 
     return placer
+
+
+def policy_mover(config: object = None) -> Placer:
+    """The production planner of live migrations: ``policies.move`` over the live cluster.
+
+    Each VM leaves the host its placement names, under the engine's migration rules (CPU
+    compatibility with its source as well as NUMA, reserve, affinity and load); ``avoid`` hosts
+    take nothing.
+    """
+    from policies.config import PolicyConfig
+    from policies.place import move
+
+    cfg = config if isinstance(config, PolicyConfig) else PolicyConfig()
+
+    def mover(todo: Sequence[VmSpec], view: ClusterView, avoid: frozenset[str]):
+        live = live_cluster(view, cfg, avoid=avoid)
+        by_name = {v.name: v for v in live.cluster.vms}
+        result = move([by_name[live.label[t.uuid]] for t in todo], live.cluster, cfg, avoid=avoid)
+        return ({live.uuid[p.vm]: p.host for p in result.placements},
+                {live.uuid[u.vm]: tuple(u.reasons) for u in result.unplaceable})
+
+    return mover

@@ -85,8 +85,9 @@ class LeaderShell:
 
     def __init__(self, keys: Keys, config: core.ManagerConfig, placer: core.Placer, store: LeaderStore,
                  fences: FenceDispatch, *, clock: Callable[[], float], wall: Callable[[], float],
-                 sink: Sink, wake: Callable[[], None] = lambda: None):
+                 sink: Sink, wake: Callable[[], None] = lambda: None, mover: core.Placer | None = None):
         self.keys, self.config, self.placer, self.store, self.fences = keys, config, placer, store, fences
+        self.mover = mover  # plans live migrations (None: the placer)
         self.clock, self.wall, self.sink, self.wake = clock, wall, sink, wake
         self.status: core.ManagerStatus | None = None
         self.epoch = 0
@@ -160,7 +161,7 @@ class LeaderShell:
         now = self.clock()
         status = core.with_power_reads(self.status, reads, now, self.config) if reads else self.status
         self.status = status  # an answer is kept even if this step's write fails
-        status, actions = core.step(view, status, now, self.config, self.placer)
+        status, actions = core.step(view, status, now, self.config, self.placer, self.mover)
         writes = any(not isinstance(a, (Alert, FenceHost, ReadPower)) for a in actions)
         if writes:
             revision = self._write(actions, view)
@@ -450,12 +451,12 @@ class LeaderLoop:
                  fencer: Fencer, placer: core.Placer, *, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, wake: Callable[[], None] = lambda: None,
                  notify: Callable[[str, Mapping[str, Any]], Any] | None = None,
-                 memo: DecodeMemo | None = None):
+                 memo: DecodeMemo | None = None, mover: core.Placer | None = None):
         self.fencer, self.clock = fencer, clock
         self.fences = ThreadedFences(fencer, clock)
         store = EtcdLeaderStore(keys, election, cache, memo)
         self.shell = LeaderShell(keys, config, placer, store, self.fences,
-                                 clock=clock, wall=wall, sink=DaemonSink(wall, notify), wake=wake)
+                                 clock=clock, wall=wall, sink=DaemonSink(wall, notify), wake=wake, mover=mover)
         self._health: Future | None = None
         self._health_due = 0.0
 
@@ -496,4 +497,4 @@ def manager_config(config: Any) -> core.ManagerConfig:
         fence_delay=t.fence_delay, new_leader_grace=t.new_leader_grace, lease_ttl=float(t.lease_ttl),
         storm_threshold=m.storm_threshold, storm_window=m.storm_window, storm_read_timeout=m.storm_read_timeout,
         fence_retry_interval=m.fence_retry_interval, watchdog_margin=m.watchdog_margin,
-        auto_return_after=m.auto_return_after)
+        auto_return_after=m.auto_return_after, migration=config.migration)

@@ -19,6 +19,10 @@ A scenario directory holds ``README`` (one line), ``cluster.json``, ``cmdlist`` 
     at 20 ack h2               at 30 return h2      (haagent fence ack / haagent host return)
     at 5 load web-1 150                             (the VM now burns 150 % of one host CPU)
     at 5 libvirtd h2 down      libvirtd h2 up       (its libvirtd stops answering; VMs run on)
+    at 5 drain h2              drain h2 partial max-parallel=1   (haagent host drain)
+    at 40 undrain h2           undrain h2 return-vms             (haagent host undrain)
+    at 5 migrate web-1         migrate web-1 h3                  (haagent vm migrate [--to])
+    link 100                   (migrations move memory at 100 MiB/s; default 1000)
     end 40                     (run until t=40; default 60)
 
 A line without ``at`` happens at t=0, before the first tick. docs/simulator.md has the details.
@@ -28,11 +32,12 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from haagent.agent.core import AgentConfig
+from haagent.config import MigrationSection
 from haagent.manager.core import ManagerConfig
 from haagent.model import HostCell
 from haagent.state.view import VmNeeds, VmSpec
@@ -129,6 +134,19 @@ def _validate(words: tuple[str, ...] | list[str], source: str, n: int) -> None:
     elif verb == "load":
         if len(words) != 3 or not _is_number(words[2]) or float(words[2]) < 0:
             raise ScenarioError(f"{source}:{n}: expected 'load VM PERCENT' (of one host CPU, >= 0)")
+    elif verb == "drain":
+        if len(words) < 2 or any(w != "partial" and not (w.startswith("max-parallel=") and w[13:].isdigit())
+                                 for w in words[2:]):
+            raise ScenarioError(f"{source}:{n}: expected 'drain HOST [partial] [max-parallel=N]'")
+    elif verb == "undrain":
+        if len(words) not in (2, 3) or words[2:] not in ([], ["return-vms"]):
+            raise ScenarioError(f"{source}:{n}: expected 'undrain HOST [return-vms]'")
+    elif verb == "migrate":
+        if len(words) not in (2, 3):
+            raise ScenarioError(f"{source}:{n}: expected 'migrate VM [HOST]'")
+    elif verb == "link":
+        if len(words) != 2 or not _is_number(words[1]) or float(words[1]) <= 0:
+            raise ScenarioError(f"{source}:{n}: expected 'link MIB_PER_S' (> 0)")
     else:
         raise ScenarioError(f"{source}:{n}: unknown command {verb!r}")
 
@@ -188,8 +206,12 @@ def build(cluster: Mapping[str, Any], source: str = "cluster.json") -> Simulatio
             if not set(running[spec.uuid]) <= names:
                 raise ScenarioError(f"{source}: vm {v['name']} running on an unknown host")
     migrations = {vm: (m[0], m[1]) for vm, m in dict(cluster.get("migrations", {})).items()}
+    manager = _config(ManagerConfig, {k: v for k, v in dict(cluster.get("manager") or {}).items()
+                                      if k != "migration"}, source)
+    manager = replace(manager, migration=_config(MigrationSection,
+                                                 dict(cluster.get("manager") or {}).get("migration"), source))
     return Simulation(hosts, specs, placements,
-                      manager=_config(ManagerConfig, cluster.get("manager"), source),
+                      manager=manager,
                       agent=_config(AgentConfig, cluster.get("agent"), source),
                       sim=_config(SimConfig, cluster.get("sim"), source), migrations=migrations,
                       running=running)
@@ -250,6 +272,24 @@ def apply(sim: Simulation, cmd: Command) -> None:
         elif verb == "load":
             where = sim.vm_load(w[1], float(w[2]))
             note = f" (on {where})" if where else " (not running anywhere: no effect)"
+        elif verb in ("drain", "undrain"):
+            if w[1] not in sim.hosts:
+                raise KeyError(f"unknown host {w[1]}")
+            opts: dict[str, Any] = {}
+            for word in w[2:]:
+                if word.startswith("max-parallel="):
+                    opts["max_parallel"] = int(word.split("=", 1)[1])
+                else:
+                    opts[word.replace("-", "_")] = True
+            refused = sim.request(verb, host=w[1], options=opts)
+            note = f" (refused: {refused})" if refused else ""
+        elif verb == "migrate":
+            if w[1] not in sim.specs:
+                raise KeyError(f"unknown vm {w[1]}")
+            refused = sim.request("migrate", vm=w[1], options={"to": w[2]} if len(w) > 2 else {})
+            note = f" (refused: {refused})" if refused else ""
+        elif verb == "link":
+            sim.fakes.link_mib_s = float(w[1])
     except KeyError as exc:
         raise ScenarioError(f"line {cmd.line}: {cmd.text}: {exc.args[0]}") from None
     sim.say("fault", cmd.text + note)

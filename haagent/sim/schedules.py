@@ -231,6 +231,16 @@ def generate(seed: int) -> Schedule:
             if h not in back_on and rng.random() < 0.3:
                 lines.append(f"at {ack + rng.randint(1, 6):g} power {h} on")
                 back_on.add(h)
+    # Maintenance mixed in (its own RNG, so the fault schedules of a seed stay as they were): a
+    # drain of one host, sometimes an undrain (returning the VMs) during the faults, a migration.
+    mrng = random.Random(seed * 7919 + 1)
+    if mrng.random() < 0.5:
+        h, t = mrng.choice(hosts), float(mrng.randint(1, 14))
+        lines.append(f"at {t:g} drain {h}{' max-parallel=1' if mrng.random() < 0.3 else ''}")
+        if mrng.random() < 0.4:
+            lines.append(f"at {t + mrng.randint(2, 12):g} undrain {h}{' return-vms' if mrng.random() < 0.5 else ''}")
+    if mrng.random() < 0.3:
+        lines.append(f"at {float(mrng.randint(1, 15)):g} migrate {mrng.choice(vms)}")
     # The heal: the network, quorum, devices and agents come back; records are repaired; hosts
     # still off are acknowledged (a storm hold waits for that); liars' hosts are returned.
     heal = [f"at {HEAL_AT:g} quorum back", f"at {HEAL_AT:g} repair"]

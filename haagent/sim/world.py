@@ -31,19 +31,19 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
-from haagent.agent.core import AgentConfig, RequestRelocation, StartVm, StopVm
+from haagent.agent.core import AgentConfig, MigrateVm, RequestRelocation, StartVm, StopVm
 from haagent.agent.inventory import LoadSmoother, host_inventory, worth_writing
 from haagent.agent.managed import HaMark, with_mark
 from haagent.agent.vms import ViewCache, VmShell, spec_record
 from haagent.manager import core as manager_core
 from haagent.errors import HaagentError, NotLeader, StoreError, StoreUnavailable
 from haagent.hypervisor.fake import FakeCluster, FakeHypervisor
-from haagent.hypervisor.port import RawStats
+from haagent.hypervisor.port import MigrationTarget, RawStats
 from haagent.hypervisor.stats import compute_usage
 from haagent.state.requirements import needs_from_xml
 from haagent.state.codec import AckRefused, build_view, fence_ack_record, fence_result_step
 from haagent.manager.core import ManagerConfig, Placer
-from haagent.manager.placer import policy_placer
+from haagent.manager.placer import policy_mover, policy_placer
 from haagent.sim.fences import run_fence, run_status
 from haagent.manager.shell import LeaderShell
 from haagent.state.view import (Alert, ClusterView, FenceHost, JournalStep, PowerRead, ReadPower, SetHostState,
@@ -189,6 +189,7 @@ class Simulation:
         self.mcfg = manager or ManagerConfig()
         self.acfg = agent or AgentConfig()
         self.placer = placer or policy_placer()
+        self.mover = policy_mover()
         self.keys = Keys(self.cfg.cluster)
         self.store = SimStore(clock=lambda: self.now)
         self.hosts = {h.name: h for h in sorted(hosts, key=lambda h: h.name)}
@@ -210,6 +211,9 @@ class Simulation:
         self.vm_loads: dict[str, float] = {}  # uuid -> % of one host CPU its guest burns
         self.fence_cuts: set[tuple[str, str]] = set()  # (host, device) that accepted off in this run
         self.views = ViewCache(self.keys)  # decoded views, shared by the agents' VM shells
+        # Live migrations under way: (when the job ends, source host, its agent process, the run)
+        self.migrations: list[tuple[float, str, AgentProc, str, int, Callable[[], None]]] = []
+        self.power_offs: dict[str, int] = {}  # host -> times it lost power (a job to it dies with it)
         self.fakes = FakeCluster(clock=lambda: self.now)
         for h in self.hosts.values():
             h.hv = _SimHypervisor(self, h.name)
@@ -278,6 +282,7 @@ class Simulation:
             self._host_down(h)
 
     def _host_down(self, h: SimHost) -> None:
+        self.power_offs[h.name] = self.power_offs.get(h.name, 0) + 1
         self._agent_gone(h)
         h.stop_all()
         h.watchdog_fed_at = None
@@ -288,7 +293,10 @@ class Simulation:
         h.agent = None
 
     def network(self, name: str, up: bool) -> None:
-        self.hosts[name].partitioned = not up
+        h = self.hosts[name]
+        h.partitioned = not up
+        if h.hv is not None:  # its libvirtd is cut off from its peers too (a migration hangs)
+            (self.fakes.partitioned.discard if up else self.fakes.partitioned.add)(h.hv.uri)
 
     def agent_crash(self, name: str) -> None:
         h = self.hosts[name]
@@ -383,7 +391,7 @@ class Simulation:
                 return h.name
         return None
 
-    def request(self, kind: str, host: str = "", vm: str = "") -> str:
+    def request(self, kind: str, host: str = "", vm: str = "", options: Mapping[str, object] | None = None) -> str:
         """An operator request through the CLI (needs quorum, like any etcd write): "" if recorded,
         else why not. A fence ack goes through the CLI's own check and binding."""
         self._seq += 1
@@ -394,6 +402,8 @@ class Simulation:
                 record = fence_ack_record(view, host)
             else:
                 record = {"kind": kind, "host": host, "vm": vm}
+                if options:
+                    record["options"] = dict(options)
             self.store.put(self.keys.request(rid), json.dumps(record))
         except NoQuorum:
             return "no quorum"
@@ -412,12 +422,46 @@ class Simulation:
         self.store.expire()
         self._finish_fences()
         self._finish_reads()
+        self._finish_migrations()
         self._watchdogs()
         for h in self.hosts.values():
             if h.powered and h.agent is not None:
                 self._agent_tick(h, h.agent)
         for check in self.checkers:
             check(self)
+
+    # -- migrations -------------------------------------------------------------------------
+
+    def _migration_spawn(self, h: SimHost) -> Callable[[Callable[[], None], MigrateVm], None]:
+        """The agent's migration thread, on the virtual clock: the job takes one pass over the
+        VM's memory at the link speed (or until its deadline), then ``hv.migrate`` runs at once."""
+        def spawn(run: Callable[[], None], act: MigrateVm) -> None:
+            spec = self.specs.get(act.vm)
+            took = 0.05 + (spec.memory_mib if spec else 64) / self.fakes.link_mib_s
+            abort_at = act.deadline - min(3.0, 0.3 * act.deadline)
+            self.migrations.append((self.now + min(took, abort_at), h.name, h.agent,  # type: ignore[arg-type]
+                                    act.dest, self.power_offs.get(act.dest, 0), run))
+        return spawn
+
+    def _finish_migrations(self) -> None:
+        """Jobs whose time came: run them if their source still has power and the same agent
+        (a crash of the source takes the job with it; one of the destination fails it, and the VM
+        stays on the source)."""
+        due = [m for m in self.migrations if m[0] <= self.now + 1e-9]
+        self.migrations = [m for m in self.migrations if m[0] > self.now + 1e-9]
+        for _at, host, proc, dest, offs, run in due:
+            h, d = self.hosts[host], self.hosts.get(dest)
+            if not (h.powered and h.agent is proc):
+                continue
+            if d is not None and d.hv is not None and (not d.powered or self.power_offs.get(dest, 0) != offs):
+                # the destination is off, or died during the job: its libvirtd is gone for the job's end
+                self.fakes.set_daemon_up(d.hv.uri, False)
+                try:
+                    run()
+                finally:
+                    self.fakes.set_daemon_up(d.hv.uri, True)
+            else:
+                run()  # a cut-off side makes the fake's job hang until its deadline, as libvirt's
 
     # -- fences -----------------------------------------------------------------------------
 
@@ -544,7 +588,7 @@ class Simulation:
                 if a.leader is None:
                     a.leader = LeaderShell(self.keys, self.mcfg, self.placer, _SimLeaderStore(self, h, a),
                                            _SimFences(self, h, a), clock=lambda: self.now, wall=lambda: self.now,
-                                           sink=_SimSink(self, h, a))
+                                           sink=_SimSink(self, h, a), mover=self.mover)
                 self.say(f"mgr {h.name}", f"{how} (epoch {rev})")
 
         # Reconcile local VMs to placement: the production VM shell, over this host's libvirt,
@@ -552,7 +596,8 @@ class Simulation:
         if a.vms is None:
             a.vms = VmShell(h.name, h.hv, _SimAgentStore(self, h), self.keys, _SimLease(a), _SimCache(self, h, a),
                             replace(self.acfg, watchdog=h.watchdog), clock=lambda: self.now, disks=SIM_DISKS,
-                            views=self.views)
+                            views=self.views, migration_target=lambda host: MigrationTarget(f"sim:///{host}"),
+                            spawn=self._migration_spawn(h), wall=lambda: self.now)
         try:
             actions = a.vms.reconcile()
         except (StoreError, HaagentError):
@@ -565,6 +610,8 @@ class Simulation:
                 self.say(who, f"stop vm={act.vm} ({act.reason})")
             elif isinstance(act, RequestRelocation):
                 self.say(who, f"request relocation vm={act.vm} ({act.crashes} crashes in the window)")
+            elif isinstance(act, MigrateVm):
+                self.say(who, f"migrate vm={act.vm} to={act.dest} (attempt {act.attempt})")
         if reach:
             self._publish_report(h, a, lease_ok)
         else:

@@ -9,8 +9,9 @@ import json
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from haagent.state.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, DeleteOp, Event, FenceHost, ForgetVm,
-                                  HostView, JournalStep, ManagerAction, Migration, Op, OpStep, ReadPower,
-                                  Request, SetHostState, SetPlacement, SetStormHold, VmNeeds, VmSpec)
+                                  HostView, JournalStep, ManagerAction, Migration, MigrationReport, Op, OpStep,
+                                  ReadPower, Request, SetHostState, SetPlacement, SetStormHold, StartMigration,
+                                  VmNeeds, VmSpec)
 from haagent.model import HostCell, HostState
 from haagent.store.port import Compare, Delete, Put
 from haagent.store.keys import Keys
@@ -272,7 +273,8 @@ def build_view(kvs: Mapping[str, KVLike], keys: Keys, epoch: int, memo: DecodeMe
         host_views[name] = HostView(
             name, h.get("alive", False), h.get("state"), report.get("cpus", 0), report.get("memory_mib", 0),
             frozenset() if stale else frozenset(report.get("running_vms", ())), h.get("failover", ""), granted,
-            h.get("stopped", ""), self_fence, h.get("state_bad", False), **h.get("inventory", {}))
+            h.get("stopped", ""), self_fence, h.get("state_bad", False), **h.get("inventory", {}),
+            migration_outcomes=h.get("migrations", {}))
     return ClusterView(epoch, host_views, specs, placements, ops, migrations, tuple(requests), tuple(bad),
                        tuple(storm["hosts"]), storm["since"])
 
@@ -330,6 +332,9 @@ def _decode(key: str, kv: KVLike, keys: Keys, hosts: dict, specs: dict, placemen
             h["granted_rev"] = kv.mod_revision
         elif leaf == "stopped":
             h["stopped"] = f"stopped:{_int(_obj(kv), 'lease', 0)}"
+        elif leaf.startswith("migration/"):
+            uuid = leaf[len("migration/"):]
+            h.setdefault("migrations", {})[uuid] = migration_report_from_record(name, uuid, _obj(kv))
     elif vm_key is not None:
         uuid, leaf = vm_key
         if leaf == "spec":
@@ -339,7 +344,8 @@ def _decode(key: str, kv: KVLike, keys: Keys, hosts: dict, specs: dict, placemen
         elif leaf == "migration":
             d = _obj(kv)
             migrations[uuid] = Migration(uuid, _str(d, "from", empty=False), _str(d, "to", empty=False),
-                                         _int(d, "epoch", 0))
+                                         _int(d, "epoch", 0), _num(d, "deadline", 0.0), _str(d, "op", ""),
+                                         _int(d, "attempt", 0))
     elif key.startswith(keys.ops):
         op_id, _, leaf = key[len(keys.ops):].partition("/")
         d = _obj(kv)
@@ -354,8 +360,38 @@ def _decode(key: str, kv: KVLike, keys: Keys, hosts: dict, specs: dict, placemen
                 (leaf, OpStep(_str(d, "step", empty=False), _num(d, "at", 0.0), detail, kv.mod_revision)))
     elif key.startswith(keys.requests):
         d = _obj(kv)
+        options = d.get("options", {})
+        if not isinstance(options, dict):
+            raise BadRecord(f"options: expected an object, got {options!r:.40}")
         requests.append(Request(key[len(keys.requests):], _str(d, "kind", empty=False), _str(d, "host", ""),
-                                _str(d, "vm", ""), _str(d, "failover", "")))
+                                _str(d, "vm", ""), _str(d, "failover", ""), options))
+
+
+MIGRATION_RESULTS = ("running", "completed", "failed", "aborted-deadline", "aborted-request")
+
+
+def migration_report_from_record(host: str, uuid: str, d: Mapping[str, Any]) -> MigrationReport:
+    """``hosts/<h>/migration/<uuid>`` -> MigrationReport, every field checked."""
+    outcome = _str(d, "outcome", empty=False)
+    if outcome not in MIGRATION_RESULTS:
+        raise BadRecord(f"outcome: expected one of {', '.join(MIGRATION_RESULTS)}, got {outcome!r:.40}")
+    downtime, total = d.get("downtime_ms"), d.get("data_total")
+    processed, remaining = d.get("data_processed"), d.get("data_remaining")
+    return MigrationReport(uuid, host, _str(d, "to", empty=False), _str(d, "op", ""), _int(d, "attempt", 0),
+                           outcome, _str(d, "location", "unknown"), _str(d, "error", ""),
+                           _num(d, "duration_s", 0.0), None if downtime is None else _int(d, "downtime_ms"),
+                           None if total is None else _int(d, "data_total"), _num(d, "at", 0.0),
+                           None if processed is None else _int(d, "data_processed"),
+                           None if remaining is None else _int(d, "data_remaining"))
+
+
+def migration_report_record(report: MigrationReport) -> str:
+    """The value an agent writes after running a migration (``migration_report_from_record``'s inverse)."""
+    return json.dumps({"to": report.dest, "op": report.op, "attempt": report.attempt, "outcome": report.outcome,
+                       "location": report.location, "error": report.error, "duration_s": round(report.duration_s, 3),
+                       "downtime_ms": report.downtime_ms, "data_total": report.data_total,
+                       "at": round(report.at, 3), "data_processed": report.data_processed,
+                       "data_remaining": report.data_remaining}, sort_keys=True)
 
 
 def action_ops(actions: Iterable[ManagerAction], view: ClusterView, keys: Keys, wall_now: float,
@@ -373,7 +409,7 @@ def action_ops(actions: Iterable[ManagerAction], view: ClusterView, keys: Keys, 
             if a.op not in seq:
                 seq[a.op] = 0
                 ops.append(Put(f"{keys.op(a.op)}/head", json.dumps(
-                    {"kind": "failover", "host": a.host, "epoch": view.epoch, "created": round(wall_now, 3)})))
+                    {"kind": a.kind, "host": a.host, "epoch": view.epoch, "created": round(wall_now, 3)})))
             n = seq[a.op]
             seq[a.op] = n + 1
             ops.append(Put(f"{keys.op(a.op)}/{n:04d}", json.dumps(
@@ -383,6 +419,10 @@ def action_ops(actions: Iterable[ManagerAction], view: ClusterView, keys: Keys, 
                 {"host": a.host, "epoch": view.epoch, "op": a.op, "reason": a.reason})))
         elif isinstance(a, ClearMigration):
             ops.append(Delete(keys.vm_migration(a.vm)))
+        elif isinstance(a, StartMigration):
+            record = {"from": a.source, "to": a.dest, "epoch": view.epoch, "deadline": a.deadline, "op": a.op,
+                      "attempt": a.attempt}
+            ops.append(Put(keys.vm_migration(a.vm), json.dumps(record, sort_keys=True)))
         elif isinstance(a, ConsumeRequest):
             ops.append(Delete(keys.request(a.id)))
         elif isinstance(a, DeleteOp):

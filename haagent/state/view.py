@@ -90,14 +90,47 @@ class HostView:
     memory_used_mib: float | None = None
     vm_cpu: Mapping[str, float] = field(default_factory=dict)  # uuid -> cores, smoothed
     inventory_error: str = ""  # the hypervisor could not be read (or its record part is malformed)
+    # The outcomes of the migrations this host ran as a source, by VM (its own records).
+    migration_outcomes: Mapping[str, "MigrationReport"] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Migration:
+    """``vms/<uuid>/migration``: a live migration the leader ordered (the source agent runs it).
+
+    ``deadline`` is how many seconds the source may spend on it (a duration, not a clock
+    reading: the source times it on its own monotonic clock); ``op`` and ``attempt`` name it, so
+    an outcome is matched to the order it answers.
+    """
+
     vm: str
     source: str
     dest: str
     epoch: int
+    deadline: float = 0.0
+    op: str = ""
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    """``hosts/<h>/migration/<uuid>``: what the source agent's last migration of a VM did."""
+
+    vm: str
+    source: str
+    dest: str
+    op: str
+    attempt: int
+    outcome: str  # running (progress, not an outcome yet) | completed | failed | aborted-deadline | aborted-request
+    location: str  # source | destination | both | none | unknown (the hypervisor's answer)
+    error: str = ""
+    duration_s: float = 0.0
+    downtime_ms: int | None = None
+    data_total: int | None = None
+    at: float = 0.0  # the agent's wall clock, for display
+    # While ``outcome`` is "running": libvirt's job info, as the source last wrote it (bytes).
+    data_processed: int | None = None
+    data_remaining: int | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +142,7 @@ class Request:
     host: str = ""
     vm: str = ""
     failover: str = ""  # fence_ack: the failover (op id) the operator acknowledged
+    options: Mapping[str, Any] = field(default_factory=dict)  # drain/undrain/migrate flags
 
 
 @dataclass(frozen=True)
@@ -179,6 +213,7 @@ class JournalStep:
     op: str
     host: str
     step: OpStep
+    kind: str = "failover"  # the op's kind, written in its head on ``intent``
 
 
 @dataclass(frozen=True)
@@ -201,6 +236,18 @@ class SetPlacement:
 @dataclass(frozen=True)
 class ClearMigration:
     vm: str
+
+
+@dataclass(frozen=True)
+class StartMigration:
+    """Write ``vms/<uuid>/migration``: the source agent migrates the VM to ``dest``."""
+
+    vm: str
+    source: str
+    dest: str
+    deadline: float
+    op: str
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -271,5 +318,5 @@ class SetStormHold:
 
 
 ManagerAction = (SetHostState | JournalStep | FenceHost | SetPlacement | ClearMigration | ConsumeRequest | DeleteOp
-                 | ForgetVm | ReadPower | SetStormHold
+                 | ForgetVm | ReadPower | SetStormHold | StartMigration
                  | Alert | Event)

@@ -56,6 +56,10 @@ class Keys:
         """A clean agent stop's record (written while the lease lived; deleted by the next grant)."""
         return self.host(host) + "stopped"
 
+    def host_migration(self, host: str, uuid: str) -> str:
+        """The outcome of the last migration ``host`` ran as the source of VM ``uuid`` (its own key)."""
+        return self.host(host) + f"migration/{uuid}"
+
     @cached_property
     def vms(self) -> str:
         return self.root + "vms/"

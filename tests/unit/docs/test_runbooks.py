@@ -17,8 +17,8 @@ RUNBOOKS = ROOT / "runbooks"
 
 
 def leader_alerts() -> set[str]:
-    """Every alert name the leader's core can raise (st.alert("name", ...))."""
-    src = (ROOT / "haagent" / "manager" / "core.py").read_text()
+    """Every alert name the leader's step can raise (st.alert("name", ...)), the executor's too."""
+    src = "".join((ROOT / "haagent" / "manager" / f).read_text() for f in ("core.py", "drain.py"))
     return set(re.findall(r'\.alert\(\s*"([a-z_]+)"', src))
 
 

@@ -81,6 +81,12 @@ BAD = [
      "agent.self_fence_timeout: must be at least timing.lease_ttl (6) with watchdog = true: the device is fed "
      "on each lease renewal, so a shorter timeout resets a healthy host whenever etcd stalls although its "
      "lease is still alive (got 5)"),
+    (with_(migration={"max_outgoing": 0}), "migration.max_outgoing: must be at least 1 (got 0)"),
+    (with_(migration={"max_cluster": "8"}), "migration.max_cluster: must be a number (got '8')"),
+    (with_(migration={"order": "smallest"}), "migration.order: must be one of largest, name (got 'smallest')"),
+    (with_(migration={"uri": "qemu+tls://kvm01/system"}),
+     "migration.uri: must be a libvirt URI naming {host}, like qemu+tls://{host}/system (got 'qemu+tls://kvm01/system')"),
+    (with_(migration={"max_parallel": 2}), "migration.max_parallel: unknown key"),
 ]
 
 

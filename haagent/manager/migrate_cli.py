@@ -1,0 +1,272 @@
+"""Maintenance commands: ``host drain``, ``host undrain``, ``vm migrate``, ``migrations``.
+
+Each checks what it can up front with the leader's own rules (``manager.drain``: one line and
+exit 2 on bad input, nothing half-started), then puts a request the leader acts on. ``--wait``
+follows the operation's journal; Ctrl-C stops only the watching.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Callable
+
+import click
+
+from haagent.clikit import config_option, fail, fail_store
+from haagent.config import Config
+from haagent.errors import StoreError
+from haagent.state.requests import open_store, send_request
+
+
+def _view(config: Config):
+    from haagent.state.codec import build_view
+
+    store, keys = open_store(config)
+    try:
+        kvs, _ = store.get_prefix(keys.root)
+    except StoreError as exc:
+        fail_store(exc)
+    finally:
+        store.close()
+    return build_view({kv.key: kv for kv in kvs}, keys, 0)
+
+
+def _mover(config: Config):
+    from haagent.manager.placer import policy_mover
+
+    return policy_mover(config.policy)
+
+
+def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
+    click.echo(json.dumps(data, sort_keys=True) if as_json else text)
+
+
+def _move_row(m) -> dict[str, Any]:
+    return {"vm": m.vm, "name": m.name, "memory_mib": m.memory_mib, "from": m.source, "to": m.dest,
+            "reasons": list(m.reasons)}
+
+
+@click.command("drain")
+@click.argument("name")
+@click.option("--wait", is_flag=True, help="follow the drain until the host is in maintenance")
+@click.option("--dry-run", is_flag=True, help="print the plan and every VM's verdict; move nothing")
+@click.option("--max-parallel", type=click.IntRange(1, 64), default=None,
+              help="migrations of this drain at once (default [migration] max_outgoing)")
+@click.option("--partial", is_flag=True, help="drain what can be placed, leave the rest")
+@click.option("--json", "as_json", is_flag=True)
+@config_option
+def drain(name: str, wait: bool, dry_run: bool, max_parallel: int | None, partial: bool, as_json: bool,
+          config: Config) -> None:
+    """Live-migrate every HA VM off NAME, then put it in maintenance (never fenced for being down)."""
+    from haagent.manager.drain import Refused, check_drain
+
+    view = _view(config)
+    if any(r.kind == "drain" and r.host == name for r in view.requests):
+        fail(f"refused: {name} is already draining (its request waits for the leader); watch it: haagent migrations", 2)
+    try:
+        plan = check_drain(view, name, _mover(config), config.migration, partial=partial or dry_run)
+    except Refused as exc:
+        fail(f"refused: {exc}", 2)
+        return
+    rows = [_move_row(m) for m in plan]
+    if dry_run:
+        lines = [f"drain {name}: {len(plan)} VM(s), in this order"]
+        lines += [f"  {m.name:<32} {m.memory_mib:>7} MiB  -> {m.dest}" if m.dest else
+                  f"  {m.name:<32} {m.memory_mib:>7} MiB  STAYS: {', '.join(m.reasons) or 'no host fits'}" for m in plan]
+        _emit(as_json, {"host": name, "dry_run": True, "plan": rows}, "\n".join(lines))
+        return
+    opts: dict[str, Any] = {"partial": partial}
+    if max_parallel:
+        opts["max_parallel"] = max_parallel
+    req = send_request(config, "drain", name, options=opts)
+    _emit(as_json, {"host": name, "request": req, "plan": rows},
+          f"asked the leader to drain {name} ({len(plan)} VM(s); request {req}); watch it: haagent migrations")
+    if wait:
+        _wait(config, req, as_json, f"haagent migrations  (or: haagent status; the drain of {name} goes on)")
+
+
+@click.command("undrain")
+@click.argument("name")
+@click.option("--return-vms", is_flag=True, help="migrate back the VMs the last drain moved away")
+@click.option("--json", "as_json", is_flag=True)
+@config_option
+def undrain(name: str, return_vms: bool, as_json: bool, config: Config) -> None:
+    """Put NAME back in service (active); stops a drain that is still running."""
+    from haagent.model import HostState
+
+    hv = _view(config).hosts.get(name)
+    if hv is None:
+        fail(f"refused: unknown host {name!r}", 2)
+        return
+    if hv.state not in (HostState.DRAINING, HostState.MAINTENANCE):
+        fail(f"refused: {name} is {hv.state.value if hv.state else 'unknown'}, not draining or in maintenance", 2)
+    req = send_request(config, "undrain", name, options={"return_vms": return_vms})
+    _emit(as_json, {"host": name, "request": req, "return_vms": return_vms},
+          f"asked the leader to return {name} to service (request {req})"
+          + ("; the VMs its drain moved go back" if return_vms else ""))
+
+
+@click.command("migrate")
+@click.argument("vm")
+@click.option("--to", "to", default="", metavar="HOST", help="the target (default: the leader picks)")
+@click.option("--wait", is_flag=True, help="follow the migration until it is done")
+@click.option("--json", "as_json", is_flag=True)
+@config_option
+def vm_migrate(vm: str, to: str, wait: bool, as_json: bool, config: Config) -> None:
+    """Live-migrate one HA VM (by name or uuid) through the leader's migration executor."""
+    from haagent.manager.drain import Refused, check_migrate
+
+    try:
+        m = check_migrate(_view(config), vm, to, _mover(config))
+    except Refused as exc:
+        fail(f"refused: {exc}", 2)
+        return
+    req = send_request(config, "migrate", vm=m.vm, options={"to": to} if to else {})
+    _emit(as_json, {"request": req, **_move_row(m)},
+          f"asked the leader to migrate {m.name} from {m.source} to {to or m.dest + ' (its choice now)'} (request {req})")
+    if wait:
+        _wait(config, req, as_json, "haagent migrations")
+
+
+@click.command("migrations")
+@click.option("--json", "as_json", is_flag=True)
+@config_option
+def migrations(as_json: bool, config: Config) -> None:
+    """Migrations in flight, and the last one each VM made (bytes, speed, downtime)."""
+    rows = migration_rows(_view(config))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.table import Column, Table
+
+    t = Table("from", "to", "try", "took", "MiB", "MiB/s", "downtime", "error")
+    t.columns.insert(0, Column("vm", no_wrap=True))
+    t.columns.insert(3, Column("state", no_wrap=True))
+    for r in rows:
+        mib = r["data_total"] / 2**20 if r.get("data_total") else None
+        speed = mib / r["duration_s"] if mib and r.get("duration_s") else None
+        t.add_row(r["name"], r["from"], r["to"], r["state"], str(r["attempt"]),
+                  f"{r['duration_s']:.1f}s" if r.get("duration_s") else "-",
+                  f"{mib:.0f}" if mib else "-", f"{speed:.0f}" if speed else "-",
+                  f"{r['downtime_ms']} ms" if r.get("downtime_ms") is not None else "-", r.get("error", "")[:60])
+    Console().print(t)
+
+
+def migration_rows(view) -> list[dict[str, Any]]:
+    """In-flight migrations first, then each VM's last reported outcome, newest first."""
+    name = {u: s.name for u, s in view.specs.items()}
+    rows = []
+    for u, m in sorted(view.migrations.items()):
+        row = {"vm": u, "name": name.get(u, u), "from": m.source, "to": m.dest, "state": "migrating", "op": m.op,
+               "attempt": m.attempt, "deadline_s": m.deadline}
+        p = _job(view, m)
+        if p is not None:
+            row.update(duration_s=p.duration_s, data_total=p.data_total, data_processed=p.data_processed,
+                       data_remaining=p.data_remaining)
+        rows.append(row)
+    done = [r for h in view.hosts.values() for r in h.migration_outcomes.values() if r.outcome != "running"]
+    for r in sorted(done, key=lambda r: -r.at):
+        if r.vm in view.migrations and (view.migrations[r.vm].op, view.migrations[r.vm].attempt) == (r.op, r.attempt):
+            continue
+        rows.append({"vm": r.vm, "name": name.get(r.vm, r.vm), "from": r.source, "to": r.dest, "state": r.outcome,
+                     "op": r.op, "attempt": r.attempt, "duration_s": r.duration_s, "downtime_ms": r.downtime_ms,
+                     "data_total": r.data_total, "error": r.error, "at": r.at})
+    return rows
+
+
+def _job(view, m):
+    """The source's last job info of an in-flight migration (its "running" record), if any."""
+    hv = view.hosts.get(m.source)
+    r = hv.migration_outcomes.get(m.vm) if hv is not None else None
+    return r if r is not None and r.outcome == "running" and (r.op, r.attempt) == (m.op, m.attempt) else None
+
+
+def _op_of(view, req: str):
+    for op in view.ops.values():
+        intent = op.last("intent")
+        if intent is not None and intent.detail.get("request") == req:
+            return op
+    return None
+
+
+def op_progress(view, op) -> dict[str, Any]:
+    """Per VM of an operation: queued, migrating (to, attempt), migrated, failed; and the totals."""
+    intent = op.last("intent")
+    vms = list(intent.detail.get("vms", [])) if intent else []
+    state = {u: "queued" for u in vms}
+    for s in op.steps:
+        vm = s.detail.get("vm")
+        if s.step == "migrate_start":
+            state[vm] = f"migrating to {s.detail.get('to')} (attempt {s.detail.get('attempt')})"
+        elif s.step == "migrated":
+            state[vm] = f"on {s.detail.get('to')}"
+        elif s.step == "migrate_failed":
+            state[vm] = f"failed to {s.detail.get('to')}: {s.detail.get('outcome')}"
+    fraction = {u: 1.0 for u, st in state.items() if st.startswith("on ")}
+    for u, m in view.migrations.items():
+        job = _job(view, m) if m.op == op.id else None
+        if job is not None and job.data_total and u in state:
+            fraction[u] = min((job.data_processed or 0) / job.data_total, 0.99)
+            state[u] += f" {(job.data_processed or 0) >> 20}/{job.data_total >> 20} MiB, {(job.data_remaining or 0) >> 20} MiB left"
+    moved = sum(1 for s in op.steps if s.step == "migrated")
+    return {"op": op.id, "kind": op.kind, "host": op.host, "done": op.finished, "paused": op.has("paused"),
+            "moved": moved, "total": len(vms),
+            "vms": {_name(view, u): st for u, st in state.items()},
+            "fraction": {_name(view, u): round(fraction.get(u, 0.0), 3) for u in state}}
+
+
+def _name(view, u: str) -> str:
+    return view.specs[u].name if u in view.specs else u
+
+
+def _wait(config: Config, req: str, as_json: bool, how: str, poll: float = 1.0,
+          sleep: Callable[[float], None] = time.sleep) -> None:
+    """Follow the operation ``req`` opened until it is done; Ctrl-C leaves it to the leader."""
+    tty = sys.stdout.isatty() and not as_json
+    last: dict[str, Any] | None = None
+    progress = None
+    try:
+        if tty:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+            progress.start()
+            overall = progress.add_task("waiting for the leader", total=None)
+            bars: dict[str, int] = {}
+        while True:
+            view = _view(config)
+            op = _op_of(view, req)
+            if op is None:
+                if not any(r.id == req for r in view.requests):
+                    refused = "the leader refused it or it was cancelled: see haagent events"
+                    if progress is not None:
+                        progress.stop()
+                    fail(refused, 1)
+                sleep(poll)
+                continue
+            p = op_progress(view, op)
+            if progress is not None:
+                progress.update(overall, description=f"{p['kind']} {p['host']}", total=p["total"], completed=p["moved"])
+                for vm, st in p["vms"].items():
+                    if vm not in bars:
+                        bars[vm] = progress.add_task(vm, total=1)
+                    progress.update(bars[vm], description=f"  {vm}: {st}", completed=p["fraction"][vm])
+            elif p != last:
+                _emit(as_json, p, f"{p['kind']} {p['host']}: {p['moved']}/{p['total']} moved; "
+                      + ", ".join(f"{vm} {st}" for vm, st in p["vms"].items()))
+            last = p
+            if p["done"] or p["paused"]:
+                break
+            sleep(poll)
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.stop()
+        click.echo(f"\nstopped watching; the operation goes on with the leader. Watch it again: {how}", err=True)
+        return
+    if progress is not None:
+        progress.stop()
+    if last and last["paused"]:
+        fail(f"{last['kind']} {last['host']} paused: see haagent status and the drain_paused alert", 1)

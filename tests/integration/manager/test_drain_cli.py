@@ -1,0 +1,143 @@
+"""`haagent host drain|undrain`, `vm migrate`, `migrations` against a real etcd: bad input is one
+line and exit 2 with nothing written; a good one is one request for the leader; JSON on each."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from haagent.cli import main
+from haagent.state.view import VmSpec
+from haagent.store.client import EtcdStore
+from haagent.store.keys import Keys
+
+K = Keys("it")
+
+
+@pytest.fixture
+def cluster(etcd1, cli_config):
+    store = EtcdStore(etcd1.endpoints, timeout=1)
+    lease, _ = store.grant(60)
+    running = {"h1": ["vm1", "vm2"], "h2": [], "h3": []}
+    for h, vms in running.items():
+        store.put(K.host_state(h), json.dumps({"state": "active", "reason": "test", "epoch": 1, "since": 0.0}))
+        store.put(K.host_alive(h), "{}", lease)
+        store.put(K.host_report(h), json.dumps({"cpus": 8, "memory_mib": 8192, "running_vms": vms}))
+    for i, mem in ((1, 512), (2, 2048)):
+        store.put(K.vm_spec(f"vm{i}"), json.dumps(VmSpec(f"vm{i}", f"acme-prod-web-{i}", memory_mib=mem).to_dict()))
+        store.put(K.vm_placement(f"vm{i}"), json.dumps({"host": "h1", "epoch": 1, "op": "", "reason": "test"}))
+    try:
+        yield store, cli_config
+    finally:
+        store.close()
+
+
+def _run(cfg, *args):
+    return CliRunner().invoke(main, [*args, "--config", cfg])
+
+
+def _requests(store):
+    kvs, _ = store.get_prefix(K.requests)
+    return [json.loads(kv.value) for kv in kvs]
+
+
+def _state(store, host, state):
+    store.put(K.host_state(host), json.dumps({"state": state, "reason": "test", "epoch": 1, "since": 0.0}))
+
+
+def test_bad_drains_are_one_line_exit_2_and_write_nothing(cluster):
+    store, cfg = cluster
+    res = _run(cfg, "host", "drain", "h9")
+    assert res.exit_code == 2 and res.output.strip() == "haagent: refused: unknown host 'h9'"
+    _state(store, "h2", "draining")
+    res = _run(cfg, "host", "drain", "h2")
+    assert res.exit_code == 2 and "h2 is already draining" in res.output
+    _state(store, "h3", "maintenance")
+    res = _run(cfg, "host", "drain", "h1")
+    assert res.exit_code == 2 and "h1 is the last active host" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    res = _run(cfg, "host", "undrain", "h1")
+    assert res.exit_code == 2 and "h1 is active, not draining or in maintenance" in res.output
+    res = _run(cfg, "vm", "migrate", "acme-prod-web-1", "--to", "h1")
+    assert res.exit_code == 2 and "runs on h1 already" in res.output
+    assert _requests(store) == []
+
+
+def test_dry_run_prints_the_plan_largest_first_and_moves_nothing(cluster):
+    store, cfg = cluster
+    res = _run(cfg, "host", "drain", "h1", "--dry-run", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["dry_run"] and [m["name"] for m in out["plan"]] == ["acme-prod-web-2", "acme-prod-web-1"]
+    assert {m["to"] for m in out["plan"]} <= {"h2", "h3"} and all(m["to"] for m in out["plan"])
+    assert _requests(store) == []
+
+
+def test_drain_undrain_and_migrate_put_one_request_each(cluster):
+    store, cfg = cluster
+    res = _run(cfg, "host", "drain", "h1", "--max-parallel", "1", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["host"] == "h1"
+    [req] = _requests(store)
+    assert (req["kind"], req["host"], req["options"]) == ("drain", "h1", {"partial": False, "max_parallel": 1})
+    res = _run(cfg, "host", "drain", "h1")  # the leader has not acted on the first one yet
+    assert res.exit_code == 2 and "h1 is already draining (its request waits for the leader)" in res.output
+    assert len(_requests(store)) == 1
+    _state(store, "h1", "maintenance")
+    assert _run(cfg, "host", "undrain", "h1", "--return-vms").exit_code == 0
+    res = _run(cfg, "vm", "migrate", "acme-prod-web-2", "--to", "h3", "--json")
+    assert res.exit_code == 0 and json.loads(res.output)["to"] == "h3"
+    kinds = sorted((r["kind"], r.get("vm", ""), json.dumps(r.get("options"), sort_keys=True)) for r in _requests(store))
+    assert kinds == [("drain", "", '{"max_parallel": 1, "partial": false}'), ("migrate", "vm2", '{"to": "h3"}'),
+                     ("undrain", "", '{"return_vms": true}')]
+
+
+def test_migrations_lists_those_in_flight_and_the_last_outcomes(cluster):
+    store, cfg = cluster
+    store.put(K.vm_migration("vm2"), json.dumps({"from": "h1", "to": "h2", "epoch": 3, "deadline": 61.4,
+                                                 "op": "drain-h1", "attempt": 1}))
+    store.put(K.host_migration("h1", "vm1"), json.dumps({"to": "h3", "op": "drain-h1", "attempt": 1,
+                                                         "outcome": "completed", "location": "destination",
+                                                         "duration_s": 2.0, "downtime_ms": 41,
+                                                         "data_total": 536870912, "at": 5.0}))
+    # the source's job info while it runs (libvirt's jobStats, a "running" record)
+    store.put(K.host_migration("h1", "vm2"), json.dumps({"to": "h2", "op": "drain-h1", "attempt": 1,
+                                                         "outcome": "running", "location": "source",
+                                                         "duration_s": 1.5, "data_total": 2 << 30,
+                                                         "data_processed": 1 << 30, "data_remaining": 1 << 30}))
+    res = _run(cfg, "migrations", "--json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    assert (rows[0]["data_processed"], rows[0]["data_remaining"]) == (1 << 30, 1 << 30)
+    assert [(r["name"], r["state"], r["to"]) for r in rows] == [("acme-prod-web-2", "migrating", "h2"),
+                                                                ("acme-prod-web-1", "completed", "h3")]
+    assert rows[1]["downtime_ms"] == 41
+    res = CliRunner(env={"COLUMNS": "160"}).invoke(main, ["migrations", "--config", cfg])
+    assert "acme-prod-web-1" in res.output and res.exit_code == 0 and "completed" in res.output and "41 ms" in res.output and "256" in res.output
+
+
+def test_wait_follows_the_operation_from_its_journal_and_the_sources_job_info(cluster):
+    from haagent.manager.migrate_cli import op_progress
+    from haagent.state.codec import build_view
+
+    store, cfg = cluster
+    op = "drain-h1-1-5"
+    store.put(f"{K.op(op)}/head", json.dumps({"kind": "drain", "host": "h1", "epoch": 1}))
+    store.put(f"{K.op(op)}/0000", json.dumps({"step": "intent", "at": 1.0, "detail": {"vms": ["vm2", "vm1"],
+                                                                                     "request": "r1"}}))
+    store.put(f"{K.op(op)}/0001", json.dumps({"step": "migrated", "at": 2.0, "detail": {"vm": "vm1", "to": "h3"}}))
+    store.put(f"{K.op(op)}/0002", json.dumps({"step": "migrate_start", "at": 2.0,
+                                             "detail": {"vm": "vm2", "to": "h2", "attempt": 1}}))
+    store.put(K.vm_migration("vm2"), json.dumps({"from": "h1", "to": "h2", "epoch": 1, "deadline": 60, "op": op,
+                                                 "attempt": 1}))
+    store.put(K.host_migration("h1", "vm2"), json.dumps({"to": "h2", "op": op, "attempt": 1, "outcome": "running",
+                                                         "location": "source", "data_total": 2 << 30,
+                                                         "data_processed": 1 << 29, "data_remaining": 3 << 29}))
+    kvs, _ = store.get_prefix(K.root)
+    view = build_view({kv.key: kv for kv in kvs}, K, 0)
+    p = op_progress(view, view.ops[op])
+    assert (p["moved"], p["total"], p["done"]) == (1, 2, False)
+    assert p["fraction"] == {"acme-prod-web-2": 0.25, "acme-prod-web-1": 1.0}
+    assert p["vms"]["acme-prod-web-2"] == "migrating to h2 (attempt 1) 512/2048 MiB, 1536 MiB left"
