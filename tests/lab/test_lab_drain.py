@@ -18,14 +18,23 @@ from haagent.store.keys import Keys
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def view(lab: Lab) -> ClusterView:
+def view(lab: Lab, attempts: int = 10) -> ClusterView:
+    """The cluster as stored. A member this test cut off hangs a read until its timeout, and a
+    fresh store may try it first: such a read is tried again (the agents' stores do the same)."""
+    from haagent.errors import StoreError
+
     keys = Keys(lab.prefix)
-    store = lab.etcd_store(timeout=1)
-    try:
-        kvs, _ = store.get_prefix(keys.root)
-    finally:
-        store.close()
-    return build_view({kv.key: kv for kv in kvs}, keys, 0)
+    for attempt in range(attempts):
+        store = lab.etcd_store(timeout=1)
+        try:
+            kvs, _ = store.get_prefix(keys.root)
+            return build_view({kv.key: kv for kv in kvs}, keys, 0)
+        except StoreError:
+            if attempt == attempts - 1:
+                raise
+        finally:
+            store.close()
+    raise AssertionError("unreachable")
 
 
 def running_everywhere(lab: Lab) -> dict[str, list[str]]:
