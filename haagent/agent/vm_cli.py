@@ -10,10 +10,10 @@ import json
 
 import click
 
-from haagent.clikit import LazyGroup, config_option, fail, fail_store
-from haagent.state.requests import open_store, send_request
+from haagent.clikit import LazyGroup, config_option, fail
+from haagent.state.requests import read_view, send_request
 from haagent.config import Config
-from haagent.errors import HaagentError, StoreError
+from haagent.errors import HaagentError
 
 
 def _hypervisor(config: Config):
@@ -94,16 +94,7 @@ def list_vms(config: Config, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from haagent.state.codec import build_view
-
-    store, keys = open_store(config)
-    try:
-        kvs, _ = store.get_prefix(keys.root)
-    except StoreError as exc:
-        fail_store(exc)
-    finally:
-        store.close()
-    view = build_view({kv.key: kv for kv in kvs}, keys, 0)
+    view = read_view(config)
     rows = []
     for u, spec in sorted(view.specs.items(), key=lambda x: (-(x[1].priority or 0), x[1].name)):
         running = sorted(h for h, hv in view.hosts.items() if u in hv.running)

@@ -12,27 +12,19 @@ from typing import Any
 import click
 
 import policies.cli as plan_cli
-from haagent.clikit import LazyGroup, config_option, fail, report_config_error
+from haagent.clikit import LazyGroup, config_option, report_config_error
 from haagent.config import Config, load_config
-from haagent.errors import ConfigError, StoreError
+from haagent.errors import ConfigError
 from haagent.manager.live import LiveCluster, live_cluster
 from policies.config import PolicyConfig
 
 
 def read_live(config: Config) -> LiveCluster:
-    """The live cluster, read from etcd with ``config``; one line and exit 1 when unreachable."""
-    from haagent.state.codec import build_view
-    from haagent.state.requests import open_store
+    """The live cluster, read from etcd with ``config``; one line and exit 1 when etcd refuses or
+    cannot be reached."""
+    from haagent.state.requests import read_view
 
-    store, keys = open_store(config)
-    try:
-        kvs, _revision = store.get_prefix(keys.root)
-    except StoreError as exc:
-        endpoints = ", ".join(str(e) for e in config.etcd.endpoints)
-        fail(f"cannot reach etcd at {endpoints}: {exc}")
-    finally:
-        store.close()
-    view = build_view({kv.key: kv for kv in kvs}, keys, 0)
+    view = read_view(config, where=", ".join(str(e) for e in config.etcd.endpoints))
     return live_cluster(view, config.policy)
 
 

@@ -14,23 +14,13 @@ from typing import Any, Callable
 
 import click
 
-from haagent.clikit import config_option, fail, fail_store
+from haagent.clikit import config_option, fail
 from haagent.config import Config
-from haagent.errors import StoreError
-from haagent.state.requests import open_store, send_request
+from haagent.state.requests import read_view, send_request
 
 
 def _view(config: Config):
-    from haagent.state.codec import build_view
-
-    store, keys = open_store(config)
-    try:
-        kvs, _ = store.get_prefix(keys.root)
-    except StoreError as exc:
-        fail_store(exc)
-    finally:
-        store.close()
-    return build_view({kv.key: kv for kv in kvs}, keys, 0)
+    return read_view(config)
 
 
 def _mover(config: Config):

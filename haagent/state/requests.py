@@ -20,6 +20,21 @@ def open_store(config: Config) -> tuple[Any, Any]:
     return EtcdStore.from_config(config.etcd), Keys(config.cluster)
 
 
+def read_view(config: Config, where: str = "") -> Any:
+    """The cluster as the leader's codec decodes it, read once from etcd with ``config``;
+    one line and exit when etcd refuses or cannot be reached (``where`` names the endpoints)."""
+    from haagent.state.codec import build_view
+
+    store, keys = open_store(config)
+    try:
+        kvs, _ = store.get_prefix(keys.root)
+    except StoreError as exc:
+        fail_store(exc, where)
+    finally:
+        store.close()
+    return build_view({kv.key: kv for kv in kvs}, keys, 0)
+
+
 def send_request(config: Config, kind: str, host: str = "", **extra: object) -> str:
     """Put one operator request for the leader under ``requests/``; its id."""
     store, keys = open_store(config)
