@@ -95,6 +95,7 @@ class LeaderShell:
         self._results: queue.Queue[tuple[int, JournalStep]] = queue.Queue()
         self._reads: queue.Queue[tuple[int, PowerRead]] = queue.Queue()
         self._cancel = threading.Event()  # set when the epoch that dispatched the running fences ends
+        self.view: ClusterView | None = None  # what the last step decided from
 
     @property
     def leading(self) -> bool:
@@ -110,6 +111,7 @@ class LeaderShell:
         self._cancel.set()
         self._cancel = threading.Event()
         self.status = None
+        self.view = None
         if self.alerts:  # no longer ours to raise: the next leader raises what still holds
             self.sink("alerts_dropped", {"alerts": self.alerts})
             self.alerts = frozenset()
@@ -161,6 +163,7 @@ class LeaderShell:
         now = self.clock()
         status = core.with_power_reads(self.status, reads, now, self.config) if reads else self.status
         self.status = status  # an answer is kept even if this step's write fails
+        self.view = view
         status, actions = core.step(view, status, now, self.config, self.placer, self.mover)
         writes = any(not isinstance(a, (Alert, FenceHost, ReadPower)) for a in actions)
         if writes:
@@ -536,7 +539,7 @@ class LeaderLoop:
         self.scorer = scorer  # the rebalance planner's score of a view (published every SCORE_INTERVAL)
         self._scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rebalance-score")
         self._score: Future | None = None
-        self._score_due = self._gauges_due = 0.0
+        self._score_due = 0.0
         self._drained: set[str] = set()  # hosts whose VMs-left gauge we set
 
     @property
@@ -555,17 +558,13 @@ class LeaderLoop:
             self._publish_gauges()
 
     def _publish_gauges(self) -> None:
-        """Every GAUGE_INTERVAL: migrations in flight and drains from the view; every
-        SCORE_INTERVAL, the imbalance score, computed off the tick's thread."""
-        now = self.clock()
-        if now < self._gauges_due:
+        """Migrations in flight and drains from the view the step decided from, every tick (a
+        drain can be over within seconds); the imbalance score every SCORE_INTERVAL, computed
+        off the tick's thread."""
+        view = self.shell.view
+        if view is None:
             return
-        self._gauges_due = now + GAUGE_INTERVAL
-        try:
-            view = self.shell.store.view()
-        except StoreError:
-            return  # not current: the next round publishes
-        fig = migration_figures(view)
+        fig = migration_figures(view)  # (counts placements only while a drain is open)
         metrics.MIGRATIONS_IN_FLIGHT.set(fig.in_flight)
         metrics.DRAINS_IN_PROGRESS.set(fig.drains)
         for host in sorted(self._drained - set(fig.vms_left)):
@@ -573,6 +572,7 @@ class LeaderLoop:
         for host, n in fig.vms_left.items():
             metrics.DRAIN_VMS_LEFT.labels(host=host).set(n)
         self._drained |= set(fig.vms_left)
+        now = self.clock()
         if self.scorer is None or now < self._score_due or (self._score and not self._score.done()):
             return
         self._score_due = now + SCORE_INTERVAL
@@ -603,7 +603,6 @@ class LeaderLoop:
         self._health = self.fences.pool.submit(run)
 
 
-GAUGE_INTERVAL = 5.0  # seconds between publications of the leader's migration and drain gauges
 # The score converts the whole live cluster (~0.25 s of a core at 1,000 hosts / 20,000 VMs).
 SCORE_INTERVAL = 30.0
 

@@ -131,34 +131,30 @@ def test_the_published_score_is_the_planners_score_of_the_live_cluster():
     assert got > 0 and got == score(live_cluster(view, PolicyConfig()).cluster, PolicyConfig())
 
 
-class _View:
-    def __init__(self, view):
-        self.v = view
-
-    def view(self):
-        return self.v
-
-
-def test_the_leader_loop_publishes_its_gauges_and_the_score_off_its_thread():
+def test_the_leader_loop_publishes_its_gauges_every_tick_and_the_score_off_its_thread():
     now = [100.0]
     loop = shell.LeaderLoop(None, None, None, shell.core.ManagerConfig(), None, lambda *a: ({}, {}),  # type: ignore[arg-type]
-                            clock=lambda: now[0], scorer=lambda view: 0.42)
+                            clock=lambda: now[0], scorer=lambda view: 0.42 if view.placements["u1"] == "h9" else 0.1)
     try:
+        loop._publish_gauges()  # nothing decided yet: nothing published
+        assert loop._score is None
         ops = {"d1": Op("d1", "drain", "h9", 1, (OpStep("intent", 1.0),))}
-        loop.shell.store = _View(ClusterView(1, {}, {}, {"u1": "h9"}, ops,
-                                             {"u1": Migration("u1", "h9", "h2", 1, 10.0, "d1", 1)}))
+        loop.shell.view = ClusterView(1, {}, {}, {"u1": "h9"}, ops, {"u1": Migration("u1", "h9", "h2", 1, 10.0, "d1", 1)})
         loop._publish_gauges()
         loop._score.result(timeout=5)  # type: ignore[union-attr]
         assert value("haagent_rebalance_score") == 0.42
         assert (value("haagent_migrations_in_flight"), value("haagent_drains_in_progress")) == (1, 1)
         assert value("haagent_drain_vms_left", host="h9") == 1
-        # the drain ends: the host keeps a 0, and nothing is published again before the interval
-        loop.shell.store = _View(ClusterView(1, {}, {}, {"u1": "h2"}))
-        loop._publish_gauges()
-        assert value("haagent_drains_in_progress") == 1
-        now[0] += shell.GAUGE_INTERVAL
+        # the drain ends: the host keeps a 0 at once; the score waits for its interval
+        loop.shell.view = ClusterView(1, {}, {}, {"u1": "h2"})
         loop._publish_gauges()
         assert value("haagent_drains_in_progress") == 0 and value("haagent_migrations_in_flight") == 0
         assert metrics.REGISTRY.get_sample_value("haagent_drain_vms_left", {"host": "h9"}) == 0
+        loop._score.result(timeout=5)  # type: ignore[union-attr]
+        assert value("haagent_rebalance_score") == 0.42
+        now[0] += shell.SCORE_INTERVAL
+        loop._publish_gauges()
+        loop._score.result(timeout=5)  # type: ignore[union-attr]
+        assert value("haagent_rebalance_score") == 0.1
     finally:
         loop.close()
