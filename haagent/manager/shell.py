@@ -603,7 +603,8 @@ class LeaderLoop:
         self._health = self.fences.pool.submit(run)
 
 
-# The score converts the whole live cluster (~0.25 s of a core at 1,000 hosts / 20,000 VMs).
+# The score converts the whole live cluster: ~0.4 s of a core at 1,000 hosts / 20,000 VMs
+# (BENCHMARKS.md, "Leader metrics").
 SCORE_INTERVAL = 30.0
 
 
