@@ -126,3 +126,7 @@ def test_every_dashboard_panel_returns_data_after_a_drain_and_a_failover(mon_lab
     assert decisions == {"place", "move"}, decisions
     left = {s["metric"]["host"]: float(s["value"][1]) for s in mon_lab.query(panels["VMs left to drain"].expr)}
     assert left == {broken: 0}, left
+    shown = {t: {next(iter(s["metric"].values()), ""): float(s["value"][1]) for s in mon_lab.query(panels[t].expr)}
+             for t in ("Migration time by outcome", "Guest downtime per migration", "Data moved per migration",
+                       "Placement decision time", "Imbalance score")}
+    print(f"\n{shown}")
