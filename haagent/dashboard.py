@@ -34,7 +34,9 @@ class PanelSpec:
     width: int = 8
 
 
-ROWS = ("Cluster health", "Failover", "Fencing", "VMs", "Hosts: CPU, memory, NUMA")
+ROWS = ("Cluster health", "Failover", "Fencing", "Migrations and drains", "Placement and rebalance", "VMs",
+        "Hosts: CPU, memory, NUMA")
+MIGRATIONS, PLACEMENT = ROWS[3], ROWS[4]
 
 PANELS: tuple[PanelSpec, ...] = (
     # -- cluster health ------------------------------------------------------------------------
@@ -94,6 +96,57 @@ PANELS: tuple[PanelSpec, ...] = (
               "completed the fence path check; it should stay below check_interval.",
               "time() - max(haagent_fence_check_last_run_timestamp_seconds)", "age", kind="stat",
               unit="s", width=12),
+    # -- migrations and drains --------------------------------------------------------------------
+    PanelSpec(MIGRATIONS, "Migrations by kind and result", "Live migrations the current leader "
+              "settled, by the operation that ordered them (drain, migrate, return, rebalance) and "
+              "result (completed, failed, aborted-deadline, aborted-request, interrupted).",
+              "sum by (kind, result) (haagent_migrations_total" + _LEADER + ")", "{{kind}} {{result}}",
+              kind="bargauge"),
+    PanelSpec(MIGRATIONS, "Migrations in flight", "Live migrations ordered and not settled yet; "
+              "[migration] max_cluster bounds it.",
+              "max(haagent_migrations_in_flight" + _LEADER + ")", "in flight"),
+    PanelSpec(MIGRATIONS, "Drains in progress", "Host drains open now; a paused one raises "
+              "drain_paused (HaagentNeedsHuman).",
+              "max(haagent_drains_in_progress" + _LEADER + ")", "drains", kind="stat"),
+    PanelSpec(MIGRATIONS, "Migration time by outcome", "Mean seconds a live migration took on its "
+              "source agent, from start to outcome, by outcome.",
+              "sum by (outcome) (haagent_migration_seconds_sum) / "
+              "(sum by (outcome) (haagent_migration_seconds_count) > 0)", "{{outcome}}", kind="bargauge",
+              unit="s"),
+    PanelSpec(MIGRATIONS, "Guest downtime per migration", "Mean pause of the guest in a completed "
+              "live migration, as libvirt reported it, by source agent.",
+              "sum by (instance) (haagent_migration_downtime_seconds_sum) / "
+              "(sum by (instance) (haagent_migration_downtime_seconds_count) > 0)", "{{instance}}",
+              kind="bargauge", unit="s"),
+    PanelSpec(MIGRATIONS, "Data moved per migration", "Mean bytes a completed live migration "
+              "transferred, as libvirt reported it, by source agent.",
+              "sum by (instance) (haagent_migration_bytes_sum) / "
+              "(sum by (instance) (haagent_migration_bytes_count) > 0)", "{{instance}}", kind="bargauge",
+              unit="bytes"),
+    PanelSpec(MIGRATIONS, "VMs left to drain", "VMs still placed on each host being drained; a "
+              "host stays at 0 once drained (until the leader restarts).",
+              "max by (host) (haagent_drain_vms_left" + _LEADER + ")", "{{host}}", width=24),
+    # -- placement and rebalance ----------------------------------------------------------------
+    PanelSpec(PLACEMENT, "Placements by reason", "Placements the current leader wrote, by reason: "
+              "failover, drain, migrate, return, rebalance, relocate, adopted, followed (a VM "
+              "moved by hand), interrupted_migration.",
+              "sum by (reason) (haagent_placements_total" + _LEADER + ")", "{{reason}}", kind="bargauge"),
+    PanelSpec(PLACEMENT, "Placement decision time", "Mean seconds one placement decision took on "
+              "the current leader: place (VMs to start) and move (live migration targets).",
+              "sum by (decision) (haagent_placement_seconds_sum" + _LEADER + ") / "
+              "(sum by (decision) (haagent_placement_seconds_count" + _LEADER + ") > 0)", "{{decision}}",
+              kind="bargauge", unit="s"),
+    PanelSpec(PLACEMENT, "Imbalance score", "The rebalance planner's imbalance score of the cluster "
+              "(lower is better; docs/placement.md): what a rebalance round would start from.",
+              "max(haagent_rebalance_score" + _LEADER + ")", "score"),
+    PanelSpec(PLACEMENT, "Rebalance moves by mode", "VM moves rebalance rounds proposed (advise) "
+              "or started (auto).",
+              "sum by (mode) (haagent_rebalance_moves_total" + _LEADER + ")", "{{mode}}", kind="bargauge",
+              width=12),
+    PanelSpec(PLACEMENT, "Rebalance rounds by result", "Rebalance rounds by result: planned (moves "
+              "found), quiet (nothing worth moving) or skipped (the round did not run).",
+              "sum by (result) (haagent_rebalance_rounds_total" + _LEADER + ")", "{{result}}",
+              kind="bargauge", width=12),
     # -- VMs ------------------------------------------------------------------------------------
     PanelSpec("VMs", "VM starts and stops by agents", "VM starts and stops the agents made (a "
               "failover restarts VMs through them), by action and result, since each agent started.",
@@ -125,7 +178,8 @@ def build() -> dict:
     source = DataSourceRef(type_val="prometheus", uid="${datasource}")
     dash = (Dashboard("haagent").uid(UID).tags(["haagent", "ha", "kvm"]).refresh("30s")
             .time("now-6h", "now").timezone("browser")
-            .description("haagent: leader, host states, failovers, fencing, VMs and host use "
+            .description("haagent: leader, host states, failovers, fencing, migrations and drains, "
+                         "placement and rebalance, VMs and host use "
                          "(generated by haagent/dashboard.py; docs/monitoring.md)")
             .with_variable(DatasourceVariable("datasource").label("Prometheus").type("prometheus")))
     panel_id = 1

@@ -41,6 +41,32 @@ TICK_ERRORS = Counter("haagent_tick_errors_total", "Agent loop rounds that faile
 VM_SPECS_REJECTED = Counter("haagent_vm_specs_rejected_total", "Domain specs from etcd refused by the allowlist, by rule", ["rule"], registry=REGISTRY)
 VM_ACTIONS = Counter("haagent_vm_actions_total", "VM starts and stops by the agent", ["action", "result"], registry=REGISTRY)
 
+# -- live migrations and drains -----------------------------------------------------------------
+# Agent side: each migration this host ran as the source, from its MigrationResult.
+MIGRATION_SECONDS = Histogram("haagent_migration_seconds", "Live migrations this host ran as the source: seconds from start to outcome",
+                              ["outcome"], registry=REGISTRY, buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800))
+MIGRATION_DOWNTIME_SECONDS = Histogram("haagent_migration_downtime_seconds", "Guest downtime of each completed live migration, as libvirt reported it",
+                                       registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+MIGRATION_BYTES = Histogram("haagent_migration_bytes", "Data each completed live migration transferred, as libvirt reported it",
+                            registry=REGISTRY, buckets=tuple(2.0**k for k in range(24, 40, 2)))  # 16 MiB .. 256 GiB
+# Leader side: from what the migration executor's steps commit.
+MIGRATIONS = Counter("haagent_migrations_total", "Live migrations the leader settled, by the operation's kind (drain, migrate, return, "
+                     "rebalance) and result (completed, failed, aborted-deadline, aborted-request, interrupted)",
+                     ["kind", "result"], registry=REGISTRY)
+MIGRATIONS_IN_FLIGHT = Gauge("haagent_migrations_in_flight", "Live migrations ordered and not settled yet (leader only)", registry=REGISTRY)
+DRAINS_IN_PROGRESS = Gauge("haagent_drains_in_progress", "Drain operations open now (leader only)", registry=REGISTRY)
+DRAIN_VMS_LEFT = Gauge("haagent_drain_vms_left", "VMs still placed on each host being drained; 0 once drained (leader only)",
+                       ["host"], registry=REGISTRY)
+
+# -- placement and rebalance ----------------------------------------------------------------------
+PLACEMENTS = Counter("haagent_placements_total", "Placements the leader wrote, by reason (failover, drain, migrate, return, rebalance, "
+                     "relocate, adopted, followed, interrupted_migration, other)", ["reason"], registry=REGISTRY)
+PLACEMENT_SECONDS = Histogram("haagent_placement_seconds", "Time one placement decision took (place: VMs to start; move: live migration targets)",
+                              ["decision"], registry=REGISTRY, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+REBALANCE_SCORE = Gauge("haagent_rebalance_score", "The cluster's imbalance score at the last rebalance round (leader only)", registry=REGISTRY)
+REBALANCE_MOVES = Counter("haagent_rebalance_moves_total", "VM moves a rebalance round proposed (advise) or started (auto)", ["mode"], registry=REGISTRY)
+REBALANCE_ROUNDS = Counter("haagent_rebalance_rounds_total", "Rebalance rounds by result (planned, quiet, skipped)", ["result"], registry=REGISTRY)
+
 # -- events out (webhooks) -----------------------------------------------------------------------
 NOTIFY_QUEUED = Gauge("haagent_notify_queued", "Events waiting in this agent's webhook queue", registry=REGISTRY)
 NOTIFY_DELIVERED = Counter("haagent_notify_delivered_total", "Events the webhook receiver accepted (2xx)", registry=REGISTRY)
@@ -59,3 +85,15 @@ def record_host_load(report: dict) -> None:
         if cell.get("memory_mib") is not None and cell.get("free_mib") is not None:
             HOST_NUMA_MEMORY.labels(cell=str(cell["id"])).set(cell["memory_mib"] * 2**20)
             HOST_NUMA_FREE.labels(cell=str(cell["id"])).set(cell["free_mib"] * 2**20)
+
+
+def record_migration(report) -> None:
+    """The source agent's figures of one finished migration (a ``MigrationReport``: outcome,
+    duration_s, downtime_ms, data_total; libvirt's figures are None when it gave none)."""
+    MIGRATION_SECONDS.labels(outcome=report.outcome).observe(max(0.0, report.duration_s))
+    if report.outcome != "completed":
+        return
+    if report.downtime_ms is not None:
+        MIGRATION_DOWNTIME_SECONDS.observe(report.downtime_ms / 1000)
+    if report.data_total is not None:
+        MIGRATION_BYTES.observe(report.data_total)

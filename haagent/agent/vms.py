@@ -275,6 +275,7 @@ class VmShell:
             report = MigrationReport(a.vm, self.host, a.dest, a.op, a.attempt, "failed", where,
                                      f"{type(exc).__name__}: {exc}", self.clock() - started, None, None, self.wall())
         metrics.VM_ACTIONS.labels(action="migrate", result="ok" if report.outcome == "completed" else "error").inc()
+        metrics.record_migration(report)
         log.info("vm_migration_finished", vm=a.vm, to=a.dest, outcome=report.outcome, location=report.location,
                  duration_s=round(report.duration_s, 3), downtime_ms=report.downtime_ms, error=report.error)
         with self._lock:

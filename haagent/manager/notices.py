@@ -9,9 +9,12 @@ Types (``[notify] events`` globs select among them; docs/automation.md shows eac
 * ``failover.finished``: a failover closed (``aborted`` says why if it did not recover), with its
   whole timeline as ``haagent events`` prints it;
 * ``alert.raised`` / ``alert.cleared``: a condition a human must look at (runbooks/);
+* ``<kind>.started`` / ``<kind>.finished``: another journaled operation (``drain``, ``migrate``,
+  ``return``...) opened or closed, the finished one with its journal;
 * ``cluster.<kind>``: every other cluster event the leader journals under ``events/`` (host_joined,
-  host_suspect, host_fenced, vm_started, vm_relocated...); drain and rebalance progress is added
-  there, so it reaches webhooks with no change here.
+  host_suspect, host_fenced, vm_started, vm_relocated, drain_started, migration_started,
+  migration_completed, migration_failed, host_maintenance...): the progress of drains and
+  migrations.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ def step_notices(view: ClusterView, actions: Iterable[ManagerAction], wall_now: 
     stamped ``wall_now``, as the codec stamps them in etcd."""
     out: list[Notice] = []
     new_steps: dict[str, list[OpStep]] = {}
+    kinds: dict[str, str] = {}  # ops opened by this step -> their kind
     for a in actions:
         if isinstance(a, SetHostState):
             out.append(("host.state_changed", {
@@ -38,6 +42,12 @@ def step_notices(view: ClusterView, actions: Iterable[ManagerAction], wall_now: 
         elif isinstance(a, JournalStep):
             step = OpStep(a.step.step, wall_now, a.step.detail)
             new_steps.setdefault(a.op, []).append(step)
+            old = view.ops.get(a.op)
+            kind = old.kind if old else kinds.setdefault(a.op, a.kind if step.step == "intent" else "failover")
+            if kind != "failover":  # a drain's or migration's journal: only its start and end go out
+                if step.step in ("intent", "done"):
+                    out.append(_operation_notice(view, a, kind, new_steps[a.op]))
+                continue
             if step.step == "intent":
                 out.append(("failover.started", {"failover": a.op, "host": a.host, **dict(step.detail)}))
             elif step.step == "fence":
@@ -54,6 +64,17 @@ def step_notices(view: ClusterView, actions: Iterable[ManagerAction], wall_now: 
             out.append((f"cluster.{a.kind}", {"host": a.host or None, "vm": a.vm or None,
                                               "failover": a.op or None, **dict(a.detail)}))
     return out
+
+
+def _operation_notice(view: ClusterView, a: JournalStep, kind: str, new_steps: list[OpStep]) -> Notice:
+    """``<kind>.started`` with the intent's details, or ``<kind>.finished`` with the whole journal."""
+    step = new_steps[-1]
+    if step.step == "intent":
+        return (f"{kind}.started", {"op": a.op, "host": a.host, **dict(step.detail)})
+    old = view.ops.get(a.op)
+    steps = (old.steps if old else ()) + tuple(new_steps)
+    journal = [{"step": s.step, "at": s.at, "t": round(s.at - steps[0].at, 3), **dict(s.detail)} for s in steps]
+    return (f"{kind}.finished", {"op": a.op, "host": a.host, **dict(step.detail), "journal": journal})
 
 
 def alert_notice(alert: Alert, raised: bool) -> Notice:

@@ -6,7 +6,7 @@ simulator and the daemon both pass this one in.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from haagent.manager.core import Placer
 from haagent.manager.live import live_cluster
@@ -55,3 +55,16 @@ def policy_mover(config: object = None) -> Placer:
                 {live.uuid[u.vm]: tuple(u.reasons) for u in result.unplaceable})
 
     return mover
+
+
+def policy_scorer(config: object = None) -> Callable[[ClusterView], float]:
+    """The rebalance planner's imbalance score (``policies.rebalance.score``) of the live cluster."""
+    from policies.config import PolicyConfig
+    from policies.rebalance import score
+
+    cfg = config if isinstance(config, PolicyConfig) else PolicyConfig()
+
+    def scorer(view: ClusterView) -> float:
+        return score(live_cluster(view, cfg).cluster, cfg)
+
+    return scorer

@@ -58,6 +58,28 @@ def test_an_aborted_failover_says_why():
     assert notices[0][0] == "failover.finished" and notices[0][1]["aborted"] == "host came back"
 
 
+def test_a_drain_is_no_failover_its_start_and_end_go_out_as_drain_events():
+    drain = "drain-h1-7-2000"
+    opened = [JournalStep(drain, "h1", OpStep("intent", 1.0, {"vms": ["u1"], "request": "r1"}), "drain"),
+              SetHostState("h1", HostState.ACTIVE, HostState.DRAINING, "operator: haagent host drain"),
+              Event("drain_started", host="h1", op=drain, detail={"vms": 1})]
+    notices = step_notices(view(), opened, 2000.0)
+    assert [t for t, _ in notices] == ["drain.started", "host.state_changed", "cluster.drain_started"]
+    assert notices[0][1] == {"op": drain, "host": "h1", "vms": ["u1"], "request": "r1"}
+    running = ClusterView(7, {}, {}, {}, ops={drain: Op(drain, "drain", "h1", 7, (
+        OpStep("intent", 2000.0, {"vms": ["u1"]}), OpStep("migrate_start", 2000.5, {"vm": "u1", "to": "h2"})))})
+    # a step of a drain's journal carries the default kind: the view's op says what it is
+    closed = [JournalStep(drain, "h1", OpStep("migrated", 5.0, {"vm": "u1", "to": "h2"})),
+              JournalStep(drain, "h1", OpStep("done", 5.0, {"moved": 1}))]
+    notices = step_notices(running, closed, 2001.5)
+    assert [t for t, _ in notices] == ["drain.finished"]
+    finished = notices[0][1]
+    assert (finished["op"], finished["moved"]) == (drain, 1)
+    assert [(r["step"], r["t"]) for r in finished["journal"]] == [
+        ("intent", 0.0), ("migrate_start", 0.5), ("migrated", 1.5), ("done", 1.5)]
+    assert finished["journal"][2]["vm"] == "u1"
+
+
 def test_alerts():
     a = Alert("fence_failed", host="h2", message="fencing failed: timeout")
     assert alert_notice(a, raised=True) == ("alert.raised", {"alert": "fence_failed", "host": "h2", "vm": None,
