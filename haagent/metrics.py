@@ -59,3 +59,8 @@ def record_host_load(report: dict) -> None:
         if cell.get("memory_mib") is not None and cell.get("free_mib") is not None:
             HOST_NUMA_MEMORY.labels(cell=str(cell["id"])).set(cell["memory_mib"] * 2**20)
             HOST_NUMA_FREE.labels(cell=str(cell["id"])).set(cell["free_mib"] * 2**20)
+
+# -- rebalancing (leader only) -----------------------------------------------------------------
+REBALANCE_SCORE = Gauge("haagent_rebalance_score", "The cluster's imbalance score at the last rebalance round (leader only)", registry=REGISTRY)
+REBALANCE_MOVES = Counter("haagent_rebalance_moves_total", "VM moves a rebalance round proposed (advise) or started (auto)", ["mode"], registry=REGISTRY)
+REBALANCE_ROUNDS = Counter("haagent_rebalance_rounds_total", "Rebalance rounds by result (planned, quiet, skipped)", ["result"], registry=REGISTRY)

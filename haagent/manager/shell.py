@@ -32,6 +32,7 @@ from haagent.errors import LeaseExpired, NotLeader, StoreError, StoreUnavailable
 from haagent.log import get_logger
 from haagent.manager import core
 from haagent.manager.notices import alert_notice, step_notices
+from haagent.manager.rebalance import Rebalancer
 from haagent.state.codec import DecodeMemo, action_compares, action_ops, build_view, fence_result_step
 from haagent.state.view import (Alert, ClusterView, FenceHost, JournalStep, ManagerAction, PowerRead, ReadPower,
                                 SetHostState)
@@ -85,9 +86,11 @@ class LeaderShell:
 
     def __init__(self, keys: Keys, config: core.ManagerConfig, placer: core.Placer, store: LeaderStore,
                  fences: FenceDispatch, *, clock: Callable[[], float], wall: Callable[[], float],
-                 sink: Sink, wake: Callable[[], None] = lambda: None, mover: core.Placer | None = None):
+                 sink: Sink, wake: Callable[[], None] = lambda: None, mover: core.Placer | None = None,
+                 rebalancer: Rebalancer | None = None):
         self.keys, self.config, self.placer, self.store, self.fences = keys, config, placer, store, fences
         self.mover = mover  # plans live migrations (None: the placer)
+        self.rebalancer = rebalancer  # plans rebalance rounds (None: no rounds)
         self.clock, self.wall, self.sink, self.wake = clock, wall, sink, wake
         self.status: core.ManagerStatus | None = None
         self.epoch = 0
@@ -161,7 +164,8 @@ class LeaderShell:
         now = self.clock()
         status = core.with_power_reads(self.status, reads, now, self.config) if reads else self.status
         self.status = status  # an answer is kept even if this step's write fails
-        status, actions = core.step(view, status, now, self.config, self.placer, self.mover)
+        status, actions = core.step(view, status, now, self.config, self.placer, self.mover, self.rebalancer,
+                                    self.wall())
         writes = any(not isinstance(a, (Alert, FenceHost, ReadPower)) for a in actions)
         if writes:
             revision = self._write(actions, view)
@@ -170,6 +174,9 @@ class LeaderShell:
                 # to fence it): nothing was written, nothing is dispatched; decide again next tick.
                 self.sink("step_retry", {"reason": "a host's lease changed under the step"})
                 return
+        rounds = status.rebalance.last
+        if rounds is not None and rounds.seq != self.status.rebalance.seq:
+            self.sink("rebalance_round", {"round": rounds})
         self.status = status
         for line in core.actions_summary(a for a in actions if not isinstance(a, Alert)):
             self.sink("action", {"line": line, "epoch": epoch})
@@ -396,6 +403,14 @@ class DaemonSink:
             for a in f["alerts"]:
                 metrics.ALERT.labels(name=a.name, host=a.host, vm=a.vm).set(0)
             log.info("alerts_dropped", reason="no longer the leader", alerts=sorted(a.name for a in f["alerts"]))
+        elif event == "rebalance_round":
+            r = f["round"]
+            log.info("rebalance_round", result=r.result, mode=r.mode, score=r.score, moves=r.moves, reason=r.reason)
+            metrics.REBALANCE_ROUNDS.labels(result=r.result).inc()
+            if r.score is not None:
+                metrics.REBALANCE_SCORE.set(r.score)
+            if r.moves:
+                metrics.REBALANCE_MOVES.labels(mode=r.mode).inc(r.moves)
         elif event == "started":
             log.info("manager_started", **f)
             self._send(lambda: [("leader.started", {"epoch": f["epoch"]})])
@@ -429,6 +444,8 @@ class DaemonSink:
             if not isinstance(a, JournalStep):
                 continue
             op = view.ops.get(a.op)
+            if (op.kind if op is not None else a.kind) != "failover":
+                continue  # drain and rebalance journals are not failover phases
             intent = op.last("intent") if op else None
             if a.step.step == "intent":
                 metrics.FAILOVER_PHASE_SECONDS.labels(phase="confirm").observe(float(a.step.detail.get("detect_after", 0)))
@@ -451,12 +468,14 @@ class LeaderLoop:
                  fencer: Fencer, placer: core.Placer, *, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, wake: Callable[[], None] = lambda: None,
                  notify: Callable[[str, Mapping[str, Any]], Any] | None = None,
-                 memo: DecodeMemo | None = None, mover: core.Placer | None = None):
+                 memo: DecodeMemo | None = None, mover: core.Placer | None = None,
+                 rebalancer: Rebalancer | None = None):
         self.fencer, self.clock = fencer, clock
         self.fences = ThreadedFences(fencer, clock)
         store = EtcdLeaderStore(keys, election, cache, memo)
         self.shell = LeaderShell(keys, config, placer, store, self.fences,
-                                 clock=clock, wall=wall, sink=DaemonSink(wall, notify), wake=wake, mover=mover)
+                                 clock=clock, wall=wall, sink=DaemonSink(wall, notify), wake=wake, mover=mover,
+                                 rebalancer=rebalancer)
         self._health: Future | None = None
         self._health_due = 0.0
 
@@ -497,4 +516,4 @@ def manager_config(config: Any) -> core.ManagerConfig:
         fence_delay=t.fence_delay, new_leader_grace=t.new_leader_grace, lease_ttl=float(t.lease_ttl),
         storm_threshold=m.storm_threshold, storm_window=m.storm_window, storm_read_timeout=m.storm_read_timeout,
         fence_retry_interval=m.fence_retry_interval, watchdog_margin=m.watchdog_margin,
-        auto_return_after=m.auto_return_after, migration=config.migration)
+        auto_return_after=m.auto_return_after, migration=config.migration, rebalance=config.rebalance)
