@@ -36,6 +36,9 @@ def step_notices(view: ClusterView, actions: Iterable[ManagerAction], wall_now: 
                 "host": a.host, "from": a.old.value if a.old else None, "to": a.new.value, "reason": a.reason,
                 "failover": a.failover or None, "epoch": view.epoch}))
         elif isinstance(a, JournalStep):
+            old = view.ops.get(a.op)
+            if (old.kind if old is not None else a.kind) != "failover":
+                continue  # drains and rebalances speak through their cluster.<kind> events
             step = OpStep(a.step.step, wall_now, a.step.detail)
             new_steps.setdefault(a.op, []).append(step)
             if step.step == "intent":
