@@ -222,3 +222,23 @@ def test_the_production_planner_spreads_the_busy_host_and_says_why():
 
 def test_status_memory_defaults():
     assert ManagerStatus(leader_since=0.0).rebalance.seq == 0
+
+
+def test_the_shell_records_each_round_in_the_metrics():
+    from haagent import metrics
+    from haagent.manager.rebalance import RoundRecord
+    from haagent.manager.shell import DaemonSink
+
+    def value(name, **labels):
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    planned, moves = value("haagent_rebalance_rounds_total", result="planned"), value(
+        "haagent_rebalance_moves_total", mode="auto")
+    skipped = value("haagent_rebalance_rounds_total", result="skipped")
+    sink = DaemonSink(wall=lambda: 0.0)
+    sink("rebalance_round", {"round": RoundRecord(1, "planned", "auto", 0.42, 3)})
+    sink("rebalance_round", {"round": RoundRecord(2, "skipped", "auto", None, 0, "h2 is draining")})
+    assert value("haagent_rebalance_rounds_total", result="planned") == planned + 1
+    assert value("haagent_rebalance_rounds_total", result="skipped") == skipped + 1
+    assert value("haagent_rebalance_moves_total", mode="auto") == moves + 3
+    assert value("haagent_rebalance_score") == 0.42
