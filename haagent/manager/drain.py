@@ -360,8 +360,9 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
         cancel = next((o for o in st.view.ops.values() if o.kind in ("drain", "return") and not o.finished), None)
         if cancel is not None and not op.has("cancelling"):
             st.journal(op.id, op.host, "cancelling", reason=f"{cancel.kind} of {cancel.host} (op {cancel.id})")
+        dropped = {s.detail.get("vm") for s in op.steps if s.step == "dropped"}
         todo = [] if cancel is not None or op.has("cancelling") else [
-            u for u in detail.get("vms", []) if u not in moved and u not in busy
+            u for u in detail.get("vms", []) if u not in moved and u not in busy and u not in dropped
             and st.placements.get(u) == rebalance.move_source(op, u)
             and st.states.get(rebalance.move_source(op, u)) is S.ACTIVE
             and st.states.get(rebalance.move_target(op, u)) is S.ACTIVE]
@@ -421,6 +422,8 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
         full = frozenset(h for h, n in load.into.items() if n >= limits.max_incoming)
         tried = frozenset(failed.get(spec.uuid, ()))
         to = fixed or (rebalance.move_target(op, spec.uuid) if op.kind == "rebalance" else "")
+        if op.kind == "rebalance" and to in full:
+            continue  # its planned target takes it once a migration into it ends
         avoid = base | full | ({h for h in st.view.hosts if h != to} if to else set())
         # Another target than the ones it failed on, if one takes it; else the same one again
         # (the only host left may have failed it for a passing reason, e.g. a job still winding down).
@@ -430,6 +433,12 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
         dest = chosen.get(spec.uuid)
         if dest == source:
             continue  # never: the mover keeps a VM off its own host
+        if dest is None and op.kind == "rebalance":
+            # Its planned target no longer takes it (the cluster changed since the round): the
+            # move is dropped, not re-planned here and not waited for; the next round plans afresh.
+            st.journal(op.id, op.host, "dropped", vm=spec.uuid, to=to,
+                       reason=", ".join(missed.get(spec.uuid, ())) or "no longer fits")
+            continue
         if dest is None:
             if not (full - base):  # not merely waiting for a busy target
                 blocked.append(f"{spec.name}: {', '.join(missed.get(spec.uuid, ())) or 'no host fits'}")

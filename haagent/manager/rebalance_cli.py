@@ -63,14 +63,14 @@ def plan_cmd(max_moves: int | None, as_json: bool, config: Config) -> None:
     lines = [f"score {plan.score_before:.4f} (threshold {cfg.threshold:g}) -> {plan.score_after:.4f} after "
              f"{len(plan.moves)} move(s), {plan.gib:.2f} GiB to migrate"]
     if plan.score_before <= cfg.threshold:
-        lines.append(f"  the score is at or below the threshold: a scheduled round moves nothing "
-                     f"('haagent rebalance run' would make these moves)")
+        lines.append("  the score is at or below the threshold: a scheduled round moves nothing "
+                     "('haagent rebalance run' would make these moves)")
     for i, m in enumerate(plan.moves, 1):
         lines.append(f"  {i}. {m.name:<28} {m.source} -> {m.dest}  {m.memory_mib / 1024:6.2f} GiB  "
                      f"score after {m.score_after:.4f}")
         lines.append(f"     why: {m.why}")
     if frozen:
-        lines.append(f"  left where they are: " + "; ".join(f"{_name(view, u)} ({why})" for u, why in sorted(frozen.items())))
+        lines.append("  left where they are: " + "; ".join(f"{_name(view, u)} ({why})" for u, why in sorted(frozen.items())))
     if data["busy"]:
         lines.append(f"  no round runs now: {data['busy']}")
     click.echo("\n".join(lines))

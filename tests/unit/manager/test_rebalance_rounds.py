@@ -242,3 +242,22 @@ def test_the_shell_records_each_round_in_the_metrics():
     assert value("haagent_rebalance_rounds_total", result="skipped") == skipped + 1
     assert value("haagent_rebalance_moves_total", mode="auto") == moves + 3
     assert value("haagent_rebalance_score") == 0.42
+
+
+def test_a_move_whose_target_no_longer_takes_it_is_dropped_not_blocking():
+    intent = OpStep("intent", 1.0, {"vms": ["vm1"], "moves": {"vm1": {"from": "a", "to": "c"}}})
+    op = Op("rebalance-7-1", "rebalance", "cluster", 7, (intent,), rev=5)
+
+    def refuses(todo, v, avoid):
+        return {}, {s.uuid: ("reserve: c keeps room for failover",) for s in todo}
+
+    v = view(ops={op.id: op})
+    _, acts = step(v, new_status(0.0), 10.0, CFG, lambda *a: ({}, {}), refuses)
+    [dropped] = [a for a in acts if isinstance(a, JournalStep) and a.step.step == "dropped"]
+    assert dropped.step.detail == {"vm": "vm1", "to": "c", "reason": "reserve: c keeps room for failover"}
+    assert not [a for a in acts if isinstance(a, StartMigration)]
+    assert not [a for a in acts if getattr(a, "name", "") == "drain_paused"]
+    after = replace(op, steps=(intent, OpStep("dropped", 2.0, {"vm": "vm1", "to": "c"}, 6)))
+    _, acts = step(view(ops={op.id: after}), new_status(0.0), 20.0, CFG, lambda *a: ({}, {}), refuses)
+    [done] = [a for a in acts if isinstance(a, JournalStep) and a.step.step == "done"]
+    assert done.step.detail == {"moved": 0, "dropped": ["vm1"]}
