@@ -364,6 +364,7 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
         todo = [] if cancel is not None or op.has("cancelling") else [
             u for u in detail.get("vms", []) if u not in moved and u not in busy and u not in dropped
             and st.placements.get(u) == rebalance.move_source(op, u)
+            and _running_on(st, u) == [rebalance.move_source(op, u)]  # (stopped since the round: dropped)
             and st.states.get(rebalance.move_source(op, u)) is S.ACTIVE
             and st.states.get(rebalance.move_target(op, u)) is S.ACTIVE]
     else:

@@ -261,3 +261,13 @@ def test_a_move_whose_target_no_longer_takes_it_is_dropped_not_blocking():
     _, acts = step(view(ops={op.id: after}), new_status(0.0), 20.0, CFG, lambda *a: ({}, {}), refuses)
     [done] = [a for a in acts if isinstance(a, JournalStep) and a.step.step == "done"]
     assert done.step.detail == {"moved": 0, "dropped": ["vm1"]}
+
+
+def test_a_vm_stopped_since_the_round_does_not_hold_the_op_open():
+    intent = OpStep("intent", 1.0, {"vms": ["vm1"], "moves": {"vm1": {"from": "a", "to": "c"}}})
+    op = Op("rebalance-7-1", "rebalance", "cluster", 7, (intent,), rev=5)
+    v = view(ops={op.id: op})
+    v = replace(v, hosts={**v.hosts, "a": replace(v.hosts["a"], running=v.hosts["a"].running - {"vm1"})})
+    _, acts = step(v, new_status(0.0), 10.0, CFG, lambda *a: ({}, {}), policy_mover())
+    [done] = [a for a in acts if isinstance(a, JournalStep) and a.step.step == "done"]
+    assert done.step.detail == {"moved": 0, "dropped": ["vm1"]}
