@@ -3,8 +3,8 @@ converted for the placement engine, then the rebalance planner's score) and the 
 drain figures it sets at every round, at three cluster sizes.
 
 Views are generated from a fixed seed: hosts with two NUMA cells and a smoothed load, VMs spread
-round-robin. The score runs off the leader's tick thread every ``SCORE_INTERVAL``; the figures
-run on it, every round.
+round-robin. A rebalance round computes the score on the leader's decision thread every
+``[rebalance] interval``; the figures are computed at every round.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import statistics
 import time
 
 from haagent.manager.live import live_cluster
-from haagent.manager.shell import SCORE_INTERVAL, migration_figures
+from haagent.config import RebalanceSection
+from haagent.manager.shell import migration_figures
 from haagent.model import HostCell, HostState
 from haagent.state.view import ClusterView, HostView, Migration, Op, OpStep, VmSpec
 from policies.config import PolicyConfig
@@ -23,6 +24,7 @@ from policies.rebalance import score
 
 SIZES = ((40, 800), (200, 4000), (1000, 20000))  # hosts, VMs
 REPEAT = 5
+INTERVAL = RebalanceSection.interval  # the default [rebalance] interval
 
 
 def make_view(n_hosts: int, n_vms: int, draining: int = 0, seed: int = 7) -> ClusterView:
@@ -68,13 +70,14 @@ def run() -> str:
         t_quiet = median_s(lambda: migration_figures(view))
         t_drain = median_s(lambda: migration_figures(busy))
         rows.append(f"| {n_hosts:,} / {n_vms:,} | {t_score * 1000:.1f} ms | "
-                    f"{t_score / SCORE_INTERVAL * 100:.2f} % | {t_quiet * 1e6:.0f} µs | {t_drain * 1000:.2f} ms |")
+                    f"{t_score / INTERVAL * 100:.2f} % | {t_quiet * 1e6:.0f} µs | {t_drain * 1000:.2f} ms |")
     return "\n".join([
         "## Leader metrics: the imbalance score and the migration gauges",
         "",
         f"Median CPU time (process time: the machine is shared) of {REPEAT} runs. The score is `policies.rebalance.score` of `live_cluster(view)`, "
-        f"as the leader publishes it every {SCORE_INTERVAL:.0f} s on its own thread "
-        "(`haagent_rebalance_score`); \"share of a core\" is its time over that interval. The "
+        f"as a rebalance round computes it on the leader's decision thread, every `[rebalance] interval` "
+        f"(default {INTERVAL:.0f} s), and publishes it (`haagent_rebalance_score`); \"share of a core\" "
+        "is its time over that interval. The "
         "figures (`haagent_migrations_in_flight`, `haagent_drains_in_progress`, "
         "`haagent_drain_vms_left`) are computed at every leader round from the round's view: "
         "without a drain they read only the open operations; with drains open (3 hosts here) "

@@ -28,6 +28,7 @@ from haagent.config import Config
     "migrations": "haagent.manager.migrate_cli:migrations",
     "drill": "haagent.lab.drill:drill",
     "etcd": "haagent.store.cli:etcd",
+    "rebalance": "haagent.manager.rebalance_cli:rebalance",
 })
 @click.version_option(package_name="haagent")
 def main() -> None:

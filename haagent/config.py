@@ -239,6 +239,48 @@ class MigrationSection:
 
 MIGRATION_ORDERS = ("largest", "name")
 
+REBALANCE_MODES = ("off", "advise", "auto")
+
+
+@dataclass(frozen=True)
+class RebalanceSection:
+    """[rebalance]: the leader's scheduled load rebalancing (docs/rebalance.md).
+
+    Every ``interval`` seconds while the wall clock is inside ``window`` (a cron expression whose
+    matching minutes are open, evaluated in ``timezone``; "always": no window), the leader plans a
+    round from the live inventory when the imbalance score is above ``threshold``: ``advise``
+    writes the plan as an event, ``auto`` migrates it, ``off`` plans nothing on its own.
+    """
+
+    mode: str = "advise"
+    interval: float = 300.0  # seconds between rounds
+    window: str = "always"
+    timezone: str = "UTC"  # the window's time zone (an IANA name)
+    threshold: float = 0.05  # a round plans nothing while the score is at or below this
+    min_gain: float = 0.01  # each move must lower the score by at least this (hysteresis)
+    max_moves_per_round: int = 4
+    max_gib_per_round: float = 64.0
+    vm_cooldown: float = 3600.0  # seconds a VM a rebalance moved is not moved again by one
+    cpu_weight: float | None = None  # the score's weights; None: [policy.rebalance]'s (default 1)
+    memory_weight: float | None = None
+
+
+def window_problem(window: str, timezone: str = "UTC") -> str | None:
+    """Why ``window`` (a 5-field cron expression, or "always") or ``timezone`` cannot be used; None if fine."""
+    if window != "always":
+        from croniter import croniter
+
+        if len(window.split()) != 5 or not croniter.is_valid(window):
+            return (f"window: must be a cron expression of 5 fields (minute hour day month weekday), "
+                    f"like \"* 22-23,0-5 * * *\", or \"always\" (got {window!r})")
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(timezone)
+    except (ValueError, KeyError, OSError):
+        return f"timezone: unknown time zone {timezone!r} (an IANA name like UTC or Europe/Paris)"
+    return None
+
 
 @dataclass(frozen=True)
 class Config:
@@ -251,6 +293,7 @@ class Config:
     agent: AgentSection = field(default_factory=AgentSection)
     manager: ManagerSection = field(default_factory=ManagerSection)
     migration: MigrationSection = field(default_factory=MigrationSection)
+    rebalance: RebalanceSection = field(default_factory=RebalanceSection)
     metrics_listen: str | None = "127.0.0.1:9464"
     log: LogConfig = field(default_factory=LogConfig)
     # Filled by the fencing and policies packages' own parsers (entry points, see _section_parsers).
@@ -432,6 +475,14 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         mi.problem("uri", f"must be a libvirt URI naming {{host}}, like qemu+tls://{{host}}/system (got {migration.uri!r})")
     mi.finish()
 
+    rebalance = _rebalance_section(top.sub("rebalance"), data)
+    if (rebalance.interval is not None and agent.load_smoothing is not None
+            and rebalance.interval < 3 * agent.load_smoothing):
+        # A round plans from the smoothed load: right after a round's migrations it still shows
+        # the moved VMs on their old hosts, and a round then would move more than it should.
+        problems.append(f"rebalance.interval: must be at least 3 x agent.load_smoothing ({3 * agent.load_smoothing:g}s), "
+                        f"so the load the hosts report has settled after a round's migrations (got {rebalance.interval:g})")
+
     m = top.sub("metrics")
     metrics_listen = m.string("listen", "127.0.0.1:9464")
     if metrics_listen:
@@ -466,10 +517,58 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         etcd=EtcdConfig(tuple(endpoints), etcd_timeout, ca_cert, cert, key, tuple(users)),
         timing=TimingConfig(heartbeat, int(ttl), fence_delay, grace, report_interval),
         libvirt_uri=libvirt_uri, libvirt_enabled=libvirt_enabled, agent=agent, manager=manager,
-        migration=migration, metrics_listen=metrics_listen or None, log=log_cfg,
-        fencing=sections.get("fencing"), policy=sections.get("policy"), notify=sections.get("notify"),
+        migration=migration, rebalance=rebalance, metrics_listen=metrics_listen or None, log=log_cfg,
+        fencing=sections.get("fencing"), policy=_with_weights(sections.get("policy"), rebalance),
+        notify=sections.get("notify"),
         source=source, tags=tuple(sorted(set(tags))),
     )
+
+
+def _rebalance_section(rb: Fields, data: Mapping[str, Any]) -> RebalanceSection:
+    d = RebalanceSection
+    section = RebalanceSection(
+        mode=rb.string("mode", d.mode, choices=REBALANCE_MODES),
+        interval=rb.number("interval", d.interval, positive=True, maximum=7 * 86400),
+        window=rb.string("window", d.window, non_empty=True),
+        timezone=rb.string("timezone", d.timezone, non_empty=True),
+        threshold=rb.number("threshold", d.threshold, non_negative=True),
+        min_gain=rb.number("min_gain", d.min_gain, non_negative=True),
+        max_moves_per_round=rb.number("max_moves_per_round", d.max_moves_per_round, minimum=1, maximum=1000,
+                                      integer=True),
+        max_gib_per_round=rb.number("max_gib_per_round", d.max_gib_per_round, positive=True),
+        vm_cooldown=rb.number("vm_cooldown", d.vm_cooldown, non_negative=True, maximum=30 * 86400),
+        cpu_weight=rb.number("cpu_weight", None, non_negative=True),
+        memory_weight=rb.number("memory_weight", None, non_negative=True),
+    )
+    if section.window is not None and section.timezone is not None:
+        problem = window_problem(section.window, section.timezone)
+        if problem is not None:
+            key, _, message = problem.partition(": ")
+            rb.problem(key, message)
+    if section.cpu_weight == 0 and section.memory_weight == 0:
+        rb.problem("cpu_weight", "cpu_weight and memory_weight cannot both be 0")
+    # One score for the leader and for `haagent plan`: these weights are [policy.rebalance]'s.
+    policy = data.get("policy")
+    given = policy.get("rebalance") if isinstance(policy, dict) else None
+    for name in ("cpu_weight", "memory_weight"):
+        mine = getattr(section, name)
+        theirs = given.get(name) if isinstance(given, dict) else None
+        if mine is not None and isinstance(theirs, (int, float)) and float(theirs) != mine:
+            rb.problem(name, f"is {mine:g} but policy.rebalance.{name} is {theirs:g}: the score has one set of "
+                             "weights, set it in one place")
+    rb.finish()
+    return section
+
+
+def _with_weights(policy: Any, rebalance: RebalanceSection) -> Any:
+    """``[policy]`` with the score weights ``[rebalance]`` sets, so every user of the score agrees."""
+    if policy is None or (rebalance.cpu_weight is None and rebalance.memory_weight is None):
+        return policy
+    base = policy
+    return replace(base, imbalance_cpu_weight=base.imbalance_cpu_weight if rebalance.cpu_weight is None
+                   else rebalance.cpu_weight,
+                   imbalance_memory_weight=base.imbalance_memory_weight if rebalance.memory_weight is None
+                   else rebalance.memory_weight)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

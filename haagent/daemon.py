@@ -208,7 +208,7 @@ class AgentDaemon:
     def _start_cache(self) -> None:
         """The watch-fed copy of the cluster's keys, and the shells that read it."""
         from haagent.agent.core import AgentConfig
-        from haagent.manager.placer import policy_mover, policy_placer, policy_scorer
+        from haagent.manager.placer import policy_mover, policy_placer, policy_rebalancer
         from haagent.manager.shell import LeaderLoop, manager_config
 
         while not self._stop.is_set():
@@ -243,7 +243,7 @@ class AgentDaemon:
                                      notify=self.notifier.publish if self.notifier is not None else None,
                                      memo=self.vms.views.memo if self.vms is not None else None,
                                      mover=policy_mover(self.config.policy),
-                                     scorer=policy_scorer(self.config.policy))
+                                     rebalancer=policy_rebalancer(self.config.policy))
 
     def tick(self) -> None:
         """One round: keep leadership honest, campaign if free, run VMs, report, lead."""

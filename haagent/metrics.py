@@ -66,6 +66,10 @@ PLACEMENT_SECONDS = Histogram("haagent_placement_seconds", "Time one placement d
 REBALANCE_SCORE = Gauge("haagent_rebalance_score", "The cluster's imbalance score at the last rebalance round (leader only)", registry=REGISTRY)
 REBALANCE_MOVES = Counter("haagent_rebalance_moves_total", "VM moves a rebalance round proposed (advise) or started (auto)", ["mode"], registry=REGISTRY)
 REBALANCE_ROUNDS = Counter("haagent_rebalance_rounds_total", "Rebalance rounds by result (planned, quiet, skipped)", ["result"], registry=REGISTRY)
+for _mode in ("advise", "auto"):  # exported as 0 from the start: "no move yet" is a figure too
+    REBALANCE_MOVES.labels(mode=_mode)
+for _result in ("planned", "quiet", "skipped"):
+    REBALANCE_ROUNDS.labels(result=_result)
 
 # -- events out (webhooks) -----------------------------------------------------------------------
 NOTIFY_QUEUED = Gauge("haagent_notify_queued", "Events waiting in this agent's webhook queue", registry=REGISTRY)

@@ -8,12 +8,14 @@ in every lab because each lab's networks live in namespaces of their own.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 from xml.sax.saxutils import escape
 
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
@@ -656,6 +658,13 @@ def migration_toml(hosts: list[str], libvirt_tls: bool) -> str:
            "deadline_floor = 20", "", "[migration.peers]"]
     out += [f'{h} = "{address(h)}"' for h in hosts]
     return "\n".join(out) + "\n"
+
+
+def rebalance_toml(settings: Mapping[str, Any]) -> str:
+    """The agents' [rebalance] section, when a lab is built with one (docs/rebalance.md)."""
+    if not settings:
+        return ""
+    return "\n[rebalance]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in sorted(settings.items()))
 
 
 def fencing_toml(hosts: list[str], password_file: str, check_interval: float | None = None) -> str:

@@ -20,7 +20,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 from haagent.state.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, DeleteOp, Event, FenceHost, ForgetVm,
                                   HostView, JournalStep, ManagerAction, Op, OpStep, PowerRead, ReadPower,
                                   SetHostState, SetPlacement, SetStormHold, StartMigration, VmSpec)
-from haagent.config import MigrationSection
+from haagent.config import MigrationSection, RebalanceSection
+from haagent.manager.rebalance import RebalanceMemory, Rebalancer
 from haagent.model import HostState as S
 
 # Allowed transitions: (from, to) -> one-line gloss of why.
@@ -65,6 +66,7 @@ class ManagerConfig:
     auto_return_after: float | None = None  # seconds healthy before a failed host returns
     keep_finished_ops: int = 50  # journals of finished operations kept in etcd (newest first)
     migration: MigrationSection = field(default_factory=MigrationSection)  # the migration executor's limits
+    rebalance: RebalanceSection = field(default_factory=RebalanceSection)  # scheduled rebalancing
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class ManagerStatus:
     # fence_delay after the release: hosts cut off together come back one by one).
     released: Mapping[str, float] = field(default_factory=dict)
     seeded: bool = False  # the first step has taken over the hosts already suspect or fencing
+    rebalance: RebalanceMemory = field(default_factory=RebalanceMemory)  # rounds (manager/rebalance.py)
 
 
 # placer(vms to place, view, hosts to avoid) -> ({uuid: host}, {uuid: reasons})
@@ -133,6 +136,7 @@ class _Step:
             for uuid in hv.running:
                 self.reported.setdefault(uuid, []).append(h)
         self.consumed: set[str] = set()
+        self.rebalance = status.rebalance
 
     # -- the only writer of host state ------------------------------------------------------
 
@@ -281,7 +285,7 @@ class _Step:
             fence_issued_at=self.issued_at, suspect_log=tuple(self.suspect_log),
             healthy_since=self.healthy, alerts=frozenset(self.alerts), storm_hold=frozenset(self.storm_hold),
             known_dead=frozenset(self.known_dead), alive_after_off=self.alive_after_off,
-            power_reads=self.power_reads, released=self.released, seeded=True)
+            power_reads=self.power_reads, released=self.released, seeded=True, rebalance=self.rebalance)
         return status, self.actions
 
 
@@ -329,10 +333,13 @@ def new_status(now: float) -> ManagerStatus:
 
 
 def step(view: ClusterView, status: ManagerStatus, now: float, config: ManagerConfig,
-         placer: Placer, mover: Placer | None = None) -> tuple[ManagerStatus, list[ManagerAction]]:
+         placer: Placer, mover: Placer | None = None, rebalancer: Rebalancer | None = None,
+         wall: float | None = None) -> tuple[ManagerStatus, list[ManagerAction]]:
     """One leader decision round. Pure: same inputs, same outputs.
 
     ``mover`` plans live migrations (drain, undrain, vm migrate); ``placer`` when not given.
+    ``rebalancer`` plans rebalance rounds (None: no rounds); ``wall`` is the wall-clock time
+    (the rebalance window and cooldowns, which the journals stamp in wall time; ``now`` if None).
     """
     st = _Step(view, status, now, config, placer)
     for key, why in view.bad_records:
@@ -366,11 +373,20 @@ def step(view: ClusterView, status: ManagerStatus, now: float, config: ManagerCo
             st.consume(ack)
             st.actions.append(Event("fence_ack_discarded", host=host, detail={"reason": "its failover closed"}))
     _migrations(st, mover or placer)
+    if rebalancer is not None:
+        _rebalance(st, rebalancer, now if wall is None else wall)
     _forget_finished_ops(st)
     return st.finish()
 
 
-KNOWN_REQUESTS = frozenset({"fence_ack", "host_return", "relocate", "unmanage", "drain", "undrain", "migrate"})
+KNOWN_REQUESTS = frozenset({"fence_ack", "host_return", "relocate", "unmanage", "drain", "undrain", "migrate",
+                            "rebalance"})
+
+
+def _rebalance(st: _Step, rebalancer: Rebalancer, wall: float) -> None:
+    from haagent.manager import rebalance
+
+    rebalance.run(st, rebalancer, wall)
 
 
 # -- the migration executor (haagent/manager/drain.py) ----------------------------------------
@@ -862,6 +878,14 @@ def _describe(a: ManagerAction) -> str:
         return f"consume request {a.id}"
     if isinstance(a, Alert):
         return " ".join(x for x in (f"ALERT {a.name}", _who(a.host, a.vm), a.message) if x)
+    if isinstance(a, Event) and a.kind in ("rebalance_advised", "rebalance_started"):
+        moves = " ".join(f"{m['name']}:{m['from']}->{m['to']}" for m in a.detail.get("moves", ()))
+        return (f"event {a.kind}{' op=' + a.op if a.op else ''} score {a.detail.get('score_before', 0):.4f} -> "
+                f"{a.detail.get('score_after', 0):.4f} ({a.detail.get('gib', 0):g} GiB): {moves or 'no moves'}")
+    if isinstance(a, Event) and a.kind == "rebalance_finished":
+        dropped = a.detail.get("dropped") or []
+        return (f"event rebalance_finished op={a.op} moved={a.detail.get('moved', 0)}"
+                + (f" dropped={','.join(dropped)}" if dropped else ""))
     if isinstance(a, Event):
         hosts = a.detail.get("hosts") if a.kind.startswith("storm_hold") else None
         why = f"({a.detail['reason']})" if a.kind.endswith("_refused") and a.detail.get("reason") else ""

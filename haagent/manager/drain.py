@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from haagent.config import MigrationSection
+from haagent.manager import rebalance
 from haagent.model import HostState as S
 from haagent.state.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, Event, JournalStep, Op, OpStep, Request, SetPlacement,
                                 StartMigration, VmSpec)
@@ -32,7 +33,7 @@ from haagent.state.view import (Alert, ClearMigration, ClusterView, ConsumeReque
 if TYPE_CHECKING:
     from haagent.manager.core import Placer, _Step
 
-KINDS = ("drain", "return", "migrate")  # op kinds this module runs
+KINDS = ("drain", "return", "migrate", "rebalance")  # op kinds this module runs (rebalance: manager/rebalance.py)
 REQUESTS = ("drain", "undrain", "migrate")
 LOST = frozenset({S.SUSPECT, S.FENCING, S.FENCED, S.RECOVERING, S.FAILED})
 
@@ -351,6 +352,21 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
         fixed = op.host
         todo = [u for u in detail.get("vms", []) if u not in moved and u not in busy
                 and u in st.placements and st.placements[u] != op.host]
+    elif op.kind == "rebalance":
+        # Each VM to the host its round planned, from the host it was planned from, while both
+        # are active: a move the cluster has moved past (a host lost or draining, the VM moved
+        # by failover) is dropped, never re-planned here; the next round plans afresh.
+        fixed = ""
+        cancel = next((o for o in st.view.ops.values() if o.kind in ("drain", "return") and not o.finished), None)
+        if cancel is not None and not op.has("cancelling"):
+            st.journal(op.id, op.host, "cancelling", reason=f"{cancel.kind} of {cancel.host} (op {cancel.id})")
+        dropped = {s.detail.get("vm") for s in op.steps if s.step == "dropped"}
+        todo = [] if cancel is not None or op.has("cancelling") else [
+            u for u in detail.get("vms", []) if u not in moved and u not in busy and u not in dropped
+            and st.placements.get(u) == rebalance.move_source(op, u)
+            and _running_on(st, u) == [rebalance.move_source(op, u)]  # (stopped since the round: dropped)
+            and st.states.get(rebalance.move_source(op, u)) is S.ACTIVE
+            and st.states.get(rebalance.move_target(op, u)) is S.ACTIVE]
     else:
         fixed = str(detail.get("to", ""))
         todo = [u for u in detail.get("vms", []) if u not in moved and u not in busy and u in st.placements
@@ -363,10 +379,11 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
         if not in_flight and op.kind != "drain":
             st.journal(op.id, op.host, "done", failed=exhausted)
             return
+        then = (f"fix the cause, then 'haagent host undrain {op.host}' and drain again" if op.kind != "rebalance"
+                else "the rebalance ends once its migrations in flight settle; fix the cause before the next round")
         st.alert("drain_paused", host=op.host, message=(
             f"{op.kind} {op.id} paused: {names} failed to migrate {limits.max_attempts} times "
-            f"(last: {last_error.get(exhausted[0], 'unknown')}); fix the cause, then 'haagent host undrain {op.host}' "
-            f"and drain again"))
+            f"(last: {last_error.get(exhausted[0], 'unknown')}); {then}"))
         return
     if op.kind == "drain":
         waiting = [u for u, h in st.placements.items() if h == op.host and u in busy - in_flight]
@@ -378,6 +395,10 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
                 st.journal(op.id, op.host, "done", moved=len(moved))
                 st.change_state(op.host, S.MAINTENANCE, "drained: no VMs left")
                 st.actions.append(Event("host_maintenance", host=op.host, op=op.id))
+        elif op.kind == "rebalance":
+            dropped = sorted(u for u in detail.get("vms", []) if u not in moved)
+            st.journal(op.id, op.host, "done", moved=len(moved), dropped=dropped)
+            st.actions.append(Event("rebalance_finished", op=op.id, detail={"moved": len(moved), "dropped": dropped}))
         else:
             st.journal(op.id, op.host, "done", moved=len(moved))
         return
@@ -401,7 +422,10 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
             continue  # the source has not said how its last job of this VM ended: libvirt may still run it
         full = frozenset(h for h, n in load.into.items() if n >= limits.max_incoming)
         tried = frozenset(failed.get(spec.uuid, ()))
-        avoid = base | full | ({h for h in st.view.hosts if h != fixed} if fixed else set())
+        to = fixed or (rebalance.move_target(op, spec.uuid) if op.kind == "rebalance" else "")
+        if op.kind == "rebalance" and to in full:
+            continue  # its planned target takes it once a migration into it ends
+        avoid = base | full | ({h for h in st.view.hosts if h != to} if to else set())
         # Another target than the ones it failed on, if one takes it; else the same one again
         # (the only host left may have failed it for a passing reason, e.g. a job still winding down).
         chosen, missed = mover([spec], view, frozenset(avoid | tried))
@@ -410,6 +434,12 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
         dest = chosen.get(spec.uuid)
         if dest == source:
             continue  # never: the mover keeps a VM off its own host
+        if dest is None and op.kind == "rebalance":
+            # Its planned target no longer takes it (the cluster changed since the round): the
+            # move is dropped, not re-planned here and not waited for; the next round plans afresh.
+            st.journal(op.id, op.host, "dropped", vm=spec.uuid, to=to,
+                       reason=", ".join(missed.get(spec.uuid, ())) or "no longer fits")
+            continue
         if dest is None:
             if not (full - base):  # not merely waiting for a busy target
                 blocked.append(f"{spec.name}: {', '.join(missed.get(spec.uuid, ())) or 'no host fits'}")

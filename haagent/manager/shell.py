@@ -32,6 +32,7 @@ from haagent.errors import LeaseExpired, NotLeader, StoreError, StoreUnavailable
 from haagent.log import get_logger
 from haagent.manager import core
 from haagent.manager.notices import alert_notice, step_notices
+from haagent.manager.rebalance import Rebalancer
 from haagent.state.codec import DecodeMemo, action_compares, action_ops, build_view, fence_result_step
 from haagent.state.view import (Alert, ClusterView, Event, FenceHost, JournalStep, ManagerAction, PowerRead, ReadPower,
                                 SetHostState, SetPlacement)
@@ -85,9 +86,11 @@ class LeaderShell:
 
     def __init__(self, keys: Keys, config: core.ManagerConfig, placer: core.Placer, store: LeaderStore,
                  fences: FenceDispatch, *, clock: Callable[[], float], wall: Callable[[], float],
-                 sink: Sink, wake: Callable[[], None] = lambda: None, mover: core.Placer | None = None):
+                 sink: Sink, wake: Callable[[], None] = lambda: None, mover: core.Placer | None = None,
+                 rebalancer: Rebalancer | None = None):
         self.keys, self.config, self.placer, self.store, self.fences = keys, config, placer, store, fences
         self.mover = mover  # plans live migrations (None: the placer)
+        self.rebalancer = rebalancer  # plans rebalance rounds (None: no rounds)
         self.clock, self.wall, self.sink, self.wake = clock, wall, sink, wake
         self.status: core.ManagerStatus | None = None
         self.epoch = 0
@@ -164,7 +167,8 @@ class LeaderShell:
         status = core.with_power_reads(self.status, reads, now, self.config) if reads else self.status
         self.status = status  # an answer is kept even if this step's write fails
         self.view = view
-        status, actions = core.step(view, status, now, self.config, self.placer, self.mover)
+        status, actions = core.step(view, status, now, self.config, self.placer, self.mover, self.rebalancer,
+                                    self.wall())
         writes = any(not isinstance(a, (Alert, FenceHost, ReadPower)) for a in actions)
         if writes:
             revision = self._write(actions, view)
@@ -173,6 +177,9 @@ class LeaderShell:
                 # to fence it): nothing was written, nothing is dispatched; decide again next tick.
                 self.sink("step_retry", {"reason": "a host's lease changed under the step"})
                 return
+        rounds = status.rebalance.last
+        if rounds is not None and rounds.seq != self.status.rebalance.seq:
+            self.sink("rebalance_round", {"round": rounds})
         self.status = status
         for line in core.actions_summary(a for a in actions if not isinstance(a, Alert)):
             self.sink("action", {"line": line, "epoch": epoch})
@@ -459,6 +466,14 @@ class DaemonSink:
             for a in f["alerts"]:
                 metrics.ALERT.labels(name=a.name, host=a.host, vm=a.vm).set(0)
             log.info("alerts_dropped", reason="no longer the leader", alerts=sorted(a.name for a in f["alerts"]))
+        elif event == "rebalance_round":
+            r = f["round"]
+            log.info("rebalance_round", result=r.result, mode=r.mode, score=r.score, moves=r.moves, reason=r.reason)
+            metrics.REBALANCE_ROUNDS.labels(result=r.result).inc()
+            if r.score is not None:
+                metrics.REBALANCE_SCORE.set(r.score)
+            if r.moves:
+                metrics.REBALANCE_MOVES.labels(mode=r.mode).inc(r.moves)
         elif event == "started":
             log.info("manager_started", **f)
             self._send(lambda: [("leader.started", {"epoch": f["epoch"]})])
@@ -502,7 +517,7 @@ class DaemonSink:
                 kind, result = migration_settled(a, view, kind_of)
                 metrics.MIGRATIONS.labels(kind=kind, result=result).inc()
             if not isinstance(a, JournalStep) or kind_of(a.op) != "failover":
-                continue  # a drain's or migration's journal is not a failover's timeline
+                continue  # a drain's, migration's or rebalance's journal is not a failover's timeline
             op = view.ops.get(a.op)
             intent = op.last("intent") if op else None
             if a.step.step == "intent":
@@ -527,19 +542,15 @@ class LeaderLoop:
                  wall: Callable[[], float] = time.time, wake: Callable[[], None] = lambda: None,
                  notify: Callable[[str, Mapping[str, Any]], Any] | None = None,
                  memo: DecodeMemo | None = None, mover: core.Placer | None = None,
-                 scorer: Callable[[ClusterView], float] | None = None):
+                 rebalancer: Rebalancer | None = None):
         self.fencer, self.clock = fencer, clock
         self.fences = ThreadedFences(fencer, clock)
         store = EtcdLeaderStore(keys, election, cache, memo)
         self.shell = LeaderShell(keys, config, _timed(placer, "place", clock), store, self.fences,
                                  clock=clock, wall=wall, sink=DaemonSink(wall, notify), wake=wake,
-                                 mover=_timed(mover or placer, "move", clock))
+                                 mover=_timed(mover or placer, "move", clock), rebalancer=rebalancer)
         self._health: Future | None = None
         self._health_due = 0.0
-        self.scorer = scorer  # the rebalance planner's score of a view (published every SCORE_INTERVAL)
-        self._scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rebalance-score")
-        self._score: Future | None = None
-        self._score_due = 0.0
         self._drained: set[str] = set()  # hosts whose VMs-left gauge we set
 
     @property
@@ -549,7 +560,6 @@ class LeaderLoop:
     def close(self) -> None:
         self.shell.close()
         self.fences.close()
-        self._scoring.shutdown(wait=False, cancel_futures=True)
 
     def tick(self) -> None:
         self.shell.tick()
@@ -559,8 +569,7 @@ class LeaderLoop:
 
     def _publish_gauges(self) -> None:
         """Migrations in flight and drains from the view the step decided from, every tick (a
-        drain can be over within seconds); the imbalance score every SCORE_INTERVAL, computed
-        off the tick's thread."""
+        drain can be over within seconds). The imbalance score is the rebalance rounds' (DaemonSink)."""
         view = self.shell.view
         if view is None:
             return
@@ -572,19 +581,6 @@ class LeaderLoop:
         for host, n in fig.vms_left.items():
             metrics.DRAIN_VMS_LEFT.labels(host=host).set(n)
         self._drained |= set(fig.vms_left)
-        now = self.clock()
-        if self.scorer is None or now < self._score_due or (self._score and not self._score.done()):
-            return
-        self._score_due = now + SCORE_INTERVAL
-        scorer = self.scorer
-
-        def run() -> None:
-            try:
-                metrics.REBALANCE_SCORE.set(scorer(view))
-            except Exception:  # a bad inventory record must not end the publishing
-                log.exception("rebalance_score_failed")
-
-        self._score = self._scoring.submit(run)
 
     def _check_fence_paths(self) -> None:
         """Every [fencing] check_interval, ask every fence device for its status (never acts)."""
@@ -603,11 +599,6 @@ class LeaderLoop:
         self._health = self.fences.pool.submit(run)
 
 
-# The score converts the whole live cluster: ~0.4 s of a core at 1,000 hosts / 20,000 VMs
-# (BENCHMARKS.md, "Leader metrics").
-SCORE_INTERVAL = 30.0
-
-
 def manager_config(config: Any) -> core.ManagerConfig:
     """ManagerConfig from the validated haagent Config."""
     t, m = config.timing, config.manager
@@ -615,4 +606,4 @@ def manager_config(config: Any) -> core.ManagerConfig:
         fence_delay=t.fence_delay, new_leader_grace=t.new_leader_grace, lease_ttl=float(t.lease_ttl),
         storm_threshold=m.storm_threshold, storm_window=m.storm_window, storm_read_timeout=m.storm_read_timeout,
         fence_retry_interval=m.fence_retry_interval, watchdog_margin=m.watchdog_margin,
-        auto_return_after=m.auto_return_after, migration=config.migration)
+        auto_return_after=m.auto_return_after, migration=config.migration, rebalance=config.rebalance)

@@ -7,7 +7,10 @@ Safety, after every tick and at every committed leader write:
 3. no VM definition is lost: every spec and placement key the cluster started with still exists;
 4. a VM whose XML binds its memory strictly to NUMA cells is started on a new host (a failover
    or relocation: a placement decision) only where those cells have the free memory (or
-   hugepages) to hold it. A restart in place after a crash is the agent's, not a placement.
+   hugepages) to hold it. A restart in place after a crash is the agent's, not a placement;
+5. no ping-pong: a rebalance starts no migration of a VM a rebalance moved less than
+   ``[rebalance] vm_cooldown`` ago, nor one back to a host a rebalance took it from (while that
+   move's operation is kept).
 
 Liveness, at quiescence (``check_recovered``): every HA VM runs exactly once, on the host its
 placement names, unless the leader reports it unplaceable (too little capacity), or its host's
@@ -19,7 +22,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from haagent.manager.core import CONFIRMED_FENCED
-from haagent.state.view import ClusterView, SetPlacement
+from haagent.state.view import ClusterView, SetPlacement, StartMigration
 from haagent.sim.world import InvariantViolation, Simulation
 
 
@@ -30,6 +33,7 @@ class Invariants:
         self.sim = sim
         self.vms = sorted(sim.specs)
         self.last_host = {u: w[0] for u in self.vms if len(w := sim.where(u)) == 1}  # where it last started
+        self.rebalanced: dict[str, list[tuple[float, str, str]]] = {}  # vm -> (when, from, op) of its rebalance moves
 
     def attach(self) -> "Invariants":
         self.sim.checkers.append(lambda s: self.after_tick())
@@ -102,10 +106,21 @@ class Invariants:
     def at_commit(self, view: ClusterView, actions: Iterable[object]) -> None:
         """Just after a leader's transaction committed: check every placement it moved."""
         sim = self.sim
+        cooldown = sim.mcfg.rebalance.vm_cooldown
         for a in actions:
+            op = view.ops.get(getattr(a, "op", "") or "")
+            if isinstance(a, StartMigration) and op is not None and op.kind == "rebalance":
+                for at, src, op_id in self.rebalanced.get(a.vm, ()):
+                    if sim.now - at < cooldown:
+                        self.fail(f"vm={a.vm} rebalanced again at {sim.now:g}s, {sim.now - at:g}s after its last "
+                                  f"rebalance move (vm_cooldown {cooldown:g}s)")
+                    if src == a.dest and op_id in view.ops and cooldown > 0:
+                        self.fail(f"vm={a.vm} rebalanced back to {a.dest}, which a rebalance took it from ({op_id})")
             if not isinstance(a, SetPlacement):
                 continue
             old = view.placements.get(a.vm)
+            if op is not None and op.kind == "rebalance" and old is not None and old != a.host:
+                self.rebalanced.setdefault(a.vm, []).append((sim.now, old, op.id))
             if old is None or old == a.host:
                 continue
             src = sim.hosts.get(old)

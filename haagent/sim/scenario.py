@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from haagent.agent.core import AgentConfig
-from haagent.config import MigrationSection
+from haagent.config import MigrationSection, RebalanceSection, window_problem
 from haagent.manager.core import ManagerConfig
 from haagent.model import HostCell
 from haagent.state.view import VmNeeds, VmSpec
@@ -144,6 +144,9 @@ def _validate(words: tuple[str, ...] | list[str], source: str, n: int) -> None:
     elif verb == "migrate":
         if len(words) not in (2, 3):
             raise ScenarioError(f"{source}:{n}: expected 'migrate VM [HOST]'")
+    elif verb == "rebalance":
+        if words[1:2] != ["run"] or any(not (w.startswith("max-moves=") and w[10:].isdigit()) for w in words[2:]):
+            raise ScenarioError(f"{source}:{n}: expected 'rebalance run [max-moves=N]'")
     elif verb == "link":
         if len(words) != 2 or not _is_number(words[1]) or float(words[1]) <= 0:
             raise ScenarioError(f"{source}:{n}: expected 'link MIB_PER_S' (> 0)")
@@ -207,9 +210,13 @@ def build(cluster: Mapping[str, Any], source: str = "cluster.json") -> Simulatio
                 raise ScenarioError(f"{source}: vm {v['name']} running on an unknown host")
     migrations = {vm: (m[0], m[1]) for vm, m in dict(cluster.get("migrations", {})).items()}
     manager = _config(ManagerConfig, {k: v for k, v in dict(cluster.get("manager") or {}).items()
-                                      if k != "migration"}, source)
+                                      if k not in ("migration", "rebalance")}, source)
     manager = replace(manager, migration=_config(MigrationSection,
-                                                 dict(cluster.get("manager") or {}).get("migration"), source))
+                                                 dict(cluster.get("manager") or {}).get("migration"), source),
+                      rebalance=_config(RebalanceSection, dict(cluster.get("manager") or {}).get("rebalance"), source))
+    problem = window_problem(manager.rebalance.window, manager.rebalance.timezone)
+    if problem:
+        raise ScenarioError(f"{source}: manager.rebalance.{problem}")
     return Simulation(hosts, specs, placements,
                       manager=manager,
                       agent=_config(AgentConfig, cluster.get("agent"), source),
@@ -287,6 +294,10 @@ def apply(sim: Simulation, cmd: Command) -> None:
             if w[1] not in sim.specs:
                 raise KeyError(f"unknown vm {w[1]}")
             refused = sim.request("migrate", vm=w[1], options={"to": w[2]} if len(w) > 2 else {})
+            note = f" (refused: {refused})" if refused else ""
+        elif verb == "rebalance":
+            opts = {"max_moves": int(word.split("=", 1)[1]) for word in w[2:]}
+            refused = sim.request("rebalance", options=opts)
             note = f" (refused: {refused})" if refused else ""
         elif verb == "link":
             sim.fakes.link_mib_s = float(w[1])

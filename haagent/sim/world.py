@@ -43,7 +43,7 @@ from haagent.hypervisor.stats import compute_usage
 from haagent.state.requirements import needs_from_xml
 from haagent.state.codec import AckRefused, build_view, fence_ack_record, fence_result_step
 from haagent.manager.core import ManagerConfig, Placer
-from haagent.manager.placer import policy_mover, policy_placer
+from haagent.manager.placer import policy_mover, policy_placer, policy_rebalancer
 from haagent.sim.fences import run_fence, run_status
 from haagent.manager.shell import LeaderShell
 from haagent.state.view import (Alert, ClusterView, FenceHost, JournalStep, PowerRead, ReadPower, SetHostState,
@@ -66,6 +66,7 @@ class SimConfig:
     device_timeout: float = 5.0  # a hung device or one whose power never drops
     boot_time: float = 20.0  # a host reset by its watchdog is back (agent running) after this
     report_interval: float = 5.0  # as [timing] report_interval: load is published at most this often
+    load_smoothing: float = 60.0  # as [agent] load_smoothing: the time constant of the reported load
     cluster: str = "sim"
 
 
@@ -190,6 +191,7 @@ class Simulation:
         self.acfg = agent or AgentConfig()
         self.placer = placer or policy_placer()
         self.mover = policy_mover()
+        self.rebalancer = policy_rebalancer()
         self.keys = Keys(self.cfg.cluster)
         self.store = SimStore(clock=lambda: self.now)
         self.hosts = {h.name: h for h in sorted(hosts, key=lambda h: h.name)}
@@ -207,6 +209,7 @@ class Simulation:
         self.checkers: list[Callable[["Simulation"], None]] = []
         self.start_checkers: list[Callable[["Simulation", str, str], None]] = []
         self.on_commit: list[Callable[["Simulation", ClusterView, list], None]] = []
+        self.on_round: list[Callable[["Simulation", object], None]] = []  # each rebalance round's record
         self.user_stopped: set[str] = set()  # VMs a user shut down (for the liveness check)
         self.vm_loads: dict[str, float] = {}  # uuid -> % of one host CPU its guest burns
         self.fence_cuts: set[tuple[str, str]] = set()  # (host, device) that accepted off in this run
@@ -588,7 +591,8 @@ class Simulation:
                 if a.leader is None:
                     a.leader = LeaderShell(self.keys, self.mcfg, self.placer, _SimLeaderStore(self, h, a),
                                            _SimFences(self, h, a), clock=lambda: self.now, wall=lambda: self.now,
-                                           sink=_SimSink(self, h, a), mover=self.mover)
+                                           sink=_SimSink(self, h, a), mover=self.mover,
+                                           rebalancer=self.rebalancer)
                 self.say(f"mgr {h.name}", f"{how} (epoch {rev})")
 
         # Reconcile local VMs to placement: the production VM shell, over this host's libvirt,
@@ -628,6 +632,7 @@ class Simulation:
             return  # only a new VM list is written within the interval (worth_writing): save the reads
         try:
             cur = h.hv.raw_stats()
+            a.load.tau = self.cfg.load_smoothing
             a.load.add(compute_usage(a.stats, cur), cur.host_cpus)
             a.stats = cur
             inventory = a.inventory = host_inventory(h.hv.host_info(), h.tags)
@@ -841,6 +846,12 @@ class _SimSink:
             self.proc.store_error = ""
         elif event == "step_retry":
             say("step not written: a host's lease changed under it; deciding again")
+        elif event == "rebalance_round":
+            r = f["round"]
+            say(f"rebalance round: {r.result} ({r.mode}){f' {r.moves} move(s)' if r.moves else ''}"
+                f"{f', score {r.score:.4f}' if r.score is not None else ''}{f': {r.reason}' if r.reason else ''}")
+            for hook in self.sim.on_round:
+                hook(self.sim, r)
         elif event == "power_read":
             say(f"power read host={f['host']}: {f['power']} ({f['detail']})")
         elif event == "result_dropped":

@@ -100,3 +100,12 @@ def test_a_failing_hook_never_raises_into_the_step():
     sent = []
     DaemonSink(wall=lambda: 1000.0, notify=lambda t, d: sent.append(t))("started", {"epoch": 7, "grace_s": 3.0})
     assert sent == ["leader.started"]
+
+
+def test_a_rebalance_journal_goes_out_as_rebalance_not_failover_notices():
+    view = ClusterView(3, {}, {}, {}, {"rebalance-3-1": Op("rebalance-3-1", "rebalance", "cluster", 3)})
+    acts = [JournalStep("rebalance-3-2", "cluster", OpStep("intent", 1.0, {"vms": []}), "rebalance"),
+            JournalStep("rebalance-3-1", "cluster", OpStep("done", 1.0, {"moved": 1})),
+            Event("rebalance_started", op="rebalance-3-2")]
+    assert [t for t, _ in step_notices(view, acts, 5.0)] == ["rebalance.started", "rebalance.finished",
+                                                             "cluster.rebalance_started"]

@@ -8,13 +8,9 @@ from pathlib import Path
 
 from haagent import metrics
 from haagent.manager import shell
-from haagent.manager.placer import policy_scorer
-from haagent.manager.live import live_cluster
 from haagent.model import HostState as S
 from haagent.state.view import (ClusterView, Event, HostView, JournalStep, Migration, MigrationReport, Op, OpStep,
                                 SetHostState, SetPlacement, VmSpec)
-from policies.config import PolicyConfig
-from policies.rebalance import score
 
 MANAGER = Path(shell.__file__).parent
 
@@ -123,38 +119,22 @@ def test_the_source_agent_records_duration_downtime_and_bytes_of_a_completed_mig
     assert value("haagent_migration_bytes_sum") == moved + 70 * 2**20
 
 
-def test_the_published_score_is_the_planners_score_of_the_live_cluster():
-    hosts = {h: HostView(h, True, S.ACTIVE, 4, 8192, cpu_used=cpu, memory_used_mib=mem)
-             for h, cpu, mem in (("h1", 3.5, 6000.0), ("h2", 0.5, 1000.0), ("h3", 1.0, 2000.0))}
-    view = ClusterView(1, hosts, {"u1": VmSpec("u1", "vm1", 2, 1024)}, {"u1": "h1"})
-    got = policy_scorer()(view)
-    assert got > 0 and got == score(live_cluster(view, PolicyConfig()).cluster, PolicyConfig())
-
-
-def test_the_leader_loop_publishes_its_gauges_every_tick_and_the_score_off_its_thread():
+def test_the_leader_loop_publishes_its_gauges_every_tick():
     now = [100.0]
     loop = shell.LeaderLoop(None, None, None, shell.core.ManagerConfig(), None, lambda *a: ({}, {}),  # type: ignore[arg-type]
-                            clock=lambda: now[0], scorer=lambda view: 0.42 if view.placements["u1"] == "h9" else 0.1)
+                            clock=lambda: now[0])
     try:
         loop._publish_gauges()  # nothing decided yet: nothing published
-        assert loop._score is None
+        assert value("haagent_drains_in_progress") == 0
         ops = {"d1": Op("d1", "drain", "h9", 1, (OpStep("intent", 1.0),))}
         loop.shell.view = ClusterView(1, {}, {}, {"u1": "h9"}, ops, {"u1": Migration("u1", "h9", "h2", 1, 10.0, "d1", 1)})
         loop._publish_gauges()
-        loop._score.result(timeout=5)  # type: ignore[union-attr]
-        assert value("haagent_rebalance_score") == 0.42
         assert (value("haagent_migrations_in_flight"), value("haagent_drains_in_progress")) == (1, 1)
         assert value("haagent_drain_vms_left", host="h9") == 1
-        # the drain ends: the host keeps a 0 at once; the score waits for its interval
+        # the drain ends: the host keeps a 0 at once
         loop.shell.view = ClusterView(1, {}, {}, {"u1": "h2"})
         loop._publish_gauges()
         assert value("haagent_drains_in_progress") == 0 and value("haagent_migrations_in_flight") == 0
         assert metrics.REGISTRY.get_sample_value("haagent_drain_vms_left", {"host": "h9"}) == 0
-        loop._score.result(timeout=5)  # type: ignore[union-attr]
-        assert value("haagent_rebalance_score") == 0.42
-        now[0] += shell.SCORE_INTERVAL
-        loop._publish_gauges()
-        loop._score.result(timeout=5)  # type: ignore[union-attr]
-        assert value("haagent_rebalance_score") == 0.1
     finally:
         loop.close()

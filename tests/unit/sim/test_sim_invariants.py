@@ -76,3 +76,19 @@ def test_an_agent_never_starts_a_vm_another_live_host_runs():
     assert not out.violations
     assert out.sim.where("db-1") == ["h3"]
     assert not any("start vm=db-1" in ln for ln in out.log)
+
+
+def test_a_rebalance_ping_pong_is_caught(monkeypatch):
+    # Break the rounds' rules: no cooldown, no memory of where a VM came from. In the cooldown
+    # scenario the round after the load shift then sends acme-prod-app-2 back to h1.
+    import json
+
+    from haagent.manager import rebalance
+    from haagent.sim.scenario import CORPUS
+
+    monkeypatch.setattr(rebalance, "frozen_vms", lambda view, wall, cooldown: {})
+    monkeypatch.setattr(rebalance, "taken_from", lambda view: {})
+    d = CORPUS / "rebalance-cooldown"
+    cmds, end = parse_cmdlist((d / "cmdlist").read_text())
+    out = run(json.loads((d / "cluster.json").read_text()), cmds, end)
+    assert out.violations and "acme-prod-app-2" in out.violations[0], out.violations
