@@ -233,7 +233,9 @@ class AgentDaemon:
                                AgentConfig(a.max_restart, a.restart_window, a.watchdog, a.self_fence_timeout),
                                wake=self._wake.set,
                                migration_target=lambda host: MigrationTarget(mig.target_uri(host)),
-                               migration_options=MigrationOptions(tls=mig.tls),
+                               migration_options=MigrationOptions(
+                                   tls=mig.tls, max_downtime_ms=mig.max_downtime_ms or None,
+                                   auto_converge=mig.auto_converge),
                                disks=(a.image_dirs, a.block_device_dirs, a.network_disk_protocols,
                                       a.metadata_namespaces))
         if self.leader_work is None:

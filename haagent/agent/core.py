@@ -5,7 +5,8 @@
   placement read at a revision newer than the lease grant, and only while the host is active
   (a fenced host that comes back runs nothing);
 * never start what it does not own, nor what another live host reports running; remove a local copy placed elsewhere only once the owner
-  reports that VM running;
+  reports that VM running (a copy that arrived by a live migration, only once it still does
+  ``ARRIVAL_GRACE`` after the arrival);
 * a managed VM that crashed (not one a user shut down) restarts in place up to ``max_restart``
   times per ``restart_window``; after that the agent asks the leader to relocate it;
 * a live migration ordered from this host (``vms/<uuid>/migration``) runs once per order (op and
