@@ -130,3 +130,20 @@ def test_the_shell_knows_which_copies_arrived_by_live_migration():
     clock[0] = 55.0
     shells[1].refresh_inventory()
     assert shells[1].running == {UUID} and shells[1].arrived == {UUID: 50.0}  # first seen, not last
+
+
+def test_only_a_running_migrations_progress_leaves_the_agents_asleep():
+    from haagent.daemon import progress_only
+    from haagent.store.client import WatchEvent
+
+    def ev(key, value, kind="put"):
+        return WatchEvent(kind, key, value.encode(), 5, 5)
+
+    mig = K.host_migration("h1", UUID)
+    assert progress_only(ev(mig, '{"outcome": "running", "to": "h2"}'), K)
+    # an outcome settles the migration: the leader must look now
+    assert not progress_only(ev(mig, '{"outcome": "completed", "to": "h2"}'), K)
+    assert not progress_only(ev(mig, "", kind="delete"), K)
+    assert not progress_only(ev(mig, "not json"), K)
+    assert not progress_only(ev(K.host_report("h1"), '{"outcome": "running"}'), K)
+    assert not progress_only(ev(K.vm_migration(UUID), '{"outcome": "running"}'), K)
