@@ -227,6 +227,9 @@ class MigrationSection:
     # host -> the address put in ``uri`` for it, where its name does not resolve ([migration.peers])
     peers: tuple[tuple[str, str], ...] = ()
     tls: bool = False  # --tls: QEMU's migration stream over TLS too (libvirt's migrate_tls_x509 set up)
+    # virsh migrate-setmaxdowntime before each migration, ms (0: QEMU's own default, 300 ms)
+    max_downtime_ms: int = 0
+    auto_converge: bool = False  # --auto-converge: QEMU slows a guest that dirties memory faster than it is sent
 
     def target_uri(self, host: str) -> str:
         """The URI the source libvirtd migrates ``host``'s VMs to."""
@@ -464,6 +467,9 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         order=mi.string("order", MigrationSection.order, choices=MIGRATION_ORDERS),
         uri=mi.string("uri", MigrationSection.uri),
         tls=mi.boolean("tls", False),
+        max_downtime_ms=mi.number("max_downtime_ms", MigrationSection.max_downtime_ms, minimum=0, maximum=60000,
+                                  integer=True),
+        auto_converge=mi.boolean("auto_converge", MigrationSection.auto_converge),
     )
     raw_peers = mi.raw("peers")
     if raw_peers is not MISSING:

@@ -39,6 +39,21 @@ from haagent.store.watch import PrefixCache, ResumingWatch, WatchEvent
 log = get_logger("haagent.agent")
 
 
+def progress_only(event: WatchEvent, keys: Keys) -> bool:
+    """Whether a change is only a running migration's progress (``hosts/<h>/migration/<uuid>``
+    with outcome "running", written at most once a second per migration for ``--wait``). Nothing
+    in an agent's or the leader's round acts on it, and waking every agent for each one made a
+    drain's rounds several times as frequent (each reads every VM from libvirt): the loop reads it
+    at its next round. An outcome, or anything else, wakes the loop as before."""
+    rest = event.key[len(keys.hosts):] if event.key.startswith(keys.hosts) else ""
+    if event.kind != "put" or rest.count("/") != 2 or rest.split("/")[1] != "migration":
+        return False
+    try:
+        return json.loads(event.value).get("outcome") == "running"
+    except (ValueError, AttributeError):
+        return False
+
+
 def host_facts() -> dict[str, Any]:
     """What the agent can say about its host without libvirt."""
     mem_kib = 0
@@ -205,6 +220,11 @@ class AgentDaemon:
                 log.warning("leader_watch_failed", error=str(exc))
                 self._stop.wait(1)
 
+    def _on_change(self, events: list) -> None:
+        """A change in the cluster's keys wakes the loop, unless it is only migration progress."""
+        if not all(progress_only(e, self.keys) for e in events):
+            self._wake.set()
+
     def _start_cache(self) -> None:
         """The watch-fed copy of the cluster's keys, and the shells that read it."""
         from haagent.agent.core import AgentConfig
@@ -213,7 +233,7 @@ class AgentDaemon:
 
         while not self._stop.is_set():
             try:
-                self.cache = PrefixCache(self.store, self.keys.root, on_change=lambda _e: self._wake.set()).start()
+                self.cache = PrefixCache(self.store, self.keys.root, on_change=self._on_change).start()
                 break
             except StoreError as exc:
                 log.warning("cache_start_failed", error=str(exc))
@@ -233,7 +253,9 @@ class AgentDaemon:
                                AgentConfig(a.max_restart, a.restart_window, a.watchdog, a.self_fence_timeout),
                                wake=self._wake.set,
                                migration_target=lambda host: MigrationTarget(mig.target_uri(host)),
-                               migration_options=MigrationOptions(tls=mig.tls),
+                               migration_options=MigrationOptions(
+                                   tls=mig.tls, max_downtime_ms=mig.max_downtime_ms or None,
+                                   auto_converge=mig.auto_converge),
                                disks=(a.image_dirs, a.block_device_dirs, a.network_disk_protocols,
                                       a.metadata_namespaces))
         if self.leader_work is None:

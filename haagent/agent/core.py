@@ -5,7 +5,8 @@
   placement read at a revision newer than the lease grant, and only while the host is active
   (a fenced host that comes back runs nothing);
 * never start what it does not own, nor what another live host reports running; remove a local copy placed elsewhere only once the owner
-  reports that VM running;
+  reports that VM running (a copy that arrived by a live migration, only once it still does
+  ``ARRIVAL_GRACE`` after the arrival);
 * a managed VM that crashed (not one a user shut down) restarts in place up to ``max_restart``
   times per ``restart_window``; after that the agent asks the leader to relocate it;
 * a live migration ordered from this host (``vms/<uuid>/migration``) runs once per order (op and
@@ -25,6 +26,10 @@ from haagent.state.view import Migration, VmSpec
 from haagent.model import HostState
 
 STARTS_VMS = frozenset({HostState.ACTIVE, HostState.DRAINING})
+# Seconds a copy that arrived here by live migration is kept although its owner's report lists
+# it: the source reports again within a round or two of the migration's end (a wake-up on the
+# libvirt event), also on a loaded machine.
+ARRIVAL_GRACE = 10.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,9 @@ class AgentInput:
     # migration to us that the owner has not reported yet).
     local_since: Mapping[str, int] = field(default_factory=dict)
     report_revisions: Mapping[str, int] = field(default_factory=dict)
+    # When each local copy that arrived by a live migration (libvirt: running, reason "migrated")
+    # was first seen running here, by the agent's clock.
+    arrived: Mapping[str, float] = field(default_factory=dict)
     migrations: Mapping[str, Migration] = field(default_factory=dict)  # every stored migration order
     migrations_run: frozenset[tuple[str, str, int]] = frozenset()  # (uuid, op, attempt) run (or reported) here
 
@@ -110,6 +118,13 @@ def step(inp: AgentInput, now: float, config: AgentConfig) -> list[AgentAction]:
             continue  # arriving by migration: the leader moves placement once it has settled
         fresh_report = inp.report_revisions.get(owner, 0) >= inp.local_since.get(uuid, 0)
         if uuid in inp.reports.get(owner, frozenset()) and fresh_report:
+            if now - inp.arrived.get(uuid, float("-inf")) < ARRIVAL_GRACE:
+                # Live-migrated here by hand (virsh migrate, no order): the source's report may
+                # have been read from its libvirt before the migration completed and written after
+                # we saw the copy, so it looks fresh and is not. libvirt never runs both ends, so
+                # the arrival is the live copy; the source's next report drops it and the leader's
+                # placement follows. A copy the owner still reports after the grace is removed.
+                continue
             actions.append(StopVm(uuid, f"placed on {owner}, which reports it running"))
 
     for uuid, mig in sorted(inp.migrations.items()):

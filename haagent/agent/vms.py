@@ -87,6 +87,7 @@ class VmShell:
         self.relocation_requested: set[str] = set()
         self.migrated_away: set[str] = set()
         self.local_since: dict[str, int] = {}
+        self.arrived: dict[str, float] = {}  # uuid -> first seen running here after an incoming live migration
         self._our_stops: set[str] = set()
         self._specs_written: dict[str, str] = {}
         self._marks: dict[str, HaMark | None] = {}  # domain XML -> its HA mark, as last parsed
@@ -158,6 +159,9 @@ class VmShell:
             u for u, (i, _) in managed.items() if i.active
             and not (i.state is VmState.PAUSED and i.reason in _IN_TRANSIT
                      and placements.get(u, self.host) != self.host))
+        now = self.clock()
+        self.arrived = {u: self.arrived.get(u, now) for u in self.running
+                        if managed[u][0].state is VmState.RUNNING and managed[u][0].reason == "migrated"}
 
     def register_specs(self, placements: dict[str, str]) -> None:
         """Put vms/<uuid>/spec for managed VMs defined here that no other host owns."""
@@ -218,6 +222,7 @@ class VmShell:
                 relocation_requested=frozenset(self.relocation_requested),
                 migrated_away=frozenset(u for u in self.migrated_away if view.placements.get(u) == self.host),
                 local_since=dict(self.local_since), report_revisions=report_revisions,
+                arrived=dict(self.arrived),
                 migrations=dict(view.migrations),
                 migrations_run=frozenset(self.migrations_run | {
                     (u, r.op, r.attempt) for u, r in (me.migration_outcomes.items() if me else ())

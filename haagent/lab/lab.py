@@ -288,7 +288,7 @@ class Lab:
            insecure: bool = False, libvirt_tls: bool = False, guest: str = "none",
            memory_mib: int | None = None, vcpus: int = 1,
            numa: dict[str, Sequence[L.LabCell]] | None = None, monitoring: bool = False,
-           rebalance: Mapping[str, Any] | None = None) -> "Lab":
+           agent_config: Mapping[str, Mapping[str, Any]] | None = None) -> "Lab":
         """Build the whole lab; on failure tear down what was built (unless keep_on_failure).
 
         etcd speaks TLS to clients and peers and requires client certificates from the lab's CA,
@@ -298,11 +298,13 @@ class Lab:
         ``memory_mib`` defaults to 64 without a guest and 192 with one. ``numa``: host -> the NUMA
         cells its libvirtd reports; hosts not named get ``layout.default_cells``. ``monitoring``:
         Prometheus and Alertmanager on the cluster network, scraping every agent (docs/monitoring.md).
-        ``rebalance``: the agents' ``[rebalance]`` section (docs/rebalance.md), e.g. {"mode": "auto"}."""
+        ``agent_config``: more agent config, section -> {key: value}, e.g. ``{"migration":
+        {"max_outgoing": 4}, "policy": {"cpu_overcommit": 6}}`` (sections the lab writes itself,
+        other than ``migration``, are refused)."""
         say = progress or _quiet
         if memory_mib is None:
             memory_mib = L.GUEST_MEMORY_MIB if guest == "linux" else L.VM_MEMORY_MIB
-        self._preflight(hosts, vms, kvm, guest, memory_mib, vcpus, numa or {}, monitoring)
+        self._preflight(hosts, vms, kvm, guest, memory_mib, vcpus, numa or {}, monitoring, agent_config or {})
         t0 = time.monotonic()
 
         def step(msg: str) -> None:
@@ -310,7 +312,7 @@ class Lab:
 
         try:
             self._build(hosts, vms, kvm, disk, step, ha, not insecure, libvirt_tls, guest, memory_mib, vcpus,
-                        numa or {}, monitoring, dict(rebalance or {}))
+                        numa or {}, monitoring, {k: dict(v) for k, v in (agent_config or {}).items()})
         except BaseException:
             if not keep_on_failure:
                 step("failed: tearing the half-built lab down")
@@ -326,19 +328,24 @@ class Lab:
                 keep_logs: Path | None = None, insecure: bool = False,
                 libvirt_tls: bool = False, guest: str = "none", memory_mib: int | None = None,
                 vcpus: int = 1, numa: dict[str, Sequence[L.LabCell]] | None = None,
-                monitoring: bool = False, rebalance: Mapping[str, Any] | None = None) -> Iterator["Lab"]:
+                monitoring: bool = False,
+                agent_config: Mapping[str, Mapping[str, Any]] | None = None) -> Iterator["Lab"]:
         """``with Lab(p).running(3, 6) as lab:`` - removes a leftover lab first, always tears down."""
         self.down()
         try:
             yield self.up(hosts, vms, kvm=kvm, disk=disk, progress=progress, ha=ha, insecure=insecure,
                           libvirt_tls=libvirt_tls, guest=guest, memory_mib=memory_mib, vcpus=vcpus, numa=numa,
-                          monitoring=monitoring, rebalance=rebalance)
+                          monitoring=monitoring, agent_config=agent_config)
         finally:
             self.down(keep_logs=keep_logs)
 
     def _preflight(self, hosts: int, vms: int, kvm: bool, guest: str, memory_mib: int, vcpus: int,
                    numa: dict[str, Sequence[L.LabCell]], monitoring: bool = False,
-               rebalance: Mapping[str, Any] | None = None) -> None:
+                   agent_config: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        own = sorted(set(agent_config or {}) & L.AGENT_SECTIONS)
+        if own:
+            raise LabError(f"agent_config: the lab writes [{', '.join(own)}] itself (only [migration] "
+                           "takes more keys)")
         if os.geteuid() != 0:
             raise LabError("the lab needs root: it creates namespaces, bridges and runs libvirtd")
         if not L.MIN_HOSTS <= hosts <= L.MAX_HOSTS:
@@ -386,7 +393,7 @@ class Lab:
     def _build(self, n: int, m: int, kvm: bool, disk: bool, step: Progress, ha: bool, tls: bool,
                libvirt_tls: bool, guest: str, memory_mib: int, vcpus: int,
                numa: dict[str, Sequence[L.LabCell]], monitoring: bool = False,
-               rebalance: Mapping[str, Any] | None = None) -> None:
+               agent_config: dict[str, dict[str, Any]] | None = None) -> None:
         names = L.host_names(n)
         members = names[:min(n, 3)]
         vm_list = L.vm_names(m)
@@ -399,7 +406,7 @@ class Lab:
             "prefix": self.prefix, "phase": "building", "hosts": names, "etcd_members": members,
             "kvm": kvm, "disk": disk, "ha": ha, "tls": tls, "libvirt_tls": libvirt_tls, "created": time.time(),
             "guest": guest, "memory_mib": memory_mib, "vcpus": vcpus, "monitoring": monitoring,
-            "rebalance": dict(rebalance or {}),
+            "agent_config": agent_config or {},
             "vms": {vm: {"home": homes[vm], "uuid": lay.vm_uuid(vm)} for vm in vm_list},
             "numa": {h: [c.to_json() for c in (numa.get(h) or L.default_cells(h))] for h in names},
         })
@@ -787,8 +794,8 @@ class Lab:
         endpoints = [f"{scheme}://{L.address(m)}:{L.ETCD_CLIENT_PORT}" for m in members]
         _write(lay.agent_config(h), L.agent_toml(self.prefix, h, endpoints, self._fencing_section(h),
                                                  str(lay.shared_dir), self.etcd_cert(h),
-                                                 L.migration_toml(self.hosts(), bool(self.state.get("libvirt_tls")))
-                                                 + L.rebalance_toml(self.state.get("rebalance") or {})))
+                                                 L.migration_toml(self.hosts(), bool(self.state.get("libvirt_tls")),
+                                                                  self.state.get("agent_config") or {})))
 
     def _make_certificates(self, names: list[str], members: list[str]) -> None:
         """The lab's CA; a server/peer certificate per etcd member; a client certificate per agent

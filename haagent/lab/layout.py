@@ -15,7 +15,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 from xml.sax.saxutils import escape
 
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
@@ -651,20 +651,26 @@ load_smoothing = 15
 {migration}{fencing}"""
 
 
-def migration_toml(hosts: list[str], libvirt_tls: bool) -> str:
-    """The agents' [migration] section: the peers' libvirtds at their lab addresses."""
+# The agent config sections the lab writes itself (``Lab.up(agent_config=...)`` adds to
+# [migration] only, and may add any other section).
+AGENT_SECTIONS = frozenset({"etcd", "libvirt", "metrics", "log", "agent", "fencing"})
+
+
+def migration_toml(hosts: list[str], libvirt_tls: bool, extra: Mapping[str, Mapping[str, object]] | None = None) -> str:
+    """The agents' [migration] section: the peers' libvirtds at their lab addresses; then the
+    ``extra`` config a lab was built with (``Lab.up(agent_config=...)``): more [migration] keys,
+    and other sections."""
+    extra = extra or {}
     uri = libvirt_uri_tls("{host}") if libvirt_tls else "qemu+tcp://{host}/system"
     out = ["", "[migration]", f'uri = "{uri}"', f"tls = {'true' if libvirt_tls else 'false'}",
-           "deadline_floor = 20", "", "[migration.peers]"]
+           "deadline_floor = 20"]
+    out += [f"{k} = {json.dumps(v)}" for k, v in sorted((extra.get("migration") or {}).items())]
+    out += ["", "[migration.peers]"]
     out += [f'{h} = "{address(h)}"' for h in hosts]
+    for section, values in sorted(extra.items()):
+        if section != "migration":
+            out += ["", f"[{section}]"] + [f"{k} = {json.dumps(v)}" for k, v in sorted(values.items())]
     return "\n".join(out) + "\n"
-
-
-def rebalance_toml(settings: Mapping[str, Any]) -> str:
-    """The agents' [rebalance] section, when a lab is built with one (docs/rebalance.md)."""
-    if not settings:
-        return ""
-    return "\n[rebalance]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in sorted(settings.items()))
 
 
 def fencing_toml(hosts: list[str], password_file: str, check_interval: float | None = None) -> str:

@@ -62,8 +62,8 @@ def wait(what: str, cond, timeout: float):
 
 def test_auto_rounds_spread_the_burners_then_stay_quiet(make_lab) -> None:
     lab = make_lab("lrb", 3, 4, guest="linux",  # vm1 and vm4 on h1, vm2 on h2, vm3 on h3
-                   rebalance={"mode": "auto", "interval": INTERVAL, "threshold": 0.05, "min_gain": 0.01,
-                              "vm_cooldown": 3600, "max_moves_per_round": 2})
+                   agent_config={"rebalance": {"mode": "auto", "interval": INTERVAL, "threshold": 0.05,
+                                               "min_gain": 0.01, "vm_cooldown": 3600, "max_moves_per_round": 2}})
     for vm in ("vm1", "vm4"):
         lab.guest(vm).wait_ready(timeout=120)
     v = wait("the leader to record every VM", lambda: (lambda v: len(v.placements) == 4 and v)(view(lab)), 60)

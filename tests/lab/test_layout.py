@@ -52,6 +52,20 @@ def test_generated_agent_config_is_valid(tmp_path: Path) -> None:
     assert "secret" not in text
 
 
+def test_extra_agent_config_reaches_the_agents_config(tmp_path: Path) -> None:
+    password = tmp_path / "password"
+    password.write_text("secret\n")
+    password.chmod(0o600)
+    extra = {"migration": {"max_outgoing": 4}, "policy": {"cpu_overcommit": 6}}
+    text = L.agent_toml("lab1", "h2", ["http://10.99.0.11:2379"], L.fencing_toml(["h1", "h2"], str(password)),
+                        str(tmp_path / "shared"), migration=L.migration_toml(["h1", "h2"], False, extra))
+    cfg = parse_config(tomllib.loads(text))
+    assert cfg.migration.max_outgoing == 4 and cfg.migration.target_uri("h1") == "qemu+tcp://10.99.0.11/system"
+    assert cfg.policy is not None and cfg.policy.cpu_overcommit == 6
+    with pytest.raises(Exception, match=r"writes \[agent\] itself"):
+        Lab("lxc")._preflight(3, 0, False, "none", 64, 1, {}, agent_config={"agent": {"x": 1}})
+
+
 def test_domain_xml() -> None:
     dom = ET.fromstring(L.domain_xml("vm1", "0b0c0d0e-0000-0000-0000-000000000001", "hal", False, None))
     assert dom.get("type") == "qemu" and dom.findtext("memory") == "64" and dom.find("devices/disk") is None

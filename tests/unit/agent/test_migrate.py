@@ -7,6 +7,7 @@ import json
 from haagent.agent import core
 from haagent.agent.vms import VmShell
 from haagent.hypervisor.fake import FakeCluster, FakeHypervisor
+from haagent.hypervisor.options import MigrationOptions
 from haagent.hypervisor.port import MigrationTarget
 from haagent.model import HostState
 from haagent.state.codec import build_view
@@ -100,3 +101,49 @@ def test_a_malformed_outcome_record_is_a_bad_record_naming_the_field():
     view = build_view({key: KV('{"to": "h2", "outcome": "teleported"}')}, K, 0)
     assert view.bad_records == ((key, "outcome: expected one of running, completed, failed, aborted-deadline, "
                                       "aborted-request, got 'teleported'"),)
+
+
+def test_a_copy_that_arrived_by_a_hand_migration_outlives_the_sources_stale_report():
+    # virsh migrate by hand: no order. The source's report, read from its libvirt before the
+    # migration ended, was written after the target first saw its copy, so it looks fresh.
+    arrived = inp(host="h2", running=frozenset({"vm1"}), reports={"h1": frozenset({"vm1"})},
+                  report_revisions={"h1": 9}, local_since={"vm1": 3}, migrations={}, arrived={"vm1": 100.0})
+    assert core.step(arrived, 100.0 + core.ARRIVAL_GRACE - 0.1, core.AgentConfig()) == []
+    # the owner still lists it past the grace: a second copy after all, removed as before
+    [stop] = core.step(arrived, 100.0 + core.ARRIVAL_GRACE, core.AgentConfig())
+    assert isinstance(stop, core.StopVm) and stop.vm == "vm1"
+
+
+def test_the_shell_knows_which_copies_arrived_by_live_migration():
+    marked = XML.replace("</domain>", "<metadata><ha:vm xmlns:ha='https://haagent.dev/xmlns/ha/1' "
+                                      "policy='restart'/></metadata></domain>")
+    fakes = FakeCluster()
+    src, dst = FakeHypervisor("fake:///h1", cluster=fakes), FakeHypervisor("fake:///h2", cluster=fakes)
+    src.start(src.define(marked).uuid)
+    clock = [50.0]
+    shells = [VmShell(h, hv, Store(), K, lease=None, cache=None, config=core.AgentConfig(), clock=lambda: clock[0])
+              for h, hv in (("h1", src), ("h2", dst))]
+    shells[0].refresh_inventory()
+    assert shells[0].running == {UUID} and shells[0].arrived == {}  # booted here
+    src.migrate(UUID, MigrationTarget("fake:///h2"), MigrationOptions())
+    shells[1].refresh_inventory()
+    clock[0] = 55.0
+    shells[1].refresh_inventory()
+    assert shells[1].running == {UUID} and shells[1].arrived == {UUID: 50.0}  # first seen, not last
+
+
+def test_only_a_running_migrations_progress_leaves_the_agents_asleep():
+    from haagent.daemon import progress_only
+    from haagent.store.client import WatchEvent
+
+    def ev(key, value, kind="put"):
+        return WatchEvent(kind, key, value.encode(), 5, 5)
+
+    mig = K.host_migration("h1", UUID)
+    assert progress_only(ev(mig, '{"outcome": "running", "to": "h2"}'), K)
+    # an outcome settles the migration: the leader must look now
+    assert not progress_only(ev(mig, '{"outcome": "completed", "to": "h2"}'), K)
+    assert not progress_only(ev(mig, "", kind="delete"), K)
+    assert not progress_only(ev(mig, "not json"), K)
+    assert not progress_only(ev(K.host_report("h1"), '{"outcome": "running"}'), K)
+    assert not progress_only(ev(K.vm_migration(UUID), '{"outcome": "running"}'), K)

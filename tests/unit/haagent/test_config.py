@@ -87,6 +87,8 @@ BAD = [
     (with_(migration={"uri": "qemu+tls://kvm01/system"}),
      "migration.uri: must be a libvirt URI naming {host}, like qemu+tls://{host}/system (got 'qemu+tls://kvm01/system')"),
     (with_(migration={"max_parallel": 2}), "migration.max_parallel: unknown key"),
+    (with_(migration={"max_downtime_ms": -1}), "migration.max_downtime_ms: must be at least 0 (got -1)"),
+    (with_(migration={"auto_converge": "yes"}), "migration.auto_converge: must be true or false (got 'yes')"),
 ]
 
 
@@ -131,6 +133,12 @@ def test_good_config_has_defaults():
     assert [e.port for e in cfg.etcd.endpoints] == [2379, 2379]
     with pytest.raises(AttributeError):
         cfg.host = "other"  # frozen
+
+
+def test_migration_tuning_defaults_to_qemus_own():
+    assert (parse_config(GOOD).migration.max_downtime_ms, parse_config(GOOD).migration.auto_converge) == (0, False)
+    mig = parse_config(with_(migration={"max_downtime_ms": 100, "auto_converge": True})).migration
+    assert (mig.max_downtime_ms, mig.auto_converge) == (100, True)
 
 
 def test_unix_endpoint_form():
