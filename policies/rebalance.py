@@ -9,7 +9,11 @@ with ``sd`` the population standard deviation and the weights from ``[policy.reb
 What a rebalance costs an operator is the memory it migrates (network, time, risk), so the
 default method, ``cost``, takes at each step, among the valid moves gaining at least ``NEAR_BEST``
 of the best gain, the one with the most score removed per GiB migrated (plus ``MOVE_OVERHEAD_GIB``
-per move, so a crowd of tiny VMs does not win on a rounding error). When no move is left it drops,
+per move, so a crowd of tiny VMs does not win on a rounding error). A swap competes with those
+moves: one of the ``SWAP_SEEDS`` moves gaining most, then a VM of its target back to its source,
+taken when the pair removes more score per GiB (both migrations and overheads counted) than the
+best single move and gains at least ``NEAR_BEST`` of what it gains; each half passes the filters
+and gains on its own, so a swap is two ordinary moves of the plan. When no move is left it drops,
 one by one, the moves whose share of the final score the rest of the plan no longer needs (taking
 the move out raises the final score by less than ``min_gain``), replaying the moves after it so
 that each still passes every filter and still gains at least ``min_gain``. Last, it plans the
