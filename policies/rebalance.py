@@ -43,6 +43,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
+from operator import itemgetter
 
 from haagent.errors import PlacementInputError
 from policies.config import DEFAULT, PolicyConfig
@@ -323,15 +324,24 @@ class _Planner:
             if moves_left is None or moves_left >= 2:
                 swaps = self.swaps(cands, current, NEAR_BEST * best_gain, mib_left)
             cands = [c for c in cands if current - c[1] >= NEAR_BEST * best_gain]
-        cands.sort(key=lambda c: (c[0], c[2], bal.act[c[4]].name))
+        def order(c: tuple) -> tuple:
+            return c[0], c[2], bal.act[c[4]].name
+
+        # The first in order usually passes the filters: find it without sorting them all.
+        top = min(c[0] for c in cands)
+        first = min((c for c in cands if c[0] == top), key=order)
         if swaps:
             swaps.sort(key=lambda c: (c[0], c[2], c[5]))
             for key, _new, aname, s, t, bname in swaps[:SWAP_CHECKS]:
-                if key >= cands[0][0]:
+                if key >= top:
                     break  # the best single move is worth at least as much per GiB
                 if self.take_swap(state.reqs[aname], state.reqs[bname], s, t):
                     return None
-        for _key, new, vname, _s, t in cands[:MAX_CHECKS]:
+        if self.valid(state.reqs[first[2]], bal.act[first[4]]):
+            self.apply(state.reqs[first[2]], bal.act[first[4]].name)
+            return None
+        cands.sort(key=order)
+        for _key, new, vname, _s, t in cands[1:MAX_CHECKS]:
             req = state.reqs[vname]
             if self.valid(req, bal.act[t]):
                 self.apply(req, bal.act[t].name)
@@ -348,7 +358,7 @@ class _Planner:
         n, wc, wm, sqrt = bal.n, bal.wc, bal.wm, math.sqrt
         threshold = self.threshold
         out = []
-        for _key, new1, aname, s, t in heapq.nsmallest(SWAP_SEEDS, cands, key=lambda c: c[1]):
+        for _key, new1, aname, s, t in heapq.nsmallest(SWAP_SEEDS, cands, key=itemgetter(1)):
             a = self.state.reqs[aname]
             hs, ht = bal.act[s], bal.act[t]
             ics, ims, ict, imt = 1.0 / hs.cpus, 1.0 / hs.memory, 1.0 / ht.cpus, 1.0 / ht.memory
