@@ -324,6 +324,7 @@ class _Planner:
             if moves_left is None or moves_left >= 2:
                 swaps = self.swaps(cands, current, NEAR_BEST * best_gain, mib_left)
             cands = [c for c in cands if current - c[1] >= NEAR_BEST * best_gain]
+
         def order(c: tuple) -> tuple:
             return c[0], c[2], bal.act[c[4]].name
 
@@ -341,7 +342,7 @@ class _Planner:
             self.apply(state.reqs[first[2]], bal.act[first[4]].name)
             return None
         cands.sort(key=order)
-        for _key, new, vname, _s, t in cands[1:MAX_CHECKS]:
+        for _key, _new, vname, _s, t in cands[1:MAX_CHECKS]:
             req = state.reqs[vname]
             if self.valid(req, bal.act[t]):
                 self.apply(req, bal.act[t].name)
@@ -397,7 +398,7 @@ class _Planner:
                 and before - bal.moved_score(b, t, s) >= self.threshold):
             self.apply(b, bal.act[s].name)
             return True
-        (st,) = self.undo_to(len(self.steps) - 1)
+        self.undo_to(len(self.steps) - 1)  # ``a`` goes back and may move later
         self.movable[s].setdefault((a.cpu_load, a.mem_load), []).append(a.name)
         self.movable[s][(a.cpu_load, a.mem_load)].sort(reverse=True)
         return False
