@@ -9,7 +9,11 @@ with ``sd`` the population standard deviation and the weights from ``[policy.reb
 What a rebalance costs an operator is the memory it migrates (network, time, risk), so the
 default method, ``cost``, takes at each step, among the valid moves gaining at least ``NEAR_BEST``
 of the best gain, the one with the most score removed per GiB migrated (plus ``MOVE_OVERHEAD_GIB``
-per move, so a crowd of tiny VMs does not win on a rounding error). When no move is left it drops,
+per move, so a crowd of tiny VMs does not win on a rounding error). A swap competes with those
+moves: one of the ``SWAP_SEEDS`` moves gaining most, then a VM of its target back to its source,
+taken when the pair removes more score per GiB (both migrations and overheads counted) than the
+best single move and gains at least ``NEAR_BEST`` of what it gains; each half passes the filters
+and gains on its own, so a swap is two ordinary moves of the plan. When no move is left it drops,
 one by one, the moves whose share of the final score the rest of the plan no longer needs (taking
 the move out raises the final score by less than ``min_gain``), replaying the moves after it so
 that each still passes every filter and still gains at least ``min_gain``. Last, it plans the
@@ -39,6 +43,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
+from operator import itemgetter
 
 from haagent.errors import PlacementInputError
 from policies.config import DEFAULT, PolicyConfig
@@ -57,6 +62,8 @@ POOL_REFRESH = 16  # moves between full rankings of every host
 MAX_CHECKS = 200  # candidate moves checked against the filters per step before giving up
 MOVE_OVERHEAD_GIB = 1.0  # what one migration costs beyond its memory (setup, dirty pages, risk)
 PRUNE_TRIALS = 24  # moves the final pass tries to drop, at most (each trial replays the rest)
+SWAP_SEEDS = 8  # the single moves gaining most that a swap may start with, per step
+SWAP_CHECKS = 8  # swaps checked against the filters per step before single moves are taken
 NEAR_BEST = 0.9  # the cost method prices only moves gaining at least this share of the best gain
 DEFAULT_MIN_GAIN = 1e-5  # ``haagent plan rebalance``: a move must remove at least this much score
 EPSILON = 1e-9  # the least gain that counts as a gain (float noise is not an improvement)
@@ -244,7 +251,8 @@ class _Planner:
                     sizes.setdefault((req.cpu_load, req.mem_load), []).append(vname)
             self.movable.append(sizes)
         while max_moves is None or len(self.steps) < max_moves:
-            why = self.step(None if max_mib is None else max_mib - self.mib_used)
+            why = self.step(None if max_mib is None else max_mib - self.mib_used,
+                            None if max_moves is None else max_moves - len(self.steps))
             if why is not None:
                 return why
         return "max_moves"
@@ -265,7 +273,7 @@ class _Planner:
         self.moved.add(req.name)
         self.mib_used += req.mem_load
 
-    def step(self, mib_left: float | None) -> str | None:
+    def step(self, mib_left: float | None, moves_left: int | None = None) -> str | None:
         """Take the next move; None, or why no move was taken."""
         bal, state = self.bal, self.state
         current = bal.current()
@@ -308,18 +316,92 @@ class _Planner:
                         cands.append((-gain * per if cost else new, new, vname, s, t))
         if not cands:
             return "max_gib" if over_budget else ("min_gain" if self.min_gain > 0 else "no_move")
+        swaps: list[tuple[float, float, str, int, int, str]] = []
         if cost:
             # Only moves worth nearly as much as the best one compete on price: cheap moves of
             # little effect first would use up the small VMs the end of the plan needs to fine-tune.
             best_gain = current - min(c[1] for c in cands)
+            if moves_left is None or moves_left >= 2:
+                swaps = self.swaps(cands, current, NEAR_BEST * best_gain, mib_left)
             cands = [c for c in cands if current - c[1] >= NEAR_BEST * best_gain]
-        cands.sort(key=lambda c: (c[0], c[2], bal.act[c[4]].name))
-        for _key, new, vname, _s, t in cands[:MAX_CHECKS]:
+
+        def order(c: tuple) -> tuple:
+            return c[0], c[2], bal.act[c[4]].name
+
+        # The first in order usually passes the filters: find it without sorting them all.
+        top = min(c[0] for c in cands)
+        first = min((c for c in cands if c[0] == top), key=order)
+        if swaps:
+            swaps.sort(key=lambda c: (c[0], c[2], c[5]))
+            for key, _new, aname, s, t, bname in swaps[:SWAP_CHECKS]:
+                if key >= top:
+                    break  # the best single move is worth at least as much per GiB
+                if self.take_swap(state.reqs[aname], state.reqs[bname], s, t):
+                    return None
+        if self.valid(state.reqs[first[2]], bal.act[first[4]]):
+            self.apply(state.reqs[first[2]], bal.act[first[4]].name)
+            return None
+        cands.sort(key=order)
+        for _key, _new, vname, _s, t in cands[1:MAX_CHECKS]:
             req = state.reqs[vname]
             if self.valid(req, bal.act[t]):
                 self.apply(req, bal.act[t].name)
                 return None
         return "no_move"
+
+    def swaps(self, cands: list[tuple[float, float, str, int, int]], current: float,
+              least_gain: float, mib_left: float | None
+              ) -> list[tuple[float, float, str, int, int, str]]:
+        """Pairs of moves (a VM from s to t, then one from t back to s), each gaining on its own,
+        that together gain at least ``least_gain``: (key per GiB as the single moves', score
+        after both, first VM, s, t, second VM). Seeded by the single moves gaining most."""
+        bal = self.bal
+        n, wc, wm, sqrt = bal.n, bal.wc, bal.wm, math.sqrt
+        threshold = self.threshold
+        out = []
+        for _key, new1, aname, s, t in heapq.nsmallest(SWAP_SEEDS, cands, key=itemgetter(1)):
+            a = self.state.reqs[aname]
+            hs, ht = bal.act[s], bal.act[t]
+            ics, ims, ict, imt = 1.0 / hs.cpus, 1.0 / hs.memory, 1.0 / ht.cpus, 1.0 / ht.memory
+            # Utilisations and sums once ``a`` has moved.
+            ucs, ums = bal.uc[s] - a.cpu_load * ics, bal.um[s] - a.mem_load * ims
+            uct, umt = bal.uc[t] + a.cpu_load * ict, bal.um[t] + a.mem_load * imt
+            s1c = bal.s1c - bal.uc[s] - bal.uc[t] + ucs + uct
+            s1m = bal.s1m - bal.um[s] - bal.um[t] + ums + umt
+            s2c = (bal.s2c - bal.uc[s] ** 2 - bal.uc[t] ** 2 + ucs * ucs + uct * uct)
+            s2m = (bal.s2m - bal.um[s] ** 2 - bal.um[t] ** 2 + ums * ums + umt * umt)
+            for (dc, dm), names in self.movable[t].items():
+                if not names or (mib_left is not None and a.mem_load + dm > mib_left):
+                    continue
+                ucs2, ums2 = ucs + dc * ics, ums + dm * ims
+                uct2, umt2 = uct - dc * ict, umt - dm * imt
+                c1 = (s1c - ucs - uct + ucs2 + uct2) / n
+                m1 = (s1m - ums - umt + ums2 + umt2) / n
+                c2 = (s2c - ucs * ucs - uct * uct + ucs2 * ucs2 + uct2 * uct2) / n
+                m2 = (s2m - ums * ums - umt * umt + ums2 * ums2 + umt2 * umt2) / n
+                new2 = wc * sqrt(abs(c2 - c1 * c1)) + wm * sqrt(abs(m2 - m1 * m1))
+                if new1 - new2 < threshold or current - new2 < least_gain:
+                    continue
+                gib = (a.mem_load + dm) / MIB_PER_GIB + 2 * MOVE_OVERHEAD_GIB
+                out.append((-(current - new2) / gib, new2, aname, s, t, names[-1]))
+        return out
+
+    def take_swap(self, a: Req, b: Req, s: int, t: int) -> bool:
+        """Move ``a`` from active host ``s`` to ``t`` and ``b`` back from ``t`` to ``s``, if each
+        passes the filters in its turn and gains; else change nothing."""
+        bal = self.bal
+        if not self.valid(a, bal.act[t]):
+            return False
+        self.apply(a, bal.act[t].name)
+        before = self.steps[-1].score
+        if (self.valid(b, bal.act[s])
+                and before - bal.moved_score(b, t, s) >= self.threshold):
+            self.apply(b, bal.act[s].name)
+            return True
+        self.undo_to(len(self.steps) - 1)  # ``a`` goes back and may move later
+        self.movable[s].setdefault((a.cpu_load, a.mem_load), []).append(a.name)
+        self.movable[s][(a.cpu_load, a.mem_load)].sort(reverse=True)
+        return False
 
     def prune(self) -> None:
         """Drop moves the rest of the plan no longer needs (see the module docstring)."""

@@ -139,3 +139,21 @@ def test_balanced_cluster_needs_no_move(build):
     vms = [build.vm(f"v{i}", host=f"h{i}") for i in range(3)]
     plan = rebalance(build.cluster(hosts, vms), 10, 0.0)
     assert plan.moves == () and plan.score_before == plan.score_after
+
+
+def test_a_swap_beats_one_bigger_move(build):
+    # h1 holds 12 GiB and 3 cores, h0 2 GiB and 1 core. One move, v0 (8 GiB), evens the cpu;
+    # the pair v1 (4 GiB) to h0 then v2 (2 GiB) back reaches the same score for 6 GiB.
+    hosts = [build.host("h0", cells=0), build.host("h1", cells=0)]
+    vms = [build.vm("v0", 2, 8192, host="h1", cpu_load=1.0),
+           build.vm("v1", 2, 4096, host="h1", cpu_load=2.0),
+           build.vm("v2", 2, 2048, host="h0", cpu_load=1.0)]
+    c = build.cluster(hosts, vms)
+    greedy = rebalance(c, None, 0.0, method="greedy")
+    assert [(m.vm, m.target) for m in greedy.moves] == [("v0", "h0")]
+    cost = rebalance(c, None, 0.0)
+    assert [(m.vm, m.target) for m in cost.moves] == [("v1", "h0"), ("v2", "h1")]
+    assert cost.gib == 6.0 < greedy.gib and abs(cost.score_after - greedy.score_after) < 1e-12
+    assert cost.scores[0] < cost.score_before  # each half of the swap gains on its own
+    # With room for one move only, the swap is not started.
+    assert [m.vm for m in rebalance(c, 1, 0.0).moves] == ["v0"]
