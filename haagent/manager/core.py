@@ -357,6 +357,20 @@ def with_power_reads(status: ManagerStatus, reads: Iterable[PowerRead], now: flo
     return replace(status, power_reads=power)
 
 
+def next_due(status: ManagerStatus, now: float, config: ManagerConfig) -> float | None:
+    """The earliest time after ``now`` at which one of the step's timers runs out (the grace, a
+    suspect host's fence_delay, a storm release, a fence retry, a power read's timeout), so the
+    shell can step then instead of at its next heartbeat; None when none is pending."""
+    times = [status.leader_since + config.new_leader_grace]
+    times += [t + config.fence_delay for t in status.suspect_since.values()]
+    times += list(status.released.values())
+    times += [t + config.fence_retry_interval for t in status.fence_issued_at.values()]
+    times += [asked + config.storm_read_timeout for _f, _r, asked, power in status.power_reads.values() if not power]
+    times += [t + config.lease_ttl + config.watchdog_margin for t in status.alive_after_off.values()]
+    later = [t for t in times if t > now]
+    return min(later) if later else None
+
+
 def new_status(now: float) -> ManagerStatus:
     """A fresh leader's memory: its grace period starts now."""
     return ManagerStatus(leader_since=now)

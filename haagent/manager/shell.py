@@ -175,14 +175,16 @@ class LeaderShell:
             self.sink("action", {"line": line, "epoch": epoch})
         if writes:
             self.sink("committed", {"view": view, "actions": actions})
-            if not self.store.caught_up(revision):
-                self.sink("stale_view", {"waiting_for": revision})
+        # The step's transaction (its fence starts) has committed: dispatch now, not after the
+        # watch has brought our own write back (a round trip that grows with the cluster's churn).
         for a in actions:
             if isinstance(a, FenceHost):
                 self.fences.start(a, self._cancel, lambda step, e=epoch: self.fence_done(e, step))
             elif isinstance(a, ReadPower):
                 self.fences.read_power(a, lambda read, e=epoch: self.power_done(e, read))
         self._set_alerts(frozenset(a for a in actions if isinstance(a, Alert)))
+        if writes and not self.store.caught_up(revision):
+            self.sink("stale_view", {"waiting_for": revision})
 
     def _drain(self, results: queue.Queue, epoch: int) -> list:
         """What finished for ``epoch``; results of another epoch are dropped (and said so)."""
@@ -467,6 +469,7 @@ class LeaderLoop:
                                  clock=clock, wall=wall, sink=DaemonSink(wall, notify), wake=wake, mover=mover)
         self._health: Future | None = None
         self._health_due = 0.0
+        self._wake, self._timer, self._timer_at = wake, None, 0.0  # see _wake_when_due
 
     @property
     def status(self) -> core.ManagerStatus | None:
@@ -475,11 +478,29 @@ class LeaderLoop:
     def close(self) -> None:
         self.shell.close()
         self.fences.close()
+        if self._timer is not None:
+            self._timer.cancel()
 
     def tick(self) -> None:
         self.shell.tick()
         if self.shell.leading:
             self._check_fence_paths()
+            self._wake_when_due()
+
+    def _wake_when_due(self) -> None:
+        """Wake the loop when the step's next timer is due (a suspect host's fence_delay, the end
+        of the grace, a retry): otherwise a quiet cluster's leader steps again only at its next
+        heartbeat, up to a heartbeat_interval late."""
+        status = self.shell.status
+        now = self.clock()
+        due = core.next_due(status, now, self.shell.config) if status is not None else None
+        if due is None or (self._timer is not None and now < self._timer_at <= due):
+            return  # nothing due, or a wake-up already set for that time or earlier
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = threading.Timer(due - now + 0.001, self._wake), due
+        self._timer.daemon = True
+        self._timer.start()
 
     def _check_fence_paths(self) -> None:
         """Every [fencing] check_interval, ask every fence device for its status (never acts)."""
