@@ -296,7 +296,7 @@ def leader_main(endpoints: list[str], host: str, out_path: str, probe_key: str) 
     from haagent.manager.placer import policy_placer
     from haagent.manager.shell import LeaderLoop
     from haagent.manager.core import ManagerConfig
-    from haagent.state.view import SetPlacement
+    from haagent.state.view import SetHostState, SetPlacement
     from haagent.errors import StoreError
     from haagent.store.client import EtcdStore, Put
     from haagent.store.election import Election
@@ -326,6 +326,8 @@ def leader_main(endpoints: list[str], host: str, out_path: str, probe_key: str) 
         for ev in events:
             if ev.key == probe_key and ev.value:
                 out("lag", s=time.monotonic() - float(ev.value))
+            elif ev.kind == "delete" and ev.key.endswith("/alive"):
+                out("alive_gone", host=ev.key.split("/")[-2])
         wake.set()
 
     cache = PrefixCache(store, keys.root, on_change=on_change).start()
@@ -340,6 +342,9 @@ def leader_main(endpoints: list[str], host: str, out_path: str, probe_key: str) 
             placed = [a.vm for a in fields["actions"] if isinstance(a, SetPlacement)]
             if placed:
                 out("placed", vms=placed)
+            for a in fields["actions"]:
+                if isinstance(a, SetHostState):
+                    out("state", host=a.host, state=a.new.value)
         elif event in ("started", "deposed", "stale_view", "store_error", "step_retry"):
             out(event, **{k: str(v) for k, v in fields.items()})
 
@@ -367,6 +372,17 @@ def leader_main(endpoints: list[str], host: str, out_path: str, probe_key: str) 
             out("view", s=time.perf_counter() - t0)
 
     shell.store.view = view
+    for name, obj in (("placer", shell), ("caught_up", shell.store)):  # where a failover's tick goes
+        real = getattr(obj, name)
+
+        def timed(*args, _real=real, _name=name):
+            t0, c0 = time.perf_counter(), time.thread_time()
+            try:
+                return _real(*args)
+            finally:
+                out(_name, s=time.perf_counter() - t0, cpu=time.thread_time() - c0, n=len(args[0]) if _name == "placer" else 0)
+
+        setattr(obj, name, timed)
     out("ready", pid=os.getpid())
     leading = False
     warmed = 0.0
@@ -379,9 +395,9 @@ def leader_main(endpoints: list[str], host: str, out_path: str, probe_key: str) 
                 out("leading", epoch=lead.epoch)
                 leading = True
         if election.is_leader:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             loop.tick()
-            out("tick", s=time.perf_counter() - t0, rev=cache.revision)
+            out("tick", s=time.perf_counter() - t0, cpu=time.thread_time() - c0, rev=cache.revision)
         elif leading:
             out("lost")
             leading = False

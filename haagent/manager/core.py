@@ -816,7 +816,9 @@ def _vms(st: _Step) -> None:
 
 
 def _view_with(st: _Step) -> ClusterView:
-    hosts = {h: replace(hv, state=st.states.get(h)) for h, hv in st.view.hosts.items()}
+    # (hosts whose state this step did not change are the view's own: the placer's memo knows them)
+    hosts = {h: hv if hv.state is st.states.get(h) else replace(hv, state=st.states.get(h))
+             for h, hv in st.view.hosts.items()}
     return replace(st.view, hosts=hosts, placements=dict(st.placements))
 
 

@@ -24,9 +24,10 @@ def policy_placer(config: object = None) -> Placer:
     from policies.config import PolicyConfig
 
     cfg = config if isinstance(config, PolicyConfig) else PolicyConfig()
+    memo: dict = {}  # the VMs' conversions, reused while unchanged (live_cluster)
 
     def placer(todo: Sequence[VmSpec], view: ClusterView, avoid: frozenset[str]):
-        live = live_cluster(view, cfg, avoid=avoid, unplaced=[t.uuid for t in todo])
+        live = live_cluster(view, cfg, avoid=avoid, unplaced=[t.uuid for t in todo], memo=memo)
         by_name = {v.name: v for v in live.cluster.vms}
         result = place([by_name[live.label[t.uuid]] for t in todo], live.cluster, cfg)
         return ({live.uuid[p.vm]: p.host for p in result.placements},
@@ -46,9 +47,10 @@ def policy_mover(config: object = None) -> Placer:
     from policies.place import move
 
     cfg = config if isinstance(config, PolicyConfig) else PolicyConfig()
+    memo: dict = {}  # the VMs' conversions, reused while unchanged (live_cluster)
 
     def mover(todo: Sequence[VmSpec], view: ClusterView, avoid: frozenset[str]):
-        live = live_cluster(view, cfg, avoid=avoid)
+        live = live_cluster(view, cfg, avoid=avoid, memo=memo)
         by_name = {v.name: v for v in live.cluster.vms}
         result = move([by_name[live.label[t.uuid]] for t in todo], live.cluster, cfg, avoid=avoid)
         return ({live.uuid[p.vm]: p.host for p in result.placements},

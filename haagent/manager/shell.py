@@ -470,6 +470,9 @@ class LeaderLoop:
         self._health: Future | None = None
         self._health_due = 0.0
         self._wake, self._timer, self._timer_at = wake, None, 0.0  # see _wake_when_due
+        self._warmed: frozenset[str] = frozenset()  # see _warm_placer
+        self._warming: Future | None = None
+        self._warm_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="placer-warm")
 
     @property
     def status(self) -> core.ManagerStatus | None:
@@ -480,12 +483,14 @@ class LeaderLoop:
         self.fences.close()
         if self._timer is not None:
             self._timer.cancel()
+        self._warm_pool.shutdown(wait=False, cancel_futures=True)
 
     def tick(self) -> None:
         self.shell.tick()
         if self.shell.leading:
             self._check_fence_paths()
             self._wake_when_due()
+            self._warm_placer()
 
     def _wake_when_due(self) -> None:
         """Wake the loop when the step's next timer is due (a suspect host's fence_delay, the end
@@ -501,6 +506,24 @@ class LeaderLoop:
         self._timer, self._timer_at = threading.Timer(due - now + 0.001, self._wake), due
         self._timer.daemon = True
         self._timer.start()
+
+    def _warm_placer(self) -> None:
+        """A host just turned suspect: its VMs may need placing in about fence_delay plus a fence.
+        Ask the placer to place nothing, on a thread of its own (never delaying a step), which
+        converts every VM and host for the engine while the fence runs, so that the placement
+        reconverts only what changed since (the placer's memos, which check every entry they
+        reuse): at 20,000 VMs a cold placement took a few hundred milliseconds of CPU."""
+        status = self.shell.status
+        suspects = frozenset(status.suspect_since) if status is not None else frozenset()
+        new, self._warmed = not suspects <= self._warmed, suspects
+        if not new or (self._warming is not None and not self._warming.done()):
+            return
+        try:
+            view = self.shell.store.view()
+        except StoreError:  # no view now: the placement will convert what it needs itself
+            return
+        placer = self.shell.placer
+        self._warming = self._warm_pool.submit(lambda: placer([], view, frozenset()))
 
     def _check_fence_paths(self) -> None:
         """Every [fencing] check_interval, ask every fence device for its status (never acts)."""
