@@ -87,9 +87,20 @@ def _vm(spec: VmSpec, label: str, host: HostView | None) -> Vm:
               cpu_model=n.cpu_model or None, unplaceable=n.unplaceable or None)
 
 
+class LiveMemo:
+    """What ``live_cluster`` converted last time, reused while its inputs are the very same objects:
+    each VM (by its spec, name and host view), each host (by its view and whether it is avoided),
+    and what follows from the specs mapping alone (names, groups)."""
+
+    def __init__(self) -> None:
+        self.vms: dict[str, tuple[VmSpec, str, HostView | None, Vm]] = {}
+        self.hosts: dict[str, tuple[HostView, bool, Host]] = {}
+        self.specs: tuple[Mapping[str, VmSpec], dict[str, str], dict[str, str], list[str]] | None = None
+
+
 def live_cluster(view: ClusterView, config: PolicyConfig | None = None, *,
                  avoid: Iterable[str] = (), unplaced: Iterable[str] = (),
-                 memo: dict[str, tuple[VmSpec, str, HostView | None, Vm]] | None = None) -> LiveCluster:
+                 memo: LiveMemo | None = None) -> LiveCluster:
     """The engine's cluster from a view: every host, every registered VM where it is placed.
 
     ``unplaced`` VMs (the ones a failover is about to place) are listed without a host. ``memo``
@@ -100,11 +111,18 @@ def live_cluster(view: ClusterView, config: PolicyConfig | None = None, *,
     """
     cfg = config or PolicyConfig()
     avoid, unplaced = frozenset(avoid), frozenset(unplaced)
-    counts: dict[str, int] = {}
-    for spec in view.specs.values():
-        counts[spec.name] = counts.get(spec.name, 0) + 1
-    label = {u: (s.name if counts[s.name] == 1 else u) for u, s in view.specs.items()}
-    hosts = tuple(live_host(hv, h in avoid) for h, hv in sorted(view.hosts.items()))
+    if memo is not None and memo.specs is not None and memo.specs[0] is view.specs:
+        _specs, label, uuids, names = memo.specs
+    else:
+        counts: dict[str, int] = {}
+        for spec in view.specs.values():
+            counts[spec.name] = counts.get(spec.name, 0) + 1
+        label = {u: (s.name if counts[s.name] == 1 else u) for u, s in view.specs.items()}
+        uuids = {name: u for u, name in label.items()}
+        names = sorted({g for s in view.specs.values() for g in s.groups})
+        if memo is not None:
+            memo.specs = (view.specs, label, uuids, names)
+    hosts = tuple(_live_host(hv, h in avoid, memo) for h, hv in sorted(view.hosts.items()))
     warnings = tuple(f"{hv.name}: placed on by cpu and memory only ({hv.inventory_error})"
                      for _h, hv in sorted(view.hosts.items()) if hv.inventory_error)
     vms = []
@@ -113,15 +131,22 @@ def live_cluster(view: ClusterView, config: PolicyConfig | None = None, *,
         where = view.placements.get(u)
         host = view.hosts.get(where) if where is not None and u not in unplaced else None
         spec = view.specs[u]
-        found = memo.get(u) if memo is not None else None
+        found = memo.vms.get(u) if memo is not None else None
         if found is None or found[0] is not spec or found[2] is not host or found[1] != label[u]:
             found = (spec, label[u], host, _vm(spec, label[u], host))
         kept[u] = found
         vms.append(found[3])
     if memo is not None:
-        memo.clear()
-        memo.update(kept)
-    names = sorted({g for s in view.specs.values() for g in s.groups})
+        memo.vms = kept
     groups = tuple(Group(g, *cfg.groups.get(g, ("anti-affinity", False))) for g in names)
     return LiveCluster(Cluster(hosts=hosts, vms=tuple(vms), groups=groups, unbound_memory="spread"), label,
-                       {name: u for u, name in label.items()}, warnings)
+                       uuids, warnings)
+
+
+def _live_host(hv: HostView, avoided: bool, memo: LiveMemo | None) -> Host:
+    if memo is None:
+        return live_host(hv, avoided)
+    found = memo.hosts.get(hv.name)
+    if found is None or found[0] is not hv or found[1] != avoided:
+        found = memo.hosts[hv.name] = (hv, avoided, live_host(hv, avoided))
+    return found[2]
