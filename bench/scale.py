@@ -593,6 +593,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> bool:
         ax2.plot([r["hosts"] for r in fo], [r["failover_first_decision_s"] for r in fo], "D",
                  label="leader killed -> new leader's first decision")
     ax2.axhline(TTL + 0.5, color="grey", ls="--", label="TTL + 0.5 s")
+    ax2.axhline(TTL + FENCE_DELAY + 0.5, color="grey", ls=":", label=f"TTL + fence_delay ({FENCE_DELAY:g} s) + 0.5 s")
+    ax2.axhline(0.5, color="tab:orange", ls=":", lw=0.8, label="placement target 0.5 s")
     ax2.set(xlabel="hosts (20 VMs each)", ylabel="s", title="failover")
     ax2.legend(fontsize=7)
     fig.tight_layout()
