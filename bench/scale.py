@@ -434,12 +434,12 @@ class Leader:
                 rows.append(r)
         return rows
 
-    def wait(self, ev: str, timeout: float, since: float = 0.0) -> dict[str, Any]:
+    def wait(self, ev: str, timeout: float, since: float = 0.0, **match: Any) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"leader process exited with {self.proc.returncode}: see {self.out}.err")
-            rows = [r for r in self.lines(ev) if r["at"] >= since]
+            rows = [r for r in self.lines(ev) if r["at"] >= since and all(r.get(k) == v for k, v in match.items())]
             if rows:
                 return rows[0]
             time.sleep(0.05)
@@ -521,7 +521,12 @@ def run_size(n: int, *, failover: bool = False, steady_s: float = STEADY_S) -> d
         # -- one host dies
         victim = fleet.agents[n // 2]
         last_keepalive = fleet.kill(victim)
-        fence = leaders[0].wait("fence", TTL + 30, since=last_keepalive)
+        try:
+            fence = leaders[0].wait("fence", TTL + 30, since=last_keepalive, host=victim.name)
+        except TimeoutError:
+            # Not fenced: on an overloaded machine the agents' own leases lapse in numbers and the
+            # storm guard holds every fence. The figures say so (leases_lost) instead of stopping.
+            fence = {"at": float("nan")}
         res["fence_after_keepalive_s"] = fence["at"] - last_keepalive
         # where that went: etcd expiring the lease and the watch showing it, the step that marks
         # the host suspect, fence_delay and the step that fences
@@ -531,7 +536,7 @@ def run_size(n: int, *, failover: bool = False, steady_s: float = STEADY_S) -> d
         res["lease_gone_after_keepalive_s"] = (gone[0] - last_keepalive) if gone else float("nan")
         res["suspect_after_gone_s"] = (suspect[0] - gone[0]) if gone and suspect else float("nan")
         res["fence_after_suspect_s"] = (fence["at"] - suspect[0]) if suspect else float("nan")
-        want, deadline = set(victim.vms), time.monotonic() + 30
+        want, deadline = set(victim.vms), time.monotonic() + (30 if fence["at"] == fence["at"] else 0)
         done_at = None
         while time.monotonic() < deadline and done_at is None:
             got: set[str] = set()
