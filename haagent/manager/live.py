@@ -27,7 +27,7 @@ How the live figures map onto the engine's model (docs/placement.md, "The live c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from haagent.model import HostCell, HostState
@@ -42,6 +42,9 @@ class LiveCluster:
     label: Mapping[str, str]  # uuid -> the name the engine knows it by
     uuid: Mapping[str, str]  # engine name -> uuid
     warnings: tuple[str, ...] = ()  # hosts placed on without inventory, and why
+    # uuid -> (spec, name, host view, the engine's Vm): what this call converted (or reused)
+    converted: Mapping[str, tuple[VmSpec, str, HostView | None, Vm]] = field(default_factory=dict, compare=False,
+                                                                              repr=False)
 
 
 def host_state(hv: HostView, avoided: bool) -> str:
@@ -140,7 +143,7 @@ def live_cluster(view: ClusterView, config: PolicyConfig | None = None, *,
         memo.vms = kept
     groups = tuple(Group(g, *cfg.groups.get(g, ("anti-affinity", False))) for g in names)
     return LiveCluster(Cluster(hosts=hosts, vms=tuple(vms), groups=groups, unbound_memory="spread"), label,
-                       uuids, warnings)
+                       uuids, warnings, kept)
 
 
 def _live_host(hv: HostView, avoided: bool, memo: LiveMemo | None) -> Host:

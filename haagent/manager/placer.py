@@ -28,7 +28,7 @@ def policy_placer(config: object = None) -> Placer:
 
     def placer(todo: Sequence[VmSpec], view: ClusterView, avoid: frozenset[str]):
         live = live_cluster(view, cfg, avoid=avoid, unplaced=[t.uuid for t in todo], memo=memo)
-        result = place([memo.vms[t.uuid][3] for t in todo], live.cluster, cfg)
+        result = place([live.converted[t.uuid][3] for t in todo], live.cluster, cfg)
         return ({live.uuid[p.vm]: p.host for p in result.placements},
                 {live.uuid[u.vm]: tuple(u.reasons) for u in result.unplaceable})
 
@@ -50,7 +50,7 @@ def policy_mover(config: object = None) -> Placer:
 
     def mover(todo: Sequence[VmSpec], view: ClusterView, avoid: frozenset[str]):
         live = live_cluster(view, cfg, avoid=avoid, memo=memo)
-        result = move([memo.vms[t.uuid][3] for t in todo], live.cluster, cfg, avoid=avoid)
+        result = move([live.converted[t.uuid][3] for t in todo], live.cluster, cfg, avoid=avoid)
         return ({live.uuid[p.vm]: p.host for p in result.placements},
                 {live.uuid[u.vm]: tuple(u.reasons) for u in result.unplaceable})
 
