@@ -472,6 +472,7 @@ class LeaderLoop:
         self._wake, self._timer, self._timer_at = wake, None, 0.0  # see _wake_when_due
         self._warmed: frozenset[str] = frozenset()  # see _warm_placer
         self._warming: Future | None = None
+        self._warmed_at = float("-inf")
         self._warm_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="placer-warm")
 
     @property
@@ -518,6 +519,9 @@ class LeaderLoop:
         new, self._warmed = not suspects <= self._warmed, suspects
         if not new or (self._warming is not None and not self._warming.done()):
             return
+        if self.clock() - self._warmed_at < WARM_EVERY:
+            return  # hosts lost one after another (a storm in the making): once is enough
+        self._warmed_at = self.clock()
         try:
             view = self.shell.store.view()
         except StoreError:  # no view now: the placement will convert what it needs itself
@@ -540,6 +544,9 @@ class LeaderLoop:
                 log.error("fence_paths_broken", paths=broken)
 
         self._health = self.fences.pool.submit(run)
+
+
+WARM_EVERY = 5.0  # seconds between two placer warm-ups (LeaderLoop._warm_placer)
 
 
 def manager_config(config: Any) -> core.ManagerConfig:
