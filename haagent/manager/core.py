@@ -100,6 +100,35 @@ class ManagerStatus:
 Placer = Callable[[Sequence[VmSpec], ClusterView, frozenset[str]], tuple[dict[str, str], dict[str, tuple[str, ...]]]]
 
 
+class _Placements(dict):
+    """The step's placements: a copy of the view's that remembers which VMs it changed, so the
+    rules that look at one host's VMs need not walk every VM (``_Step.placed_on``)."""
+
+    def __init__(self, base: Mapping[str, str]):
+        super().__init__(base)
+        self.touched: set[str] = set()
+
+    def __setitem__(self, uuid: str, host: str) -> None:
+        self.touched.add(uuid)
+        super().__setitem__(uuid, host)
+
+    def __delitem__(self, uuid: str) -> None:
+        self.touched.add(uuid)
+        super().__delitem__(uuid)
+
+    def pop(self, uuid: str, *default):  # type: ignore[override]
+        self.touched.add(uuid)
+        return super().pop(uuid, *default)
+
+    def setdefault(self, uuid: str, host: str) -> str:  # type: ignore[override]
+        self.touched.add(uuid)
+        return super().setdefault(uuid, host)
+
+    def update(self, *args, **kw) -> None:  # type: ignore[override]
+        for uuid, host in dict(*args, **kw).items():
+            self[uuid] = host
+
+
 class _Step:
     """Accumulates actions and the next status for one step."""
 
@@ -108,7 +137,7 @@ class _Step:
         self.status = status
         self.actions: list[ManagerAction] = []
         self.states: dict[str, S | None] = {h: hv.state for h, hv in view.hosts.items()}
-        self.placements = dict(view.placements)
+        self.placements = _Placements(view.placements)
         self.alerts: set[Alert] = set()
         self.s_since = dict(status.suspect_since)
         self.lost_at = dict(status.lost_at)
@@ -129,14 +158,19 @@ class _Step:
         self.released = {h: t for h, t in status.released.items() if t > now}
         self.failover: dict[str, str] = {h: hv.failover for h, hv in view.hosts.items() if hv.failover}
         self.acks: dict[str, object] = {}  # host -> its valid fence_ack request
-        # uuid -> the hosts whose report lists it running, by name: one pass over the reports, not
-        # one per VM (20,000 VMs x 1,000 hosts was most of a step's time)
-        self.reported: dict[str, list[str]] = {}
-        for h, hv in sorted(view.hosts.items()):
-            for uuid in hv.running:
-                self.reported.setdefault(uuid, []).append(h)
+        # uuid -> the hosts whose report lists it running, by name (the view's index: an
+        # incrementally kept view keeps it too, so a step walks no list of every VM)
+        self.reported: Mapping[str, tuple[str, ...]] = view.index.reported
         self.consumed: set[str] = set()
         self.rebalance = status.rebalance
+
+    def placed_on(self, hosts: Iterable[str]) -> list[str]:
+        """The VMs this step has placed on any of ``hosts``, sorted: the view's index, plus the VMs
+        the step moved so far."""
+        hosts = set(hosts)
+        placed = self.view.index.placed
+        found = {u for h in hosts for u in placed.get(h, ())} | self.placements.touched
+        return sorted(u for u in found if self.placements.get(u) in hosts)
 
     # -- the only writer of host state ------------------------------------------------------
 
@@ -325,6 +359,20 @@ def with_power_reads(status: ManagerStatus, reads: Iterable[PowerRead], now: flo
                 and now - asked[2] <= config.storm_read_timeout):
             power[r.host] = (*asked[:3], r.power)
     return replace(status, power_reads=power)
+
+
+def next_due(status: ManagerStatus, now: float, config: ManagerConfig) -> float | None:
+    """The earliest time after ``now`` at which one of the step's timers runs out (the grace, a
+    suspect host's fence_delay, a storm release, a fence retry, a power read's timeout), so the
+    shell can step then instead of at its next heartbeat; None when none is pending."""
+    times = [status.leader_since + config.new_leader_grace]
+    times += [t + config.fence_delay for t in status.suspect_since.values()]
+    times += list(status.released.values())
+    times += [t + config.fence_retry_interval for t in status.fence_issued_at.values()]
+    times += [asked + config.storm_read_timeout for _f, _r, asked, power in status.power_reads.values() if not power]
+    times += [t + config.lease_ttl + config.watchdog_margin for t in status.alive_after_off.values()]
+    later = [t for t in times if t > now]
+    return min(later) if later else None
 
 
 def new_status(now: float) -> ManagerStatus:
@@ -649,7 +697,7 @@ def _recover(st: _Step, hv: HostView) -> None:
 
 def _recovering(st: _Step, hv: HostView, requests) -> None:
     op = st.open_op(hv.name)
-    stranded = [u for u, h in st.placements.items() if h == hv.name and _is_ha(st, u)]
+    stranded = [u for u in st.placed_on((hv.name,)) if _is_ha(st, u)]
     if stranded:
         return  # the VM rule keeps trying; capacity may appear
     if op is not None:
@@ -724,7 +772,9 @@ def _running_on(st: _Step, uuid: str) -> list[str]:
 
 def _vms(st: _Step) -> None:
     frozen: set[str] = set()
-    for uuid in sorted(st.view.specs):
+    # Only a VM whose reports disagree with its placement (the index's ``odd``), or that this step
+    # placed already, can be frozen, adopted or followed: every other one is left as it is.
+    for uuid in sorted(st.view.index.odd | {u for u in st.placements.touched if u in st.view.specs}):
         where = _running_on(st, uuid)
         mig = st.view.migrations.get(uuid)
         if len(where) > 1 and not (mig is not None and set(where) == {mig.source, mig.dest}
@@ -754,9 +804,9 @@ def _vms(st: _Step) -> None:
     # The storm guard holds fencing, not this: a host confirmed off runs nothing, whatever the cause.
     # A VM whose migration record cannot be read may be on its way anywhere: held (bad_record says why).
     unreadable = {st.keys_of(k)[1] for k, _ in st.view.bad_records if k.endswith("/migration")}
-    todo = [st.view.specs[u] for u, h in sorted(st.placements.items())
-            if u not in frozen and u not in st.view.migrations and u not in unreadable and _is_ha(st, u)
-            and st.states.get(h) in CONFIRMED_FENCED]
+    fenced = [h for h, s in st.states.items() if s in CONFIRMED_FENCED]
+    todo = [st.view.specs[u] for u in st.placed_on(fenced)
+            if u not in frozen and u not in st.view.migrations and u not in unreadable and _is_ha(st, u)]
     if not todo:
         return
     avoid = frozenset(h for h, s in st.states.items() if s not in TAKES_VMS)
@@ -782,7 +832,9 @@ def _vms(st: _Step) -> None:
 
 
 def _view_with(st: _Step) -> ClusterView:
-    hosts = {h: replace(hv, state=st.states.get(h)) for h, hv in st.view.hosts.items()}
+    # (hosts whose state this step did not change are the view's own: the placer's memo knows them)
+    hosts = {h: hv if hv.state is st.states.get(h) else replace(hv, state=st.states.get(h))
+             for h, hv in st.view.hosts.items()}
     return replace(st.view, hosts=hosts, placements=dict(st.placements))
 
 

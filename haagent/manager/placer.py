@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from haagent.manager.core import Placer
-from haagent.manager.live import live_cluster
+from haagent.manager.live import LiveMemo, live_cluster
 from haagent.manager.rebalance import Rebalancer, RoundLimits, RoundMove, RoundPlan
 from haagent.state.view import ClusterView, VmSpec
 
@@ -25,11 +25,11 @@ def policy_placer(config: object = None) -> Placer:
     from policies.config import PolicyConfig
 
     cfg = config if isinstance(config, PolicyConfig) else PolicyConfig()
+    memo = LiveMemo()  # the conversions, reused while unchanged (live_cluster)
 
     def placer(todo: Sequence[VmSpec], view: ClusterView, avoid: frozenset[str]):
-        live = live_cluster(view, cfg, avoid=avoid, unplaced=[t.uuid for t in todo])
-        by_name = {v.name: v for v in live.cluster.vms}
-        result = place([by_name[live.label[t.uuid]] for t in todo], live.cluster, cfg)
+        live = live_cluster(view, cfg, avoid=avoid, unplaced=[t.uuid for t in todo], memo=memo)
+        result = place([live.converted[t.uuid][3] for t in todo], live.cluster, cfg)
         return ({live.uuid[p.vm]: p.host for p in result.placements},
                 {live.uuid[u.vm]: tuple(u.reasons) for u in result.unplaceable})
 
@@ -47,11 +47,11 @@ def policy_mover(config: object = None) -> Placer:
     from policies.place import move
 
     cfg = config if isinstance(config, PolicyConfig) else PolicyConfig()
+    memo = LiveMemo()  # the conversions, reused while unchanged (live_cluster)
 
     def mover(todo: Sequence[VmSpec], view: ClusterView, avoid: frozenset[str]):
-        live = live_cluster(view, cfg, avoid=avoid)
-        by_name = {v.name: v for v in live.cluster.vms}
-        result = move([by_name[live.label[t.uuid]] for t in todo], live.cluster, cfg, avoid=avoid)
+        live = live_cluster(view, cfg, avoid=avoid, memo=memo)
+        result = move([live.converted[t.uuid][3] for t in todo], live.cluster, cfg, avoid=avoid)
         return ({live.uuid[p.vm]: p.host for p in result.placements},
                 {live.uuid[u.vm]: tuple(u.reasons) for u in result.unplaceable})
 

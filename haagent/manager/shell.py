@@ -33,7 +33,7 @@ from haagent.log import get_logger
 from haagent.manager import core
 from haagent.manager.notices import alert_notice, step_notices
 from haagent.manager.rebalance import Rebalancer
-from haagent.state.codec import DecodeMemo, action_compares, action_ops, build_view, fence_result_step
+from haagent.state.codec import DecodeMemo, LiveView, action_compares, action_ops, fence_result_step
 from haagent.state.view import (Alert, ClusterView, Event, FenceHost, JournalStep, ManagerAction, PowerRead, ReadPower,
                                 SetHostState, SetPlacement)
 from haagent.model import HostState
@@ -185,14 +185,16 @@ class LeaderShell:
             self.sink("action", {"line": line, "epoch": epoch})
         if writes:
             self.sink("committed", {"view": view, "actions": actions})
-            if not self.store.caught_up(revision):
-                self.sink("stale_view", {"waiting_for": revision})
+        # The step's transaction (its fence starts) has committed: dispatch now, not after the
+        # watch has brought our own write back (a round trip that grows with the cluster's churn).
         for a in actions:
             if isinstance(a, FenceHost):
                 self.fences.start(a, self._cancel, lambda step, e=epoch: self.fence_done(e, step))
             elif isinstance(a, ReadPower):
                 self.fences.read_power(a, lambda read, e=epoch: self.power_done(e, read))
         self._set_alerts(frozenset(a for a in actions if isinstance(a, Alert)))
+        if writes and not self.store.caught_up(revision):
+            self.sink("stale_view", {"waiting_for": revision})
 
     def _drain(self, results: queue.Queue, epoch: int) -> list:
         """What finished for ``epoch``; results of another epoch are dropped (and said so)."""
@@ -339,9 +341,13 @@ class EtcdLeaderStore:
     def __init__(self, keys: Keys, election: Election, cache: PrefixCache, memo: DecodeMemo | None = None):
         self.keys, self.election, self.cache = keys, election, cache
         self._events_lease = 0
-        # A view per tick decodes only the records that changed. The daemon passes its VM shell's
-        # memo (same thread), which decodes every change while we stand by: a new leader starts warm.
-        self._memo = memo if memo is not None else DecodeMemo()
+        # The view is kept up to date from the keys that changed since the last tick (the cache's
+        # journal of its watch events): a tick at 20,000 VMs decodes and indexes only those. Its
+        # first read, and one after a resync, decodes everything through the memo; the daemon
+        # passes its VM shell's (same thread), which decodes every change while we stand by, so
+        # a new leader starts warm.
+        self._live = LiveView(keys, memo if memo is not None else DecodeMemo())
+        self._cursor: tuple[int, int] | None = None
 
     def epoch(self) -> int | None:
         lead = self.election.leadership
@@ -353,8 +359,12 @@ class EtcdLeaderStore:
             # may be behind what other members committed. Decide nothing from it (the watch is
             # already moving to another endpoint).
             raise StoreUnavailable("the watch-fed view is not known to be current")
-        kvs, _ = self.cache.snapshot()
-        return build_view(kvs, self.keys, 0, self._memo)
+        everything, changed, _, self._cursor = self.cache.changes(self._cursor)
+        if everything is not None:
+            self._live.reset(everything)
+        else:
+            self._live.apply(changed)
+        return self._live.view()
 
     def write(self, ops: list[Put | Delete], compares: list[Compare]) -> int:
         try:
@@ -552,6 +562,12 @@ class LeaderLoop:
         self._health: Future | None = None
         self._health_due = 0.0
         self._drained: set[str] = set()  # hosts whose VMs-left gauge we set
+        self._placer = placer  # untimed: warming it is no placement decision
+        self._wake, self._timer, self._timer_at = wake, None, 0.0  # see _wake_when_due
+        self._warmed: frozenset[str] = frozenset()  # see _warm_placer
+        self._warming: Future | None = None
+        self._warmed_at = float("-inf")
+        self._warm_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="placer-warm")
 
     @property
     def status(self) -> core.ManagerStatus | None:
@@ -560,12 +576,17 @@ class LeaderLoop:
     def close(self) -> None:
         self.shell.close()
         self.fences.close()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._warm_pool.shutdown(wait=False, cancel_futures=True)
 
     def tick(self) -> None:
         self.shell.tick()
         if self.shell.leading:
             self._check_fence_paths()
             self._publish_gauges()
+            self._wake_when_due()
+            self._warm_placer()
 
     def _publish_gauges(self) -> None:
         """Migrations in flight and drains from the view the step decided from, every tick (a
@@ -582,6 +603,42 @@ class LeaderLoop:
             metrics.DRAIN_VMS_LEFT.labels(host=host).set(n)
         self._drained |= set(fig.vms_left)
 
+    def _wake_when_due(self) -> None:
+        """Wake the loop when the step's next timer is due (a suspect host's fence_delay, the end
+        of the grace, a retry): otherwise a quiet cluster's leader steps again only at its next
+        heartbeat, up to a heartbeat_interval late."""
+        status = self.shell.status
+        now = self.clock()
+        due = core.next_due(status, now, self.shell.config) if status is not None else None
+        if due is None or (self._timer is not None and now < self._timer_at <= due):
+            return  # nothing due, or a wake-up already set for that time or earlier
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = threading.Timer(due - now + 0.001, self._wake), due
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _warm_placer(self) -> None:
+        """A host just turned suspect: its VMs may need placing in about fence_delay plus a fence.
+        Ask the placer to place nothing, on a thread of its own (never delaying a step), which
+        converts every VM and host for the engine while the fence runs, so that the placement
+        reconverts only what changed since (the placer's memos, which check every entry they
+        reuse): at 20,000 VMs a cold placement took a few hundred milliseconds of CPU."""
+        status = self.shell.status
+        suspects = frozenset(status.suspect_since) if status is not None else frozenset()
+        new, self._warmed = not suspects <= self._warmed, suspects
+        if not new or (self._warming is not None and not self._warming.done()):
+            return
+        if self.clock() - self._warmed_at < WARM_EVERY:
+            return  # hosts lost one after another (a storm in the making): once is enough
+        self._warmed_at = self.clock()
+        try:
+            view = self.shell.store.view()
+        except StoreError:  # no view now: the placement will convert what it needs itself
+            return
+        placer = self._placer
+        self._warming = self._warm_pool.submit(lambda: placer([], view, frozenset()))
+
     def _check_fence_paths(self) -> None:
         """Every [fencing] check_interval, ask every fence device for its status (never acts)."""
         interval = getattr(getattr(self.fencer, "config", None), "check_interval", 0)
@@ -597,6 +654,9 @@ class LeaderLoop:
                 log.error("fence_paths_broken", paths=broken)
 
         self._health = self.fences.pool.submit(run)
+
+
+WARM_EVERY = 5.0  # seconds between two placer warm-ups (LeaderLoop._warm_placer)
 
 
 def manager_config(config: Any) -> core.ManagerConfig:

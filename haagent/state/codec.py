@@ -6,12 +6,13 @@ encoding as well as the same decisions.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from haagent.state.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, DeleteOp, Event, FenceHost, ForgetVm,
                                   HostView, JournalStep, ManagerAction, Migration, MigrationReport, Op, OpStep,
                                   ReadPower, Request, SetHostState, SetPlacement, SetStormHold, StartMigration,
-                                  VmNeeds, VmSpec)
+                                  ViewIndex, VmNeeds, VmSpec)
 from haagent.model import HostCell, HostState
 from haagent.store.port import Compare, Delete, Put
 from haagent.store.keys import Keys
@@ -225,58 +226,272 @@ def _route(keys: Keys, key: str) -> tuple[tuple[str, str] | None, tuple[str, str
     return host, (keys.parse_vm_key(key) if host is None else None)
 
 
+class _Acc:
+    """What the records of some keys decode to, before it becomes a view (or part of one)."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, dict[str, Any]] = {}
+        self.specs: dict[str, VmSpec] = {}
+        self.placements: dict[str, str] = {}
+        self.migrations: dict[str, Migration] = {}
+        self.steps: dict[str, list[tuple[str, OpStep]]] = {}
+        self.op_heads: dict[str, tuple[dict[str, Any], int]] = {}
+        self.requests: list[Request] = []
+        self.bad: list[tuple[str, str]] = []
+        self.storm: dict[str, Any] = {"hosts": (), "since": 0.0}
+
+    def add(self, key: str, kv: KVLike, keys: Keys, memo: DecodeMemo) -> None:
+        """Decode one record (keys in sorted order, as a view is read)."""
+        try:
+            if key == keys.storm_hold:
+                self.storm = storm_hold_record(kv)
+                return
+            _decode(key, kv, keys, self.hosts, self.specs, self.placements, self.migrations, self.steps,
+                    self.op_heads, self.requests, memo)
+        except BadRecord as exc:
+            self.bad.append((key, str(exc)))
+            if (parsed := keys.parse_host_key(key)) is not None and parsed[1] == "state":
+                self.hosts.setdefault(parsed[0], {})["state_bad"] = True
+
+    def ops(self) -> dict[str, Op]:
+        ops = {}
+        for op_id, (head, rev) in self.op_heads.items():
+            ordered = tuple(s for _, s in sorted(self.steps.get(op_id, [])))
+            ops[op_id] = Op(op_id, head["kind"], head["host"], head["epoch"], ordered, rev)
+        return ops
+
+    def host_views(self) -> dict[str, HostView]:
+        return {name: _host_view(name, h) for name, h in sorted(self.hosts.items())}
+
+
+def _host_view(name: str, h: Mapping[str, Any]) -> HostView:
+    report, report_rev = h.get("report") or {}, h.get("report_rev", 0)
+    granted = max(h.get("granted_rev", 0), h.get("alive_rev", 0))
+    # Valid only if written during the host's last lease, and void after a clean stop (which
+    # disarms the watchdog with the magic close).
+    self_fence = report.get("self_fence_s") if report_rev > granted and not h.get("stopped") else None
+    # A host holding a lease granted after its report was written has not reported in this
+    # life yet (its agent republishes on its first tick): the old list is from before a crash
+    # or a restart and says nothing about what runs there now.
+    stale = bool(h.get("alive")) and report_rev <= granted
+    return HostView(
+        name, h.get("alive", False), h.get("state"), report.get("cpus", 0), report.get("memory_mib", 0),
+        frozenset() if stale else frozenset(report.get("running_vms", ())), h.get("failover", ""), granted,
+        h.get("stopped", ""), self_fence, h.get("state_bad", False), **h.get("inventory", {}),
+        migration_outcomes=h.get("migrations", {}))
+
+
 def build_view(kvs: Mapping[str, KVLike], keys: Keys, epoch: int, memo: DecodeMemo | None = None) -> ClusterView:
     """A ClusterView from every key under the cluster root. Never raises on stored data.
 
     A record that does not have its documented shape is left out (a host's unreadable state is
     flagged ``state_bad``) and listed in ``bad_records`` with the reason, so the leader can raise
     an alert naming the key while it keeps deciding for everything else. ``memo`` (kept from one
-    call to the next) spares decoding the records that did not change.
+    call to the next) spares decoding the records that did not change. ``LiveView`` keeps the
+    same view up to date from the keys that changed.
     """
     memo = memo if memo is not None else _NoMemo()
     memo.keep_only(kvs)
-    hosts: dict[str, dict[str, Any]] = {}
-    specs: dict[str, VmSpec] = {}
-    placements: dict[str, str] = {}
-    migrations: dict[str, Migration] = {}
-    steps: dict[str, list[tuple[str, OpStep]]] = {}
-    op_heads: dict[str, tuple[dict[str, Any], int]] = {}
-    requests: list[Request] = []
-    bad: list[tuple[str, str]] = []
-    storm: dict[str, Any] = {"hosts": (), "since": 0.0}
+    acc = _Acc()
     for key in sorted(kvs):
-        kv = kvs[key]
-        try:
-            if key == keys.storm_hold:
-                storm = storm_hold_record(kv)
-                continue
-            _decode(key, kv, keys, hosts, specs, placements, migrations, steps, op_heads, requests, memo)
-        except BadRecord as exc:
-            bad.append((key, str(exc)))
-            if (parsed := keys.parse_host_key(key)) is not None and parsed[1] == "state":
-                hosts.setdefault(parsed[0], {})["state_bad"] = True
-    ops = {}
-    for op_id, (head, rev) in op_heads.items():
-        ordered = tuple(s for _, s in sorted(steps.get(op_id, [])))
-        ops[op_id] = Op(op_id, head["kind"], head["host"], head["epoch"], ordered, rev)
-    host_views = {}
-    for name, h in sorted(hosts.items()):
-        report, report_rev = h.get("report") or {}, h.get("report_rev", 0)
-        granted = max(h.get("granted_rev", 0), h.get("alive_rev", 0))
-        # Valid only if written during the host's last lease, and void after a clean stop (which
-        # disarms the watchdog with the magic close).
-        self_fence = report.get("self_fence_s") if report_rev > granted and not h.get("stopped") else None
-        # A host holding a lease granted after its report was written has not reported in this
-        # life yet (its agent republishes on its first tick): the old list is from before a crash
-        # or a restart and says nothing about what runs there now.
-        stale = bool(h.get("alive")) and report_rev <= granted
-        host_views[name] = HostView(
-            name, h.get("alive", False), h.get("state"), report.get("cpus", 0), report.get("memory_mib", 0),
-            frozenset() if stale else frozenset(report.get("running_vms", ())), h.get("failover", ""), granted,
-            h.get("stopped", ""), self_fence, h.get("state_bad", False), **h.get("inventory", {}),
-            migration_outcomes=h.get("migrations", {}))
-    return ClusterView(epoch, host_views, specs, placements, ops, migrations, tuple(requests), tuple(bad),
-                       tuple(storm["hosts"]), storm["since"])
+        acc.add(key, kvs[key], keys, memo)
+    return ClusterView(epoch, acc.host_views(), acc.specs, acc.placements, acc.ops(), acc.migrations,
+                       tuple(acc.requests), tuple(acc.bad), tuple(acc.storm["hosts"]), acc.storm["since"])
+
+
+class LiveView:
+    """The ClusterView ``build_view`` would make, kept up to date from the keys that changed.
+
+    Records belong to one part of the view each: a host (every ``hosts/<h>/`` key), a VM
+    (``vms/<uuid>/``), an operation (``ops/<id>/``), a request, the storm record. A change
+    re-decodes the part its key belongs to, from that part's keys, with the same code as
+    ``build_view``; the rest of the view is shared with the previous one. The view's index
+    (``ViewIndex``: where VMs are reported and placed) is kept the same way, so neither this nor
+    the step walks every VM when one host's report changed.
+
+    Views handed out never change afterwards: a part that changes is copied first.
+    """
+
+    def __init__(self, keys: Keys, memo: DecodeMemo | None = None):
+        self.keys = keys
+        self.memo = memo if memo is not None else DecodeMemo()
+        self.reset({})
+
+    def reset(self, kvs: Mapping[str, KVLike]) -> None:
+        """Start again from every key (a first read, or a resync)."""
+        self._kvs: dict[str, KVLike] = {}
+        self._parts: dict[tuple[str, str], set[str]] = {}
+        self._hosts: dict[str, HostView] = {}
+        self._specs: dict[str, VmSpec] = {}
+        self._placements: dict[str, str] = {}
+        self._migrations: dict[str, Migration] = {}
+        self._ops: dict[str, Op] = {}
+        self._requests: dict[str, Request] = {}
+        self._bad: dict[str, str] = {}
+        self._storm: dict[str, Any] = {"hosts": (), "since": 0.0}
+        self._reported: dict[str, tuple[str, ...]] = {}
+        self._placed: dict[str, frozenset[str]] = {}
+        self._odd: set[str] = set()
+        self._changed: set[str] = set()  # the parts of the view that changed since the last view
+        self._unsorted: set[str] = set()  # the mappings that got a new key (views list keys sorted)
+        self._out: dict[str, Any] = {}
+        self._view: ClusterView | None = None
+        self.apply(kvs)
+        self._changed = {"hosts", "specs", "placements", "migrations", "ops", "requests", "bad", "storm",
+                         "reported", "placed", "odd"}
+        self._unsorted = {"hosts", "specs", "placements", "migrations"}
+
+    def apply(self, changes: Mapping[str, KVLike | None]) -> None:
+        """Keys that changed: their new record, or None for a key deleted."""
+        dirty: set[tuple[str, str]] = set()
+        for key, kv in changes.items():
+            part = self._part(key)
+            if kv is None:
+                if self._kvs.pop(key, None) is None:
+                    continue
+                if part is not None:
+                    members = self._parts.get(part)
+                    if members is not None:
+                        members.discard(key)
+                        if not members:
+                            del self._parts[part]
+            else:
+                self._kvs[key] = kv
+                if part is not None:
+                    self._parts.setdefault(part, set()).add(key)
+            if part is not None:
+                dirty.add(part)
+        if not dirty:
+            return
+        self.memo.keep_only(self._kvs)
+        vms: set[str] = set()
+        for kind, name in dirty:
+            acc = _Acc()
+            for key in sorted(self._parts.get((kind, name), ())):
+                acc.add(key, self._kvs[key], self.keys, self.memo)
+            self._set_bad(kind, name, acc.bad)
+            if kind == "host":
+                self._set_host(name, acc, vms)
+            elif kind == "vm":
+                self._set_vm(name, acc, vms)
+            elif kind == "op":
+                self._set("ops", self._ops, name, acc.ops().get(name))
+            elif kind == "request":
+                self._set("requests", self._requests, name, acc.requests[0] if acc.requests else None)
+            elif kind == "storm":
+                self._storm = acc.storm
+                self._changed.add("storm")
+        for uuid in vms:
+            odd = ViewIndex.odd_one(uuid, self._specs, self._placements, self._reported)
+            if odd != (uuid in self._odd):
+                (self._odd.add if odd else self._odd.discard)(uuid)
+                self._changed.add("odd")
+
+    def view(self, epoch: int = 0) -> ClusterView:
+        if self._view is not None and not self._changed:
+            return self._view if self._view.epoch == epoch else replace(self._view, epoch=epoch)
+        out = self._out
+        for name in ("hosts", "specs", "placements", "migrations", "reported", "placed"):
+            if name in self._changed or name not in out:
+                work = getattr(self, f"_{name}")
+                if name in self._unsorted:
+                    work = dict(sorted(work.items()))
+                    setattr(self, f"_{name}", work)
+                out[name] = dict(work)
+        if "ops" in self._changed or "ops" not in out:
+            out["ops"] = {i: self._ops[i] for i in sorted(self._ops, key=lambda i: f"{i}/head")}
+        if "requests" in self._changed or "requests" not in out:
+            out["requests"] = tuple(self._requests[k] for k in sorted(self._requests))
+        if "bad" in self._changed or "bad" not in out:
+            out["bad"] = tuple((k, self._bad[k]) for k in sorted(self._bad))
+        if "odd" in self._changed or "odd" not in out:
+            out["odd"] = frozenset(self._odd)
+        self._changed, self._unsorted = set(), set()
+        index = ViewIndex(out["hosts"], out["specs"], out["placements"], out["reported"], out["placed"], out["odd"])
+        self._view = ClusterView(epoch, out["hosts"], out["specs"], out["placements"], out["ops"], out["migrations"],
+                                 out["requests"], out["bad"], tuple(self._storm["hosts"]), self._storm["since"],
+                                 derived=index)
+        return self._view
+
+    # -- the parts ------------------------------------------------------------------------------
+
+    def _part(self, key: str) -> tuple[str, str] | None:
+        keys = self.keys
+        if key == keys.storm_hold:
+            return ("storm", "")
+        host_key, vm_key = self.memo.route(keys, key)
+        if host_key is not None:
+            return ("host", host_key[0])
+        if vm_key is not None:
+            return ("vm", vm_key[0])
+        if key.startswith(keys.ops):
+            return ("op", key[len(keys.ops):].partition("/")[0])
+        if key.startswith(keys.requests):
+            return ("request", key)
+        return None
+
+    def _set(self, name: str, work: dict, key: str, value: Any) -> None:
+        if value is None:
+            if work.pop(key, None) is not None:
+                self._changed.add(name)
+        elif work.get(key) != value or key not in work:
+            if key not in work:
+                self._unsorted.add(name)
+            work[key] = value
+            self._changed.add(name)
+
+    def _set_bad(self, kind: str, name: str, bad: list[tuple[str, str]]) -> None:
+        # A part's bad records are among its own keys (or the deleted ones it had).
+        found = dict(bad)
+        for key in [k for k in self._bad if self._part(k) == (kind, name) and k not in found]:
+            del self._bad[key]
+            self._changed.add("bad")
+        for key, why in found.items():
+            if self._bad.get(key) != why:
+                self._bad[key] = why
+                self._changed.add("bad")
+
+    def _set_host(self, name: str, acc: _Acc, vms: set[str]) -> None:
+        old = self._hosts.get(name)
+        new = _host_view(name, acc.hosts[name]) if name in acc.hosts else None
+        if new == old:
+            return
+        self._set("hosts", self._hosts, name, new)
+        before = old.running if old is not None else frozenset()
+        after = new.running if new is not None else frozenset()
+        if before == after:
+            return
+        for uuid in before - after:
+            where = tuple(h for h in self._reported.get(uuid, ()) if h != name)
+            if where:
+                self._reported[uuid] = where
+            else:
+                self._reported.pop(uuid, None)
+            vms.add(uuid)
+        for uuid in after - before:
+            self._reported[uuid] = tuple(sorted(self._reported.get(uuid, ()) + (name,)))
+            vms.add(uuid)
+        self._changed.add("reported")
+
+    def _set_vm(self, uuid: str, acc: _Acc, vms: set[str]) -> None:
+        had_spec = uuid in self._specs
+        self._set("specs", self._specs, uuid, acc.specs.get(uuid))
+        self._set("migrations", self._migrations, uuid, acc.migrations.get(uuid))
+        old, new = self._placements.get(uuid), acc.placements.get(uuid)
+        self._set("placements", self._placements, uuid, new)
+        if old != new:
+            for host, change in ((old, frozenset.difference), (new, frozenset.union)):
+                if host is None:
+                    continue
+                placed = change(self._placed.get(host, frozenset()), {uuid})
+                if placed:
+                    self._placed[host] = placed
+                else:
+                    self._placed.pop(host, None)
+            self._changed.add("placed")
+            vms.add(uuid)
+        if had_spec != (uuid in self._specs):
+            vms.add(uuid)
 
 
 def storm_hold_record(kv: KVLike) -> dict[str, Any]:

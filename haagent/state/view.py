@@ -192,6 +192,60 @@ class ClusterView:
     bad_records: tuple[tuple[str, str], ...] = ()  # (key, why) of records that cannot be read
     storm_hold: tuple[str, ...] = ()  # hosts the leader's storm record names as held (storm_hold key)
     storm_since: float = 0.0  # when that hold began (wall clock, for display)
+    # Derived from hosts, specs and placements (``index``): kept by an incrementally updated view,
+    # computed on first use otherwise. Not part of the view's value.
+    derived: "ViewIndex | None" = field(default=None, compare=False, repr=False)
+
+    @property
+    def index(self) -> "ViewIndex":
+        """Where each VM is reported and placed, without walking every VM (see ``ViewIndex``)."""
+        found = self.derived
+        if found is None or not found.fits(self):
+            found = ViewIndex.of(self)
+            object.__setattr__(self, "derived", found)  # a cache of what the frozen fields say
+        return found
+
+
+class ViewIndex:
+    """What a leader's step asks of every VM, indexed so that it need not walk them all:
+
+    * ``reported``: uuid -> the hosts whose report lists it running, sorted by name;
+    * ``placed``: host -> the uuids placed on it;
+    * ``odd``: the VMs with a spec whose reports do not simply agree with their placement: listed
+      by two or more hosts, or by one host it is not placed on (unplaced ones included).
+
+    It belongs to the ``hosts``, ``specs`` and ``placements`` mappings it was made from (``fits``):
+    a view with any of them replaced computes its own.
+    """
+
+    __slots__ = ("hosts", "specs", "placements", "reported", "placed", "odd")
+
+    def __init__(self, hosts: Mapping[str, HostView], specs: Mapping[str, VmSpec], placements: Mapping[str, str],
+                 reported: Mapping[str, tuple[str, ...]], placed: Mapping[str, frozenset[str]], odd: frozenset[str]):
+        self.hosts, self.specs, self.placements = hosts, specs, placements
+        self.reported, self.placed, self.odd = reported, placed, odd
+
+    def fits(self, view: ClusterView) -> bool:
+        return self.hosts is view.hosts and self.specs is view.specs and self.placements is view.placements
+
+    @staticmethod
+    def odd_one(uuid: str, specs: Mapping[str, VmSpec], placements: Mapping[str, str],
+                reported: Mapping[str, tuple[str, ...]]) -> bool:
+        where = reported.get(uuid, ())
+        return uuid in specs and (len(where) > 1 or (len(where) == 1 and placements.get(uuid) != where[0]))
+
+    @classmethod
+    def of(cls, view: ClusterView) -> "ViewIndex":
+        reported: dict[str, tuple[str, ...]] = {}
+        for name in sorted(view.hosts):
+            for uuid in view.hosts[name].running:
+                reported[uuid] = reported.get(uuid, ()) + (name,)
+        placed: dict[str, set[str]] = {}
+        for uuid, host in view.placements.items():
+            placed.setdefault(host, set()).add(uuid)
+        odd = frozenset(u for u in reported if cls.odd_one(u, view.specs, view.placements, reported))
+        return cls(view.hosts, view.specs, view.placements, reported,
+                   {h: frozenset(us) for h, us in placed.items()}, odd)
 
 
 # -- actions the manager step emits ------------------------------------------------------------

@@ -39,6 +39,7 @@ __all__ = ["PrefixCache", "QUIET_TIMEOUTS", "ResumingWatch", "WatchEvent", "Watc
 
 log = get_logger("haagent.watch")
 
+JOURNAL_MAX = 100_000  # changed keys a PrefixCache remembers for ``changes`` (a reader further behind reads all)
 QUIET_TIMEOUTS = 3  # the quiet bound in store timeouts: a probe's read may itself take one or two
 
 
@@ -275,6 +276,11 @@ class PrefixCache:
         self.clock = clock
         self._data: dict[str, KV] = {}
         self.revision = 0
+        # The keys changed since the last resync, in order (``changes``): a reader that keeps its
+        # own view up to date reads only those. Bounded: a reader that far behind reads it all.
+        self._generation = 0
+        self._journal: list[str] = []
+        self._journal_base = 0
         self._cond = threading.Condition()
         self._watch: ResumingWatch | None = None
 
@@ -316,6 +322,9 @@ class PrefixCache:
         with self._cond:
             self._data = {kv.key: kv for kv in kvs}
             self.revision = revision
+            self._generation += 1
+            self._journal_base += len(self._journal)
+            self._journal = []
             self._cond.notify_all()
         if self.on_change:
             self.on_change([])
@@ -330,6 +339,10 @@ class PrefixCache:
                     version = ev.version or ((prev.version + 1) if prev else 1)
                     self._data[ev.key] = KV(ev.key, ev.value, ev.create_revision, ev.revision, version, ev.lease)
                 self.revision = max(self.revision, ev.revision)
+                self._journal.append(ev.key)
+            if len(self._journal) > JOURNAL_MAX:
+                self._journal_base += len(self._journal)
+                self._journal = []
             self._cond.notify_all()
         if self.on_change:
             self.on_change(events)
@@ -337,6 +350,20 @@ class PrefixCache:
     def snapshot(self) -> tuple[dict[str, KV], int]:
         with self._cond:
             return dict(self._data), self.revision
+
+    def changes(self, cursor: tuple[int, int] | None) -> tuple[dict[str, KV] | None, dict[str, KV | None], int,
+                                                               tuple[int, int]]:
+        """What changed since ``cursor`` (None, or what an earlier call returned):
+        ``(None, {key: KV, or None when deleted}, revision, cursor)``; or, when the changes since
+        then are not known (a first call, a resync since, a reader too far behind),
+        ``(every KV by key, {}, revision, cursor)``. One consistent state at ``revision``."""
+        with self._cond:
+            end = self._journal_base + len(self._journal)
+            now = (self._generation, end)
+            if cursor is None or cursor[0] != self._generation or cursor[1] < self._journal_base:
+                return dict(self._data), {}, self.revision, now
+            changed = dict.fromkeys(self._journal[cursor[1] - self._journal_base:])
+            return None, {k: self._data.get(k) for k in changed}, self.revision, now
 
     def get(self, key: str) -> KV | None:
         with self._cond:

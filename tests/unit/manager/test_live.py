@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from haagent.manager.live import live_cluster
+from haagent.manager.live import LiveMemo, live_cluster
 from haagent.manager.placer import policy_placer
 from haagent.model import HostCell, HostState as S
 from haagent.state.codec import build_view
@@ -152,3 +152,23 @@ def test_a_report_older_than_the_hosts_current_lease_lists_no_running_vms():
     assert build_view(kvs, KEYS, 1).hosts["h1"].running == frozenset({"u1"})
     del kvs[KEYS.host_alive("h1")]  # no lease: the last report stands (the host may still run them)
     assert build_view(kvs, KEYS, 1).hosts["h1"].running == frozenset({"u1"})
+
+
+def test_the_memo_gives_the_same_cluster_and_follows_a_host_whose_view_changed():
+    from dataclasses import replace
+
+    h1 = host("h1", 8000, vm_cpu={"u1": 0.5})
+    specs = [VmSpec("u1", "a", 1, 512), VmSpec("u2", "b", 1, 512)]
+    v = view([h1, host("h2", 8000)], specs, {"u1": "h1", "u2": "h2"})
+    memo = LiveMemo()
+    first = live_cluster(v, memo=memo)
+    assert first == live_cluster(v) and live_cluster(v, memo=memo) == first
+    assert live_cluster(v, memo=memo).cluster.vms[1] is first.cluster.vms[1]  # reused as it was
+    busier = replace(v, hosts={**v.hosts, "h1": replace(h1, vm_cpu={"u1": 1.5})})
+    again = live_cluster(busier, memo=memo)
+    assert again == live_cluster(busier) and again.cluster.vms[0].cpu_load == 1.5
+    unplaced = live_cluster(busier, memo=memo, unplaced=["u2"])
+    assert unplaced == live_cluster(busier, unplaced=["u2"]) and unplaced.cluster.vms[1].host is None
+    other = replace(busier, specs={**busier.specs, "u3": VmSpec("u3", "a", 1, 512, groups=("g",))},
+                    hosts={**busier.hosts, "h2": replace(busier.hosts["h2"], state=S.FENCED)})
+    assert live_cluster(other, memo=memo, avoid=["h1"]) == live_cluster(other, avoid=["h1"])  # names, groups

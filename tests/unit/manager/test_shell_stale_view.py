@@ -18,8 +18,8 @@ class Cache:
     def stale(self, max_age=None):
         return self._stale
 
-    def snapshot(self):
-        return {}, 5
+    def changes(self, cursor):
+        return {}, {}, 5, (1, 0)
 
 
 def test_a_stale_cache_is_no_view():

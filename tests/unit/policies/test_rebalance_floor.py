@@ -60,4 +60,5 @@ def test_no_plan_prefix_migrates_less_than_the_floor(cluster, method):
     for m, moved in zip(plan.moves, plan.mib):
         where[m.vm] = m.target
         mib += moved
-        assert mib / 1024 >= memory_floor_gib(cluster, mem_sd(cluster, where)) - 1e-6
+        # 1e-4 GiB: the floor is a numerical optimum (its search lands ~1e-6 above an exact 2.0)
+        assert mib / 1024 >= memory_floor_gib(cluster, mem_sd(cluster, where)) - 1e-4
