@@ -856,8 +856,10 @@ def _describe(a: ManagerAction) -> str:
     if isinstance(a, ClearMigration):
         return f"clear migration vm={a.vm}"
     if isinstance(a, StartMigration):
+        tuned = " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in a.options if v)
+        mode = "" if a.mode == "live" else f" mode={a.mode}"
         return (f"migrate vm={a.vm} from={a.source} to={a.dest} op={a.op} attempt={a.attempt} "
-                f"deadline={a.deadline:g}")
+                f"deadline={a.deadline:g}{mode}" + (f" ({tuned})" if tuned else ""))
     if isinstance(a, ConsumeRequest):
         return f"consume request {a.id}"
     if isinstance(a, Alert):

@@ -20,6 +20,7 @@ A scenario directory holds ``README`` (one line), ``cluster.json``, ``cmdlist`` 
     at 5 load web-1 150                             (the VM now burns 150 % of one host CPU)
     at 5 libvirtd h2 down      libvirtd h2 up       (its libvirtd stops answering; VMs run on)
     at 5 drain h2              drain h2 partial max-parallel=1   (haagent host drain)
+                               drain h2 cold-ok                  (--cold-ok: cold moves too)
     at 40 undrain h2           undrain h2 return-vms             (haagent host undrain)
     at 5 migrate web-1         migrate web-1 h3                  (haagent vm migrate [--to])
     link 100                   (migrations move memory at 100 MiB/s; default 1000)
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from haagent.agent.core import AgentConfig
-from haagent.config import MigrationSection
+from haagent.config import MigrationSection, check_tuning
 from haagent.manager.core import ManagerConfig
 from haagent.model import HostCell
 from haagent.state.view import VmNeeds, VmSpec
@@ -135,9 +136,10 @@ def _validate(words: tuple[str, ...] | list[str], source: str, n: int) -> None:
         if len(words) != 3 or not _is_number(words[2]) or float(words[2]) < 0:
             raise ScenarioError(f"{source}:{n}: expected 'load VM PERCENT' (of one host CPU, >= 0)")
     elif verb == "drain":
-        if len(words) < 2 or any(w != "partial" and not (w.startswith("max-parallel=") and w[13:].isdigit())
+        if len(words) < 2 or any(w not in ("partial", "cold-ok") and not (w.startswith("max-parallel=")
+                                                                        and w[13:].isdigit())
                                  for w in words[2:]):
-            raise ScenarioError(f"{source}:{n}: expected 'drain HOST [partial] [max-parallel=N]'")
+            raise ScenarioError(f"{source}:{n}: expected 'drain HOST [partial] [cold-ok] [max-parallel=N]'")
     elif verb == "undrain":
         if len(words) not in (2, 3) or words[2:] not in ([], ["return-vms"]):
             raise ScenarioError(f"{source}:{n}: expected 'undrain HOST [return-vms]'")
@@ -193,9 +195,12 @@ def build(cluster: Mapping[str, Any], source: str = "cluster.json") -> Simulatio
         hp = int(v.get("hugepages_2m", 0))
         needs = VmNeeds(numa=str(v.get("numa", "none")), nodeset=tuple(v.get("nodeset", ())),
                         hugepage_size_kib=2048 if hp else None, hugepage_count=hp)
+        tuning = dict(v.get("migration", {}))  # its HA mark's migration tuning
+        if check_tuning(tuning):
+            raise ScenarioError(f"{source}: vm {v['name']} migration: {check_tuning(tuning)[0]}")
         spec = VmSpec(v["name"], v["name"], int(v.get("vcpus", 1)), int(v.get("memory_mib", 1024)),
                       int(v.get("priority", 0)), str(v.get("policy", "restart")), "",
-                      tuple(v.get("groups", ())), needs)
+                      tuple(v.get("groups", ())), needs, tuple(sorted(tuning.items())))
         specs.append(spec)
         if v.get("host"):
             if v["host"] not in names:

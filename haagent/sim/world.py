@@ -66,6 +66,7 @@ class SimConfig:
     device_timeout: float = 5.0  # a hung device or one whose power never drops
     boot_time: float = 20.0  # a host reset by its watchdog is back (agent running) after this
     report_interval: float = 5.0  # as [timing] report_interval: load is published at most this often
+    cold_shutdown_s: float = 1.0  # a guest asked to shut down (a cold move) is off after this
     cluster: str = "sim"
 
 
@@ -230,7 +231,7 @@ class Simulation:
             owner = placements.get(s.uuid)
             if owner is not None and owner in up.get(s.uuid, []):
                 hv = self.hosts[owner].hv
-                record = spec_record(owner, hv, hv.vm_info(s.uuid), HaMark(s.priority, s.policy, s.groups))
+                record = spec_record(owner, hv, hv.vm_info(s.uuid), HaMark(s.priority, s.policy, s.groups, s.migration))
             else:
                 record = json.dumps({**replace(s, xml=xml, needs=needs_from_xml(xml)).to_dict(), "registered_by": ""},
                                     sort_keys=True)
@@ -438,7 +439,12 @@ class Simulation:
         def spawn(run: Callable[[], None], act: MigrateVm) -> None:
             spec = self.specs.get(act.vm)
             took = 0.05 + (spec.memory_mib if spec else 64) / self.fakes.link_mib_s
+            cap = dict(act.options).get("bandwidth_cap")
+            if cap:
+                took = 0.05 + (spec.memory_mib if spec else 64) / min(cap, self.fakes.link_mib_s)
             abort_at = act.deadline - min(3.0, 0.3 * act.deadline)
+            if act.mode == "cold":  # a clean shutdown: the guest answers ACPI in a second
+                took, abort_at = self.cfg.cold_shutdown_s, act.deadline
             self.migrations.append((self.now + min(took, abort_at), h.name, h.agent,  # type: ignore[arg-type]
                                     act.dest, self.power_offs.get(act.dest, 0), run))
         return spawn
@@ -695,7 +701,7 @@ def domain_xml(spec: VmSpec) -> str:
            f"<memory unit='MiB'>{spec.memory_mib}</memory><vcpu>{spec.vcpus}</vcpu>{numatune}{huge}"
            "<os><type arch='x86_64'>hvm</type></os>"
            "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices></domain>")
-    return with_mark(xml, HaMark(spec.priority, spec.policy, spec.groups))
+    return with_mark(xml, HaMark(spec.priority, spec.policy, spec.groups, spec.migration))
 
 
 class _SimHypervisor(FakeHypervisor):
