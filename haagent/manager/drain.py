@@ -386,6 +386,8 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
     busy = {u for u in st.view.migrations if u not in load.settled} | load.started
     moved = {s.detail.get("vm") for s in op.steps if s.step == "migrated"}
     moved |= {a.vm for a in st.actions if isinstance(a, SetPlacement) and a.op == op.id}
+    moved |= {a.step.detail.get("vm") for a in st.actions  # settled in this very step
+              if isinstance(a, JournalStep) and a.op == op.id and a.step.step == "migrated"}
     failed: dict[str, list[str]] = {}
     last_error: dict[str, str] = {}
     for s in op.steps:
