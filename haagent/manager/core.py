@@ -744,7 +744,7 @@ def _vms(st: _Step) -> None:
     if not todo:
         return
     avoid = frozenset(h for h, s in st.states.items() if s not in TAKES_VMS)
-    chosen, missed = st.placer(todo, _view_with(st), avoid)
+    chosen, missed = st.placer(todo, _view_with(st, arriving=True), avoid)
     by_host: dict[str, dict[str, str]] = {}
     for spec in todo:
         old = st.placements[spec.uuid]
@@ -765,9 +765,22 @@ def _vms(st: _Step) -> None:
             st.journal(op.id, old, "place", placements=merged)
 
 
-def _view_with(st: _Step) -> ClusterView:
+def _view_with(st: _Step, arriving: bool = False) -> ClusterView:
+    """The view with this step's host states and placements. With ``arriving``, each VM a live
+    migration is moving also takes its room on the target (a stand-in placed there): a failover
+    placing VMs meanwhile must not fill a host a migration is about to land on."""
     hosts = {h: replace(hv, state=st.states.get(h)) for h, hv in st.view.hosts.items()}
-    return replace(st.view, hosts=hosts, placements=dict(st.placements))
+    specs, placements = st.view.specs, dict(st.placements)
+    if arriving:
+        specs = dict(specs)
+        cleared = {a.vm for a in st.actions if isinstance(a, ClearMigration)}  # settled in this step
+        for u, m in sorted(st.view.migrations.items()):
+            spec = specs.get(u) if u not in cleared else None
+            if spec is not None and placements.get(u) != m.dest and m.dest in hosts:
+                stand_in = replace(spec, uuid=f"{u}@{m.dest}", name=f"{spec.name}@{m.dest}")
+                specs[stand_in.uuid] = stand_in
+                placements[stand_in.uuid] = m.dest
+    return replace(st.view, hosts=hosts, specs=specs, placements=placements)
 
 
 def _resolve_migration(st: _Step, uuid: str, mig) -> None:
@@ -818,7 +831,7 @@ def _relocate(st: _Step, req) -> None:
         st.actions.append(ConsumeRequest(req.id))
         return  # gone, or it runs again somewhere: nothing to relocate
     avoid = frozenset(h for h, s in st.states.items() if s not in TAKES_VMS) | {current}
-    chosen, missed = st.placer([spec], _view_with(st), avoid)
+    chosen, missed = st.placer([spec], _view_with(st, arriving=True), avoid)
     if uuid in chosen:
         # Consumed only once placed: an unplaceable VM keeps its request, so the alert below stays
         # raised and the relocation is retried every round until capacity appears.

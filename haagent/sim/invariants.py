@@ -11,11 +11,13 @@ Safety, after every tick and at every committed leader write:
 
 Liveness, at quiescence (``check_recovered``): every HA VM runs exactly once, on the host its
 placement names, unless the leader reports it unplaceable (too little capacity), or its host's
-agent was stopped cleanly and is not back (shutdown_policy freeze: by design nothing recovers it).
+agent was stopped cleanly and is not back (shutdown_policy freeze: by design nothing recovers it);
+and no migration order (live or cold) is left stored while both of its hosts hold a lease.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Iterable
 
 from haagent.manager.core import CONFIRMED_FENCED
@@ -143,6 +145,19 @@ def check_recovered(sim: Simulation) -> list[str]:
         state = sim.stored_state(placed) if placed else None
         problems.append(f"vm={uuid} runs on [{', '.join(where)}], placed on {placed} "
                         f"(host state {state.value if state else None})")
+    # A move left half done: a migration order still stored (a cold move's VM shut down and never
+    # started again, whatever its HA policy, would sit here), where both its hosts are back.
+    for key, kv in sorted(sim.store.kvs.items()):
+        if key.startswith(sim.keys.vms) and key.endswith("/migration"):
+            uuid = key[len(sim.keys.vms):-len("/migration")]
+            try:
+                order = json.loads(kv.value)
+                sides = (order["from"], order["to"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a corrupted record: bad_record's
+            if all(sim.keys.host_alive(h) in sim.store.kvs for h in sides):
+                problems.append(f"vm={uuid} migration {order.get('mode', 'live')} {sides[0]} -> {sides[1]} "
+                                "still stored at quiescence with both hosts alive")
     return problems
 
 

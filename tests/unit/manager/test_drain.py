@@ -344,3 +344,15 @@ def test_a_failed_cold_shutdown_is_retried_like_a_failed_migration():
     acts = run(replace(v, migrations={"vm1": mig}, hosts=hosts))
     assert kinds(acts, ClearMigration) and not kinds(acts, SetPlacement)
     assert [j.step.detail["outcome"] for j in kinds(acts, JournalStep) if j.step.step == "migrate_failed"] == ["failed"]
+
+
+def test_a_failover_counts_a_migration_in_flight_on_its_target():
+    """A host a live migration is landing on has that VM's room taken already: recovery placing
+    VMs meanwhile must not fill it (the simulator's NUMA-fit invariant caught a drain's target
+    overfilled by a failover's placements)."""
+    v = cluster(vms_on_a=2, placements={"vm1": "a", "vm2": "c"}, states={"c": S.RECOVERING}, alive=("a", "b"),
+                running={"a": {"vm1"}})
+    v = replace(v, migrations={"vm1": Migration("vm1", "a", "b", 7, 30.0, "drain-a", 1)},
+                ops={"drain-a": drain_op(["vm1"])})
+    moved = {p.vm: p.host for p in kinds(run(v), SetPlacement)}
+    assert moved == {"vm2": "a"}  # "b" holds no VM yet, but vm1 is arriving there

@@ -76,3 +76,20 @@ def test_an_agent_never_starts_a_vm_another_live_host_runs():
     assert not out.violations
     assert out.sim.where("db-1") == ["h3"]
     assert not any("start vm=db-1" in ln for ln in out.log)
+
+
+def test_liveness_check_reports_a_move_left_half_done(monkeypatch):
+    """A cold move whose second half never comes (here: the leader's settling is broken) leaves
+    the VM shut down with its order stored: check_recovered says so; the real executor does not."""
+    from haagent.manager import drain
+
+    cluster = {"hosts": {"h1": {}, "h2": {}, "h3": {}},
+               "vms": [{"name": "legacy-1", "host": "h2", "policy": "none"}]}
+    cmds, end = parse_cmdlist("at 2 drain h2 cold-ok\nend 15\n")
+    out = run(cluster, cmds, end)
+    assert not check_recovered(out.sim) and out.sim.where("legacy-1") in (["h1"], ["h3"])
+    monkeypatch.setattr(drain, "_settle", lambda st: None)
+    out = run(cluster, cmds, end)
+    problems = check_recovered(out.sim)
+    assert out.sim.where("legacy-1") == []
+    assert problems and "vm=legacy-1 migration cold h2 -> " in problems[0]
