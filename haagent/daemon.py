@@ -284,6 +284,7 @@ class AgentDaemon:
         ``haagent.agent.inventory.worth_writing`` says what counts)."""
         now = time.monotonic()
         running = sorted(self.vms.running) if self.vms is not None else []
+        unmanaged = list(self.vms.unmanaged) if self.vms is not None else []
         facts = self.facts()
         inventory = (self.collector.latest(facts) if self.collector is not None
                      else {**facts, "tags": sorted(set(self.config.tags))})
@@ -291,6 +292,8 @@ class AgentDaemon:
                       if self.watchdog is not None else None)
         report = {"host": self.host, "version": __version__, **inventory,
                   "running_vms": running, "reported_at": round(time.time(), 3), "self_fence": self_fence}
+        if unmanaged:
+            report["unmanaged_vms"] = unmanaged
         if not worth_writing(self._last_report, report, now - self._last_report_at,
                              self.config.timing.report_interval):
             return

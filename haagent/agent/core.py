@@ -119,7 +119,10 @@ def step(inp: AgentInput, now: float, config: AgentConfig) -> list[AgentAction]:
     for uuid, mig in sorted(inp.migrations.items()):
         # An order for a VM that does not run here is carried out too: the shell reports that it
         # failed (the VM is not here), so the leader clears it and the VM is started again.
-        if (mig.source == inp.host and mig.attempt > 0 and inp.placements.get(uuid) == inp.host
+        # (A VM haagent does not manage, moved by ``drain --all``, has neither spec nor placement.)
+        ours = inp.placements.get(uuid) == inp.host or (uuid not in inp.placements and uuid not in inp.specs
+                                                        and mig.mode == "live")
+        if (mig.source == inp.host and mig.attempt > 0 and ours
                 and mig.mode in ("live", "cold") and (uuid, mig.op, mig.attempt) not in inp.migrations_run):
             actions.append(MigrateVm(uuid, mig.dest, mig.deadline, mig.op, mig.attempt, mig.options, mig.mode))
 

@@ -93,6 +93,8 @@ class VmShell:
         self._records: dict[str, tuple[str, HaMark, str]] = {}  # uuid -> (XML, mark, spec record)
         self.running: frozenset[str] = frozenset()
         self.managed: dict[str, tuple[Any, HaMark]] = {}
+        # Running domains without the HA mark, for the report (``host drain --all`` moves them live)
+        self.unmanaged: list[dict[str, Any]] = []
         self._sub = hv.subscribe(self.on_event)
 
     def close(self) -> None:
@@ -142,6 +144,7 @@ class VmShell:
         """
         placements = placements or {}
         managed = {}
+        unmanaged = []
         marks: dict[str, HaMark | None] = {}
         for info in self.hv.list_vms():
             try:
@@ -153,8 +156,12 @@ class VmShell:
             marks[xml] = mark
             if mark is not None:
                 managed[info.uuid] = (info, mark)
+            elif info.active and not (info.state is VmState.PAUSED and info.reason in _IN_TRANSIT):
+                unmanaged.append({"uuid": info.uuid, "name": info.name, "vcpus": info.vcpus,
+                                  "memory_mib": info.memory_mib})
         self._marks = marks
         self.managed = managed
+        self.unmanaged = unmanaged
         self.running = frozenset(
             u for u, (i, _) in managed.items() if i.active
             and not (i.state is VmState.PAUSED and i.reason in _IN_TRANSIT

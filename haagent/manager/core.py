@@ -796,6 +796,13 @@ def _resolve_migration(st: _Step, uuid: str, mig) -> None:
         hv = st.view.hosts.get(side)
         if hv is not None and not hv.alive and st.states.get(side) not in CONFIRMED_FENCED:
             return  # no lease and not fenced (e.g. its agent stopped cleanly): its report may be stale
+    if mig.vm not in st.view.specs:
+        # A VM haagent does not manage (host drain --all): no placement to settle, and nothing
+        # restarts it; it runs where the hypervisors say (or died with the fenced host).
+        st.actions.append(ClearMigration(uuid))
+        st.actions.append(Event("migration_resolved", vm=uuid, detail={
+            "running_on": sorted(h for h, hv in st.view.hosts.items() if hv.alive and uuid in hv.unmanaged)}))
+        return
     if where == {mig.dest}:
         st.actions.append(SetPlacement(uuid, mig.dest, "", "migration completed before the crash"))
         st.placements[uuid] = mig.dest

@@ -64,12 +64,14 @@ def _verdict_line(m) -> str:
               help="VMs that cannot live-migrate (HA policy none, no compatible target) are shut down "
                    "(ACPI, then forced after [migration] cold_shutdown_timeout) and started on the target")
 @click.option("--all", "all_vms", is_flag=True,
-              help="also VMs haagent does not manage: refused, see docs/design.md (not supported yet)")
+              help="also the running VMs haagent does not manage (live migration only: their definition "
+                   "goes with them; one that cannot go live is refused)")
 @click.option("--json", "as_json", is_flag=True)
 @config_option
 def drain(name: str, wait: bool, dry_run: bool, max_parallel: int | None, partial: bool, cold_ok: bool,
           all_vms: bool, as_json: bool, config: Config) -> None:
-    """Live-migrate every HA VM off NAME, then put it in maintenance (never fenced for being down)."""
+    """Live-migrate every HA VM off NAME (with --all, the others too), then put it in maintenance
+    (never fenced for being down)."""
     from haagent.manager.drain import Refused, check_drain
 
     view = _view(config)
@@ -77,7 +79,7 @@ def drain(name: str, wait: bool, dry_run: bool, max_parallel: int | None, partia
         fail(f"refused: {name} is already draining (its request waits for the leader); watch it: haagent migrations", 2)
     try:
         plan = check_drain(view, name, _mover(config), config.migration, partial=partial or dry_run,
-                           cold_ok=cold_ok, placer=_placer(config))
+                           cold_ok=cold_ok, placer=_placer(config), all_vms=all_vms)
     except Refused as exc:
         fail(f"refused: {exc}", 2)
         return
@@ -92,14 +94,13 @@ def drain(name: str, wait: bool, dry_run: bool, max_parallel: int | None, partia
                          + ("" if cold_ok else "; --cold-ok moves those that cannot go live") + ")")
         _emit(as_json, {"host": name, "dry_run": True, "plan": rows, "verdicts": counts}, "\n".join(lines))
         return
-    if all_vms:
-        fail("refused: --all (VMs haagent does not manage) is not supported yet: manage them first "
-             "(haagent vm manage NAME --policy migrate), or migrate them by hand", 2)
     opts: dict[str, Any] = {"partial": partial}
     if max_parallel:
         opts["max_parallel"] = max_parallel
     if cold_ok:
         opts["cold_ok"] = True
+    if all_vms:
+        opts["all"] = True
     req = send_request(config, "drain", name, options=opts)
     _emit(as_json, {"host": name, "request": req, "plan": rows},
           f"asked the leader to drain {name} ({len(plan)} VM(s); request {req}); watch it: haagent migrations")

@@ -180,7 +180,8 @@ class Simulation:
                  manager: ManagerConfig | None = None, agent: AgentConfig | None = None,
                  sim: SimConfig | None = None, placer: Placer | None = None,
                  migrations: Mapping[str, tuple[str, str]] | None = None,
-                 running: Mapping[str, list[str]] | None = None):
+                 running: Mapping[str, list[str]] | None = None,
+                 unmanaged: Mapping[str, tuple[VmSpec, str]] | None = None):
         from haagent.log import configure
 
         # The production shells and the fence runner log as they would on a host; the simulation
@@ -245,6 +246,12 @@ class Simulation:
         for uuid, (src, dst) in sorted((migrations or {}).items()):
             init.append(Put(self.keys.vm_migration(uuid), json.dumps({"from": src, "to": dst, "epoch": 0})))
         self.store.txn((), init)
+        # VMs without the HA mark (no spec, no placement): defined and running where given
+        self.unmanaged = {u: spec for u, (spec, _host) in (unmanaged or {}).items()}
+        for uuid, (spec, host) in sorted((unmanaged or {}).items()):
+            hv = self.hosts[host].hv
+            xml = with_mark(domain_xml(spec), None)
+            hv.start(hv.define(xml, autostart=False).uuid)
         for h in self.hosts.values():
             h.agent = AgentProc()
             h.watchdog = self.acfg.watchdog if h.watchdog is None else h.watchdog  # type: ignore[comparison-overlap]
@@ -437,7 +444,7 @@ class Simulation:
         """The agent's migration thread, on the virtual clock: the job takes one pass over the
         VM's memory at the link speed (or until its deadline), then ``hv.migrate`` runs at once."""
         def spawn(run: Callable[[], None], act: MigrateVm) -> None:
-            spec = self.specs.get(act.vm)
+            spec = self.specs.get(act.vm) or self.unmanaged.get(act.vm)
             took = 0.05 + (spec.memory_mib if spec else 64) / self.fakes.link_mib_s
             cap = dict(act.options).get("bandwidth_cap")
             if cap:
@@ -629,8 +636,10 @@ class Simulation:
         """As the daemon's publish_report: inventory and smoothed load from this host's libvirt,
         written only when ``worth_writing`` says so."""
         assert h.hv is not None
+        managed = sorted(u for u in h.running if u not in self.unmanaged)
         if (a.last_report is not None and self.now - a.last_report_at < self.cfg.report_interval
-                and a.last_report["running_vms"] == sorted(h.running)):
+                and a.last_report["running_vms"] == managed
+                and a.last_report.get("unmanaged_vms", []) == (a.vms.unmanaged if a.vms is not None else [])):
             return  # only a new VM list is written within the interval (worth_writing): save the reads
         try:
             cur = h.hv.raw_stats()
@@ -645,7 +654,9 @@ class Simulation:
         self_fence = ({"watchdog": True, "timeout": self.acfg.self_fence_timeout,
                        "self_fence_timeout": self.acfg.self_fence_timeout} if h.watchdog else None)
         report = {"host": h.name, **inventory, "load": a.load.record(),
-                  "running_vms": sorted(h.running), "self_fence": self_fence}
+                  "running_vms": managed, "self_fence": self_fence}
+        if a.vms is not None and a.vms.unmanaged:  # as the daemon: the VM shell's last inventory
+            report["unmanaged_vms"] = list(a.vms.unmanaged)
         if worth_writing(a.last_report, report, self.now - a.last_report_at, self.cfg.report_interval):
             self.store.put(self.keys.host_report(h.name), json.dumps(report, sort_keys=True))
             a.last_report, a.last_report_at = report, self.now

@@ -287,9 +287,23 @@ def build_view(kvs: Mapping[str, KVLike], keys: Keys, epoch: int, memo: DecodeMe
             name, h.get("alive", False), h.get("state"), report.get("cpus", 0), report.get("memory_mib", 0),
             frozenset() if stale else frozenset(report.get("running_vms", ())), h.get("failover", ""), granted,
             h.get("stopped", ""), self_fence, h.get("state_bad", False), **h.get("inventory", {}),
-            migration_outcomes=h.get("migrations", {}))
+            migration_outcomes=h.get("migrations", {}), unmanaged={} if stale else report.get("unmanaged", {}))
     return ClusterView(epoch, host_views, specs, placements, ops, migrations, tuple(requests), tuple(bad),
                        tuple(storm["hosts"]), storm["since"])
+
+
+def _unmanaged(raw: Any) -> dict[str, VmSpec]:
+    """A report's ``unmanaged_vms`` [{uuid, name, vcpus, memory_mib}]; entries that do not read
+    are skipped (the list only widens what ``drain --all`` may move; it never decides a failover)."""
+    out: dict[str, VmSpec] = {}
+    for e in raw if isinstance(raw, list) else ():
+        try:
+            uuid = _str(e, "uuid", empty=False)
+            out[uuid] = VmSpec(uuid, _str(e, "name", uuid, empty=False), _int(e, "vcpus", 1, minimum=1),
+                               _int(e, "memory_mib", 64, minimum=1), None, "migrate")
+        except (BadRecord, AttributeError, TypeError):
+            continue
+    return out
 
 
 def storm_hold_record(kv: KVLike) -> dict[str, Any]:
@@ -313,7 +327,8 @@ def _report(kv: KVLike) -> tuple[dict[str, Any], dict[str, Any] | BadRecord]:
     """``hosts/<h>/report`` -> (what the view keeps, the inventory or why it is bad)."""
     d = _obj(kv)
     report = {"cpus": _int(d, "cpus", 0), "memory_mib": _int(d, "memory_mib", 0),
-              "running_vms": _strs(d, "running_vms"), "self_fence_s": _self_fence(d)}
+              "running_vms": _strs(d, "running_vms"), "self_fence_s": _self_fence(d),
+              "unmanaged": _unmanaged(d.get("unmanaged_vms"))}
     try:
         return report, _inventory(d)
     except BadRecord as exc:

@@ -96,6 +96,9 @@ class HostView:
     inventory_error: str = ""  # the hypervisor could not be read (or its record part is malformed)
     # The outcomes of the migrations this host ran as a source, by VM (its own records).
     migration_outcomes: Mapping[str, "MigrationReport"] = field(default_factory=dict)
+    # Running domains without the HA mark, by uuid, as its report lists them (name, vcpus and
+    # memory only; policy "migrate"): what ``host drain --all`` may live-migrate.
+    unmanaged: Mapping[str, VmSpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
