@@ -21,7 +21,8 @@ refuses an ack for a host that is not being failed over; the leader binds the re
 failover). The heal puts back what an operator would: network, quorum, devices, agents, repaired
 records, acks for hosts still off, and a ``return`` for hosts whose device lied or that were
 powered on again. Maintenance is mixed in: drains (with and without ``--cold-ok``), undrains
-returning the VMs, and ``vm migrate`` requests, under the same invariants.
+returning the VMs, ``vm migrate`` requests, ``--all`` drains and a VM without the HA mark, under
+the same invariants.
 
 What the generator never does, on purpose: a device that lies while its host has lost its lease
 for longer than a fence takes (cut off, or its agent dead): with the lease gone no software can
@@ -239,7 +240,8 @@ def generate(seed: int) -> Schedule:
     mrng = random.Random(seed * 7919 + 1)
     if mrng.random() < 0.5:
         h, t = mrng.choice(hosts), float(mrng.randint(1, 14))
-        flags = (" cold-ok" if mrng.random() < 0.5 else "") + (" max-parallel=1" if mrng.random() < 0.3 else "")
+        flags = (" cold-ok" if mrng.random() < 0.5 else "") + (" all" if mrng.random() < 0.3 else "") + \
+            (" max-parallel=1" if mrng.random() < 0.3 else "")
         lines.append(f"at {t:g} drain {h}{flags}")
         if mrng.random() < 0.4:
             lines.append(f"at {t + mrng.randint(2, 12):g} undrain {h}{' return-vms' if mrng.random() < 0.5 else ''}")
@@ -250,6 +252,13 @@ def generate(seed: int) -> Schedule:
     for vm in cluster["vms"]:
         if mrng.random() < 0.2:
             vm["migration"] = {"bandwidth_cap": mrng.choice((0, 200, 500)), "postcopy": mrng.random() < 0.5}
+    if mrng.random() < 0.3:  # a VM without the HA mark (drain --all moves it; nothing else does)
+        host = mrng.choice(hosts)
+        cells = cluster["hosts"][host].get("numa")
+        size0 = cells[0]["memory_mib"] if cells else cluster["hosts"][host]["memory_mib"]
+        share = 1024 / (len(cells) if cells else 1)
+        if used[host] + 1024 <= cluster["hosts"][host]["memory_mib"] and cell0[host] + share <= size0:
+            cluster["vms"].append({"name": "other1", "host": host, "memory_mib": 1024, "managed": False})
     # The heal: the network, quorum, devices and agents come back; records are repaired; hosts
     # still off are acknowledged (a storm hold waits for that); liars' hosts are returned.
     heal = [f"at {HEAL_AT:g} quorum back", f"at {HEAL_AT:g} repair"]
