@@ -185,8 +185,22 @@ def test_dry_run_gives_every_vms_verdict_live_cold_or_refused(cluster):
     assert res.exit_code == 0, res.output
     [req] = _requests(store)
     assert req["options"] == {"partial": False, "cold_ok": True}
-    res = _run(cfg, "host", "drain", "h2", "--all")
-    assert res.exit_code == 2 and "--all (VMs haagent does not manage) is not supported yet" in res.output
+
+
+def test_drain_all_plans_the_vms_haagent_does_not_manage_from_the_hosts_report(cluster):
+    store, cfg = cluster
+    store.put(K.host_report("h1"), json.dumps({"cpus": 8, "memory_mib": 8192, "running_vms": ["vm1", "vm2"],
+                                               "unmanaged_vms": [{"uuid": "u9", "name": "scratch-build-1",
+                                                                  "vcpus": 1, "memory_mib": 1024}]}))
+    res = _run(cfg, "host", "drain", "h1", "--dry-run", "--json")
+    assert "scratch-build-1" not in res.output  # only with --all
+    res = _run(cfg, "host", "drain", "h1", "--dry-run", "--all")
+    assert res.exit_code == 0, res.output
+    assert "3 VM(s) in this order: 3 live, 0 cold, 0 refused" in res.output and "scratch-build-1" in res.output
+    res = _run(cfg, "host", "drain", "h1", "--all", "--json")
+    assert res.exit_code == 0, res.output
+    [req] = _requests(store)
+    assert req["options"] == {"partial": False, "all": True}
 
 
 def test_wait_prints_plain_lines_per_vm_with_memory_and_dirty_rate_and_ctrl_c_leaves_the_drain(cluster, capsys):

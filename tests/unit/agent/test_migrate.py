@@ -163,3 +163,32 @@ def test_the_target_starts_a_cold_move_only_from_its_second_half_and_only_if_it_
     assert core.step(inp(**{**target, "placements": {"vm1": "h1"}}), 0.0, core.AgentConfig()) == []
     # the source does nothing with the second half (it must not restart what it shut down)
     assert core.step(inp(running=frozenset(), migrations=start), 0.0, core.AgentConfig()) == []
+
+
+def test_unmanaged_vms_are_reported_and_their_orders_run_without_a_placement():
+    fakes = FakeCluster()
+    src = FakeHypervisor("fake:///h1", cluster=fakes)
+    src.start(src.define(XML).uuid)  # no HA mark
+    shell = VmShell("h1", src, Store(), K, lease=None, cache=None, config=core.AgentConfig())
+    shell.refresh_inventory()
+    assert shell.unmanaged == [{"uuid": UUID, "name": "web-1", "vcpus": 1, "memory_mib": 256}]
+    assert shell.running == frozenset()  # not a managed VM
+
+    class KV:
+        def __init__(self, v):
+            self.value, self.lease, self.mod_revision, self.create_revision = v.encode(), 0, 3, 3
+
+    report = json.dumps({"cpus": 8, "memory_mib": 8192, "running_vms": [],
+                         "unmanaged_vms": shell.unmanaged + [{"uuid": 5}]})  # a bad entry is skipped
+    view = build_view({K.host_report("h1"): KV(report)}, K, 0)
+    [(uuid, spec)] = view.hosts["h1"].unmanaged.items()
+    assert (uuid, spec.name, spec.memory_mib, spec.policy) == (UUID, "web-1", 256, "migrate") and not view.bad_records
+    # the source runs a live order for a VM with neither spec nor placement (drain --all) ...
+    order = {"u1": Migration("u1", "h1", "h2", 7, 30.0, "drain-h1", 1)}
+    [m] = core.step(inp(placements={}, specs={}, running=frozenset(), migrations=order), 0.0, core.AgentConfig())
+    assert m.vm == "u1" and m.mode == "live"
+    # ... but never a cold one, nor one for a VM placed on another host
+    cold = {"u1": Migration("u1", "h1", "h2", 7, 30.0, "drain-h1", 1, (), "cold")}
+    assert core.step(inp(placements={}, specs={}, running=frozenset(), migrations=cold), 0.0, core.AgentConfig()) == []
+    assert core.step(inp(placements={"u1": "h3"}, specs={}, running=frozenset(), migrations=order), 0.0,
+                     core.AgentConfig()) == []

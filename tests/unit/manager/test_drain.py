@@ -356,3 +356,48 @@ def test_a_failover_counts_a_migration_in_flight_on_its_target():
                 ops={"drain-a": drain_op(["vm1"])})
     moved = {p.vm: p.host for p in kinds(run(v), SetPlacement)}
     assert moved == {"vm2": "a"}  # "b" holds no VM yet, but vm1 is arriving there
+
+
+# -- --all: VMs haagent does not manage -----------------------------------------------------------
+
+
+def with_other(v, host="a", uuid="other", memory_mib=512):
+    spec = VmSpec(uuid, "scratch-1", memory_mib=memory_mib, policy="migrate")
+    return replace(v, hosts={**v.hosts, host: replace(v.hosts[host], unmanaged={uuid: spec})})
+
+
+def test_drain_all_plans_the_unmanaged_vms_live_only():
+    v = with_other(cluster(vms_on_a=1))
+    assert [m.vm for m in check_drain(v, "a", spread, MigrationSection())] == ["vm1"]  # without --all: left
+    plan = check_drain(v, "a", spread, MigrationSection(), all_vms=True)
+    assert {m.vm: m.verdict for m in plan} == {"vm1": "live", "other": "live"}
+    # one that cannot go live is refused, never moved cold (nothing to start it from)
+    with pytest.raises(Refused, match="scratch-1: incompatible CPU, not managed by haagent: live migration only"):
+        check_drain(v, "a", no_live, MigrationSection(), all_vms=True, cold_ok=True, placer=spread)
+
+
+def test_an_unmanaged_vm_is_ordered_then_settled_by_the_reports_without_a_placement():
+    intent = OpStep("intent", 1.0, {"request": "r1", "vms": ["other"], "partial": False, "max_parallel": 0,
+                                    "all": True})
+    op = Op("drain-a", "drain", "a", 7, (intent,), rev=10)
+    v = with_other(cluster(vms_on_a=0, states={"a": S.DRAINING}, ops={"drain-a": op}))
+    [order] = kinds(run(v), StartMigration)
+    assert (order.vm, order.source, order.mode) == ("other", "a", "live")
+    mig = Migration("other", "a", order.dest, 7, order.deadline, "drain-a", 1)
+    done = MigrationReport("other", "a", order.dest, "drain-a", 1, "completed", "destination")
+    spec = v.hosts["a"].unmanaged["other"]
+    hosts = {**v.hosts, "a": replace(v.hosts["a"], unmanaged={}, migration_outcomes={"other": done}),
+             order.dest: replace(v.hosts[order.dest], unmanaged={"other": spec})}
+    acts = run(replace(v, migrations={"other": mig}, hosts=hosts))
+    assert kinds(acts, ClearMigration) and not kinds(acts, SetPlacement)
+    assert [j.step.step for j in kinds(acts, JournalStep)][:1] == ["migrated"]
+    assert (S.DRAINING, S.MAINTENANCE) in [(s.old, s.new) for s in kinds(acts, SetHostState)]
+
+
+def test_a_lost_side_only_clears_an_unmanaged_vms_order():
+    mig = Migration("other", "a", "b", 7, 30.0, "drain-a", 1)
+    v = with_other(cluster(vms_on_a=0, states={"a": S.FAILED}, alive=("b", "c")), host="b")
+    acts = run(replace(v, migrations={"other": mig}))
+    assert kinds(acts, ClearMigration) and not kinds(acts, SetPlacement)
+    [ev] = [e for e in kinds(acts, Event) if e.kind == "migration_resolved"]
+    assert ev.detail["running_on"] == ["b"]
