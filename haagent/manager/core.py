@@ -796,7 +796,7 @@ def _resolve_migration(st: _Step, uuid: str, mig) -> None:
         hv = st.view.hosts.get(side)
         if hv is not None and not hv.alive and st.states.get(side) not in CONFIRMED_FENCED:
             return  # no lease and not fenced (e.g. its agent stopped cleanly): its report may be stale
-    if mig.vm not in st.view.specs:
+    if uuid not in st.view.specs and uuid not in st.placements:
         # A VM haagent does not manage (host drain --all): no placement to settle, and nothing
         # restarts it; it runs where the hypervisors say (or died with the fenced host).
         st.actions.append(ClearMigration(uuid))

@@ -325,7 +325,7 @@ def _settle(st: "_Step") -> None:
             continue
         if not (src.alive and dst.alive):
             continue  # a side without a lease: its report may be stale; it comes back or is failed over
-        managed = uuid in st.view.specs
+        managed = uuid in st.view.specs or uuid in st.placements  # (a spec may be unreadable for a while)
         where = _running_on(st, uuid) if managed else _unmanaged_on(st, uuid)
         op = st.view.ops.get(m.op)
         journal = op is not None and not op.finished
@@ -444,7 +444,8 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
     if op.kind == "drain":
         todo = [u for u, h in sorted(st.placements.items()) if h == op.host and u not in busy
                 and u in st.view.specs and (cold_ok or st.view.specs[u].policy != "none")]
-        todo += sorted(u for u in extra if u not in busy and u not in st.view.specs and u not in st.placements)
+        todo += sorted(u for u in extra if u not in busy and u not in st.view.specs and u not in st.placements
+                       and not any(k.endswith(f"/vms/{u}/spec") for k, _ in st.view.bad_records))
         fixed = ""
     elif op.kind == "return":
         fixed = op.host
@@ -490,7 +491,7 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
     view = _view(st, unmanaged=all_vms)
     blocked = []
     for spec in specs:
-        managed = spec.uuid in st.view.specs
+        managed = spec.uuid in st.view.specs or spec.uuid in st.placements
         source = st.placements[spec.uuid] if managed else op.host
         if running >= parallel or load.total >= limits.max_cluster or load.out.get(source, 0) >= limits.max_outgoing:
             break

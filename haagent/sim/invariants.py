@@ -21,7 +21,7 @@ import json
 from typing import Iterable
 
 from haagent.manager.core import CONFIRMED_FENCED
-from haagent.state.view import ClusterView, SetPlacement
+from haagent.state.view import ClusterView, SetPlacement, StartMigration
 from haagent.sim.world import InvariantViolation, Simulation
 
 
@@ -105,6 +105,8 @@ class Invariants:
         """Just after a leader's transaction committed: check every placement it moved."""
         sim = self.sim
         for a in actions:
+            if isinstance(a, StartMigration):  # when each order (or a cold move's second half) was written
+                sim.orders[a.vm] = (a.mode, sim.now, a.deadline)
             if not isinstance(a, SetPlacement):
                 continue
             old = view.placements.get(a.vm)
@@ -145,8 +147,9 @@ def check_recovered(sim: Simulation) -> list[str]:
         state = sim.stored_state(placed) if placed else None
         problems.append(f"vm={uuid} runs on [{', '.join(where)}], placed on {placed} "
                         f"(host state {state.value if state else None})")
-    # A move left half done: a migration order still stored (a cold move's VM shut down and never
-    # started again, whatever its HA policy, would sit here), where both its hosts are back.
+    # A move left half done: a migration order still stored long after it was written (a cold
+    # move's VM shut down and never started again, whatever its HA policy, would sit here), where
+    # both its hosts are back. Long: past its deadline (live), its shutdown (cold), at once (start).
     for key, kv in sorted(sim.store.kvs.items()):
         if key.startswith(sim.keys.vms) and key.endswith("/migration"):
             uuid = key[len(sim.keys.vms):-len("/migration")]
@@ -155,7 +158,9 @@ def check_recovered(sim: Simulation) -> list[str]:
                 sides = (order["from"], order["to"])
             except (ValueError, KeyError, TypeError):
                 continue  # a corrupted record: bad_record's
-            if all(sim.keys.host_alive(h) in sim.store.kvs for h in sides):
+            mode, since, deadline = sim.orders.get(uuid, ("live", 0.0, 0.0))
+            allowed = {"live": deadline, "cold": sim.cfg.cold_shutdown_s}.get(mode, 0.0) + 10.0
+            if sim.now - since > allowed and all(sim.keys.host_alive(h) in sim.store.kvs for h in sides):
                 problems.append(f"vm={uuid} migration {order.get('mode', 'live')} {sides[0]} -> {sides[1]} "
                                 "still stored at quiescence with both hosts alive")
     return problems

@@ -216,6 +216,7 @@ class Simulation:
         # Live migrations under way: (when the job ends, source host, its agent process, the run)
         self.migrations: list[tuple[float, str, AgentProc, str, int, Callable[[], None]]] = []
         self.power_offs: dict[str, int] = {}  # host -> times it lost power (a job to it dies with it)
+        self.orders: dict[str, tuple[str, float, float]] = {}  # vm -> (mode, when, deadline) of its last order
         self.fakes = FakeCluster(clock=lambda: self.now)
         for h in self.hosts.values():
             h.hv = _SimHypervisor(self, h.name)
@@ -452,8 +453,12 @@ class Simulation:
             abort_at = act.deadline - min(3.0, 0.3 * act.deadline)
             if act.mode == "cold":  # a clean shutdown: the guest answers ACPI in a second
                 took, abort_at = self.cfg.cold_shutdown_s, act.deadline
+            d = self.hosts.get(act.dest)
+            # A target that is off when the job starts never takes it, even if it is powered on
+            # before the job would have ended (libvirt fails to connect at once; it queues nothing).
+            offs = self.power_offs.get(act.dest, 0) if d is None or d.powered else -1
             self.migrations.append((self.now + min(took, abort_at), h.name, h.agent,  # type: ignore[arg-type]
-                                    act.dest, self.power_offs.get(act.dest, 0), run))
+                                    act.dest, offs, run))
         return spawn
 
     def _finish_migrations(self) -> None:

@@ -85,7 +85,7 @@ def test_liveness_check_reports_a_move_left_half_done(monkeypatch):
 
     cluster = {"hosts": {"h1": {}, "h2": {}, "h3": {}},
                "vms": [{"name": "legacy-1", "host": "h2", "policy": "none"}]}
-    cmds, end = parse_cmdlist("at 2 drain h2 cold-ok\nend 15\n")
+    cmds, end = parse_cmdlist("at 2 drain h2 cold-ok\nend 20\n")
     out = run(cluster, cmds, end)
     assert not check_recovered(out.sim) and out.sim.where("legacy-1") in (["h1"], ["h3"])
     monkeypatch.setattr(drain, "_settle", lambda st: None)
