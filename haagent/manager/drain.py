@@ -340,9 +340,11 @@ def _settle(st: "_Step") -> None:
                 st.actions.append(Event("migration_completed", host=m.dest, vm=uuid, op=m.op,
                                         detail={"from": m.source, "mode": "cold"}))
             continue  # (until then the target's agent starts it; nobody else may)
-        if m.mode == "cold" and report is not None and report.outcome == "completed" and not where:
-            # Shut down on the source and running nowhere: placed on the target, whose agent
-            # starts it (the order's second half). The source never restarts it: it is not its own.
+        if m.mode == "cold" and report is not None and not where and (
+                report.outcome == "completed" or (report.outcome != "running" and report.location == "none")):
+            # Shut down on the source (even if the call failed, the VM is off there) and running
+            # nowhere: placed on the target, whose agent starts it (the order's second half). The
+            # source never restarts it: it is not its own.
             st.actions.append(SetPlacement(uuid, m.dest, m.op, f"cold move from {m.source}"))
             st.placements[uuid] = m.dest
             st.actions.append(StartMigration(uuid, m.source, m.dest, m.deadline, m.op, m.attempt, mode="cold-start"))
