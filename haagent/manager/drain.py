@@ -154,7 +154,7 @@ def plan_moves(view: ClusterView, vms: Sequence[str], mover: "Placer", limits: M
             out.append(PlannedMove(s.uuid, s.name, s.memory_mib, src, cold_to[s.uuid], reasons, "cold"))
         else:
             if s.uuid in cold_to:
-                reasons = (reasons[0] + COLD_HINT,) + reasons[1:]
+                reasons = reasons[:-1] + (reasons[-1] + COLD_HINT,)
             elif cold_ok and placer is not None:
                 reasons += tuple(f"cold: {r}" for r in cold_missed.get(s.uuid, ("no host fits",)))
             out.append(PlannedMove(s.uuid, s.name, s.memory_mib, src, None, reasons))

@@ -188,7 +188,8 @@ def build(cluster: Mapping[str, Any], source: str = "cluster.json") -> Simulatio
             cells = tuple(cells)
         hosts.append(SimHost(name, int(h.get("cpus", 8)) if cells is None else sum(len(c.cpus) for c in cells),
                              int(h.get("memory_mib", 8192)) if cells is None else sum(c.memory_mib for c in cells),
-                             levels, watchdog=h.get("watchdog"), numa=cells, tags=tuple(h.get("tags", ()))))
+                             levels, watchdog=h.get("watchdog"), numa=cells, tags=tuple(h.get("tags", ())),
+                             cpu_model=str(h.get("cpu_model", "qemu64"))))
     specs, placements, running, unmanaged = [], {}, {}, {}
     names = {h.name for h in hosts}
     for v in cluster.get("vms", []):

@@ -118,6 +118,7 @@ class SimHost:
     numa: tuple[HostCell, ...] | None = None  # its NUMA cells; None: one cell with all of it
     tags: tuple[str, ...] = ()
     read_fault: str = "ok"  # its devices' answers to the leader's power reads (READ_FAULTS)
+    cpu_model: str = "qemu64"  # its CPU (hosts of different models cannot live-migrate to each other)
 
     @property
     def running(self) -> frozenset[str]:
@@ -726,7 +727,7 @@ class _SimHypervisor(FakeHypervisor):
 
     def __init__(self, sim: "Simulation", host: str):
         h = sim.hosts[host]
-        super().__init__(f"sim:///{host}", cluster=sim.fakes, hostname=host,
+        super().__init__(f"sim:///{host}", cluster=sim.fakes, hostname=host, cpu_model=h.cpu_model,
                          numa=h.numa or (HostCell(0, tuple(range(h.cpus)), h.memory_mib, h.memory_mib),))
         self.sim, self.host = sim, host
 
