@@ -82,6 +82,11 @@ def _vm(spec: VmSpec, label: str, host: HostView | None) -> Vm:
     # the cells it would land on, as one placed by this run does.
     cells = () if (host is not None and host.numa and not host.inventory_error
                    and spec.uuid in host.running) else None
+    if cells is None and host is not None and n.numa == "strict" and n.nodeset:
+        # Bound to named cells: it takes them even if they look full now (the engine would
+        # otherwise count a VM that does not fit at host level only, and fill its cells again).
+        ids = {c.id for c in host.numa}
+        cells = tuple(c for c in n.nodeset if c in ids) or None
     return Vm(name=label, vcpus=spec.vcpus, memory_mib=spec.memory_mib,
               host=host.name if host is not None else None, numa=n.numa,
               dedicated_cpus=min(n.dedicated_cpus, spec.vcpus), hugepage_size_kib=n.hugepage_size_kib,

@@ -165,7 +165,7 @@ def test_a_vm_placed_on_a_host_that_does_not_run_it_yet_binds_its_cells():
                                                          HostCell(1, (2, 3), 3072, 3072)))
     h2 = HostView("h2", True, S.ACTIVE, 4, 8192, numa=(HostCell(0, (0, 1), 4096, 4096),))
     v = view([h1, h2], [arriving, strict], {"u1": "h1"})
-    assert live_cluster(v).cluster.vms[0].numa_cells is None  # bound by the engine, not "already counted"
+    assert live_cluster(v).cluster.vms[0].numa_cells == (0,)  # binds its cell, not "already counted"
     placed, _ = policy_placer()([strict], v, frozenset())
     assert placed == {"u2": "h2"}  # h1's cell 0 is taken by the VM on its way there
     running = view([replace(h1, running=frozenset({"u1"}), numa=(HostCell(0, (0, 1), 1024, 0),
