@@ -16,7 +16,7 @@ import tomllib
 from datetime import datetime, timezone
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from haagent.errors import ConfigError
@@ -227,17 +227,57 @@ class MigrationSection:
     # host -> the address put in ``uri`` for it, where its name does not resolve ([migration.peers])
     peers: tuple[tuple[str, str], ...] = ()
     tls: bool = False  # --tls: QEMU's migration stream over TLS too (libvirt's migrate_tls_x509 set up)
-    # virsh migrate-setmaxdowntime before each migration, ms (0: QEMU's own default, 300 ms)
-    max_downtime_ms: int = 0
-    auto_converge: bool = False  # --auto-converge: QEMU slows a guest that dirties memory faster than it is sent
+    # The libvirt tuning of each migration (a VM's HA mark may override each, see ``tuning``):
+    bandwidth_cap: int = 0  # MiB/s one migration may use (virsh migrate --bandwidth); 0: no cap
+    max_downtime_ms: int = 0  # the pause allowed at switch-over (virsh migrate-setmaxdowntime); 0: libvirt's
+    auto_converge: bool = False  # throttle the guest's vCPUs while it dirties memory faster than it moves
+    postcopy: bool = False  # allow post-copy (the guest runs on the target while memory follows)
+    postcopy_after_precopy: bool = False  # switch to post-copy after the first pre-copy pass
+    # --cold-ok: seconds a guest has to shut down on ACPI before it is destroyed (then started on the target)
+    cold_shutdown_timeout: float = 120.0
 
     def target_uri(self, host: str) -> str:
         """The URI the source libvirtd migrates ``host``'s VMs to."""
         return self.uri.format(host=dict(self.peers).get(host, host))
 
-    def deadline(self, memory_mib: int) -> float:
-        """Seconds a migration of a VM of this size may take before it is aborted."""
-        return round(max(self.deadline_floor, self.deadline_factor * memory_mib / self.bandwidth), 1)
+    def deadline(self, memory_mib: int, bandwidth_cap: int = 0) -> float:
+        """Seconds a migration of a VM of this size may take before it is aborted (at the cap
+        when it is below the expected ``bandwidth``)."""
+        speed = min(self.bandwidth, bandwidth_cap) if bandwidth_cap else self.bandwidth
+        return round(max(self.deadline_floor, self.deadline_factor * memory_mib / speed), 1)
+
+    def tuning(self, overrides: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> tuple[tuple[str, Any], ...]:
+        """The effective libvirt tuning of one VM's migration: this section's values, each
+        replaced by the VM's own where its HA mark sets one. The one place they are resolved (the
+        leader writes the result into the migration order; the source applies exactly that).
+        Post-copy after pre-copy needs post-copy: a VM that turns post-copy off turns both off."""
+        own = dict(overrides)
+        out = {k: own.get(k, getattr(self, k)) for k in MIGRATION_TUNING}
+        out["postcopy_after_precopy"] = bool(out["postcopy_after_precopy"] and out["postcopy"])
+        return tuple(sorted(out.items()))
+
+
+# The [migration] keys a VM may override (its HA mark's ``migration`` attribute), and their kind.
+MIGRATION_TUNING: dict[str, type] = {"bandwidth_cap": int, "max_downtime_ms": int, "auto_converge": bool,
+                                     "postcopy": bool, "postcopy_after_precopy": bool}
+
+
+def check_tuning(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(key, problem) for each bad migration tuning value: an unknown key, a wrong kind, a
+    number out of range. Shared by [migration], the HA mark and the migration order's decoder."""
+    problems = []
+    for key, value in sorted(values.items()):
+        kind = MIGRATION_TUNING.get(key)
+        if kind is None:
+            problems.append((key, f"unknown migration option (known: {', '.join(MIGRATION_TUNING)})"))
+        elif kind is bool and not isinstance(value, bool):
+            problems.append((key, f"must be true or false (got {value!r})"))
+        elif kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append((key, f"must be a whole number (got {value!r})"))
+        elif kind is int and not 0 <= value <= (100_000 if key == "bandwidth_cap" else 3_600_000):
+            problems.append((key, f"must be between 0 and {100_000 if key == 'bandwidth_cap' else 3_600_000} "
+                                  f"(0: {'no cap' if key == 'bandwidth_cap' else 'libvirt default'}; got {value!r})"))
+    return problems
 
 
 MIGRATION_ORDERS = ("largest", "name")
@@ -467,10 +507,16 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         order=mi.string("order", MigrationSection.order, choices=MIGRATION_ORDERS),
         uri=mi.string("uri", MigrationSection.uri),
         tls=mi.boolean("tls", False),
-        max_downtime_ms=mi.number("max_downtime_ms", MigrationSection.max_downtime_ms, minimum=0, maximum=60000,
-                                  integer=True),
-        auto_converge=mi.boolean("auto_converge", MigrationSection.auto_converge),
+        bandwidth_cap=mi.number("bandwidth_cap", 0, minimum=0, maximum=100_000, integer=True),
+        max_downtime_ms=mi.number("max_downtime_ms", 0, minimum=0, maximum=3_600_000, integer=True),
+        auto_converge=mi.boolean("auto_converge", False),
+        postcopy=mi.boolean("postcopy", False),
+        postcopy_after_precopy=mi.boolean("postcopy_after_precopy", False),
+        cold_shutdown_timeout=mi.number("cold_shutdown_timeout", MigrationSection.cold_shutdown_timeout,
+                                        positive=True, maximum=86400),
     )
+    if migration.postcopy_after_precopy and not migration.postcopy:
+        mi.problem("postcopy_after_precopy", "needs postcopy = true (it says when to switch to post-copy)")
     raw_peers = mi.raw("peers")
     if raw_peers is not MISSING:
         if not isinstance(raw_peers, dict) or not all(isinstance(v, str) and v for v in raw_peers.values()):

@@ -253,9 +253,8 @@ class AgentDaemon:
                                AgentConfig(a.max_restart, a.restart_window, a.watchdog, a.self_fence_timeout),
                                wake=self._wake.set,
                                migration_target=lambda host: MigrationTarget(mig.target_uri(host)),
-                               migration_options=MigrationOptions(
-                                   tls=mig.tls, max_downtime_ms=mig.max_downtime_ms or None,
-                                   auto_converge=mig.auto_converge),
+                               # the rest of the tuning comes resolved in each order (MigrationSection.tuning)
+                               migration_options=MigrationOptions(tls=mig.tls),
                                disks=(a.image_dirs, a.block_device_dirs, a.network_disk_protocols,
                                       a.metadata_namespaces))
         if self.leader_work is None:
@@ -307,6 +306,7 @@ class AgentDaemon:
         ``haagent.agent.inventory.worth_writing`` says what counts)."""
         now = time.monotonic()
         running = sorted(self.vms.running) if self.vms is not None else []
+        unmanaged = list(self.vms.unmanaged) if self.vms is not None else []
         facts = self.facts()
         inventory = (self.collector.latest(facts) if self.collector is not None
                      else {**facts, "tags": sorted(set(self.config.tags))})
@@ -314,6 +314,8 @@ class AgentDaemon:
                       if self.watchdog is not None else None)
         report = {"host": self.host, "version": __version__, **inventory,
                   "running_vms": running, "reported_at": round(time.time(), 3), "self_fence": self_fence}
+        if unmanaged:
+            report["unmanaged_vms"] = unmanaged
         if not worth_writing(self._last_report, report, now - self._last_report_at,
                              self.config.timing.report_interval):
             return

@@ -10,7 +10,9 @@
 * a managed VM that crashed (not one a user shut down) restarts in place up to ``max_restart``
   times per ``restart_window``; after that the agent asks the leader to relocate it;
 * a live migration ordered from this host (``vms/<uuid>/migration``) runs once per order (op and
-  attempt), only while the lease lives and the VM runs here; a VM with a migration record is
+  attempt), only while the lease lives and the VM runs here (a cold move's first half, a clean
+  shutdown here, likewise); its second half ("cold-start") starts the VM on the target, only
+  once placed there and reported nowhere; otherwise a VM with a migration record is
   never started by the step (the leader settles where it runs first), and a copy arriving by
   migration is never stopped for running where its placement does not say;
 * watchdog mode: once the lease is lost, kill every managed VM (the watchdog is fed from the
@@ -95,6 +97,8 @@ class MigrateVm:
     deadline: float
     op: str
     attempt: int
+    options: tuple = ()  # the libvirt tuning the leader resolved (applied exactly)
+    mode: str = "live"  # live, or cold: shut it down here (ACPI, then destroyed after ``deadline`` s)
 
 
 AgentAction = StartVm | StopVm | RequestRelocation | MigrateVm
@@ -130,13 +134,24 @@ def step(inp: AgentInput, now: float, config: AgentConfig) -> list[AgentAction]:
     for uuid, mig in sorted(inp.migrations.items()):
         # An order for a VM that does not run here is carried out too: the shell reports that it
         # failed (the VM is not here), so the leader clears it and the VM is started again.
-        if (mig.source == inp.host and mig.attempt > 0 and inp.placements.get(uuid) == inp.host
-                and (uuid, mig.op, mig.attempt) not in inp.migrations_run):
-            actions.append(MigrateVm(uuid, mig.dest, mig.deadline, mig.op, mig.attempt))
+        # (A VM haagent does not manage, moved by ``drain --all``, has neither spec nor placement.)
+        ours = inp.placements.get(uuid) == inp.host or (uuid not in inp.placements and uuid not in inp.specs
+                                                        and mig.mode == "live")
+        if (mig.source == inp.host and mig.attempt > 0 and ours
+                and mig.mode in ("live", "cold") and (uuid, mig.op, mig.attempt) not in inp.migrations_run):
+            actions.append(MigrateVm(uuid, mig.dest, mig.deadline, mig.op, mig.attempt, mig.options, mig.mode))
 
     fresh = inp.placement_revision > inp.lease_grant_revision
     if not fresh or inp.host_state not in STARTS_VMS:
         return actions
+    for uuid, mig in sorted(inp.migrations.items()):
+        # The second half of a cold move: the leader wrote "cold-start" only once the source had
+        # shut the VM down and no live host reported it, and placed it here. Started whatever its
+        # HA policy (a policy "none" VM moved cold is still the operator's VM to run), never twice.
+        if (mig.mode == "cold-start" and mig.dest == inp.host and inp.placements.get(uuid) == inp.host
+                and uuid not in inp.running and uuid in inp.specs
+                and not any(uuid in running for running in inp.reports.values())):
+            actions.append(StartVm(uuid, f"cold move from {mig.source} ({mig.op})"))
     for uuid, owner in sorted(inp.placements.items()):
         spec = inp.specs.get(uuid)
         if owner != inp.host or uuid in inp.running or spec is None or spec.policy == "none":

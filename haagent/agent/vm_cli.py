@@ -40,13 +40,28 @@ def vm() -> None:
 @click.option("--policy", type=click.Choice(["restart", "migrate", "none"]), default="restart", show_default=True)
 @click.option("--groups", default="", metavar="G1,G2",
               help="placement groups ([policy.groups] in the config; undeclared: soft anti-affinity)")
+@click.option("--migration-bandwidth-cap", type=int, default=None, metavar="MIB_S",
+              help="this VM's [migration] bandwidth_cap (MiB/s; 0: no cap)")
+@click.option("--migration-max-downtime-ms", type=int, default=None, metavar="MS",
+              help="this VM's [migration] max_downtime_ms (0: libvirt's default)")
+@click.option("--migration-auto-converge/--no-migration-auto-converge", default=None,
+              help="this VM's [migration] auto_converge")
+@click.option("--migration-postcopy/--no-migration-postcopy", default=None, help="this VM's [migration] postcopy")
+@click.option("--migration-postcopy-after-precopy/--no-migration-postcopy-after-precopy", default=None,
+              help="this VM's [migration] postcopy_after_precopy")
 @config_option
-def manage(name: str, priority: int | None, policy: str, groups: str, config: Config) -> None:
-    """Make VM highly available: restart it elsewhere if its host dies."""
+def manage(name: str, priority: int | None, policy: str, groups: str, config: Config,
+           **tuning: int | bool | None) -> None:
+    """Make VM highly available: restart it elsewhere if its host dies.
+
+    The --migration-* options override the cluster's [migration] tuning for this VM only (kept in
+    its HA mark; an option not given follows [migration]).
+    """
     from haagent.agent.managed import NS, PREFIX, parse_groups, validate
 
+    own = {k[len("migration_"):]: v for k, v in tuning.items() if v is not None}
     try:
-        mark = validate(priority, policy, parse_groups(groups))
+        mark = validate(priority, policy, parse_groups(groups), own)
     except HaagentError as exc:
         fail(str(exc), 2)
     hv = _hypervisor(config)
@@ -61,7 +76,8 @@ def manage(name: str, priority: int | None, policy: str, groups: str, config: Co
     finally:
         hv.close()
     shown = priority if priority is not None else "by naming convention"
-    click.echo(f"{name} ({info.uuid}) is now HA: priority {shown}, policy {policy}, autostart off. "
+    tuned = f", migration {', '.join(f'{k}={v}' for k, v in mark.migration)}" if mark.migration else ""
+    click.echo(f"{name} ({info.uuid}) is now HA: priority {shown}, policy {policy}{tuned}, autostart off. "
                "The agent registers it in etcd within a second.")
 
 

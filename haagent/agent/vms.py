@@ -94,6 +94,8 @@ class VmShell:
         self._records: dict[str, tuple[str, HaMark, str]] = {}  # uuid -> (XML, mark, spec record)
         self.running: frozenset[str] = frozenset()
         self.managed: dict[str, tuple[Any, HaMark]] = {}
+        # Running domains without the HA mark, for the report (``host drain --all`` moves them live)
+        self.unmanaged: list[dict[str, Any]] = []
         self._sub = hv.subscribe(self.on_event)
 
     def close(self) -> None:
@@ -112,7 +114,8 @@ class VmShell:
                 log.warning("vm_crashed", vm=ev.uuid, name=ev.name, reason=ev.reason)
             elif ev.kind in (EventKind.STOPPED, EventKind.SHUTDOWN):
                 if ev.uuid in self._our_stops:
-                    self._our_stops.discard(ev.uuid)
+                    if ev.kind is EventKind.STOPPED:  # (a clean shutdown says "shutdown" first)
+                        self._our_stops.discard(ev.uuid)
                 elif ev.reason in ("shutdown", "destroyed") and ev.kind is EventKind.STOPPED:
                     # stopped by someone else: an operator's virsh shutdown/destroy
                     self.stopped_by_user.add(ev.uuid)
@@ -142,6 +145,7 @@ class VmShell:
         """
         placements = placements or {}
         managed = {}
+        unmanaged = []
         marks: dict[str, HaMark | None] = {}
         for info in self.hv.list_vms():
             try:
@@ -153,8 +157,12 @@ class VmShell:
             marks[xml] = mark
             if mark is not None:
                 managed[info.uuid] = (info, mark)
+            elif info.active and not (info.state is VmState.PAUSED and info.reason in _IN_TRANSIT):
+                unmanaged.append({"uuid": info.uuid, "name": info.name, "vcpus": info.vcpus,
+                                  "memory_mib": info.memory_mib})
         self._marks = marks
         self.managed = managed
+        self.unmanaged = unmanaged
         self.running = frozenset(
             u for u, (i, _) in managed.items() if i.active
             and not (i.state is VmState.PAUSED and i.reason in _IN_TRANSIT
@@ -263,11 +271,15 @@ class VmShell:
         migration by the hosts' reports, so a lost outcome write costs a retry, never a copy.
         """
         started = self.clock()
-        log.info("vm_migration_started", vm=a.vm, to=a.dest, op=a.op, attempt=a.attempt, deadline_s=a.deadline)
+        if a.mode == "cold":
+            return self._cold_stop(a)
+        options = self.migration_options.tuned(a.options)
+        log.info("vm_migration_started", vm=a.vm, to=a.dest, op=a.op, attempt=a.attempt, deadline_s=a.deadline,
+                 virsh=" ".join(options.to_virsh_args(a.vm, a.dest)))
         try:
             if self.migration_target is None:
                 raise InvalidDomain("no migration URI configured ([migration] uri)")
-            result = self.hv.migrate(a.vm, self.migration_target(a.dest), self.migration_options,
+            result = self.hv.migrate(a.vm, self.migration_target(a.dest), options,
                                      progress=self._progress_writer(a), deadline=a.deadline)
             report = MigrationReport(a.vm, self.host, a.dest, a.op, a.attempt, result.outcome.value,
                                      result.location.value, str(result.error or ""), result.duration_s,
@@ -289,6 +301,39 @@ class VmShell:
         self.wake()
         return report
 
+    def _cold_stop(self, a: core.MigrateVm) -> MigrationReport:
+        """A cold move's first half: shut the VM down here (ACPI; destroyed if still running after
+        ``a.deadline`` s). The outcome says where it runs now ("none": stopped; the leader then
+        places it on the target, whose agent starts it)."""
+        started = self.clock()
+        log.info("vm_cold_move_started", vm=a.vm, to=a.dest, op=a.op, attempt=a.attempt, timeout_s=a.deadline)
+        with self._lock:
+            self._our_stops.add(a.vm)  # not an operator's shutdown: it must not block a later start here
+        try:
+            how = self.hv.shutdown(a.vm, a.deadline)
+            active = self.hv.vm_info(a.vm).active
+            report = MigrationReport(a.vm, self.host, a.dest, a.op, a.attempt, "failed" if active else "completed",
+                                     "source" if active else "none",
+                                     f"still running after shutdown ({how.value})" if active else "",
+                                     self.clock() - started, None, None, self.wall())
+        except HypervisorError as exc:
+            with self._lock:
+                self._our_stops.discard(a.vm)
+            try:
+                where = "source" if self.hv.vm_info(a.vm).active else "none"
+            except HypervisorError:
+                where = "none" if isinstance(exc, VmNotFound) else "unknown"
+            report = MigrationReport(a.vm, self.host, a.dest, a.op, a.attempt, "failed", where,
+                                     f"{type(exc).__name__}: {exc}", self.clock() - started, None, None, self.wall())
+        metrics.VM_ACTIONS.labels(action="cold_stop", result="ok" if report.outcome == "completed" else "error").inc()
+        log.info("vm_cold_move_stopped", vm=a.vm, to=a.dest, outcome=report.outcome, location=report.location,
+                 duration_s=round(report.duration_s, 3), error=report.error)
+        with self._lock:
+            self._unreported[a.vm] = migration_report_record(report)
+        self.flush_migration_reports()
+        self.wake()
+        return report
+
     def _progress_writer(self, a: core.MigrateVm, every: float = 1.0) -> Callable[[MigrationProgress], None]:
         """libvirt's job info, put at most once a second as a "running" record (for ``--wait``;
         a lost one is not written again: the next one supersedes it)."""
@@ -302,7 +347,7 @@ class VmShell:
             report = MigrationReport(a.vm, self.host, a.dest, a.op, a.attempt, "running", "source",
                                      duration_s=p.elapsed_s, downtime_ms=p.downtime_ms, data_total=p.data_total,
                                      at=self.wall(), data_processed=p.data_processed,
-                                     data_remaining=p.data_remaining)
+                                     data_remaining=p.data_remaining, dirty_rate=p.dirty_rate)
             try:
                 self.store.put(self.keys.host_migration(self.host, a.vm), migration_report_record(report))
             except StoreError:
@@ -355,7 +400,7 @@ def spec_record(host: str, hv: Hypervisor, info: Any, mark: HaMark, source: str 
     xml = source if source is not None else hv.vm_xml(info.uuid, migratable=True)
     marked = with_mark(xml, mark)
     spec = VmSpec(info.uuid, info.name, info.vcpus, info.memory_mib, mark.priority, mark.policy,
-                  marked, mark.groups, needs_from_xml(marked))
+                  marked, mark.groups, needs_from_xml(marked), mark.migration)
     return json.dumps({**spec.to_dict(), "registered_by": host}, sort_keys=True)
 
 

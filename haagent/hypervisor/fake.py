@@ -151,6 +151,8 @@ class FakeHypervisor(Hypervisor):
         self._subs: list[EventCallback] = []
         self._up = True
         self._closed = False
+        # Every migrate() call: (uuid, destination URI, the options libvirt was given)
+        self.migration_calls: list[tuple[str, str, MigrationOptions]] = []
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -395,6 +397,7 @@ class FakeHypervisor(Hypervisor):
             raise InvalidDomain(f"migration deadline must be positive, got {deadline}")
         self._check_up()
         v = self._find(vm)
+        self.migration_calls.append((v.uuid, dest.uri, options))  # what libvirt was asked, for tests
         control = control or MigrationControl()
         if v.state not in (VmState.RUNNING, VmState.PAUSED) and not options.offline:
             raise OperationInvalid(f"migrate {vm}: domain is not running")
@@ -446,7 +449,7 @@ class FakeHypervisor(Hypervisor):
                     done = total * i // steps
                     last = MigrationProgress(elapsed_s=t, data_total=total, data_processed=done,
                                              data_remaining=total - done, memory_iteration=1,
-                                             downtime_ms=30)
+                                             downtime_ms=30, dirty_rate=int(v.cpu_load * 2**20))
                     if progress is not None:
                         progress(last)
                 if kind is not MigrationOutcome.COMPLETED:

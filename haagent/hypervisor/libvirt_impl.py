@@ -614,7 +614,10 @@ class LibvirtHypervisor(Hypervisor):
             data_remaining=int(st.get("data_remaining", 0)),
             memory_iteration=int(st.get("memory_iteration", 0)),
             downtime_ms=int(st["downtime"]) if "downtime" in st else None,
-            postcopy=bool(st.get("memory_postcopy_requests", 0)))
+            postcopy=bool(st.get("memory_postcopy_requests", 0)),
+            # pages the guest dirties per second, times the page size: bytes/s
+            dirty_rate=(int(st["memory_dirty_rate"]) * int(st.get("memory_page_size", 4096))
+                        if "memory_dirty_rate" in st else None))
 
     def migrate(self, vm: str, dest: MigrationTarget, options: MigrationOptions,
                 progress: ProgressCallback | None = None, deadline: float = 120.0,

@@ -7,7 +7,8 @@ fields without a glossary; ``to_virsh_args()`` prints the equivalent command lin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from typing import Any, Iterable
 
 from haagent.errors import InvalidDomain
 
@@ -91,6 +92,18 @@ class MigrationOptions:
                 problems.append(f"{name}: must be a positive integer, got {v!r}")
         if problems:
             raise InvalidDomain("invalid migration options: " + "; ".join(problems))
+
+    def tuned(self, tuning: Iterable[tuple[str, Any]]) -> "MigrationOptions":
+        """These options with the leader's tuning of one migration applied (``[migration]``
+        bandwidth_cap, max_downtime_ms, auto_converge, postcopy, postcopy_after_precopy, as
+        ``MigrationSection.tuning`` resolved them; 0 means unset)."""
+        t = dict(tuning)
+        if not t:
+            return self
+        return replace(self, bandwidth=int(t.get("bandwidth_cap") or 0) or None,
+                       max_downtime_ms=int(t.get("max_downtime_ms") or 0) or None,
+                       auto_converge=bool(t.get("auto_converge")), postcopy=bool(t.get("postcopy")),
+                       postcopy_after_precopy=bool(t.get("postcopy_after_precopy") and t.get("postcopy")))
 
     def flag_names(self) -> list[str]:
         """libvirt VIR_MIGRATE_* flag names this set of options turns on."""

@@ -282,6 +282,7 @@ class MigrationProgress:
     memory_iteration: int = 0
     downtime_ms: int | None = None  # expected downtime while running, actual when completed
     postcopy: bool = False
+    dirty_rate: int | None = None  # bytes/s the guest dirties (libvirt's memory_dirty_rate x page size)
 
 
 @dataclass(frozen=True)

@@ -810,7 +810,7 @@ def _vms(st: _Step) -> None:
     if not todo:
         return
     avoid = frozenset(h for h, s in st.states.items() if s not in TAKES_VMS)
-    chosen, missed = st.placer(todo, _view_with(st), avoid)
+    chosen, missed = st.placer(todo, _view_with(st, arriving=True), avoid)
     by_host: dict[str, dict[str, str]] = {}
     for spec in todo:
         old = st.placements[spec.uuid]
@@ -831,11 +831,24 @@ def _vms(st: _Step) -> None:
             st.journal(op.id, old, "place", placements=merged)
 
 
-def _view_with(st: _Step) -> ClusterView:
+def _view_with(st: _Step, arriving: bool = False) -> ClusterView:
+    """The view with this step's host states and placements. With ``arriving``, each VM a live
+    migration is moving also takes its room on the target (a stand-in placed there): a failover
+    placing VMs meanwhile must not fill a host a migration is about to land on."""
     # (hosts whose state this step did not change are the view's own: the placer's memo knows them)
     hosts = {h: hv if hv.state is st.states.get(h) else replace(hv, state=st.states.get(h))
              for h, hv in st.view.hosts.items()}
-    return replace(st.view, hosts=hosts, placements=dict(st.placements))
+    specs, placements = st.view.specs, dict(st.placements)
+    if arriving:
+        specs = dict(specs)
+        cleared = {a.vm for a in st.actions if isinstance(a, ClearMigration)}  # settled in this step
+        for u, m in sorted(st.view.migrations.items()):
+            spec = specs.get(u) if u not in cleared else None
+            if spec is not None and placements.get(u) != m.dest and m.dest in hosts:
+                stand_in = replace(spec, uuid=f"{u}@{m.dest}", name=f"{spec.name}@{m.dest}")
+                specs[stand_in.uuid] = stand_in
+                placements[stand_in.uuid] = m.dest
+    return replace(st.view, hosts=hosts, specs=specs, placements=placements)
 
 
 def _resolve_migration(st: _Step, uuid: str, mig) -> None:
@@ -851,6 +864,13 @@ def _resolve_migration(st: _Step, uuid: str, mig) -> None:
         hv = st.view.hosts.get(side)
         if hv is not None and not hv.alive and st.states.get(side) not in CONFIRMED_FENCED:
             return  # no lease and not fenced (e.g. its agent stopped cleanly): its report may be stale
+    if uuid not in st.view.specs and uuid not in st.placements:
+        # A VM haagent does not manage (host drain --all): no placement to settle, and nothing
+        # restarts it; it runs where the hypervisors say (or died with the fenced host).
+        st.actions.append(ClearMigration(uuid))
+        st.actions.append(Event("migration_resolved", vm=uuid, detail={
+            "running_on": sorted(h for h, hv in st.view.hosts.items() if hv.alive and uuid in hv.unmanaged)}))
+        return
     if where == {mig.dest}:
         st.actions.append(SetPlacement(uuid, mig.dest, "", "migration completed before the crash"))
         st.placements[uuid] = mig.dest
@@ -886,7 +906,7 @@ def _relocate(st: _Step, req) -> None:
         st.actions.append(ConsumeRequest(req.id))
         return  # gone, or it runs again somewhere: nothing to relocate
     avoid = frozenset(h for h, s in st.states.items() if s not in TAKES_VMS) | {current}
-    chosen, missed = st.placer([spec], _view_with(st), avoid)
+    chosen, missed = st.placer([spec], _view_with(st, arriving=True), avoid)
     if uuid in chosen:
         # Consumed only once placed: an unplaceable VM keeps its request, so the alert below stays
         # raised and the relocation is retried every round until capacity appears.
@@ -924,8 +944,10 @@ def _describe(a: ManagerAction) -> str:
     if isinstance(a, ClearMigration):
         return f"clear migration vm={a.vm}"
     if isinstance(a, StartMigration):
+        tuned = " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in a.options if v)
+        mode = "" if a.mode == "live" else f" mode={a.mode}"
         return (f"migrate vm={a.vm} from={a.source} to={a.dest} op={a.op} attempt={a.attempt} "
-                f"deadline={a.deadline:g}")
+                f"deadline={a.deadline:g}{mode}" + (f" ({tuned})" if tuned else ""))
     if isinstance(a, ConsumeRequest):
         return f"consume request {a.id}"
     if isinstance(a, Alert):

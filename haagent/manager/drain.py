@@ -49,14 +49,25 @@ class PlannedMove:
     memory_mib: int
     source: str
     dest: str | None  # None: no host takes it
-    reasons: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()  # why it cannot go live (cold), or go at all (refused)
+    mode: str = "live"  # live | cold (shut down, started on dest: --cold-ok)
+
+    @property
+    def verdict(self) -> str:
+        return "refused" if self.dest is None else self.mode
+
+
+NO_LIVE_POLICY = "HA policy none: not live-migrated"
+UNMANAGED_LIVE_ONLY = "not managed by haagent: live migration only (no spec to start it from)"
+COLD_HINT = " (--cold-ok shuts it down and starts it on the target)"
 
 
 # -- checks shared by the command line (up front) and the leader (on the request) ---------------
 
 
 def check_drain(view: ClusterView, host: str, mover: "Placer", limits: MigrationSection,
-                partial: bool = False) -> list[PlannedMove]:
+                partial: bool = False, cold_ok: bool = False, placer: "Placer | None" = None,
+                all_vms: bool = False) -> list[PlannedMove]:
     """The moves that would drain ``host`` now; raises Refused (one line) when it must not start."""
     hv = view.hosts.get(host)
     if hv is None:
@@ -72,7 +83,13 @@ def check_drain(view: ClusterView, host: str, mover: "Placer", limits: Migration
     others = [h for h, o in view.hosts.items() if h != host and o.alive and (o.state or S.ACTIVE) is S.ACTIVE]
     if not others:
         raise Refused(f"{host} is the last active host: there is nowhere to move its VMs")
-    plan = plan_moves(view, [u for u, h in view.placements.items() if h == host], mover, limits)
+    vms = [u for u, h in view.placements.items() if h == host]
+    unmanaged: frozenset[str] = frozenset()
+    if all_vms:  # the running VMs haagent does not manage, as the host's report lists them
+        view = with_unmanaged(view)
+        unmanaged = frozenset(u for u in hv.unmanaged if u not in vms)
+        vms += sorted(unmanaged)
+    plan = plan_moves(view, vms, mover, limits, cold_ok=cold_ok, placer=placer, unmanaged=unmanaged)
     stuck = [m for m in plan if m.dest is None]
     if stuck and not partial:
         raise Refused("cannot place " + "; ".join(f"{m.name}: {', '.join(m.reasons) or 'no host fits'}"
@@ -105,23 +122,43 @@ def check_migrate(view: ClusterView, vm: str, to: str, mover: "Placer") -> Plann
 
 
 def plan_moves(view: ClusterView, vms: Sequence[str], mover: "Placer", limits: MigrationSection,
-               avoid: frozenset[str] = frozenset()) -> list[PlannedMove]:
-    """Where each VM would go (placed together, so they share the free capacity), in leaving order."""
+               avoid: frozenset[str] = frozenset(), cold_ok: bool = False,
+               placer: "Placer | None" = None, unmanaged: frozenset[str] = frozenset()) -> list[PlannedMove]:
+    """Where each VM would go (placed together, so they share the free capacity), in leaving order,
+    and how: live (``mover``: the migration rules, CPU compatibility included), or, with
+    ``cold_ok``, cold for those that cannot go live (HA policy none, or no live target), placed by
+    ``placer`` (the restart rules: a cold start needs no CPU compatibility with the source)."""
     specs = [view.specs[u] for u in vms if u in view.specs]
     specs.sort(key=lambda s: _order(s, limits))
     avoid = avoid | frozenset(h for h, hv in view.hosts.items() if (hv.state or S.ACTIVE) is not S.ACTIVE
                               or not hv.alive)
     movable = [s for s in specs if s.policy != "none"]
     chosen, missed = mover(movable, view, avoid) if movable else ({}, {})
+    why_not_live = {s.uuid: ((NO_LIVE_POLICY,) if s.policy == "none" else tuple(missed.get(s.uuid, ()))
+                             or ("no host fits",)) for s in specs if s.uuid not in chosen}
+    cold_to: dict[str, str] = {}
+    cold_missed: dict[str, tuple[str, ...]] = {}
+    cold = [s for s in specs if s.uuid not in chosen and s.uuid not in unmanaged]
+    if cold and placer is not None:  # asked without --cold-ok too: the refusal then says it would help
+        after = replace(view, placements={**view.placements, **chosen})
+        sources = frozenset(view.placements.get(s.uuid, "") for s in cold) - {""}
+        cold_to, cold_missed = placer(cold, after, avoid | sources)
     out = []
     for s in specs:
         src = view.placements.get(s.uuid, "")
-        if s.policy == "none":
-            out.append(PlannedMove(s.uuid, s.name, s.memory_mib, src, None,
-                                   ("HA policy none: haagent does not move it (migrate or stop it by hand)",)))
+        reasons = why_not_live.get(s.uuid, ())
+        if s.uuid in chosen:
+            out.append(PlannedMove(s.uuid, s.name, s.memory_mib, src, chosen[s.uuid]))
+        elif s.uuid in unmanaged:
+            out.append(PlannedMove(s.uuid, s.name, s.memory_mib, src, None, reasons + (UNMANAGED_LIVE_ONLY,)))
+        elif cold_ok and s.uuid in cold_to:
+            out.append(PlannedMove(s.uuid, s.name, s.memory_mib, src, cold_to[s.uuid], reasons, "cold"))
         else:
-            out.append(PlannedMove(s.uuid, s.name, s.memory_mib, src, chosen.get(s.uuid),
-                                   tuple(missed.get(s.uuid, ()))))
+            if s.uuid in cold_to:
+                reasons = reasons[:-1] + (reasons[-1] + COLD_HINT,)
+            elif cold_ok and placer is not None:
+                reasons += tuple(f"cold: {r}" for r in cold_missed.get(s.uuid, ("no host fits",)))
+            out.append(PlannedMove(s.uuid, s.name, s.memory_mib, src, None, reasons))
     return out
 
 
@@ -151,10 +188,16 @@ def _request(st: "_Step", r: Request, mover: "Placer", limits: MigrationSection)
     try:
         if r.kind == "drain":
             view = _view(st)
-            plan = check_drain(view, r.host, mover, limits, partial=bool(opts.get("partial")))
+            cold_ok = bool(opts.get("cold_ok"))
+            all_vms = bool(opts.get("all"))
+            plan = check_drain(view, r.host, mover, limits, partial=bool(opts.get("partial")), cold_ok=cold_ok,
+                               placer=st.placer, all_vms=all_vms)
             op_id = f"drain-{r.host}-{st.view.epoch}-{int(st.now * 1000)}"
+            extra: dict[str, Any] = {"cold_ok": True, "cold": [m.vm for m in plan if m.mode == "cold"]} if cold_ok else {}
+            if all_vms:
+                extra["all"] = True
             _open(st, op_id, r.host, "drain", request=r.id, vms=[m.vm for m in plan],
-                       partial=bool(opts.get("partial")), max_parallel=_int_opt(opts, "max_parallel"))
+                       partial=bool(opts.get("partial")), max_parallel=_int_opt(opts, "max_parallel"), **extra)
             st.change_state(r.host, S.DRAINING, "operator: haagent host drain")
             st.actions.append(Event("drain_started", host=r.host, op=op_id, detail={"vms": len(plan)}))
         elif r.kind == "undrain":
@@ -222,10 +265,13 @@ def _undrain(st: "_Step", r: Request, opts: Mapping[str, Any]) -> None:
                         key=lambda o: (o.rev, o.id))
         moved = {s.detail["vm"]: s.detail["to"] for s in (drains[-1].steps if drains else ())
                  if s.step == "migrated"}
+        cold = {s.detail["vm"] for s in (drains[-1].steps if drains else ())
+                if s.step == "migrated" and s.detail.get("mode") == "cold"}
         back = sorted(u for u, to in moved.items() if st.placements.get(u) == to)
         if back:
             op_id = f"return-{host}-{st.view.epoch}-{int(st.now * 1000)}"
-            _open(st, op_id, host, "return", request=r.id, vms=back, to=host)
+            extra = {"cold_ok": True, "cold": sorted(cold & set(back))} if cold & set(back) else {}
+            _open(st, op_id, host, "return", request=r.id, vms=back, to=host, **extra)
 
 
 def _open_ops(st: "_Step", kind: str, host: str) -> list[Op]:
@@ -233,15 +279,38 @@ def _open_ops(st: "_Step", kind: str, host: str) -> list[Op]:
                   key=lambda o: o.id)
 
 
-def _view(st: "_Step") -> ClusterView:
-    """The view with this step's host states and placements, migrations in flight at their target."""
+def _view(st: "_Step", unmanaged: bool = False) -> ClusterView:
+    """The view with this step's host states and placements, migrations in flight at their target;
+    with ``unmanaged``, the running VMs haagent does not manage too (``with_unmanaged``)."""
     from haagent.manager.core import _view_with
 
     view = _view_with(st)
+    if unmanaged:
+        view = with_unmanaged(view)
     placements = dict(view.placements)
     for u, m in st.view.migrations.items():
-        placements[u] = m.dest
+        if u in view.specs:
+            placements[u] = m.dest
     return replace(view, placements=placements)
+
+
+def with_unmanaged(view: ClusterView) -> ClusterView:
+    """The view with each running VM haagent does not manage as a spec placed where it runs (its
+    host's report: name, vcpus, memory), so that placing around them, and moving them, counts them."""
+    specs, placements = dict(view.specs), dict(view.placements)
+    for h, hv in sorted(view.hosts.items()):
+        if not hv.alive:
+            continue
+        for u, spec in sorted(hv.unmanaged.items()):
+            if u not in specs:
+                specs[u] = spec
+                placements[u] = h
+    return replace(view, specs=specs, placements=placements)
+
+
+def _unmanaged_on(st: "_Step", uuid: str) -> list[str]:
+    """The live hosts whose report lists ``uuid`` among the VMs haagent does not manage."""
+    return sorted(h for h, hv in st.view.hosts.items() if hv.alive and uuid in hv.unmanaged)
 
 
 def _settle(st: "_Step") -> None:
@@ -257,18 +326,43 @@ def _settle(st: "_Step") -> None:
             continue
         if not (src.alive and dst.alive):
             continue  # a side without a lease: its report may be stale; it comes back or is failed over
-        where = _running_on(st, uuid)
+        managed = uuid in st.view.specs or uuid in st.placements  # (a spec may be unreadable for a while)
+        where = _running_on(st, uuid) if managed else _unmanaged_on(st, uuid)
         op = st.view.ops.get(m.op)
         journal = op is not None and not op.finished
         report = src.migration_outcomes.get(uuid)
         if report is not None and (report.op, report.attempt) != (m.op, m.attempt):
             report = None  # an older order's
+        if m.mode == "cold-start":
+            if where == [m.dest]:  # started on the target: the cold move is done
+                st.actions.append(ClearMigration(uuid))
+                if journal:
+                    st.journal(m.op, op.host, "migrated", vm=uuid, to=m.dest, attempt=m.attempt, mode="cold")
+                st.actions.append(Event("migration_completed", host=m.dest, vm=uuid, op=m.op,
+                                        detail={"from": m.source, "mode": "cold"}))
+            continue  # (until then the target's agent starts it; nobody else may)
+        if m.mode == "cold" and report is not None and not where and (
+                report.outcome == "completed" or (report.outcome != "running" and report.location == "none")):
+            # Shut down on the source (even if the call failed, the VM is off there) and running
+            # nowhere: placed on the target, whose agent starts it (the order's second half). The
+            # source never restarts it: it is not its own.
+            st.actions.append(SetPlacement(uuid, m.dest, m.op, f"cold move from {m.source}"))
+            st.placements[uuid] = m.dest
+            st.actions.append(StartMigration(uuid, m.source, m.dest, m.deadline, m.op, m.attempt, mode="cold-start"))
+            if journal:
+                st.journal(m.op, op.host, "cold_stopped", vm=uuid, to=m.dest, attempt=m.attempt,
+                           duration_s=round(report.duration_s, 3))
+            st.actions.append(Event("cold_move_stopped", host=m.source, vm=uuid, op=m.op, detail={"to": m.dest}))
+            continue
+        if m.mode == "cold" and (report is None or report.outcome in ("completed", "running")):
+            continue  # shutting down, or stopped and the reports have not caught up
         landed = report is not None and report.outcome == "completed" and report.location == "destination"
         if where == [m.dest] or (landed and not where):
             # On the target only; or the source saw it land there and nobody runs it now (it
             # stopped on the target since): either way it belongs to the target.
-            st.actions.append(SetPlacement(uuid, m.dest, m.op, f"migrated from {m.source}"))
-            st.placements[uuid] = m.dest
+            if managed:  # (a VM haagent does not manage has no placement: it is just there now)
+                st.actions.append(SetPlacement(uuid, m.dest, m.op, f"migrated from {m.source}"))
+                st.placements[uuid] = m.dest
             st.actions.append(ClearMigration(uuid))
             stats = {}
             if report is not None:
@@ -332,6 +426,8 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
     busy = {u for u in st.view.migrations if u not in load.settled} | load.started
     moved = {s.detail.get("vm") for s in op.steps if s.step == "migrated"}
     moved |= {a.vm for a in st.actions if isinstance(a, SetPlacement) and a.op == op.id}
+    moved |= {a.step.detail.get("vm") for a in st.actions  # settled in this very step
+              if isinstance(a, JournalStep) and a.op == op.id and a.step.step == "migrated"}
     failed: dict[str, list[str]] = {}
     last_error: dict[str, str] = {}
     for s in op.steps:
@@ -344,9 +440,15 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
                 and not _busy(str(a.detail.get("error", ""))):
             failed.setdefault(a.vm, []).append(str(a.detail.get("to", "")))
             last_error[a.vm] = f"{a.detail.get('outcome')} to {a.detail.get('to')}: {a.detail.get('error') or 'no detail'}"
+    cold_ok = bool(detail.get("cold_ok"))
+    all_vms = bool(detail.get("all"))
+    extra = st.view.hosts[op.host].unmanaged if all_vms and op.host in st.view.hosts else {}
+    known = {**extra, **st.view.specs}
     if op.kind == "drain":
         todo = [u for u, h in sorted(st.placements.items()) if h == op.host and u not in busy
-                and u in st.view.specs and st.view.specs[u].policy != "none"]
+                and u in st.view.specs and (cold_ok or st.view.specs[u].policy != "none")]
+        todo += sorted(u for u in extra if u not in busy and u not in st.view.specs and u not in st.placements
+                       and not any(k.endswith(f"/vms/{u}/spec") for k, _ in st.view.bad_records))
         fixed = ""
     elif op.kind == "return":
         fixed = op.host
@@ -373,7 +475,7 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
                 and st.placements[u] != fixed]
     exhausted = sorted(u for u in todo if len(failed.get(u, [])) >= limits.max_attempts)
     if exhausted:
-        names = ", ".join(st.view.specs[u].name if u in st.view.specs else u for u in exhausted)
+        names = ", ".join(known[u].name if u in known else u for u in exhausted)
         if not op.has("paused"):
             st.journal(op.id, op.host, "paused", vms=exhausted)
         if not in_flight and op.kind != "drain":
@@ -387,6 +489,7 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
         return
     if op.kind == "drain":
         waiting = [u for u, h in st.placements.items() if h == op.host and u in busy - in_flight]
+        waiting += [u for u in extra if u in busy - in_flight]
     else:
         waiting = [u for u in detail.get("vms", []) if u in busy - in_flight and u not in moved]
     if not todo and not in_flight and not waiting:
@@ -406,17 +509,18 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
         return  # a new leader first lets agents reconnect; a storm holds everything
     parallel = int(detail.get("max_parallel") or 0) or limits.max_outgoing
     running = len(in_flight)
-    specs = sorted((st.view.specs[u] for u in todo if u in st.view.specs), key=lambda s: _order(s, limits))
+    specs = sorted((known[u] for u in todo if u in known), key=lambda s: _order(s, limits))
     base = frozenset(h for h, s in st.states.items() if s is not S.ACTIVE or not st.view.hosts[h].alive)
-    view = _view(st)
+    view = _view(st, unmanaged=all_vms)
     blocked = []
     for spec in specs:
-        source = st.placements[spec.uuid]
+        managed = spec.uuid in st.view.specs or spec.uuid in st.placements
+        source = st.placements[spec.uuid] if managed else op.host
         if running >= parallel or load.total >= limits.max_cluster or load.out.get(source, 0) >= limits.max_outgoing:
             break
         if st.states.get(source) in LOST or not st.view.hosts.get(source, None) or not st.view.hosts[source].alive:
             continue  # failover's VM now
-        if _running_on(st, spec.uuid) != [source]:
+        if (_running_on(st, spec.uuid) if managed else _unmanaged_on(st, spec.uuid)) != [source]:
             continue  # not running (its agent restarts it first), or not only there
         if _job_may_run(st, op, spec.uuid, source):
             continue  # the source has not said how its last job of this VM ended: libvirt may still run it
@@ -428,9 +532,19 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
         avoid = base | full | ({h for h in st.view.hosts if h != to} if to else set())
         # Another target than the ones it failed on, if one takes it; else the same one again
         # (the only host left may have failed it for a passing reason, e.g. a job still winding down).
-        chosen, missed = mover([spec], view, frozenset(avoid | tried))
-        if spec.uuid not in chosen and tried - avoid:
+        # Live when it can; cold (--cold-ok) when it cannot: HA policy none, or no live target.
+        mode = "live"
+        chosen, missed = ({}, {spec.uuid: (NO_LIVE_POLICY,)}) if spec.policy == "none" else \
+            mover([spec], view, frozenset(avoid | tried))
+        if spec.uuid not in chosen and tried - avoid and spec.policy != "none":
             chosen, missed = mover([spec], view, frozenset(avoid))
+        if spec.uuid not in chosen and cold_ok and managed:
+            mode = "cold"
+            chosen, cold_missed = st.placer([spec], view, frozenset(avoid | tried | {source}))
+            if spec.uuid not in chosen and tried - avoid:
+                chosen, cold_missed = st.placer([spec], view, frozenset(avoid | {source}))
+            missed = {spec.uuid: tuple(missed.get(spec.uuid, ())) + tuple(
+                f"cold: {r}" for r in cold_missed.get(spec.uuid, ()))}
         dest = chosen.get(spec.uuid)
         if dest == source:
             continue  # never: the mover keeps a VM off its own host
@@ -445,11 +559,18 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
                 blocked.append(f"{spec.name}: {', '.join(missed.get(spec.uuid, ())) or 'no host fits'}")
             continue
         attempt = 1 + sum(1 for s in op.steps if s.step == "migrate_start" and s.detail.get("vm") == spec.uuid)
-        deadline = limits.deadline(spec.memory_mib)
-        st.journal(op.id, op.host, "migrate_start", vm=spec.uuid, to=dest, attempt=attempt, deadline=deadline)
-        st.actions.append(StartMigration(spec.uuid, source, dest, deadline, op.id, attempt))
+        if mode == "cold":
+            deadline = limits.cold_shutdown_timeout
+            st.journal(op.id, op.host, "migrate_start", vm=spec.uuid, to=dest, attempt=attempt, deadline=deadline,
+                       mode="cold")
+            st.actions.append(StartMigration(spec.uuid, source, dest, deadline, op.id, attempt, mode="cold"))
+        else:
+            tuning = limits.tuning(spec.migration)
+            deadline = limits.deadline(spec.memory_mib, int(dict(tuning)["bandwidth_cap"]))
+            st.journal(op.id, op.host, "migrate_start", vm=spec.uuid, to=dest, attempt=attempt, deadline=deadline)
+            st.actions.append(StartMigration(spec.uuid, source, dest, deadline, op.id, attempt, tuning))
         st.actions.append(Event("migration_started", host=source, vm=spec.uuid, op=op.id,
-                                detail={"to": dest, "attempt": attempt}))
+                                detail={"to": dest, "attempt": attempt, **({"mode": mode} if mode != "live" else {})}))
         load.add(spec.uuid, source, dest)
         running += 1
         view = replace(view, placements={**view.placements, spec.uuid: dest})

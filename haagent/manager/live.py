@@ -11,7 +11,8 @@ How the live figures map onto the engine's model (docs/placement.md, "The live c
 - A host's NUMA cells come from its report: their size, and what is in use there now (memory
   beyond the free figure and the hugepage pool, hugepages beyond the free pages) as the cell's
   ``memory_used_mib``/``hugepages_used``. The VMs running there are already in those figures, so
-  they count once, at host level (``numa_cells = []``); a VM placed by this run binds the free
+  they count once, at host level (``numa_cells = []``); a VM placed there that its report does
+  not list yet (arriving by live migration, or placed and not started) and one placed by this run bind the free
   capacity of the cells it lands on, and a strict VM's width is still judged on whole cells. A VM
   placed unbound draws its memory evenly from its new host's cells (``unbound_memory =
   "spread"``), so a strict VM placed after it in the same failover sees what is really left.
@@ -80,7 +81,15 @@ def _vm(spec: VmSpec, label: str, host: HostView | None) -> Vm:
     n = spec.needs
     cpu_load = host.vm_cpu.get(spec.uuid) if host is not None else None
     # Running where free cell capacity is reported: already counted there (see the module doc).
-    cells = () if host is not None and host.numa and not host.inventory_error else None
+    # Placed there but not running there yet (arriving by migration, or just placed): it binds
+    # the cells it would land on, as one placed by this run does.
+    cells = () if (host is not None and host.numa and not host.inventory_error
+                   and spec.uuid in host.running) else None
+    if cells is None and host is not None and n.numa == "strict" and n.nodeset:
+        # Bound to named cells: it takes them even if they look full now (the engine would
+        # otherwise count a VM that does not fit at host level only, and fill its cells again).
+        ids = {c.id for c in host.numa}
+        cells = tuple(c for c in n.nodeset if c in ids) or None
     return Vm(name=label, vcpus=spec.vcpus, memory_mib=spec.memory_mib,
               host=host.name if host is not None else None, numa=n.numa,
               dedicated_cpus=min(n.dedicated_cpus, spec.vcpus), hugepage_size_kib=n.hugepage_size_kib,

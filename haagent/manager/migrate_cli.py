@@ -29,13 +29,28 @@ def _mover(config: Config):
     return policy_mover(config.policy)
 
 
+def _placer(config: Config):
+    from haagent.manager.placer import policy_placer
+
+    return policy_placer(config.policy)
+
+
 def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
     click.echo(json.dumps(data, sort_keys=True) if as_json else text)
 
 
 def _move_row(m) -> dict[str, Any]:
     return {"vm": m.vm, "name": m.name, "memory_mib": m.memory_mib, "from": m.source, "to": m.dest,
-            "reasons": list(m.reasons)}
+            "verdict": m.verdict, "reasons": list(m.reasons)}
+
+
+def _verdict_line(m) -> str:
+    why = ", ".join(m.reasons) or "no host fits"
+    if m.verdict == "live":
+        return f"  {m.name:<32} {m.memory_mib:>7} MiB  live -> {m.dest}"
+    if m.verdict == "cold":
+        return f"  {m.name:<32} {m.memory_mib:>7} MiB  cold -> {m.dest} (shut down, started there: {why})"
+    return f"  {m.name:<32} {m.memory_mib:>7} MiB  REFUSED: {why}"
 
 
 @click.command("drain")
@@ -45,31 +60,47 @@ def _move_row(m) -> dict[str, Any]:
 @click.option("--max-parallel", type=click.IntRange(1, 64), default=None,
               help="migrations of this drain at once (default [migration] max_outgoing)")
 @click.option("--partial", is_flag=True, help="drain what can be placed, leave the rest")
+@click.option("--cold-ok", is_flag=True,
+              help="VMs that cannot live-migrate (HA policy none, no compatible target) are shut down "
+                   "(ACPI, then forced after [migration] cold_shutdown_timeout) and started on the target")
+@click.option("--all", "all_vms", is_flag=True,
+              help="also the running VMs haagent does not manage (live migration only: their definition "
+                   "goes with them; one that cannot go live is refused)")
 @click.option("--json", "as_json", is_flag=True)
 @config_option
-def drain(name: str, wait: bool, dry_run: bool, max_parallel: int | None, partial: bool, as_json: bool,
-          config: Config) -> None:
-    """Live-migrate every HA VM off NAME, then put it in maintenance (never fenced for being down)."""
+def drain(name: str, wait: bool, dry_run: bool, max_parallel: int | None, partial: bool, cold_ok: bool,
+          all_vms: bool, as_json: bool, config: Config) -> None:
+    """Live-migrate every HA VM off NAME (with --all, the others too), then put it in maintenance
+    (never fenced for being down)."""
     from haagent.manager.drain import Refused, check_drain
 
     view = _view(config)
     if any(r.kind == "drain" and r.host == name for r in view.requests):
         fail(f"refused: {name} is already draining (its request waits for the leader); watch it: haagent migrations", 2)
     try:
-        plan = check_drain(view, name, _mover(config), config.migration, partial=partial or dry_run)
+        plan = check_drain(view, name, _mover(config), config.migration, partial=partial or dry_run,
+                           cold_ok=cold_ok, placer=_placer(config), all_vms=all_vms)
     except Refused as exc:
         fail(f"refused: {exc}", 2)
         return
     rows = [_move_row(m) for m in plan]
     if dry_run:
-        lines = [f"drain {name}: {len(plan)} VM(s), in this order"]
-        lines += [f"  {m.name:<32} {m.memory_mib:>7} MiB  -> {m.dest}" if m.dest else
-                  f"  {m.name:<32} {m.memory_mib:>7} MiB  STAYS: {', '.join(m.reasons) or 'no host fits'}" for m in plan]
-        _emit(as_json, {"host": name, "dry_run": True, "plan": rows}, "\n".join(lines))
+        counts = {v: sum(1 for m in plan if m.verdict == v) for v in ("live", "cold", "refused")}
+        lines = [f"drain {name}: {len(plan)} VM(s) in this order: {counts['live']} live, {counts['cold']} cold, "
+                 f"{counts['refused']} refused"]
+        lines += [_verdict_line(m) for m in plan]
+        if counts["refused"] and not partial:
+            lines.append("the drain would be refused as it stands (--partial drains the rest"
+                         + ("" if cold_ok else "; --cold-ok moves those that cannot go live") + ")")
+        _emit(as_json, {"host": name, "dry_run": True, "plan": rows, "verdicts": counts}, "\n".join(lines))
         return
     opts: dict[str, Any] = {"partial": partial}
     if max_parallel:
         opts["max_parallel"] = max_parallel
+    if cold_ok:
+        opts["cold_ok"] = True
+    if all_vms:
+        opts["all"] = True
     req = send_request(config, "drain", name, options=opts)
     _emit(as_json, {"host": name, "request": req, "plan": rows},
           f"asked the leader to drain {name} ({len(plan)} VM(s); request {req}); watch it: haagent migrations")
@@ -121,10 +152,15 @@ def vm_migrate(vm: str, to: str, wait: bool, as_json: bool, config: Config) -> N
 
 
 @click.command("migrations")
+@click.option("--follow", "follow", default="", metavar="OP",
+              help="follow one operation (drain-..., migrate-..., return-...) as --wait does")
 @click.option("--json", "as_json", is_flag=True)
 @config_option
-def migrations(as_json: bool, config: Config) -> None:
+def migrations(follow: str, as_json: bool, config: Config) -> None:
     """Migrations in flight, and the last one each VM made (bytes, speed, downtime)."""
+    if follow:
+        _wait(config, "", as_json, f"haagent migrations --follow {follow}", op_id=follow)
+        return
     rows = migration_rows(_view(config))
     if as_json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
@@ -155,7 +191,9 @@ def migration_rows(view) -> list[dict[str, Any]]:
         p = _job(view, m)
         if p is not None:
             row.update(duration_s=p.duration_s, data_total=p.data_total, data_processed=p.data_processed,
-                       data_remaining=p.data_remaining)
+                       data_remaining=p.data_remaining, dirty_rate=p.dirty_rate)
+        if m.mode != "live":
+            row.update(state="shutting down (cold move)" if m.mode == "cold" else "starting (cold move)")
         rows.append(row)
     done = [r for h in view.hosts.values() for r in h.migration_outcomes.values() if r.outcome != "running"]
     for r in sorted(done, key=lambda r: -r.at):
@@ -183,29 +221,53 @@ def _op_of(view, req: str):
 
 
 def op_progress(view, op) -> dict[str, Any]:
-    """Per VM of an operation: queued, migrating (to, attempt), migrated, failed; and the totals."""
+    """Per VM of an operation: queued, migrating (to, attempt, libvirt's job info: memory moved and
+    left, dirty rate), shutting down or starting (a cold move), moved, failed; and the totals."""
     intent = op.last("intent")
     vms = list(intent.detail.get("vms", [])) if intent else []
     state = {u: "queued" for u in vms}
     for s in op.steps:
         vm = s.detail.get("vm")
-        if s.step == "migrate_start":
+        if s.step == "migrate_start" and s.detail.get("mode") == "cold":
+            state[vm] = f"shutting down for a cold move to {s.detail.get('to')} (attempt {s.detail.get('attempt')})"
+        elif s.step == "migrate_start":
             state[vm] = f"migrating to {s.detail.get('to')} (attempt {s.detail.get('attempt')})"
+        elif s.step == "cold_stopped":
+            state[vm] = f"starting on {s.detail.get('to')} (cold move)"
         elif s.step == "migrated":
-            state[vm] = f"on {s.detail.get('to')}"
+            state[vm] = f"on {s.detail.get('to')}" + (" (cold move)" if s.detail.get("mode") == "cold" else "")
         elif s.step == "migrate_failed":
             state[vm] = f"failed to {s.detail.get('to')}: {s.detail.get('outcome')}"
     fraction = {u: 1.0 for u, st in state.items() if st.startswith("on ")}
+    jobs: dict[str, dict[str, Any]] = {}
     for u, m in view.migrations.items():
         job = _job(view, m) if m.op == op.id else None
         if job is not None and job.data_total and u in state:
             fraction[u] = min((job.data_processed or 0) / job.data_total, 0.99)
             state[u] += f" {(job.data_processed or 0) >> 20}/{job.data_total >> 20} MiB, {(job.data_remaining or 0) >> 20} MiB left"
+            if job.dirty_rate is not None:
+                state[u] += f", dirtied at {job.dirty_rate / 2**20:.1f} MiB/s"
+            jobs[_name(view, u)] = {"data_total": job.data_total, "data_processed": job.data_processed,
+                                    "data_remaining": job.data_remaining, "dirty_rate": job.dirty_rate}
     moved = sum(1 for s in op.steps if s.step == "migrated")
+    overall = sum(fraction.values()) / len(state) if state else 1.0
     return {"op": op.id, "kind": op.kind, "host": op.host, "done": op.finished, "paused": op.has("paused"),
-            "moved": moved, "total": len(vms),
+            "moved": moved, "total": len(vms), "progress": round(overall, 3),
             "vms": {_name(view, u): st for u, st in state.items()},
-            "fraction": {_name(view, u): round(fraction.get(u, 0.0), 3) for u in state}}
+            "fraction": {_name(view, u): round(fraction.get(u, 0.0), 3) for u in state}, "jobs": jobs}
+
+
+def progress_lines(p: dict[str, Any], last: dict[str, Any] | None) -> list[str]:
+    """Plain lines (no TTY) for one reading of an operation's progress: the overall line when it
+    moved, and a line per VM whose state changed since ``last``."""
+    before = last["vms"] if last else {}
+    lines = []
+    if last is None or (p["moved"], p["progress"], p["done"], p["paused"]) != \
+            (last["moved"], last["progress"], last["done"], last["paused"]):
+        tail = " - done" if p["done"] else (" - PAUSED" if p["paused"] else "")
+        lines.append(f"{p['kind']} {p['host']}: {p['moved']}/{p['total']} moved, {p['progress']:.0%}{tail}")
+    lines += [f"  {vm}: {st}" for vm, st in p["vms"].items() if before.get(vm) != st]
+    return lines
 
 
 def _name(view, u: str) -> str:
@@ -213,25 +275,28 @@ def _name(view, u: str) -> str:
 
 
 def _wait(config: Config, req: str, as_json: bool, how: str, poll: float = 1.0,
-          sleep: Callable[[float], None] = time.sleep) -> None:
-    """Follow the operation ``req`` opened until it is done; Ctrl-C leaves it to the leader."""
+          sleep: Callable[[float], None] = time.sleep, op_id: str = "") -> None:
+    """Follow the operation ``req`` opened (or ``op_id``) until it is done; Ctrl-C leaves it to the
+    leader and says how to watch it again."""
     tty = sys.stdout.isatty() and not as_json
     last: dict[str, Any] | None = None
     progress = None
+    op = None
     try:
         if tty:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
-            progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+            progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn())
             progress.start()
             overall = progress.add_task("waiting for the leader", total=None)
             bars: dict[str, int] = {}
         while True:
             view = _view(config)
-            op = _op_of(view, req)
+            op = view.ops.get(op_id) if op_id else _op_of(view, req)
             if op is None:
-                if not any(r.id == req for r in view.requests):
-                    refused = "the leader refused it or it was cancelled: see haagent events"
+                if op_id or not any(r.id == req for r in view.requests):
+                    refused = (f"no operation {op_id} (finished ones are kept: [manager] keep_finished_ops)" if op_id
+                               else "the leader refused it or it was cancelled: see haagent events")
                     if progress is not None:
                         progress.stop()
                     fail(refused, 1)
@@ -239,14 +304,18 @@ def _wait(config: Config, req: str, as_json: bool, how: str, poll: float = 1.0,
                 continue
             p = op_progress(view, op)
             if progress is not None:
-                progress.update(overall, description=f"{p['kind']} {p['host']}", total=p["total"], completed=p["moved"])
+                progress.update(overall, description=f"{p['kind']} {p['host']}: {p['moved']}/{p['total']} moved",
+                                total=1, completed=p["progress"])
                 for vm, st in p["vms"].items():
                     if vm not in bars:
                         bars[vm] = progress.add_task(vm, total=1)
                     progress.update(bars[vm], description=f"  {vm}: {st}", completed=p["fraction"][vm])
-            elif p != last:
-                _emit(as_json, p, f"{p['kind']} {p['host']}: {p['moved']}/{p['total']} moved; "
-                      + ", ".join(f"{vm} {st}" for vm, st in p["vms"].items()))
+            elif as_json:
+                if p != last:
+                    click.echo(json.dumps(p, sort_keys=True))
+            else:
+                for line in progress_lines(p, last):
+                    click.echo(line)
             last = p
             if p["done"] or p["paused"]:
                 break
@@ -254,7 +323,8 @@ def _wait(config: Config, req: str, as_json: bool, how: str, poll: float = 1.0,
     except KeyboardInterrupt:
         if progress is not None:
             progress.stop()
-        click.echo(f"\nstopped watching; the operation goes on with the leader. Watch it again: {how}", err=True)
+        again = f"haagent migrations --follow {op.id}" if op is not None else how
+        click.echo(f"\nstopped watching; the operation goes on with the leader. Watch it again: {again}", err=True)
         return
     if progress is not None:
         progress.stop()

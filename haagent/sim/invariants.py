@@ -14,11 +14,13 @@ Safety, after every tick and at every committed leader write:
 
 Liveness, at quiescence (``check_recovered``): every HA VM runs exactly once, on the host its
 placement names, unless the leader reports it unplaceable (too little capacity), or its host's
-agent was stopped cleanly and is not back (shutdown_policy freeze: by design nothing recovers it).
+agent was stopped cleanly and is not back (shutdown_policy freeze: by design nothing recovers it);
+and no migration order (live or cold) is left stored while both of its hosts hold a lease.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Iterable
 
 from haagent.manager.core import CONFIRMED_FENCED
@@ -108,6 +110,8 @@ class Invariants:
         sim = self.sim
         cooldown = sim.mcfg.rebalance.vm_cooldown
         for a in actions:
+            if isinstance(a, StartMigration):  # when each order (or a cold move's second half) was written
+                sim.orders[a.vm] = (a.mode, sim.now, a.deadline)
             op = view.ops.get(getattr(a, "op", "") or "")
             if isinstance(a, StartMigration) and op is not None and op.kind == "rebalance":
                 for at, src, op_id in self.rebalanced.get(a.vm, ()):
@@ -158,6 +162,22 @@ def check_recovered(sim: Simulation) -> list[str]:
         state = sim.stored_state(placed) if placed else None
         problems.append(f"vm={uuid} runs on [{', '.join(where)}], placed on {placed} "
                         f"(host state {state.value if state else None})")
+    # A move left half done: a migration order still stored long after it was written (a cold
+    # move's VM shut down and never started again, whatever its HA policy, would sit here), where
+    # both its hosts are back. Long: past its deadline (live), its shutdown (cold), at once (start).
+    for key, kv in sorted(sim.store.kvs.items()):
+        if key.startswith(sim.keys.vms) and key.endswith("/migration"):
+            uuid = key[len(sim.keys.vms):-len("/migration")]
+            try:
+                order = json.loads(kv.value)
+                sides = (order["from"], order["to"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a corrupted record: bad_record's
+            mode, since, deadline = sim.orders.get(uuid, ("live", 0.0, 0.0))
+            allowed = {"live": deadline, "cold": sim.cfg.cold_shutdown_s}.get(mode, 0.0) + 10.0
+            if sim.now - since > allowed and all(sim.keys.host_alive(h) in sim.store.kvs for h in sides):
+                problems.append(f"vm={uuid} migration {order.get('mode', 'live')} {sides[0]} -> {sides[1]} "
+                                "still stored at quiescence with both hosts alive")
     return problems
 
 

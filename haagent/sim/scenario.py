@@ -20,6 +20,7 @@ A scenario directory holds ``README`` (one line), ``cluster.json``, ``cmdlist`` 
     at 5 load web-1 150                             (the VM now burns 150 % of one host CPU)
     at 5 libvirtd h2 down      libvirtd h2 up       (its libvirtd stops answering; VMs run on)
     at 5 drain h2              drain h2 partial max-parallel=1   (haagent host drain)
+                               drain h2 cold-ok all              (--cold-ok, --all)
     at 40 undrain h2           undrain h2 return-vms             (haagent host undrain)
     at 5 migrate web-1         migrate web-1 h3                  (haagent vm migrate [--to])
     link 100                   (migrations move memory at 100 MiB/s; default 1000)
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from haagent.agent.core import AgentConfig
-from haagent.config import MigrationSection, RebalanceSection, window_problem
+from haagent.config import MigrationSection, RebalanceSection, check_tuning, window_problem
 from haagent.manager.core import ManagerConfig
 from haagent.model import HostCell
 from haagent.state.view import VmNeeds, VmSpec
@@ -135,9 +136,10 @@ def _validate(words: tuple[str, ...] | list[str], source: str, n: int) -> None:
         if len(words) != 3 or not _is_number(words[2]) or float(words[2]) < 0:
             raise ScenarioError(f"{source}:{n}: expected 'load VM PERCENT' (of one host CPU, >= 0)")
     elif verb == "drain":
-        if len(words) < 2 or any(w != "partial" and not (w.startswith("max-parallel=") and w[13:].isdigit())
+        if len(words) < 2 or any(w not in ("partial", "cold-ok", "all") and not (w.startswith("max-parallel=")
+                                                                               and w[13:].isdigit())
                                  for w in words[2:]):
-            raise ScenarioError(f"{source}:{n}: expected 'drain HOST [partial] [max-parallel=N]'")
+            raise ScenarioError(f"{source}:{n}: expected 'drain HOST [partial] [cold-ok] [all] [max-parallel=N]'")
     elif verb == "undrain":
         if len(words) not in (2, 3) or words[2:] not in ([], ["return-vms"]):
             raise ScenarioError(f"{source}:{n}: expected 'undrain HOST [return-vms]'")
@@ -189,16 +191,25 @@ def build(cluster: Mapping[str, Any], source: str = "cluster.json") -> Simulatio
             cells = tuple(cells)
         hosts.append(SimHost(name, int(h.get("cpus", 8)) if cells is None else sum(len(c.cpus) for c in cells),
                              int(h.get("memory_mib", 8192)) if cells is None else sum(c.memory_mib for c in cells),
-                             levels, watchdog=h.get("watchdog"), numa=cells, tags=tuple(h.get("tags", ()))))
-    specs, placements, running = [], {}, {}
+                             levels, watchdog=h.get("watchdog"), numa=cells, tags=tuple(h.get("tags", ())),
+                             cpu_model=str(h.get("cpu_model", "qemu64"))))
+    specs, placements, running, unmanaged = [], {}, {}, {}
     names = {h.name for h in hosts}
     for v in cluster.get("vms", []):
         hp = int(v.get("hugepages_2m", 0))
         needs = VmNeeds(numa=str(v.get("numa", "none")), nodeset=tuple(v.get("nodeset", ())),
                         hugepage_size_kib=2048 if hp else None, hugepage_count=hp)
+        tuning = dict(v.get("migration", {}))  # its HA mark's migration tuning
+        if check_tuning(tuning):
+            raise ScenarioError(f"{source}: vm {v['name']} migration: {check_tuning(tuning)[0]}")
         spec = VmSpec(v["name"], v["name"], int(v.get("vcpus", 1)), int(v.get("memory_mib", 1024)),
                       int(v.get("priority", 0)), str(v.get("policy", "restart")), "",
-                      tuple(v.get("groups", ())), needs)
+                      tuple(v.get("groups", ())), needs, tuple(sorted(tuning.items())))
+        if v.get("managed") is False:  # a VM without the HA mark: running on its host, nothing registered
+            if v.get("host") not in names:
+                raise ScenarioError(f"{source}: unmanaged vm {v['name']} needs a known host")
+            unmanaged[spec.uuid] = (spec, v["host"])
+            continue
         specs.append(spec)
         if v.get("host"):
             if v["host"] not in names:
@@ -221,7 +232,7 @@ def build(cluster: Mapping[str, Any], source: str = "cluster.json") -> Simulatio
                       manager=manager,
                       agent=_config(AgentConfig, cluster.get("agent"), source),
                       sim=_config(SimConfig, cluster.get("sim"), source), migrations=migrations,
-                      running=running)
+                      running=running, unmanaged=unmanaged)
 
 
 def apply(sim: Simulation, cmd: Command) -> None:
@@ -354,6 +365,8 @@ def _summary(sim: Simulation, problems: list[str]) -> None:
     for uuid in sorted(sim.specs):
         where = sim.where(uuid)
         sim.say("end", f"vm {uuid} running on [{', '.join(where)}] placed on {sim.stored_placement(uuid)}")
+    for uuid in sorted(sim.unmanaged):
+        sim.say("end", f"vm {uuid} (unmanaged) running on [{', '.join(sim.where(uuid))}]")
     if lead:
         for al in sorted(lead[1].alerts, key=lambda a: (a.name, a.host, a.vm)):
             sim.say("end", " ".join(x for x in (f"alert {al.name}", f"host={al.host}" * bool(al.host), f"vm={al.vm}" * bool(al.vm)) if x))

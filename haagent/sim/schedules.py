@@ -20,7 +20,9 @@ at any moment of hosts that are off then, some of which are powered on again lat
 refuses an ack for a host that is not being failed over; the leader binds the rest to their
 failover). The heal puts back what an operator would: network, quorum, devices, agents, repaired
 records, acks for hosts still off, and a ``return`` for hosts whose device lied or that were
-powered on again.
+powered on again. Maintenance is mixed in: drains (with and without ``--cold-ok``), undrains
+returning the VMs, ``vm migrate`` requests, ``--all`` drains and a VM without the HA mark, under
+the same invariants.
 
 What the generator never does, on purpose: a device that lies while its host has lost its lease
 for longer than a fence takes (cut off, or its agent dead): with the lease gone no software can
@@ -153,7 +155,9 @@ def generate(seed: int) -> Schedule:
             lines.append(f"at {t:g} bmc {h} {rng.choice(('fail', 'hang', 'never-off', 'empty'))}")
         elif kind == "pdu" and cluster["hosts"][h]["fencing"][1:]:
             lines.append(f"at {t:g} pdu {h} {rng.choice(('fail', 'hang', 'empty'))}")
-        elif kind == "lie" and cluster["hosts"][h]["fencing"] and h not in lossy:
+        elif kind == "lie" and cluster["hosts"][h]["fencing"] and h not in lossy and h not in liars:
+            # (once per host: two short flaps a fence retry apart would let a lie through while the
+            # host is cut off, which is the case the generator never makes, see above)
             # The device says off while the host keeps its lease; sometimes the host flaps, back
             # within 3 s (lease TTL 3 s, fence_delay 1 s, a fence 1 s, ticks of 1 s): by the
             # time a lie comes back the leader sees the host alive again and never believes it.
@@ -232,15 +236,31 @@ def generate(seed: int) -> Schedule:
                 lines.append(f"at {ack + rng.randint(1, 6):g} power {h} on")
                 back_on.add(h)
     # Maintenance mixed in (its own RNG, so the fault schedules of a seed stay as they were): a
-    # drain of one host, sometimes an undrain (returning the VMs) during the faults, a migration.
+    # drain of one host, often with --cold-ok (HA-policy-none VMs are then shut down and started
+    # on their target), sometimes an undrain (returning the VMs) during the faults; migrate
+    # requests, to a host or the leader's choice; some VMs with their own migration tuning.
     mrng = random.Random(seed * 7919 + 1)
     if mrng.random() < 0.5:
         h, t = mrng.choice(hosts), float(mrng.randint(1, 14))
-        lines.append(f"at {t:g} drain {h}{' max-parallel=1' if mrng.random() < 0.3 else ''}")
+        flags = (" cold-ok" if mrng.random() < 0.5 else "") + (" all" if mrng.random() < 0.3 else "") + \
+            (" max-parallel=1" if mrng.random() < 0.3 else "")
+        lines.append(f"at {t:g} drain {h}{flags}")
         if mrng.random() < 0.4:
             lines.append(f"at {t + mrng.randint(2, 12):g} undrain {h}{' return-vms' if mrng.random() < 0.5 else ''}")
-    if mrng.random() < 0.3:
-        lines.append(f"at {float(mrng.randint(1, 15)):g} migrate {mrng.choice(vms)}")
+    for _ in range(mrng.choice((0, 0, 1, 1, 2))):
+        if vms:
+            to = f" {mrng.choice(hosts)}" if mrng.random() < 0.4 else ""
+            lines.append(f"at {float(mrng.randint(1, 15)):g} migrate {mrng.choice(vms)}{to}")
+    for vm in cluster["vms"]:
+        if mrng.random() < 0.2:
+            vm["migration"] = {"bandwidth_cap": mrng.choice((0, 200, 500)), "postcopy": mrng.random() < 0.5}
+    if mrng.random() < 0.3:  # a VM without the HA mark (drain --all moves it; nothing else does)
+        host = mrng.choice(hosts)
+        cells = cluster["hosts"][host].get("numa")
+        size0 = cells[0]["memory_mib"] if cells else cluster["hosts"][host]["memory_mib"]
+        share = 1024 / (len(cells) if cells else 1)
+        if used[host] + 1024 <= cluster["hosts"][host]["memory_mib"] and cell0[host] + share <= size0:
+            cluster["vms"].append({"name": "other1", "host": host, "memory_mib": 1024, "managed": False})
     # The heal: the network, quorum, devices and agents come back; records are repaired; hosts
     # still off are acknowledged (a storm hold waits for that); liars' hosts are returned.
     heal = [f"at {HEAL_AT:g} quorum back", f"at {HEAL_AT:g} repair"]

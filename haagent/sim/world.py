@@ -67,6 +67,7 @@ class SimConfig:
     boot_time: float = 20.0  # a host reset by its watchdog is back (agent running) after this
     report_interval: float = 5.0  # as [timing] report_interval: load is published at most this often
     load_smoothing: float = 60.0  # as [agent] load_smoothing: the time constant of the reported load
+    cold_shutdown_s: float = 1.0  # a guest asked to shut down (a cold move) is off after this
     cluster: str = "sim"
 
 
@@ -118,6 +119,7 @@ class SimHost:
     numa: tuple[HostCell, ...] | None = None  # its NUMA cells; None: one cell with all of it
     tags: tuple[str, ...] = ()
     read_fault: str = "ok"  # its devices' answers to the leader's power reads (READ_FAULTS)
+    cpu_model: str = "qemu64"  # its CPU (hosts of different models cannot live-migrate to each other)
 
     @property
     def running(self) -> frozenset[str]:
@@ -180,7 +182,8 @@ class Simulation:
                  manager: ManagerConfig | None = None, agent: AgentConfig | None = None,
                  sim: SimConfig | None = None, placer: Placer | None = None,
                  migrations: Mapping[str, tuple[str, str]] | None = None,
-                 running: Mapping[str, list[str]] | None = None):
+                 running: Mapping[str, list[str]] | None = None,
+                 unmanaged: Mapping[str, tuple[VmSpec, str]] | None = None):
         from haagent.log import configure
 
         # The production shells and the fence runner log as they would on a host; the simulation
@@ -217,6 +220,7 @@ class Simulation:
         # Live migrations under way: (when the job ends, source host, its agent process, the run)
         self.migrations: list[tuple[float, str, AgentProc, str, int, Callable[[], None]]] = []
         self.power_offs: dict[str, int] = {}  # host -> times it lost power (a job to it dies with it)
+        self.orders: dict[str, tuple[str, float, float]] = {}  # vm -> (mode, when, deadline) of its last order
         self.fakes = FakeCluster(clock=lambda: self.now)
         for h in self.hosts.values():
             h.hv = _SimHypervisor(self, h.name)
@@ -233,7 +237,7 @@ class Simulation:
             owner = placements.get(s.uuid)
             if owner is not None and owner in up.get(s.uuid, []):
                 hv = self.hosts[owner].hv
-                record = spec_record(owner, hv, hv.vm_info(s.uuid), HaMark(s.priority, s.policy, s.groups))
+                record = spec_record(owner, hv, hv.vm_info(s.uuid), HaMark(s.priority, s.policy, s.groups, s.migration))
             else:
                 record = json.dumps({**replace(s, xml=xml, needs=needs_from_xml(xml)).to_dict(), "registered_by": ""},
                                     sort_keys=True)
@@ -247,6 +251,12 @@ class Simulation:
         for uuid, (src, dst) in sorted((migrations or {}).items()):
             init.append(Put(self.keys.vm_migration(uuid), json.dumps({"from": src, "to": dst, "epoch": 0})))
         self.store.txn((), init)
+        # VMs without the HA mark (no spec, no placement): defined and running where given
+        self.unmanaged = {u: spec for u, (spec, _host) in (unmanaged or {}).items()}
+        for uuid, (spec, host) in sorted((unmanaged or {}).items()):
+            hv = self.hosts[host].hv
+            xml = with_mark(domain_xml(spec), None)
+            hv.start(hv.define(xml, autostart=False).uuid)
         for h in self.hosts.values():
             h.agent = AgentProc()
             h.watchdog = self.acfg.watchdog if h.watchdog is None else h.watchdog  # type: ignore[comparison-overlap]
@@ -439,11 +449,20 @@ class Simulation:
         """The agent's migration thread, on the virtual clock: the job takes one pass over the
         VM's memory at the link speed (or until its deadline), then ``hv.migrate`` runs at once."""
         def spawn(run: Callable[[], None], act: MigrateVm) -> None:
-            spec = self.specs.get(act.vm)
+            spec = self.specs.get(act.vm) or self.unmanaged.get(act.vm)
             took = 0.05 + (spec.memory_mib if spec else 64) / self.fakes.link_mib_s
+            cap = dict(act.options).get("bandwidth_cap")
+            if cap:
+                took = 0.05 + (spec.memory_mib if spec else 64) / min(cap, self.fakes.link_mib_s)
             abort_at = act.deadline - min(3.0, 0.3 * act.deadline)
+            if act.mode == "cold":  # a clean shutdown: the guest answers ACPI in a second
+                took, abort_at = self.cfg.cold_shutdown_s, act.deadline
+            d = self.hosts.get(act.dest)
+            # A target that is off when the job starts never takes it, even if it is powered on
+            # before the job would have ended (libvirt fails to connect at once; it queues nothing).
+            offs = self.power_offs.get(act.dest, 0) if d is None or d.powered else -1
             self.migrations.append((self.now + min(took, abort_at), h.name, h.agent,  # type: ignore[arg-type]
-                                    act.dest, self.power_offs.get(act.dest, 0), run))
+                                    act.dest, offs, run))
         return spawn
 
     def _finish_migrations(self) -> None:
@@ -627,8 +646,10 @@ class Simulation:
         """As the daemon's publish_report: inventory and smoothed load from this host's libvirt,
         written only when ``worth_writing`` says so."""
         assert h.hv is not None
+        managed = sorted(u for u in h.running if u not in self.unmanaged)
         if (a.last_report is not None and self.now - a.last_report_at < self.cfg.report_interval
-                and a.last_report["running_vms"] == sorted(h.running)):
+                and a.last_report["running_vms"] == managed
+                and a.last_report.get("unmanaged_vms", []) == (a.vms.unmanaged if a.vms is not None else [])):
             return  # only a new VM list is written within the interval (worth_writing): save the reads
         try:
             cur = h.hv.raw_stats()
@@ -644,7 +665,9 @@ class Simulation:
         self_fence = ({"watchdog": True, "timeout": self.acfg.self_fence_timeout,
                        "self_fence_timeout": self.acfg.self_fence_timeout} if h.watchdog else None)
         report = {"host": h.name, **inventory, "load": a.load.record(),
-                  "running_vms": sorted(h.running), "self_fence": self_fence}
+                  "running_vms": managed, "self_fence": self_fence}
+        if a.vms is not None and a.vms.unmanaged:  # as the daemon: the VM shell's last inventory
+            report["unmanaged_vms"] = list(a.vms.unmanaged)
         if worth_writing(a.last_report, report, self.now - a.last_report_at, self.cfg.report_interval):
             self.store.put(self.keys.host_report(h.name), json.dumps(report, sort_keys=True))
             a.last_report, a.last_report_at = report, self.now
@@ -700,7 +723,7 @@ def domain_xml(spec: VmSpec) -> str:
            f"<memory unit='MiB'>{spec.memory_mib}</memory><vcpu>{spec.vcpus}</vcpu>{numatune}{huge}"
            "<os><type arch='x86_64'>hvm</type></os>"
            "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices></domain>")
-    return with_mark(xml, HaMark(spec.priority, spec.policy, spec.groups))
+    return with_mark(xml, HaMark(spec.priority, spec.policy, spec.groups, spec.migration))
 
 
 class _SimHypervisor(FakeHypervisor):
@@ -709,7 +732,7 @@ class _SimHypervisor(FakeHypervisor):
 
     def __init__(self, sim: "Simulation", host: str):
         h = sim.hosts[host]
-        super().__init__(f"sim:///{host}", cluster=sim.fakes, hostname=host,
+        super().__init__(f"sim:///{host}", cluster=sim.fakes, hostname=host, cpu_model=h.cpu_model,
                          numa=h.numa or (HostCell(0, tuple(range(h.cpus)), h.memory_mib, h.memory_mib),))
         self.sim, self.host = sim, host
 

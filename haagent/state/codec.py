@@ -14,6 +14,7 @@ from haagent.state.view import (Alert, ClearMigration, ClusterView, ConsumeReque
                                   ReadPower, Request, SetHostState, SetPlacement, SetStormHold, StartMigration,
                                   ViewIndex, VmNeeds, VmSpec)
 from haagent.model import HostCell, HostState
+from haagent.config import check_tuning
 from haagent.store.port import Compare, Delete, Put
 from haagent.store.keys import Keys
 
@@ -68,6 +69,7 @@ def _strs(d: Mapping[str, Any], name: str) -> tuple[str, ...]:
 
 
 POLICIES = ("restart", "migrate", "none")
+MIGRATION_MODES = ("live", "cold", "cold-start")
 
 
 def spec_from_record(uuid: str, d: Mapping[str, Any]) -> VmSpec:
@@ -83,7 +85,18 @@ def spec_from_record(uuid: str, d: Mapping[str, Any]) -> VmSpec:
         raise BadRecord(f"needs: expected an object, got {needs!r:.40}")
     return VmSpec(uuid, _str(d, "name", uuid, empty=False), _int(d, "vcpus", 1, minimum=1),
                   _int(d, "memory_mib", 64, minimum=1), priority, policy, _str(d, "xml", ""), _strs(d, "groups"),
-                  _needs(needs) if needs else VmNeeds())
+                  _needs(needs) if needs else VmNeeds(), _tuning(d, "migration"))
+
+
+def _tuning(d: Mapping[str, Any], key: str) -> tuple[tuple[str, Any], ...]:
+    """A migration tuning object ({bandwidth_cap: 50, postcopy: true...}), every value checked."""
+    t = d.get(key, {})
+    if not isinstance(t, dict):
+        raise BadRecord(f"{key}: expected an object, got {t!r:.40}")
+    problems = check_tuning(t)
+    if problems:
+        raise BadRecord(f"{key}.{problems[0][0]}: {problems[0][1]}")
+    return tuple(sorted(t.items()))
 
 
 NUMA_MODES = ("none", "preferred", "strict")
@@ -278,7 +291,7 @@ def _host_view(name: str, h: Mapping[str, Any]) -> HostView:
         name, h.get("alive", False), h.get("state"), report.get("cpus", 0), report.get("memory_mib", 0),
         frozenset() if stale else frozenset(report.get("running_vms", ())), h.get("failover", ""), granted,
         h.get("stopped", ""), self_fence, h.get("state_bad", False), **h.get("inventory", {}),
-        migration_outcomes=h.get("migrations", {}))
+        migration_outcomes=h.get("migrations", {}), unmanaged={} if stale else report.get("unmanaged", {}))
 
 
 def build_view(kvs: Mapping[str, KVLike], keys: Keys, epoch: int, memo: DecodeMemo | None = None) -> ClusterView:
@@ -494,6 +507,20 @@ class LiveView:
             vms.add(uuid)
 
 
+def _unmanaged(raw: Any) -> dict[str, VmSpec]:
+    """A report's ``unmanaged_vms`` [{uuid, name, vcpus, memory_mib}]; entries that do not read
+    are skipped (the list only widens what ``drain --all`` may move; it never decides a failover)."""
+    out: dict[str, VmSpec] = {}
+    for e in raw if isinstance(raw, list) else ():
+        try:
+            uuid = _str(e, "uuid", empty=False)
+            out[uuid] = VmSpec(uuid, _str(e, "name", uuid, empty=False), _int(e, "vcpus", 1, minimum=1),
+                               _int(e, "memory_mib", 64, minimum=1), None, "migrate")
+        except (BadRecord, AttributeError, TypeError):
+            continue
+    return out
+
+
 def storm_hold_record(kv: KVLike) -> dict[str, Any]:
     """The storm record: ``{"hosts": [...], "since": wall time, "epoch": n}``; BadRecord if malformed."""
     d = _obj(kv)
@@ -515,7 +542,8 @@ def _report(kv: KVLike) -> tuple[dict[str, Any], dict[str, Any] | BadRecord]:
     """``hosts/<h>/report`` -> (what the view keeps, the inventory or why it is bad)."""
     d = _obj(kv)
     report = {"cpus": _int(d, "cpus", 0), "memory_mib": _int(d, "memory_mib", 0),
-              "running_vms": _strs(d, "running_vms"), "self_fence_s": _self_fence(d)}
+              "running_vms": _strs(d, "running_vms"), "self_fence_s": _self_fence(d),
+              "unmanaged": _unmanaged(d.get("unmanaged_vms"))}
     try:
         return report, _inventory(d)
     except BadRecord as exc:
@@ -558,9 +586,12 @@ def _decode(key: str, kv: KVLike, keys: Keys, hosts: dict, specs: dict, placemen
             placements[uuid] = decode(key, kv, lambda kv: _str(_obj(kv), "host", empty=False))
         elif leaf == "migration":
             d = _obj(kv)
+            mode = _str(d, "mode", "live")
+            if mode not in MIGRATION_MODES:
+                raise BadRecord(f"mode: expected one of {', '.join(MIGRATION_MODES)}, got {mode!r:.40}")
             migrations[uuid] = Migration(uuid, _str(d, "from", empty=False), _str(d, "to", empty=False),
                                          _int(d, "epoch", 0), _num(d, "deadline", 0.0), _str(d, "op", ""),
-                                         _int(d, "attempt", 0))
+                                         _int(d, "attempt", 0), _tuning(d, "options"), mode)
     elif key.startswith(keys.ops):
         op_id, _, leaf = key[len(keys.ops):].partition("/")
         d = _obj(kv)
@@ -591,13 +622,14 @@ def migration_report_from_record(host: str, uuid: str, d: Mapping[str, Any]) -> 
     if outcome not in MIGRATION_RESULTS:
         raise BadRecord(f"outcome: expected one of {', '.join(MIGRATION_RESULTS)}, got {outcome!r:.40}")
     downtime, total = d.get("downtime_ms"), d.get("data_total")
-    processed, remaining = d.get("data_processed"), d.get("data_remaining")
+    processed, remaining, dirty = d.get("data_processed"), d.get("data_remaining"), d.get("dirty_rate")
     return MigrationReport(uuid, host, _str(d, "to", empty=False), _str(d, "op", ""), _int(d, "attempt", 0),
                            outcome, _str(d, "location", "unknown"), _str(d, "error", ""),
                            _num(d, "duration_s", 0.0), None if downtime is None else _int(d, "downtime_ms"),
                            None if total is None else _int(d, "data_total"), _num(d, "at", 0.0),
                            None if processed is None else _int(d, "data_processed"),
-                           None if remaining is None else _int(d, "data_remaining"))
+                           None if remaining is None else _int(d, "data_remaining"),
+                           None if dirty is None else _int(d, "dirty_rate"))
 
 
 def migration_report_record(report: MigrationReport) -> str:
@@ -606,7 +638,9 @@ def migration_report_record(report: MigrationReport) -> str:
                        "location": report.location, "error": report.error, "duration_s": round(report.duration_s, 3),
                        "downtime_ms": report.downtime_ms, "data_total": report.data_total,
                        "at": round(report.at, 3), "data_processed": report.data_processed,
-                       "data_remaining": report.data_remaining}, sort_keys=True)
+                       "data_remaining": report.data_remaining,
+                       **({"dirty_rate": report.dirty_rate} if report.dirty_rate is not None else {})},
+                      sort_keys=True)
 
 
 def action_ops(actions: Iterable[ManagerAction], view: ClusterView, keys: Keys, wall_now: float,
@@ -637,6 +671,10 @@ def action_ops(actions: Iterable[ManagerAction], view: ClusterView, keys: Keys, 
         elif isinstance(a, StartMigration):
             record = {"from": a.source, "to": a.dest, "epoch": view.epoch, "deadline": a.deadline, "op": a.op,
                       "attempt": a.attempt}
+            if a.options:
+                record["options"] = dict(a.options)
+            if a.mode != "live":
+                record["mode"] = a.mode
             ops.append(Put(keys.vm_migration(a.vm), json.dumps(record, sort_keys=True)))
         elif isinstance(a, ConsumeRequest):
             ops.append(Delete(keys.request(a.id)))

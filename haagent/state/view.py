@@ -27,12 +27,16 @@ class VmSpec:
     groups: tuple[str, ...] = ()
     # What placement must honour, from the domain XML (haagent/hypervisor/requirements.py).
     needs: "VmNeeds" = field(default_factory=lambda: VmNeeds())
+    # Its own [migration] tuning (the HA mark's ``migration`` attribute), sorted (key, value) pairs.
+    migration: tuple[tuple[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = {"uuid": self.uuid, "name": self.name, "vcpus": self.vcpus, "memory_mib": self.memory_mib,
              "priority": self.priority, "policy": self.policy, "xml": self.xml, "groups": list(self.groups)}
         if self.needs != VmNeeds():
             d["needs"] = self.needs.to_dict()
+        if self.migration:
+            d["migration"] = dict(self.migration)
         return d
 
 
@@ -92,6 +96,9 @@ class HostView:
     inventory_error: str = ""  # the hypervisor could not be read (or its record part is malformed)
     # The outcomes of the migrations this host ran as a source, by VM (its own records).
     migration_outcomes: Mapping[str, "MigrationReport"] = field(default_factory=dict)
+    # Running domains without the HA mark, by uuid, as its report lists them (name, vcpus and
+    # memory only; policy "migrate"): what ``host drain --all`` may live-migrate.
+    unmanaged: Mapping[str, VmSpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,10 @@ class Migration:
 
     ``deadline`` is how many seconds the source may spend on it (a duration, not a clock
     reading: the source times it on its own monotonic clock); ``op`` and ``attempt`` name it, so
-    an outcome is matched to the order it answers.
+    an outcome is matched to the order it answers. ``options`` is the libvirt tuning the leader
+    resolved for it (``MigrationSection.tuning``): the source applies exactly that. ``mode`` is
+    "live", or for a cold move (``--cold-ok``) "cold" (the source shuts the VM down) and then
+    "cold-start" (the target starts it, once no host runs it).
     """
 
     vm: str
@@ -110,6 +120,8 @@ class Migration:
     deadline: float = 0.0
     op: str = ""
     attempt: int = 0
+    options: tuple[tuple[str, Any], ...] = ()
+    mode: str = "live"
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,7 @@ class MigrationReport:
     # While ``outcome`` is "running": libvirt's job info, as the source last wrote it (bytes).
     data_processed: int | None = None
     data_remaining: int | None = None
+    dirty_rate: int | None = None  # bytes/s the guest dirties memory (libvirt's memory_dirty_rate)
 
 
 @dataclass(frozen=True)
@@ -302,6 +315,8 @@ class StartMigration:
     deadline: float
     op: str
     attempt: int
+    options: tuple[tuple[str, Any], ...] = ()  # the effective libvirt tuning (MigrationSection.tuning)
+    mode: str = "live"  # live | cold | cold-start (Migration.mode)
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,19 @@ def test_live_migration_persist_dest_undefine_source(env, events_factory):
     assert migrated.reason == "migrated-in"
 
 
+def test_a_migration_with_the_leaders_tuning_completes_and_reports_the_dirty_rate(env):
+    """[migration] bandwidth_cap, max_downtime_ms, auto_converge and post-copy as the leader writes
+    them into an order (MigrationOptions.tuned): the hypervisor accepts them and moves the VM."""
+    vm = env.src.define_and_start(env.vm_xml())
+    tuned = MOVE.tuned((("auto_converge", True), ("bandwidth_cap", 500), ("max_downtime_ms", 400),
+                        ("postcopy", True), ("postcopy_after_precopy", False)))
+    seen: list[MigrationProgress] = []
+    res = env.src.migrate(vm.uuid, env.target, tuned, progress=seen.append, deadline=60)
+    assert res.ok, res.error
+    assert res.location is Location.DESTINATION
+    assert all(p.dirty_rate is None or p.dirty_rate >= 0 for p in seen)
+
+
 def test_bandwidth_limited_migration_aborted_by_deadline_stays_on_source(env):
     vm = env.src.define_and_start(env.heavy_vm_xml())
     t0 = time.monotonic()

@@ -141,3 +141,105 @@ def test_wait_follows_the_operation_from_its_journal_and_the_sources_job_info(cl
     assert (p["moved"], p["total"], p["done"]) == (1, 2, False)
     assert p["fraction"] == {"acme-prod-web-2": 0.25, "acme-prod-web-1": 1.0}
     assert p["vms"]["acme-prod-web-2"] == "migrating to h2 (attempt 1) 512/2048 MiB, 1536 MiB left"
+
+
+def test_every_bad_input_is_one_line_exit_2_and_nothing_half_started(cluster):
+    """Unknown host, the last active host, a host already draining, a host that is down: one
+    clear line, exit 2, no request written (the leader would refuse it the same way)."""
+    store, cfg = cluster
+
+    def refused(*args):
+        res = _run(cfg, *args)
+        assert res.exit_code == 2, res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
+        return res.output.strip()
+
+    assert refused("host", "drain", "nosuch") == "haagent: refused: unknown host 'nosuch'"
+    store.delete(K.host_alive("h3"))  # h3's lease is gone: down
+    assert "h3 is down: only an active host with a live lease can be drained" in refused("host", "drain", "h3")
+    _state(store, "h2", "draining")
+    assert "h2 is already draining" in refused("host", "drain", "h2")
+    # h1 is now the only active host with a lease
+    assert "h1 is the last active host: there is nowhere to move its VMs" in refused("host", "drain", "h1")
+    assert "unknown VM 'nosuch'" in refused("vm", "migrate", "nosuch")
+    assert "unknown host 'h9'" in refused("vm", "migrate", "acme-prod-web-1", "--to", "h9")
+    assert _requests(store) == [] and store.get_prefix(K.ops)[0] == []
+
+
+def test_dry_run_gives_every_vms_verdict_live_cold_or_refused(cluster):
+    store, cfg = cluster
+    store.put(K.vm_spec("vm3"), json.dumps(VmSpec("vm3", "acme-prod-legacy-1", memory_mib=256, policy="none").to_dict()))
+    store.put(K.vm_placement("vm3"), json.dumps({"host": "h1", "epoch": 1, "op": "", "reason": "test"}))
+    res = _run(cfg, "host", "drain", "h1")  # refused by name without --cold-ok
+    assert res.exit_code == 2 and "acme-prod-legacy-1: HA policy none: not live-migrated (--cold-ok" in res.output
+    res = _run(cfg, "host", "drain", "h1", "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "3 VM(s) in this order: 2 live, 0 cold, 1 refused" in res.output
+    assert "REFUSED: HA policy none" in res.output and "the drain would be refused as it stands" in res.output
+    res = _run(cfg, "host", "drain", "h1", "--dry-run", "--cold-ok", "--json")
+    out = json.loads(res.output)
+    assert out["verdicts"] == {"live": 2, "cold": 1, "refused": 0}
+    assert {m["name"]: m["verdict"] for m in out["plan"]}["acme-prod-legacy-1"] == "cold"
+    assert _requests(store) == []
+    res = _run(cfg, "host", "drain", "h1", "--cold-ok")
+    assert res.exit_code == 0, res.output
+    [req] = _requests(store)
+    assert req["options"] == {"partial": False, "cold_ok": True}
+
+
+def test_drain_all_plans_the_vms_haagent_does_not_manage_from_the_hosts_report(cluster):
+    store, cfg = cluster
+    store.put(K.host_report("h1"), json.dumps({"cpus": 8, "memory_mib": 8192, "running_vms": ["vm1", "vm2"],
+                                               "unmanaged_vms": [{"uuid": "u9", "name": "scratch-build-1",
+                                                                  "vcpus": 1, "memory_mib": 1024}]}))
+    res = _run(cfg, "host", "drain", "h1", "--dry-run", "--json")
+    assert "scratch-build-1" not in res.output  # only with --all
+    res = _run(cfg, "host", "drain", "h1", "--dry-run", "--all")
+    assert res.exit_code == 0, res.output
+    assert "3 VM(s) in this order: 3 live, 0 cold, 0 refused" in res.output and "scratch-build-1" in res.output
+    res = _run(cfg, "host", "drain", "h1", "--all", "--json")
+    assert res.exit_code == 0, res.output
+    [req] = _requests(store)
+    assert req["options"] == {"partial": False, "all": True}
+
+
+def test_wait_prints_plain_lines_per_vm_with_memory_and_dirty_rate_and_ctrl_c_leaves_the_drain(cluster, capsys):
+    from haagent.config import load_config
+    from haagent.manager import migrate_cli
+
+    store, cfg = cluster
+    op = "drain-h1-1-5"
+    store.put(f"{K.op(op)}/head", json.dumps({"kind": "drain", "host": "h1", "epoch": 1}))
+    store.put(f"{K.op(op)}/0000", json.dumps({"step": "intent", "at": 1.0, "detail": {"vms": ["vm2", "vm1"],
+                                                                                     "request": "r1"}}))
+    store.put(f"{K.op(op)}/0001", json.dumps({"step": "migrate_start", "at": 2.0,
+                                             "detail": {"vm": "vm2", "to": "h2", "attempt": 1}}))
+    store.put(K.vm_migration("vm2"), json.dumps({"from": "h1", "to": "h2", "epoch": 1, "deadline": 60, "op": op,
+                                                 "attempt": 1}))
+    store.put(K.host_migration("h1", "vm2"), json.dumps({"to": "h2", "op": op, "attempt": 1, "outcome": "running",
+                                                         "location": "source", "data_total": 2 << 30,
+                                                         "data_processed": 1 << 29, "data_remaining": 3 << 29,
+                                                         "dirty_rate": 12 << 20}))
+    rounds = []
+
+    def tick(_poll):  # the leader's next writes between two readings
+        rounds.append(1)
+        if len(rounds) == 1:
+            store.put(f"{K.op(op)}/0002", json.dumps({"step": "migrated", "at": 3.0, "detail": {"vm": "vm2", "to": "h2"}}))
+            store.delete(K.vm_migration("vm2"))
+        elif len(rounds) == 2:
+            raise KeyboardInterrupt
+
+    migrate_cli._wait(load_config(cfg), "r1", False, "haagent migrations", poll=0, sleep=tick)
+    out, err = capsys.readouterr()  # not a TTY: plain lines
+    lines = out.splitlines()
+    assert lines == [
+        "drain h1: 0/2 moved, 12%",
+        "  acme-prod-web-2: migrating to h2 (attempt 1) 512/2048 MiB, 1536 MiB left, dirtied at 12.0 MiB/s",
+        "  acme-prod-web-1: queued",
+        "drain h1: 1/2 moved, 50%",
+        "  acme-prod-web-2: on h2",
+    ]
+    assert err.strip() == (
+        f"stopped watching; the operation goes on with the leader. Watch it again: haagent migrations --follow {op}")
+    assert store.get(f"{K.op(op)}/0002") is not None  # nothing was cancelled

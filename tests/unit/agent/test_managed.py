@@ -49,3 +49,27 @@ def test_set_mark_live_through_libvirt_test_driver():
         assert parse_mark(hv.vm_xml(vm.uuid)) is None
     finally:
         hv.close()
+
+
+def test_the_mark_carries_the_vms_own_migration_tuning():
+    mark = validate(None, "migrate", (), {"bandwidth_cap": 50, "postcopy": True})
+    marked = with_mark(XML, mark)
+    assert 'migration="bandwidth_cap=50,postcopy=true"' in marked
+    assert parse_mark(marked) == mark and mark.migration == (("bandwidth_cap", 50), ("postcopy", True))
+    with pytest.raises(InvalidDomain, match=r"migration max_downtime_ms: must be between 0 and 3600000"):
+        validate(None, "restart", (), {"max_downtime_ms": -1})
+    # a damaged tuning attribute drops only the tuning: the VM stays managed with its priority
+    damaged = marked.replace("bandwidth_cap=50", "bandwidth_cap=fast")
+    assert parse_mark(damaged) == HaMark(None, "migrate")
+
+
+def test_vm_manage_refuses_bad_tuning_in_one_line_before_touching_libvirt(tmp_path):
+    from click.testing import CliRunner
+
+    from haagent.cli import main
+
+    cfg = tmp_path / "haagent.toml"
+    cfg.write_text('cluster = "c"\nhost = "h1"\n[etcd]\nendpoints = ["http://127.0.0.1:1"]\n[metrics]\nlisten = ""\n')
+    res = CliRunner().invoke(main, ["vm", "manage", "web-1", "--migration-bandwidth-cap", "-5", "--config", str(cfg)])
+    assert res.exit_code == 2
+    assert res.output.strip() == "haagent: migration bandwidth_cap: must be between 0 and 100000 (0: no cap; got -5)"

@@ -147,3 +147,94 @@ def test_only_a_running_migrations_progress_leaves_the_agents_asleep():
     assert not progress_only(ev(mig, "not json"), K)
     assert not progress_only(ev(K.host_report("h1"), '{"outcome": "running"}'), K)
     assert not progress_only(ev(K.vm_migration(UUID), '{"outcome": "running"}'), K)
+
+
+def test_the_source_applies_exactly_the_tuning_in_the_order():
+    """The leader's resolved tuning reaches Hypervisor.migrate as virsh-migrate options (the fake
+    records the call; haagent/hypervisor/options.py maps them to libvirt's flags and params)."""
+    fakes = FakeCluster()
+    src, _dst = FakeHypervisor("fake:///h1", cluster=fakes), FakeHypervisor("fake:///h2", cluster=fakes)
+    src.start(src.define(XML).uuid)
+    shell = VmShell("h1", src, Store(), K, lease=None, cache=None, config=core.AgentConfig(),
+                    migration_target=lambda h: MigrationTarget(f"fake:///{h}"), spawn=lambda run, a: run(),
+                    migration_options=MigrationOptions(tls=True))
+    tuning = (("auto_converge", True), ("bandwidth_cap", 64), ("max_downtime_ms", 200), ("postcopy", True),
+              ("postcopy_after_precopy", True))
+    assert shell.migrate(core.MigrateVm(UUID, "h2", 30.0, "drain-h1", 1, tuning)).outcome == "completed"
+    [(uuid, uri, opts)] = src.migration_calls
+    assert (uuid, uri) == (UUID, "fake:///h2")
+    assert (opts.bandwidth, opts.max_downtime_ms, opts.auto_converge, opts.postcopy, opts.postcopy_after_precopy,
+            opts.tls, opts.live, opts.p2p, opts.persistent, opts.undefinesource) == (
+        64, 200, True, True, True, True, True, True, True, True)
+    assert {"VIR_MIGRATE_AUTO_CONVERGE", "VIR_MIGRATE_POSTCOPY", "VIR_MIGRATE_TLS"} <= set(opts.flag_names())
+    assert opts.param_values() == {"VIR_MIGRATE_PARAM_BANDWIDTH": 64}
+    # an order without tuning (an older leader's) runs with the host's own options
+    assert MigrationOptions(tls=True).tuned(()) == MigrationOptions(tls=True)
+    # 0 means unset: libvirt's own default, no cap
+    assert MigrationOptions().tuned((("bandwidth_cap", 0), ("max_downtime_ms", 0))).param_values() == {}
+
+
+def test_a_cold_order_shuts_the_vm_down_on_the_source_and_says_it_runs_nowhere():
+    fakes = FakeCluster()
+    src = FakeHypervisor("fake:///h1", cluster=fakes)
+    FakeHypervisor("fake:///h2", cluster=fakes)
+    src.start(src.define(XML).uuid)
+    store = Store()
+    shell = VmShell("h1", src, store, K, lease=None, cache=None, config=core.AgentConfig(),
+                    migration_target=lambda h: MigrationTarget(f"fake:///{h}"), spawn=lambda run, a: run())
+    report = shell.migrate(core.MigrateVm(UUID, "h2", 60.0, "drain-h1", 1, (), "cold"))
+    assert (report.outcome, report.location) == ("completed", "none")
+    assert not src.vm_info(UUID).active and src.vm_info(UUID).persistent  # still defined here
+    assert src.migration_calls == []  # no live migration was tried
+    assert UUID not in shell.stopped_by_user  # our stop, not an operator's: a later start here is not blocked
+    # a guest that ignores ACPI is destroyed after the timeout: still "runs nowhere"
+    src.start(UUID)
+    fakes.ignore_shutdown("fake:///h1", UUID)
+    again = shell.migrate(core.MigrateVm(UUID, "h2", 60.0, "drain-h1", 2, (), "cold"))
+    assert (again.outcome, again.location) == ("completed", "none") and not src.vm_info(UUID).active
+
+
+def test_the_target_starts_a_cold_move_only_from_its_second_half_and_only_if_it_runs_nowhere():
+    cold = {"vm1": Migration("vm1", "h1", "h2", 7, 60.0, "drain-h1", 1, (), "cold")}
+    # the first half is the source's: a shutdown order, not a start
+    [m] = core.step(inp(migrations=cold), 0.0, core.AgentConfig())
+    assert (type(m), m.mode) == (core.MigrateVm, "cold")
+    start = {"vm1": Migration("vm1", "h1", "h2", 7, 60.0, "drain-h1", 1, (), "cold-start")}
+    none = {"vm1": VmSpec("vm1", "web-1", policy="none")}
+    target = dict(host="h2", host_state=HostState.ACTIVE, placements={"vm1": "h2"}, running=frozenset(),
+                  specs=none, migrations=start)
+    [s] = core.step(inp(**target), 0.0, core.AgentConfig())
+    assert isinstance(s, core.StartVm) and "cold move from h1" in s.reason  # whatever its HA policy
+    assert core.step(inp(**{**target, "reports": {"h3": frozenset({"vm1"})}}), 0.0, core.AgentConfig()) == []
+    assert core.step(inp(**{**target, "placements": {"vm1": "h1"}}), 0.0, core.AgentConfig()) == []
+    # the source does nothing with the second half (it must not restart what it shut down)
+    assert core.step(inp(running=frozenset(), migrations=start), 0.0, core.AgentConfig()) == []
+
+
+def test_unmanaged_vms_are_reported_and_their_orders_run_without_a_placement():
+    fakes = FakeCluster()
+    src = FakeHypervisor("fake:///h1", cluster=fakes)
+    src.start(src.define(XML).uuid)  # no HA mark
+    shell = VmShell("h1", src, Store(), K, lease=None, cache=None, config=core.AgentConfig())
+    shell.refresh_inventory()
+    assert shell.unmanaged == [{"uuid": UUID, "name": "web-1", "vcpus": 1, "memory_mib": 256}]
+    assert shell.running == frozenset()  # not a managed VM
+
+    class KV:
+        def __init__(self, v):
+            self.value, self.lease, self.mod_revision, self.create_revision = v.encode(), 0, 3, 3
+
+    report = json.dumps({"cpus": 8, "memory_mib": 8192, "running_vms": [],
+                         "unmanaged_vms": shell.unmanaged + [{"uuid": 5}]})  # a bad entry is skipped
+    view = build_view({K.host_report("h1"): KV(report)}, K, 0)
+    [(uuid, spec)] = view.hosts["h1"].unmanaged.items()
+    assert (uuid, spec.name, spec.memory_mib, spec.policy) == (UUID, "web-1", 256, "migrate") and not view.bad_records
+    # the source runs a live order for a VM with neither spec nor placement (drain --all) ...
+    order = {"u1": Migration("u1", "h1", "h2", 7, 30.0, "drain-h1", 1)}
+    [m] = core.step(inp(placements={}, specs={}, running=frozenset(), migrations=order), 0.0, core.AgentConfig())
+    assert m.vm == "u1" and m.mode == "live"
+    # ... but never a cold one, nor one for a VM placed on another host
+    cold = {"u1": Migration("u1", "h1", "h2", 7, 30.0, "drain-h1", 1, (), "cold")}
+    assert core.step(inp(placements={}, specs={}, running=frozenset(), migrations=cold), 0.0, core.AgentConfig()) == []
+    assert core.step(inp(placements={"u1": "h3"}, specs={}, running=frozenset(), migrations=order), 0.0,
+                     core.AgentConfig()) == []

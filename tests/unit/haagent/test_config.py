@@ -87,8 +87,12 @@ BAD = [
     (with_(migration={"uri": "qemu+tls://kvm01/system"}),
      "migration.uri: must be a libvirt URI naming {host}, like qemu+tls://{host}/system (got 'qemu+tls://kvm01/system')"),
     (with_(migration={"max_parallel": 2}), "migration.max_parallel: unknown key"),
-    (with_(migration={"max_downtime_ms": -1}), "migration.max_downtime_ms: must be at least 0 (got -1)"),
+    (with_(migration={"bandwidth_cap": -5}), "migration.bandwidth_cap: must be at least 0 (got -5)"),
+    (with_(migration={"max_downtime_ms": 12.5}), "migration.max_downtime_ms: must be a whole number (got 12.5)"),
     (with_(migration={"auto_converge": "yes"}), "migration.auto_converge: must be true or false (got 'yes')"),
+    (with_(migration={"postcopy_after_precopy": True}),
+     "migration.postcopy_after_precopy: needs postcopy = true (it says when to switch to post-copy)"),
+    (with_(migration={"cold_shutdown_timeout": 0}), "migration.cold_shutdown_timeout: must be greater than 0 (got 0)"),
 ]
 
 
@@ -215,3 +219,23 @@ def test_host_tags_sit_beside_the_host_name():
     with pytest.raises(Exception) as err:
         parse_config({"cluster": "c", "host": "h1", "tags": ["SSD"], "etcd": {"endpoints": ["http://127.0.0.1:2379"]}})
     assert "tags[0]: must be lowercase" in str(err.value)
+
+
+def test_migration_tuning_is_the_section_overridden_per_vm():
+    from haagent.config import MigrationSection, check_tuning
+
+    cfg = parse_config(with_(migration={"bandwidth_cap": 80, "max_downtime_ms": 250, "postcopy": True,
+                                        "postcopy_after_precopy": True})).migration
+    assert dict(cfg.tuning()) == {"bandwidth_cap": 80, "max_downtime_ms": 250, "auto_converge": False,
+                                  "postcopy": True, "postcopy_after_precopy": True}
+    # a VM's mark wins key by key; turning post-copy off turns the switch after pre-copy off too
+    assert dict(cfg.tuning({"bandwidth_cap": 20, "postcopy": False})) == {
+        "bandwidth_cap": 20, "max_downtime_ms": 250, "auto_converge": False, "postcopy": False,
+        "postcopy_after_precopy": False}
+    # the deadline is measured at the cap when the cap is below the expected bandwidth
+    assert MigrationSection().deadline(4096) == 122.9 and MigrationSection().deadline(4096, 20) == 614.4
+    assert check_tuning({"bandwidth_cap": "50", "speed": 1, "postcopy": 1}) == [
+        ("bandwidth_cap", "must be a whole number (got '50')"),
+        ("postcopy", "must be true or false (got 1)"),
+        ("speed", "unknown migration option (known: bandwidth_cap, max_downtime_ms, auto_converge, postcopy, "
+                  "postcopy_after_precopy)")]

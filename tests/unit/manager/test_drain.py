@@ -264,3 +264,140 @@ def test_a_job_refused_because_an_abandoned_one_still_runs_does_not_count_as_an_
     v = cluster(vms_on_a=1, states={"a": S.DRAINING}, ops={"drain-a": drain_op(["vm1"], busy)})
     acts = run(v, cfg=cfg)
     assert [m.attempt for m in kinds(acts, StartMigration)] == [1] and not kinds(acts, Alert)
+
+
+# -- migration tuning and cold moves ----------------------------------------------------------
+
+
+def test_the_order_carries_the_tuning_resolved_from_the_config_and_the_vms_mark():
+    v = cluster(vms_on_a=2, states={"a": S.DRAINING}, ops={"drain-a": drain_op(["vm2", "vm1"])})
+    v = replace(v, specs={**v.specs, "vm2": replace(v.specs["vm2"], memory_mib=4096,
+                                                    migration=(("bandwidth_cap", 20), ("postcopy", True)))})
+    cfg = replace(CFG, migration=MigrationSection(max_downtime_ms=300, auto_converge=True))
+    by_vm = {m.vm: m for m in kinds(step(v, new_status(0.0), 10.0, cfg, spread)[1], StartMigration)}
+    assert dict(by_vm["vm2"].options) == {"bandwidth_cap": 20, "max_downtime_ms": 300, "auto_converge": True,
+                                          "postcopy": True, "postcopy_after_precopy": False}
+    assert by_vm["vm2"].deadline == 614.4  # measured at its own cap: 3 passes over 4 GiB at 20 MiB/s
+    assert dict(by_vm["vm1"].options)["bandwidth_cap"] == 0 and by_vm["vm1"].mode == "live"
+
+
+def no_live(todo, view, avoid):
+    """A mover for which no VM can live-migrate anywhere (e.g. no host with a compatible CPU)."""
+    return {}, {s.uuid: ("incompatible CPU",) for s in todo}
+
+
+def test_a_vm_that_cannot_go_live_is_refused_by_name_unless_cold_ok():
+    v = cluster(vms_on_a=2)
+    v = replace(v, specs={**v.specs, "vm1": replace(v.specs["vm1"], policy="none")})
+    with pytest.raises(Refused, match="cannot place acme-prod-web-1: HA policy none: not live-migrated "
+                                      r"\(--cold-ok shuts it down and starts it on the target\)"):
+        check_drain(v, "a", spread, MigrationSection(), placer=spread)
+    plan = check_drain(v, "a", spread, MigrationSection(), cold_ok=True, placer=spread)
+    assert [(m.name, m.verdict) for m in plan] == [("acme-prod-web-2", "live"), ("acme-prod-web-1", "cold")]
+    assert plan[1].reasons == ("HA policy none: not live-migrated",) and plan[1].dest in ("b", "c")
+    # no live target (its CPU): cold with --cold-ok, placed by the restart rules off its own host
+    plan = check_drain(cluster(vms_on_a=1), "a", no_live, MigrationSection(), cold_ok=True, placer=spread)
+    assert [(m.verdict, m.reasons) for m in plan] == [("cold", ("incompatible CPU",))]
+    # nowhere at all, even cold: refused, saying both
+    with pytest.raises(Refused, match="incompatible CPU, cold: no host"):
+        check_drain(cluster(vms_on_a=1), "a", no_live, MigrationSection(), cold_ok=True,
+                    placer=lambda todo, view, avoid: ({}, {s.uuid: ("no host",) for s in todo}))
+
+
+def cold_op(vms, host="a"):
+    intent = OpStep("intent", 1.0, {"request": "r1", "vms": list(vms), "partial": False, "max_parallel": 0,
+                                    "cold_ok": True})
+    return Op("drain-a", "drain", host, 7, (intent,), rev=10)
+
+
+def test_a_cold_move_shuts_down_first_then_places_and_starts_on_the_target_only_once_it_runs_nowhere():
+    v = cluster(vms_on_a=1, states={"a": S.DRAINING}, ops={"drain-a": cold_op(["vm1"])})
+    v = replace(v, specs={"vm1": replace(v.specs["vm1"], policy="none")})
+    [order] = kinds(run(v), StartMigration)
+    assert (order.mode, order.deadline, order.options) == ("cold", 120.0, ())
+    mig = Migration("vm1", "a", order.dest, 7, 120.0, "drain-a", 1, (), "cold")
+    # shutting down: nothing moves while the source runs it or has not said how it ended
+    assert not kinds(run(replace(v, migrations={"vm1": mig})), SetPlacement)
+    stopped = MigrationReport("vm1", "a", order.dest, "drain-a", 1, "completed", "none")
+    hosts = {**v.hosts, "a": replace(v.hosts["a"], running=frozenset(), migration_outcomes={"vm1": stopped})}
+    # the report says stopped but a live host still lists it running: wait
+    stale = {**hosts, "a": replace(hosts["a"], running=frozenset({"vm1"}))}
+    assert not kinds(run(replace(v, migrations={"vm1": mig}, hosts=stale)), SetPlacement)
+    acts = run(replace(v, migrations={"vm1": mig}, hosts=hosts))
+    assert [(p.vm, p.host) for p in kinds(acts, SetPlacement)] == [("vm1", order.dest)]
+    [second] = kinds(acts, StartMigration)
+    assert second.mode == "cold-start" and not kinds(acts, ClearMigration)
+    # started on the target: done, journaled as a cold move (undrain --return-vms moves it back cold)
+    started = replace(mig, mode="cold-start")
+    hosts2 = {**hosts, order.dest: replace(hosts[order.dest], running=frozenset({"vm1"}))}
+    acts = run(replace(v, migrations={"vm1": started}, hosts=hosts2, placements={"vm1": order.dest}))
+    assert kinds(acts, ClearMigration)
+    [done] = [j for j in kinds(acts, JournalStep) if j.step.step == "migrated"]
+    assert done.step.detail["mode"] == "cold"
+
+
+def test_a_failed_cold_shutdown_is_retried_like_a_failed_migration():
+    v = cluster(vms_on_a=1, states={"a": S.DRAINING}, ops={"drain-a": cold_op(["vm1"])})
+    mig = Migration("vm1", "a", "b", 7, 120.0, "drain-a", 1, (), "cold")
+    failed = MigrationReport("vm1", "a", "b", "drain-a", 1, "failed", "source", "still running")
+    hosts = {**v.hosts, "a": replace(v.hosts["a"], migration_outcomes={"vm1": failed})}
+    acts = run(replace(v, migrations={"vm1": mig}, hosts=hosts))
+    assert kinds(acts, ClearMigration) and not kinds(acts, SetPlacement)
+    assert [j.step.detail["outcome"] for j in kinds(acts, JournalStep) if j.step.step == "migrate_failed"] == ["failed"]
+
+
+def test_a_failover_counts_a_migration_in_flight_on_its_target():
+    """A host a live migration is landing on has that VM's room taken already: recovery placing
+    VMs meanwhile must not fill it (the simulator's NUMA-fit invariant caught a drain's target
+    overfilled by a failover's placements)."""
+    v = cluster(vms_on_a=2, placements={"vm1": "a", "vm2": "c"}, states={"c": S.RECOVERING}, alive=("a", "b"),
+                running={"a": {"vm1"}})
+    v = replace(v, migrations={"vm1": Migration("vm1", "a", "b", 7, 30.0, "drain-a", 1)},
+                ops={"drain-a": drain_op(["vm1"])})
+    moved = {p.vm: p.host for p in kinds(run(v), SetPlacement)}
+    assert moved == {"vm2": "a"}  # "b" holds no VM yet, but vm1 is arriving there
+
+
+# -- --all: VMs haagent does not manage -----------------------------------------------------------
+
+
+def with_other(v, host="a", uuid="other", memory_mib=512):
+    spec = VmSpec(uuid, "scratch-1", memory_mib=memory_mib, policy="migrate")
+    return replace(v, hosts={**v.hosts, host: replace(v.hosts[host], unmanaged={uuid: spec})})
+
+
+def test_drain_all_plans_the_unmanaged_vms_live_only():
+    v = with_other(cluster(vms_on_a=1))
+    assert [m.vm for m in check_drain(v, "a", spread, MigrationSection())] == ["vm1"]  # without --all: left
+    plan = check_drain(v, "a", spread, MigrationSection(), all_vms=True)
+    assert {m.vm: m.verdict for m in plan} == {"vm1": "live", "other": "live"}
+    # one that cannot go live is refused, never moved cold (nothing to start it from)
+    with pytest.raises(Refused, match="scratch-1: incompatible CPU, not managed by haagent: live migration only"):
+        check_drain(v, "a", no_live, MigrationSection(), all_vms=True, cold_ok=True, placer=spread)
+
+
+def test_an_unmanaged_vm_is_ordered_then_settled_by_the_reports_without_a_placement():
+    intent = OpStep("intent", 1.0, {"request": "r1", "vms": ["other"], "partial": False, "max_parallel": 0,
+                                    "all": True})
+    op = Op("drain-a", "drain", "a", 7, (intent,), rev=10)
+    v = with_other(cluster(vms_on_a=0, states={"a": S.DRAINING}, ops={"drain-a": op}))
+    [order] = kinds(run(v), StartMigration)
+    assert (order.vm, order.source, order.mode) == ("other", "a", "live")
+    mig = Migration("other", "a", order.dest, 7, order.deadline, "drain-a", 1)
+    done = MigrationReport("other", "a", order.dest, "drain-a", 1, "completed", "destination")
+    spec = v.hosts["a"].unmanaged["other"]
+    hosts = {**v.hosts, "a": replace(v.hosts["a"], unmanaged={}, migration_outcomes={"other": done}),
+             order.dest: replace(v.hosts[order.dest], unmanaged={"other": spec})}
+    acts = run(replace(v, migrations={"other": mig}, hosts=hosts))
+    assert kinds(acts, ClearMigration) and not kinds(acts, SetPlacement)
+    assert [j.step.step for j in kinds(acts, JournalStep)][:1] == ["migrated"]
+    assert (S.DRAINING, S.MAINTENANCE) in [(s.old, s.new) for s in kinds(acts, SetHostState)]
+
+
+def test_a_lost_side_only_clears_an_unmanaged_vms_order():
+    mig = Migration("other", "a", "b", 7, 30.0, "drain-a", 1)
+    v = with_other(cluster(vms_on_a=0, states={"a": S.FAILED}, alive=("b", "c")), host="b")
+    acts = run(replace(v, migrations={"other": mig}))
+    assert kinds(acts, ClearMigration) and not kinds(acts, SetPlacement)
+    [ev] = [e for e in kinds(acts, Event) if e.kind == "migration_resolved"]
+    assert ev.detail["running_on"] == ["b"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from haagent.manager.live import LiveMemo, live_cluster
 from haagent.manager.placer import policy_placer
@@ -172,3 +173,22 @@ def test_the_memo_gives_the_same_cluster_and_follows_a_host_whose_view_changed()
     other = replace(busier, specs={**busier.specs, "u3": VmSpec("u3", "a", 1, 512, groups=("g",))},
                     hosts={**busier.hosts, "h2": replace(busier.hosts["h2"], state=S.FENCED)})
     assert live_cluster(other, memo=memo, avoid=["h1"]) == live_cluster(other, avoid=["h1"])  # names, groups
+
+
+def test_a_vm_placed_on_a_host_that_does_not_run_it_yet_binds_its_cells():
+    """A VM arriving by live migration (or placed and not started) is not in the host's free
+    figures yet: it takes cell capacity, so a strict VM placed meanwhile does not overfill the cell
+    (the simulator caught a drain sending two strict VMs to one cell that held one)."""
+    arriving = VmSpec("u1", "arriving", 1, 1024, needs=VmNeeds(numa="strict", nodeset=(0,)))
+    strict = VmSpec("u2", "strict", 1, 1024, needs=VmNeeds(numa="strict", nodeset=(0,)))
+    h1 = HostView("h1", True, S.ACTIVE, 4, 4096, numa=(HostCell(0, (0, 1), 1024, 1024),
+                                                         HostCell(1, (2, 3), 3072, 3072)))
+    h2 = HostView("h2", True, S.ACTIVE, 4, 8192, numa=(HostCell(0, (0, 1), 4096, 4096),))
+    v = view([h1, h2], [arriving, strict], {"u1": "h1"})
+    assert live_cluster(v).cluster.vms[0].numa_cells == (0,)  # binds its cell, not "already counted"
+    placed, _ = policy_placer()([strict], v, frozenset())
+    assert placed == {"u2": "h2"}  # h1's cell 0 is taken by the VM on its way there
+    running = view([replace(h1, running=frozenset({"u1"}), numa=(HostCell(0, (0, 1), 1024, 0),
+                                                                 HostCell(1, (2, 3), 3072, 3072))), h2],
+                   [arriving, strict], {"u1": "h1"})
+    assert live_cluster(running).cluster.vms[0].numa_cells == ()  # running: in the free figures already

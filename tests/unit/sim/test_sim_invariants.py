@@ -92,3 +92,20 @@ def test_a_rebalance_ping_pong_is_caught(monkeypatch):
     cmds, end = parse_cmdlist((d / "cmdlist").read_text())
     out = run(json.loads((d / "cluster.json").read_text()), cmds, end)
     assert out.violations and "acme-prod-app-2" in out.violations[0], out.violations
+
+
+def test_liveness_check_reports_a_move_left_half_done(monkeypatch):
+    """A cold move whose second half never comes (here: the leader's settling is broken) leaves
+    the VM shut down with its order stored: check_recovered says so; the real executor does not."""
+    from haagent.manager import drain
+
+    cluster = {"hosts": {"h1": {}, "h2": {}, "h3": {}},
+               "vms": [{"name": "legacy-1", "host": "h2", "policy": "none"}]}
+    cmds, end = parse_cmdlist("at 2 drain h2 cold-ok\nend 20\n")
+    out = run(cluster, cmds, end)
+    assert not check_recovered(out.sim) and out.sim.where("legacy-1") in (["h1"], ["h3"])
+    monkeypatch.setattr(drain, "_settle", lambda st: None)
+    out = run(cluster, cmds, end)
+    problems = check_recovered(out.sim)
+    assert out.sim.where("legacy-1") == []
+    assert problems and "vm=legacy-1 migration cold h2 -> " in problems[0]
