@@ -1,4 +1,4 @@
-"""policies/config.py (named test_policy_config: tests/unit/haagent/test_config.py exists)."""
+"""policies/config.py (named test_policy_config: tests/unit/haagent_tests/test_config.py exists)."""
 
 from __future__ import annotations
 
