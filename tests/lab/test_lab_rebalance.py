@@ -32,8 +32,11 @@ def view(lab: Lab) -> ClusterView:
 
 
 def cpu_spread(v: ClusterView) -> float:
-    """Population standard deviation of the hosts' smoothed CPU use over their cpus."""
+    """Population standard deviation of the hosts' smoothed CPU use over their cpus (0 while no
+    host has reported a load yet: an agent's first reports carry none, it needs two samples)."""
     use = [hv.cpu_used / max(hv.cpus, 1) for hv in v.hosts.values() if hv.cpu_used is not None]
+    if not use:
+        return 0.0
     mean = sum(use) / len(use)
     return math.sqrt(sum((u - mean) ** 2 for u in use) / len(use))
 
