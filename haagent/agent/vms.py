@@ -285,12 +285,7 @@ class VmShell:
                                      result.location.value, str(result.error or ""), result.duration_s,
                                      result.downtime_ms, result.data_total, self.wall())
         except HypervisorError as exc:  # refused before anything moved: the VM is where it was
-            try:
-                where = "source" if self.hv.vm_info(a.vm).active else "none"
-            except HypervisorError:
-                where = "none" if isinstance(exc, VmNotFound) else "unknown"
-            report = MigrationReport(a.vm, self.host, a.dest, a.op, a.attempt, "failed", where,
-                                     f"{type(exc).__name__}: {exc}", self.clock() - started, None, None, self.wall())
+            report = self._failed(a, exc, started)
         metrics.VM_ACTIONS.labels(action="migrate", result="ok" if report.outcome == "completed" else "error").inc()
         metrics.record_migration(report)
         log.info("vm_migration_finished", vm=a.vm, to=a.dest, outcome=report.outcome, location=report.location,
@@ -300,6 +295,15 @@ class VmShell:
         self.flush_migration_reports()
         self.wake()
         return report
+
+    def _failed(self, a: core.MigrateVm, exc: HypervisorError, started: float) -> MigrationReport:
+        """The outcome of an order the hypervisor refused: failed, and where the VM runs now."""
+        try:
+            where = "source" if self.hv.vm_info(a.vm).active else "none"
+        except HypervisorError:
+            where = "none" if isinstance(exc, VmNotFound) else "unknown"
+        return MigrationReport(a.vm, self.host, a.dest, a.op, a.attempt, "failed", where,
+                               f"{type(exc).__name__}: {exc}", self.clock() - started, None, None, self.wall())
 
     def _cold_stop(self, a: core.MigrateVm) -> MigrationReport:
         """A cold move's first half: shut the VM down here (ACPI; destroyed if still running after
@@ -319,12 +323,7 @@ class VmShell:
         except HypervisorError as exc:
             with self._lock:
                 self._our_stops.discard(a.vm)
-            try:
-                where = "source" if self.hv.vm_info(a.vm).active else "none"
-            except HypervisorError:
-                where = "none" if isinstance(exc, VmNotFound) else "unknown"
-            report = MigrationReport(a.vm, self.host, a.dest, a.op, a.attempt, "failed", where,
-                                     f"{type(exc).__name__}: {exc}", self.clock() - started, None, None, self.wall())
+            report = self._failed(a, exc, started)
         metrics.VM_ACTIONS.labels(action="cold_stop", result="ok" if report.outcome == "completed" else "error").inc()
         log.info("vm_cold_move_stopped", vm=a.vm, to=a.dest, outcome=report.outcome, location=report.location,
                  duration_s=round(report.duration_s, 3), error=report.error)
