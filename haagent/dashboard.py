@@ -38,6 +38,13 @@ ROWS = ("Cluster health", "Failover", "Fencing", "Migrations and drains", "Place
         "Hosts: CPU, memory, NUMA")
 MIGRATIONS, PLACEMENT = ROWS[3], ROWS[4]
 
+
+def _mean(histogram: str, by: str, leader: bool = False) -> str:
+    """A histogram's mean by ``by``; no series (not NaN) where nothing was observed yet."""
+    only = _LEADER if leader else ""
+    return (f"sum by ({by}) ({histogram}_sum{only}) / "
+            f"(sum by ({by}) ({histogram}_count{only}) > 0)")
+
 PANELS: tuple[PanelSpec, ...] = (
     # -- cluster health ------------------------------------------------------------------------
     PanelSpec("Cluster health", "Leader", "The agent that holds the leader key now; empty means no "
@@ -110,18 +117,15 @@ PANELS: tuple[PanelSpec, ...] = (
               "max(haagent_drains_in_progress" + _LEADER + ")", "drains", kind="stat"),
     PanelSpec(MIGRATIONS, "Migration time by outcome", "Mean seconds a live migration took on its "
               "source agent, from start to outcome, by outcome.",
-              "sum by (outcome) (haagent_migration_seconds_sum) / "
-              "(sum by (outcome) (haagent_migration_seconds_count) > 0)", "{{outcome}}", kind="bargauge",
+              _mean("haagent_migration_seconds", "outcome"), "{{outcome}}", kind="bargauge",
               unit="s"),
     PanelSpec(MIGRATIONS, "Guest downtime per migration", "Mean pause of the guest in a completed "
               "live migration, as libvirt reported it, by source agent.",
-              "sum by (instance) (haagent_migration_downtime_seconds_sum) / "
-              "(sum by (instance) (haagent_migration_downtime_seconds_count) > 0)", "{{instance}}",
+              _mean("haagent_migration_downtime_seconds", "instance"), "{{instance}}",
               kind="bargauge", unit="s"),
     PanelSpec(MIGRATIONS, "Data moved per migration", "Mean bytes a completed live migration "
               "transferred, as libvirt reported it, by source agent.",
-              "sum by (instance) (haagent_migration_bytes_sum) / "
-              "(sum by (instance) (haagent_migration_bytes_count) > 0)", "{{instance}}", kind="bargauge",
+              _mean("haagent_migration_bytes", "instance"), "{{instance}}", kind="bargauge",
               unit="bytes"),
     PanelSpec(MIGRATIONS, "VMs left to drain", "VMs still placed on each host being drained; a "
               "host stays at 0 once drained (until the leader restarts).",
@@ -133,8 +137,7 @@ PANELS: tuple[PanelSpec, ...] = (
               "sum by (reason) (haagent_placements_total" + _LEADER + ")", "{{reason}}", kind="bargauge"),
     PanelSpec(PLACEMENT, "Placement decision time", "Mean seconds one placement decision took on "
               "the current leader: place (VMs to start) and move (live migration targets).",
-              "sum by (decision) (haagent_placement_seconds_sum" + _LEADER + ") / "
-              "(sum by (decision) (haagent_placement_seconds_count" + _LEADER + ") > 0)", "{{decision}}",
+              _mean("haagent_placement_seconds", "decision", leader=True), "{{decision}}",
               kind="bargauge", unit="s"),
     PanelSpec(PLACEMENT, "Imbalance score", "The rebalance planner's imbalance score of the cluster "
               "(lower is better; docs/placement.md): what a rebalance round would start from.",
