@@ -11,9 +11,7 @@ from click.testing import CliRunner
 from haagent.cli import main
 from haagent.state.view import VmSpec
 from haagent.store.client import EtcdStore
-from haagent.store.keys import Keys
-
-K = Keys("it")
+from operator_cli import K, invoke, stored_requests
 
 
 @pytest.fixture
@@ -34,62 +32,53 @@ def cluster(etcd1, cli_config):
         store.close()
 
 
-def _run(cfg, *args):
-    return CliRunner().invoke(main, [*args, "--config", cfg])
-
-
-def _requests(store):
-    kvs, _ = store.get_prefix(K.requests)
-    return [json.loads(kv.value) for kv in kvs]
-
-
 def _state(store, host, state):
     store.put(K.host_state(host), json.dumps({"state": state, "reason": "test", "epoch": 1, "since": 0.0}))
 
 
 def test_bad_drains_are_one_line_exit_2_and_write_nothing(cluster):
     store, cfg = cluster
-    res = _run(cfg, "host", "drain", "h9")
+    res = invoke(cfg, "host", "drain", "h9")
     assert res.exit_code == 2 and res.output.strip() == "haagent: refused: unknown host 'h9'"
     _state(store, "h2", "draining")
-    res = _run(cfg, "host", "drain", "h2")
+    res = invoke(cfg, "host", "drain", "h2")
     assert res.exit_code == 2 and "h2 is already draining" in res.output
     _state(store, "h3", "maintenance")
-    res = _run(cfg, "host", "drain", "h1")
+    res = invoke(cfg, "host", "drain", "h1")
     assert res.exit_code == 2 and "h1 is the last active host" in res.output
     assert len(res.output.strip().splitlines()) == 1
-    res = _run(cfg, "host", "undrain", "h1")
+    res = invoke(cfg, "host", "undrain", "h1")
     assert res.exit_code == 2 and "h1 is active, not draining or in maintenance" in res.output
-    res = _run(cfg, "vm", "migrate", "acme-prod-web-1", "--to", "h1")
+    res = invoke(cfg, "vm", "migrate", "acme-prod-web-1", "--to", "h1")
     assert res.exit_code == 2 and "runs on h1 already" in res.output
-    assert _requests(store) == []
+    assert stored_requests(store) == []
 
 
 def test_dry_run_prints_the_plan_largest_first_and_moves_nothing(cluster):
     store, cfg = cluster
-    res = _run(cfg, "host", "drain", "h1", "--dry-run", "--json")
+    res = invoke(cfg, "host", "drain", "h1", "--dry-run", "--json")
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["dry_run"] and [m["name"] for m in out["plan"]] == ["acme-prod-web-2", "acme-prod-web-1"]
     assert {m["to"] for m in out["plan"]} <= {"h2", "h3"} and all(m["to"] for m in out["plan"])
-    assert _requests(store) == []
+    assert stored_requests(store) == []
 
 
 def test_drain_undrain_and_migrate_put_one_request_each(cluster):
     store, cfg = cluster
-    res = _run(cfg, "host", "drain", "h1", "--max-parallel", "1", "--json")
+    res = invoke(cfg, "host", "drain", "h1", "--max-parallel", "1", "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["host"] == "h1"
-    [req] = _requests(store)
+    [req] = stored_requests(store)
     assert (req["kind"], req["host"], req["options"]) == ("drain", "h1", {"partial": False, "max_parallel": 1})
-    res = _run(cfg, "host", "drain", "h1")  # the leader has not acted on the first one yet
+    res = invoke(cfg, "host", "drain", "h1")  # the leader has not acted on the first one yet
     assert res.exit_code == 2 and "h1 is already draining (its request waits for the leader)" in res.output
-    assert len(_requests(store)) == 1
+    assert len(stored_requests(store)) == 1
     _state(store, "h1", "maintenance")
-    assert _run(cfg, "host", "undrain", "h1", "--return-vms").exit_code == 0
-    res = _run(cfg, "vm", "migrate", "acme-prod-web-2", "--to", "h3", "--json")
+    assert invoke(cfg, "host", "undrain", "h1", "--return-vms").exit_code == 0
+    res = invoke(cfg, "vm", "migrate", "acme-prod-web-2", "--to", "h3", "--json")
     assert res.exit_code == 0 and json.loads(res.output)["to"] == "h3"
-    kinds = sorted((r["kind"], r.get("vm", ""), json.dumps(r.get("options"), sort_keys=True)) for r in _requests(store))
+    kinds = sorted((r["kind"], r.get("vm", ""), json.dumps(r.get("options"), sort_keys=True)) for r in stored_requests(store))
     assert kinds == [("drain", "", '{"max_parallel": 1, "partial": false}'), ("migrate", "vm2", '{"to": "h3"}'),
                      ("undrain", "", '{"return_vms": true}')]
 
@@ -107,7 +96,7 @@ def test_migrations_lists_those_in_flight_and_the_last_outcomes(cluster):
                                                          "outcome": "running", "location": "source",
                                                          "duration_s": 1.5, "data_total": 2 << 30,
                                                          "data_processed": 1 << 30, "data_remaining": 1 << 30}))
-    res = _run(cfg, "migrations", "--json")
+    res = invoke(cfg, "migrations", "--json")
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)
     assert (rows[0]["data_processed"], rows[0]["data_remaining"]) == (1 << 30, 1 << 30)
@@ -149,7 +138,7 @@ def test_every_bad_input_is_one_line_exit_2_and_nothing_half_started(cluster):
     store, cfg = cluster
 
     def refused(*args):
-        res = _run(cfg, *args)
+        res = invoke(cfg, *args)
         assert res.exit_code == 2, res.output
         assert len(res.output.strip().splitlines()) == 1, res.output
         return res.output.strip()
@@ -163,27 +152,27 @@ def test_every_bad_input_is_one_line_exit_2_and_nothing_half_started(cluster):
     assert "h1 is the last active host: there is nowhere to move its VMs" in refused("host", "drain", "h1")
     assert "unknown VM 'nosuch'" in refused("vm", "migrate", "nosuch")
     assert "unknown host 'h9'" in refused("vm", "migrate", "acme-prod-web-1", "--to", "h9")
-    assert _requests(store) == [] and store.get_prefix(K.ops)[0] == []
+    assert stored_requests(store) == [] and store.get_prefix(K.ops)[0] == []
 
 
 def test_dry_run_gives_every_vms_verdict_live_cold_or_refused(cluster):
     store, cfg = cluster
     store.put(K.vm_spec("vm3"), json.dumps(VmSpec("vm3", "acme-prod-legacy-1", memory_mib=256, policy="none").to_dict()))
     store.put(K.vm_placement("vm3"), json.dumps({"host": "h1", "epoch": 1, "op": "", "reason": "test"}))
-    res = _run(cfg, "host", "drain", "h1")  # refused by name without --cold-ok
+    res = invoke(cfg, "host", "drain", "h1")  # refused by name without --cold-ok
     assert res.exit_code == 2 and "acme-prod-legacy-1: HA policy none: not live-migrated (--cold-ok" in res.output
-    res = _run(cfg, "host", "drain", "h1", "--dry-run")
+    res = invoke(cfg, "host", "drain", "h1", "--dry-run")
     assert res.exit_code == 0, res.output
     assert "3 VM(s) in this order: 2 live, 0 cold, 1 refused" in res.output
     assert "REFUSED: HA policy none" in res.output and "the drain would be refused as it stands" in res.output
-    res = _run(cfg, "host", "drain", "h1", "--dry-run", "--cold-ok", "--json")
+    res = invoke(cfg, "host", "drain", "h1", "--dry-run", "--cold-ok", "--json")
     out = json.loads(res.output)
     assert out["verdicts"] == {"live": 2, "cold": 1, "refused": 0}
     assert {m["name"]: m["verdict"] for m in out["plan"]}["acme-prod-legacy-1"] == "cold"
-    assert _requests(store) == []
-    res = _run(cfg, "host", "drain", "h1", "--cold-ok")
+    assert stored_requests(store) == []
+    res = invoke(cfg, "host", "drain", "h1", "--cold-ok")
     assert res.exit_code == 0, res.output
-    [req] = _requests(store)
+    [req] = stored_requests(store)
     assert req["options"] == {"partial": False, "cold_ok": True}
 
 
@@ -192,14 +181,14 @@ def test_drain_all_plans_the_vms_haagent_does_not_manage_from_the_hosts_report(c
     store.put(K.host_report("h1"), json.dumps({"cpus": 8, "memory_mib": 8192, "running_vms": ["vm1", "vm2"],
                                                "unmanaged_vms": [{"uuid": "u9", "name": "scratch-build-1",
                                                                   "vcpus": 1, "memory_mib": 1024}]}))
-    res = _run(cfg, "host", "drain", "h1", "--dry-run", "--json")
+    res = invoke(cfg, "host", "drain", "h1", "--dry-run", "--json")
     assert "scratch-build-1" not in res.output  # only with --all
-    res = _run(cfg, "host", "drain", "h1", "--dry-run", "--all")
+    res = invoke(cfg, "host", "drain", "h1", "--dry-run", "--all")
     assert res.exit_code == 0, res.output
     assert "3 VM(s) in this order: 3 live, 0 cold, 0 refused" in res.output and "scratch-build-1" in res.output
-    res = _run(cfg, "host", "drain", "h1", "--all", "--json")
+    res = invoke(cfg, "host", "drain", "h1", "--all", "--json")
     assert res.exit_code == 0, res.output
-    [req] = _requests(store)
+    [req] = stored_requests(store)
     assert req["options"] == {"partial": False, "all": True}
 
 

@@ -6,13 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from haagent.cli import main
 from haagent.store.client import EtcdStore
-from haagent.store.keys import Keys
-
-K = Keys("it")
+from operator_cli import K, invoke, stored_requests
 
 
 @pytest.fixture
@@ -32,12 +28,7 @@ def _state(store, host, state, failover=""):
 
 
 def _ack(cfg, host):
-    return CliRunner().invoke(main, ["fence", "ack", host, "--yes", "--config", cfg])
-
-
-def _requests(store):
-    kvs, _ = store.get_prefix(K.requests)
-    return [json.loads(kv.value) for kv in kvs]
+    return invoke(cfg, "fence", "ack", host, "--yes")
 
 
 def test_refused_for_a_host_that_is_not_being_failed_over(cluster):
@@ -50,7 +41,7 @@ def test_refused_for_a_host_that_is_not_being_failed_over(cluster):
         assert f"refused: {host} is {state}, not suspect or fencing" in res.output
     res = _ack(cfg, "h9")
     assert res.exit_code == 2 and "unknown host 'h9'" in res.output
-    assert _requests(store) == []
+    assert stored_requests(store) == []
 
 
 def test_refused_while_the_host_holds_a_lease(cluster):
@@ -60,7 +51,7 @@ def test_refused_while_the_host_holds_a_lease(cluster):
     store.put(K.host_alive("h2"), "{}", lease)
     res = _ack(cfg, "h2")
     assert res.exit_code == 2 and "holds a live lease" in res.output
-    assert _requests(store) == []
+    assert stored_requests(store) == []
 
 
 def test_bound_to_the_open_failover(cluster):
@@ -69,7 +60,7 @@ def test_bound_to_the_open_failover(cluster):
     res = _ack(cfg, "h2")
     assert res.exit_code == 0, res.output
     assert "failover failover-h2-1-500" in res.output
-    [req] = _requests(store)
+    [req] = stored_requests(store)
     assert (req["kind"], req["host"], req["failover"]) == ("fence_ack", "h2", "failover-h2-1-500")
 
 
@@ -79,5 +70,5 @@ def test_a_host_frozen_by_a_clean_stop_can_be_acked(cluster):
     store.put(K.host_stopped("h2"), json.dumps({"policy": "freeze", "lease": 1234, "at": 0.0}))
     res = _ack(cfg, "h2")
     assert res.exit_code == 0, res.output
-    [req] = _requests(store)
+    [req] = stored_requests(store)
     assert req["failover"] == "stopped:1234"

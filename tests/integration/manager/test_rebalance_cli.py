@@ -7,14 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from haagent.cli import main
 from haagent.state.view import VmSpec
 from haagent.store.client import EtcdStore
-from haagent.store.keys import Keys
-
-K = Keys("it")
+from operator_cli import K, invoke, stored_requests
 
 
 @pytest.fixture
@@ -37,18 +33,9 @@ def cluster(etcd1, cli_config):
         store.close()
 
 
-def _run(cfg, *args):
-    return CliRunner().invoke(main, [*args, "--config", cfg])
-
-
-def _requests(store):
-    kvs, _ = store.get_prefix(K.requests)
-    return [json.loads(kv.value) for kv in kvs]
-
-
 def test_plan_lists_each_move_with_score_gib_and_why(cluster):
     store, cfg = cluster
-    res = _run(cfg, "rebalance", "plan", "--json")
+    res = invoke(cfg, "rebalance", "plan", "--json")
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["moves"] and out["score_before"] > out["score_after"] and out["above_threshold"]
@@ -56,35 +43,35 @@ def test_plan_lists_each_move_with_score_gib_and_why(cluster):
     assert scores == sorted(scores, reverse=True) and scores[-1] == out["score_after"]
     assert all(m["from"] == "h1" and m["to"] in ("h2", "h3") and m["gib"] == 1.0 and "h1 runs cpu" in m["why"]
                for m in out["moves"])
-    text = _run(cfg, "rebalance", "plan", "--max-moves", "1")
+    text = invoke(cfg, "rebalance", "plan", "--max-moves", "1")
     assert text.exit_code == 0 and "1. acme-prod-web-" in text.output and "why:" in text.output
     assert "2. " not in text.output
-    assert _requests(store) == []
+    assert stored_requests(store) == []
 
 
 def test_run_is_refused_while_a_drain_is_in_flight_and_else_asks_the_leader(cluster):
     store, cfg = cluster
     store.put(K.request("drain-h2-x"), json.dumps({"kind": "drain", "host": "h2"}))
-    res = _run(cfg, "rebalance", "run")
+    res = invoke(cfg, "rebalance", "run")
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
     assert "refused: a drain request waits for the leader" in res.output
     store.delete(K.request("drain-h2-x"))
     store.put(K.host_state("h2"), json.dumps({"state": "draining", "reason": "test", "epoch": 1, "since": 0.0}))
-    res = _run(cfg, "rebalance", "run")
+    res = invoke(cfg, "rebalance", "run")
     assert res.exit_code == 2 and "h2 is draining" in res.output
-    assert _requests(store) == []
+    assert stored_requests(store) == []
     store.put(K.host_state("h2"), json.dumps({"state": "active", "reason": "test", "epoch": 1, "since": 0.0}))
-    res = _run(cfg, "rebalance", "run", "--max-moves", "2", "--json")
+    res = invoke(cfg, "rebalance", "run", "--max-moves", "2", "--json")
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert len(out["plan"]) == 2
-    [req] = _requests(store)
+    [req] = stored_requests(store)
     assert req["kind"] == "rebalance" and req["options"] == {"max_moves": 2}
 
 
 def test_bad_max_moves_is_one_line_exit_2(cluster):
     _store, cfg = cluster
-    res = _run(cfg, "rebalance", "run", "--max-moves", "0")
+    res = invoke(cfg, "rebalance", "run", "--max-moves", "0")
     assert res.exit_code == 2 and "--max-moves" in res.output
 
 
@@ -97,11 +84,11 @@ def test_status_shows_mode_score_and_last_rounds(cluster):
         "gib": 1.0, "request": ""}}))
     store.put(f"{op}/0001", json.dumps({"step": "migrated", "at": 9e12, "detail": {"vm": "vm1", "to": "h1"}}))
     store.put(f"{op}/0002", json.dumps({"step": "done", "at": 9e12, "detail": {"moved": 1, "dropped": []}}))
-    res = _run(cfg, "rebalance", "status", "--json")
+    res = invoke(cfg, "rebalance", "status", "--json")
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["mode"] == "advise" and out["window"] == "always" and out["in_window"] and out["score"] > 0
     assert out["last"][0]["op"] == "rebalance-1-5" and out["last"][0]["moved"] == 1
     assert list(out["cooldown"]) == ["acme-prod-web-1"]
-    text = _run(cfg, "rebalance", "status")
+    text = invoke(cfg, "rebalance", "status")
     assert text.exit_code == 0 and "mode advise" in text.output and "in cooldown: acme-prod-web-1" in text.output
