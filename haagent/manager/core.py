@@ -163,6 +163,7 @@ class _Step:
         self.reported: Mapping[str, tuple[str, ...]] = view.index.reported
         self.consumed: set[str] = set()
         self.rebalance = status.rebalance
+        self.wall = now  # the wall-clock time (``step``'s ``wall``): rebalance windows and cooldowns
 
     def placed_on(self, hosts: Iterable[str]) -> list[str]:
         """The VMs this step has placed on any of ``hosts``, sorted: the view's index, plus the VMs
@@ -390,6 +391,7 @@ def step(view: ClusterView, status: ManagerStatus, now: float, config: ManagerCo
     (the rebalance window and cooldowns, which the journals stamp in wall time; ``now`` if None).
     """
     st = _Step(view, status, now, config, placer)
+    st.wall = now if wall is None else wall
     for key, why in view.bad_records:
         host_key, vm_key = st.keys_of(key)
         st.alert("bad_record", host=host_key, vm=vm_key,
@@ -422,7 +424,7 @@ def step(view: ClusterView, status: ManagerStatus, now: float, config: ManagerCo
             st.actions.append(Event("fence_ack_discarded", host=host, detail={"reason": "its failover closed"}))
     _migrations(st, mover or placer)
     if rebalancer is not None:
-        _rebalance(st, rebalancer, now if wall is None else wall)
+        _rebalance(st, rebalancer, st.wall)
     _forget_finished_ops(st)
     return st.finish()
 
@@ -960,6 +962,10 @@ def _describe(a: ManagerAction) -> str:
         dropped = a.detail.get("dropped") or []
         return (f"event rebalance_finished op={a.op} moved={a.detail.get('moved', 0)}"
                 + (f" dropped={','.join(dropped)}" if dropped else ""))
+    if isinstance(a, Event) and a.kind == "rebalance_window_closed":
+        return (f"event rebalance_window_closed op={a.op} dropped={a.detail.get('dropped', 0)} "
+                f"({','.join(a.detail.get('vms') or [])}; {a.detail.get('reason', '')}; "
+                f"{a.detail.get('in_flight', 0)} in flight finish)")
     if isinstance(a, Event):
         hosts = a.detail.get("hosts") if a.kind.startswith("storm_hold") else None
         why = f"({a.detail['reason']})" if a.kind.endswith("_refused") and a.detail.get("reason") else ""

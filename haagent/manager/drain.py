@@ -463,7 +463,15 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
         if cancel is not None and not op.has("cancelling"):
             st.journal(op.id, op.host, "cancelling", reason=f"{cancel.kind} of {cancel.host} (op {cancel.id})")
         dropped = {s.detail.get("vm") for s in op.steps if s.step == "dropped"}
-        todo = [] if cancel is not None or op.has("cancelling") else [
+        # A scheduled round's window binds its moves: once it has closed no move starts (nor is
+        # retried); migrations in flight finish, since aborting one midway costs more than it saves.
+        closed = "" if cancel is not None or op.has("cancelling") else rebalance.window_closed(op, st.wall)
+        left = [u for u in detail.get("vms", []) if u not in moved and u not in in_flight and u not in dropped]
+        if closed and left:  # (with only migrations in flight left, there is nothing to drop yet)
+            st.journal(op.id, op.host, "cancelling", reason=closed, dropped=left)
+            st.actions.append(Event("rebalance_window_closed", op=op.id, detail={
+                "dropped": len(left), "vms": left, "in_flight": len(in_flight), "reason": closed}))
+        todo = [] if cancel is not None or closed or op.has("cancelling") else [
             u for u in detail.get("vms", []) if u not in moved and u not in busy and u not in dropped
             and st.placements.get(u) == rebalance.move_source(op, u)
             and _running_on(st, u) == [rebalance.move_source(op, u)]  # (stopped since the round: dropped)

@@ -4,7 +4,9 @@ Called by ``manager.core.step`` once per step, after the migration executor. The
 (docs/rebalance.md):
 
 * a round is due every ``[rebalance] interval`` on the leader's clock (a new leader waits one
-  interval), and runs only while the wall clock is inside ``window``; a round is skipped while
+  interval), and runs only while the wall clock is inside ``window`` (``in_window``); its intent
+  keeps the window, and the executor starts none of its moves once it has closed
+  (``window_closed``; moves in flight finish, the rest are dropped); a round is skipped while
   the new leader's grace lasts, the storm guard holds, a host is lost or being failed over, a
   host drains, or any operation of the migration executor is open (never two at once);
 * a round plans from the live inventory (smoothed load) with the ``Rebalancer`` port: only
@@ -31,7 +33,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
-from haagent.config import RebalanceSection
+from haagent.config import RebalanceSection, window_problem
 from haagent.model import HostState as S
 from haagent.state.view import ClusterView, Event, JournalStep, Op, OpStep
 
@@ -112,16 +114,41 @@ class RebalanceMemory:
     seq: int = 0
 
 
-def in_window(window: str, tz: str, wall: float) -> bool:
-    """Whether the wall-clock second ``wall`` falls in a minute the cron expression ``window`` matches."""
-    if window == "always":
-        return True
+def _local_minute(wall: float, tz: str) -> datetime:
     from zoneinfo import ZoneInfo
 
+    when = datetime.fromtimestamp(wall, timezone.utc).astimezone(ZoneInfo(tz))
+    return when.replace(second=0, microsecond=0, tzinfo=None)
+
+
+def in_window(window: str, tz: str, wall: float) -> bool:
+    """Whether the wall-clock second ``wall`` falls in a minute the cron expression ``window`` matches.
+
+    The one rule for "open": a cron expression matches minutes, so the window is open for the whole
+    of each matching minute (read in ``tz``) and closed from the first second of a minute it does
+    not match; "always" is never closed.
+    """
+    if window == "always":
+        return True
     from croniter import croniter
 
-    when = datetime.fromtimestamp(wall, timezone.utc).astimezone(ZoneInfo(tz))
-    return bool(croniter.match(window, when.replace(second=0, microsecond=0, tzinfo=None)))
+    return bool(croniter.match(window, _local_minute(wall, tz)))
+
+
+def window_closed(op: Op, wall: float) -> str:
+    """Why the rebalance ``op`` may start no more moves at ``wall`` ("" while it may): the window its
+    scheduled round ran in (kept in its intent) has closed. Rounds run on request carry no window."""
+    intent = op.last("intent")
+    detail = intent.detail if intent else {}
+    window, tz = str(detail.get("window") or "always"), str(detail.get("timezone") or "UTC")
+    if window == "always":
+        return ""
+    problem = window_problem(window, tz)
+    if problem:
+        return f"its round's window cannot be read ({problem})"
+    if in_window(window, tz, wall):
+        return ""
+    return f"the window {window!r} ({tz}) closed at {_local_minute(wall, tz):%H:%M}"
 
 
 # -- what the command line and the leader both ask -----------------------------------------------
@@ -305,6 +332,10 @@ def _round(st: "_Step", rebalancer: Rebalancer, wall: float, cfg: RebalanceSecti
               "moves": {m.vm: {"from": m.source, "to": m.dest} for m in plan.moves},
               "score_before": summary["score_before"], "score_after": summary["score_after"],
               "gib": summary["gib"], "request": requested.id if requested is not None else ""}
+    if requested is None and cfg.window != "always":
+        # The window binds the moves, not only the round's start (window_closed): kept with the
+        # op so that the executor, and a new leader, know it.
+        detail.update(window=cfg.window, timezone=cfg.timezone)
     st.actions.append(JournalStep(op_id, OP_HOST, OpStep("intent", st.now, detail), KIND))
     st.actions.append(Event("rebalance_started", op=op_id, detail=summary))
     if not plan.moves:
@@ -331,4 +362,5 @@ def move_source(op: Op, vm: str) -> str:
 
 
 __all__ = ["KIND", "RebalanceMemory", "Rebalancer", "RoundLimits", "RoundMove", "RoundPlan", "RoundRecord",
-           "executor_busy", "frozen_vms", "in_window", "move_source", "move_target", "plan_round", "run"]
+           "executor_busy", "frozen_vms", "in_window", "move_source", "move_target", "plan_round", "run",
+           "window_closed"]

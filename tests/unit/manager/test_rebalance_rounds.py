@@ -9,9 +9,9 @@ from dataclasses import replace
 from haagent.config import RebalanceSection
 from haagent.manager.core import ManagerConfig, ManagerStatus, new_status, step
 from haagent.manager.placer import policy_mover, policy_rebalancer
-from haagent.manager.rebalance import RoundLimits, RoundMove, RoundPlan, in_window
+from haagent.manager.rebalance import RoundLimits, RoundMove, RoundPlan, in_window, window_closed
 from haagent.model import HostState as S
-from haagent.state.view import (ClusterView, Event, HostView, JournalStep, Migration, Op, OpStep, Request,
+from haagent.state.view import (ClusterView, Event, HostView, JournalStep, Migration, MigrationReport, Op, OpStep, Request,
                                 StartMigration, VmSpec)
 
 HOSTS = ("a", "b", "c")
@@ -271,3 +271,84 @@ def test_a_vm_stopped_since_the_round_does_not_hold_the_op_open():
     _, acts = step(v, new_status(0.0), 10.0, CFG, lambda *a: ({}, {}), policy_mover())
     [done] = [a for a in acts if isinstance(a, JournalStep) and a.step.step == "done"]
     assert done.step.detail == {"moved": 0, "dropped": ["vm1"]}
+
+
+# -- the window binds a scheduled round's moves, not only its start -------------------------------
+
+
+def test_the_window_is_open_for_whole_matching_minutes_and_closed_from_the_first_second_after():
+    assert in_window("4 * * * *", "UTC", 240.0) and in_window("4 * * * *", "UTC", 299.9)
+    assert not in_window("4 * * * *", "UTC", 239.9) and not in_window("4 * * * *", "UTC", 300.0)
+    assert in_window("always", "UTC", 1e9)
+
+
+def _windowed_op(*steps, window="4 * * * *", vms=("vm1", "vm2", "vm3")):
+    detail = {"vms": list(vms), "moves": {u: {"from": "a", "to": "b" if i % 2 else "c"} for i, u in enumerate(vms)}}
+    if window:
+        detail.update(window=window, timezone="UTC")
+    return Op("rebalance-7-1", "rebalance", "cluster", 7, (OpStep("intent", 1.0, detail), *steps), rev=5)
+
+
+def test_window_closed_reads_the_window_the_round_ran_in_from_its_intent():
+    assert window_closed(_windowed_op(), 299.0) == ""
+    assert window_closed(_windowed_op(), 300.0) == "the window '4 * * * *' (UTC) closed at 00:05"
+    assert window_closed(_windowed_op(window=None), 1e6) == ""  # a round run on request: no window
+    assert "cannot be read" in window_closed(_windowed_op(window="61 * * * *"), 240.0)
+
+
+def _exec(op, wall, migrations=None, placements=None, reports=None):
+    v = view(ops={op.id: op}, migrations=migrations, placements=placements)
+    if reports:  # the source's outcome reports: its last job of the VM has ended
+        v = replace(v, hosts={**v.hosts, "a": replace(v.hosts["a"], migration_outcomes=reports)})
+    return step(v, new_status(0.0), 10.0, CFG, lambda *a: ({}, {}), policy_mover(), wall=wall)[1]
+
+
+def test_the_scheduled_round_keeps_its_window_in_the_intent_and_a_run_does_not():
+    cfg = replace(CFG, rebalance=replace(RB, window="* * * * *"))
+    _, out = rounds(view(), Planner(plan(("vm1", "a", "b"))), [60.0, 120.0], cfg=cfg)
+    [intent] = intents(out[1])
+    assert (intent.step.detail["window"], intent.step.detail["timezone"]) == ("* * * * *", "UTC")
+    _, out = rounds(view(requests=[Request("r1", "rebalance")]), Planner(plan(("vm1", "a", "b"))), [10.0], cfg=cfg)
+    [intent] = intents(out[0])
+    assert "window" not in intent.step.detail
+
+
+def test_once_the_window_closes_no_move_starts_the_one_in_flight_finishes_and_the_rest_are_dropped():
+    started = OpStep("migrate_start", 280.0, {"vm": "vm1", "to": "c", "attempt": 1}, 6)
+    op = _windowed_op(started)
+    flying = {"vm1": Migration("vm1", "a", "c", 7, 30.0, op.id, 1)}
+    # Inside the window the executor starts the next move beside the one in flight.
+    acts = _exec(op, 299.0, flying)
+    assert [(a.vm, a.dest) for a in acts if isinstance(a, StartMigration)] == [("vm2", "b")]
+    # From the first second after it: nothing starts, vm1 is left to finish, vm2 and vm3 are dropped.
+    acts = _exec(op, 300.0, flying)
+    assert not [a for a in acts if isinstance(a, StartMigration)]
+    [cancel] = [a for a in acts if isinstance(a, JournalStep) and a.op == op.id]
+    assert cancel.step.step == "cancelling" and cancel.step.detail["dropped"] == ["vm2", "vm3"]
+    [closed] = events(acts, "rebalance_window_closed")
+    assert closed.detail["dropped"] == 2 and closed.detail["in_flight"] == 1 and "closed at 00:05" in closed.detail["reason"]
+    assert not [a for a in acts if isinstance(a, JournalStep) and a.step.step == "done"]  # vm1 still migrates
+    # vm1 lands: the op ends with the two dropped.
+    cancelled = replace(op, steps=op.steps + (OpStep("cancelling", 300.0, dict(cancel.step.detail), 7),
+                                              OpStep("migrated", 305.0, {"vm": "vm1", "to": "c"}, 8)))
+    acts = _exec(cancelled, 306.0, placements={"vm1": "c", "vm2": "a", "vm3": "a", "vm4": "a"})
+    [done] = [a for a in acts if isinstance(a, JournalStep) and a.step.step == "done"]
+    assert done.step.detail == {"moved": 1, "dropped": ["vm2", "vm3"]}
+    assert not events(acts, "rebalance_window_closed")  # said once
+
+
+def test_a_failed_move_is_not_retried_once_the_window_has_closed():
+    failed = (OpStep("migrate_start", 280.0, {"vm": "vm1", "to": "c", "attempt": 1}, 6),
+              OpStep("migrate_failed", 290.0, {"vm": "vm1", "to": "c", "attempt": 1, "outcome": "failed",
+                                                "error": "boom"}, 7))
+    op = _windowed_op(*failed, vms=("vm1",))
+    ended = {"vm1": MigrationReport("vm1", "a", "c", op.id, 1, "failed", "source", "boom")}
+    assert [a.vm for a in _exec(op, 295.0, reports=ended) if isinstance(a, StartMigration)] == ["vm1"]  # retried inside
+    acts = _exec(op, 301.0, reports=ended)
+    assert not [a for a in acts if isinstance(a, StartMigration)]
+    assert events(acts, "rebalance_window_closed")[0].detail["vms"] == ["vm1"]
+
+
+def test_a_round_run_on_request_is_not_bound_by_any_window():
+    op = _windowed_op(window=None)
+    assert len([a for a in _exec(op, 1e6) if isinstance(a, StartMigration)]) == 2  # max_outgoing of a
