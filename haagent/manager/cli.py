@@ -82,12 +82,19 @@ def _event_line(d: dict) -> str:
     return " ".join(str(p) for p in parts)
 
 
+def _op_heading(op) -> str:
+    """An operation's heading in ``haagent events``: its own kind (failover, drain, migrate, return,
+    rebalance, ...) and what it is about."""
+    about = "the cluster" if op.kind == "rebalance" else f"host {op.host}"
+    return f"{op.kind or 'operation'} {op.id} ({about}):"
+
+
 @click.command("events")
 @config_option
 @click.option("--follow", "-f", is_flag=True, help="keep printing new events")
 @click.option("--json", "as_json", is_flag=True)
 def events(config: Config, follow: bool, as_json: bool) -> None:
-    """Recent cluster events and failover timelines (kept for an hour)."""
+    """Recent cluster events, and the timeline of each journaled operation (failover, drain, rebalance, ...)."""
     from haagent.state.codec import build_view, timeline
 
     store, keys = open_store(config)
@@ -107,9 +114,10 @@ def events(config: Config, follow: bool, as_json: bool) -> None:
         view = build_view({kv.key: kv for kv in opkvs}, keys, 0)
         for op in sorted(view.ops.values(), key=lambda o: o.id):
             if as_json:
-                click.echo(json.dumps({"op": op.id, "host": op.host, "timeline": timeline(op)}, default=str))
+                click.echo(json.dumps({"op": op.id, "kind": op.kind, "host": op.host, "timeline": timeline(op)},
+                                      default=str))
             else:
-                click.echo(f"\nfailover {op.id} (host {op.host}):")
+                click.echo(f"\n{_op_heading(op)}")
                 for row in timeline(op):
                     extra = " ".join(f"{k}={v}" for k, v in row.items() if k not in ("phase", "at", "t"))
                     click.echo(f"  +{row['t']:7.3f}s  {row['phase']:<8} {extra}")

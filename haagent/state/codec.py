@@ -758,9 +758,10 @@ def fence_result_step(op: str, host: str, result: str, reason: str, duration: fl
 
 
 def timeline(op: Op) -> list[dict[str, Any]]:
-    """An operation's steps as timeline rows (detect, confirm, fence, place, start per VM)."""
-    names = {"intent": "confirm", "fence_start": "fence_start", "fence": "fence", "fenced": "fenced",
-             "place": "place", "start": "start", "done": "done"}
+    """An operation's steps as timeline rows (a failover's: confirm, fence, place, start per VM;
+    the other kinds' under their own step names)."""
+    # A failover's intent is the leader confirming the host lost; a drain's or a rebalance's is not.
+    names = {"intent": "confirm"} if op.kind == "failover" else {}
     t0 = op.steps[0].at if op.steps else 0.0
     rows = []
     for s in op.steps:

@@ -168,7 +168,8 @@ class OpStep:
 
 @dataclass(frozen=True)
 class Op:
-    """A journaled failover: intent first, then each step; a new leader resumes from it."""
+    """A journaled operation (failover, drain, migrate, return, rebalance): intent first, then each
+    step; a new leader resumes from it."""
 
     id: str
     kind: str
