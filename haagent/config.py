@@ -592,8 +592,9 @@ def _rebalance_section(rb: Fields, data: Mapping[str, Any]) -> RebalanceSection:
         cpu_weight=rb.number("cpu_weight", None, non_negative=True),
         memory_weight=rb.number("memory_weight", None, non_negative=True),
     )
-    if section.window is not None and section.timezone is not None:
-        problem = window_problem(section.window, section.timezone)
+    # The window and the time zone each on its own line: one bad field must not hide the other.
+    for problem in (window_problem(section.window) if section.window is not None else None,
+                    window_problem("always", section.timezone) if section.timezone is not None else None):
         if problem is not None:
             key, _, message = problem.partition(": ")
             rb.problem(key, message)

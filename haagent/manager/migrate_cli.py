@@ -212,6 +212,29 @@ def _job(view, m):
     return r if r is not None and r.outcome == "running" and (r.op, r.attempt) == (m.op, m.attempt) else None
 
 
+def _refusal(config: Config, req: str) -> str:
+    """The leader's reason for refusing request ``req`` (its ``<kind>_refused`` event), "" if none."""
+    from haagent.errors import StoreError
+    from haagent.state.requests import open_store
+
+    store, keys = open_store(config)
+    try:
+        kvs, _ = store.get_prefix(keys.events)
+    except StoreError:
+        return ""  # (the generic line then points at haagent events)
+    finally:
+        store.close()
+    for kv in reversed(kvs):
+        try:
+            e = json.loads(kv.value)
+        except ValueError:
+            continue
+        detail = e.get("detail") if isinstance(e, dict) else None
+        if str(e.get("kind", "")).endswith("_refused") and isinstance(detail, dict) and detail.get("request") == req:
+            return str(detail.get("reason") or "no reason given")
+    return ""
+
+
 def _op_of(view, req: str):
     for op in view.ops.values():
         intent = op.last("intent")
@@ -295,11 +318,15 @@ def _wait(config: Config, req: str, as_json: bool, how: str, poll: float = 1.0,
             op = view.ops.get(op_id) if op_id else _op_of(view, req)
             if op is None:
                 if op_id or not any(r.id == req for r in view.requests):
+                    # The request is gone without an operation: the leader refused it (something
+                    # started in between, e.g. a drain before a rebalance run), or it was cancelled.
+                    reason = "" if op_id else _refusal(config, req)
                     refused = (f"no operation {op_id} (finished ones are kept: [manager] keep_finished_ops)" if op_id
+                               else f"refused by the leader: {reason}" if reason
                                else "the leader refused it or it was cancelled: see haagent events")
                     if progress is not None:
                         progress.stop()
-                    fail(refused, 1)
+                    fail(refused, 2 if reason else 1)
                 sleep(poll)
                 continue
             p = op_progress(view, op)

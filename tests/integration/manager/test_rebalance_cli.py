@@ -69,6 +69,30 @@ def test_run_is_refused_while_a_drain_is_in_flight_and_else_asks_the_leader(clus
     assert req["kind"] == "rebalance" and req["options"] == {"max_moves": 2}
 
 
+def test_wait_says_why_when_the_leader_refused_the_run(cluster, capsys):
+    """The command's own check passed, then a drain started before the leader read the request:
+    the leader refuses it (one executor at a time) and --wait prints its reason, exit 2."""
+    from haagent.config import load_config
+    from haagent.manager import migrate_cli
+
+    store, cfg = cluster
+    store.put(K.request("rebalance--r7"), json.dumps({"kind": "rebalance", "host": ""}))
+    seen = []
+
+    def leader(_poll):  # the leader's step between two readings: consumed, refused with the reason
+        seen.append(1)
+        store.delete(K.request("rebalance--r7"))
+        store.put(K.event("0000000000.000001-000"), json.dumps({
+            "kind": "rebalance_refused", "host": "", "vm": "", "op": "", "at": 1.0, "epoch": 1,
+            "detail": {"request": "rebalance--r7", "reason": "a drain of host h2 is in flight (op drain-h2-1-5)"}}))
+
+    with pytest.raises(SystemExit) as exc:
+        migrate_cli._wait(load_config(cfg), "rebalance--r7", False, "haagent rebalance status", poll=0, sleep=leader)
+    assert exc.value.code == 2 and seen == [1]
+    err = capsys.readouterr().err.strip()
+    assert err == "haagent: refused by the leader: a drain of host h2 is in flight (op drain-h2-1-5)"
+
+
 def test_bad_max_moves_is_one_line_exit_2(cluster):
     _store, cfg = cluster
     res = invoke(cfg, "rebalance", "run", "--max-moves", "0")

@@ -51,6 +51,11 @@ def test_bad_values_name_their_field(field, value, line):
     assert len(got) == 1 and got[0].startswith(line), got
 
 
+def test_a_bad_window_and_a_bad_time_zone_are_each_named():
+    got = problems(window="* 1-5 * * * *", timezone="Mars/Olympus")
+    assert [p.split(":")[0] for p in got] == ["rebalance.window", "rebalance.timezone"], got
+
+
 def test_weights_are_the_scores_one_set():
     cfg = parse_config({**GOOD, "rebalance": {"cpu_weight": 2.0, "memory_weight": 0.5}})
     assert (cfg.policy.imbalance_cpu_weight, cfg.policy.imbalance_memory_weight) == (2.0, 0.5)
@@ -63,9 +68,13 @@ def test_weights_are_the_scores_one_set():
 def test_check_config_exits_2_with_the_line(tmp_path):
     cfg = tmp_path / "haagent.toml"
     cfg.write_text('cluster = "c"\nhost = "h1"\n[etcd]\nendpoints = ["http://127.0.0.1:2379"]\n'
-                   '[rebalance]\nwindow = "every night"\nmax_moves_per_round = -2\n')
+                   '[rebalance]\nwindow = "every night"\nmax_moves_per_round = -2\nmax_gib_per_round = -1\n'
+                   'cpu_weight = -1\n[policy.rebalance]\nmemory_weight = -0.5\n')
     res = subprocess.run([sys.executable, "-m", "haagent.cli", "check-config", "--config", str(cfg)],
                          capture_output=True, text=True)
     assert res.returncode == 2
     assert "rebalance.window: must be a cron expression" in res.stderr + res.stdout
     assert "rebalance.max_moves_per_round: must be at least 1 (got -2)" in res.stderr + res.stdout
+    assert "rebalance.max_gib_per_round: must be greater than 0 (got -1)" in res.stderr + res.stdout
+    assert "rebalance.cpu_weight: must not be negative (got -1)" in res.stderr + res.stdout
+    assert "policy.rebalance.memory_weight: must be at least 0 (got -0.5)" in res.stderr + res.stdout
