@@ -1,5 +1,5 @@
-"""Helpers for the lab tests: polling with a deadline, returning a host to service, and an
-independent leftover check."""
+"""Helpers for the lab tests: polling with a deadline, the cluster as stored, returning a host to
+service, and an independent leftover check."""
 
 from __future__ import annotations
 
@@ -27,6 +27,28 @@ def eventually(fn: Callable[[], object], timeout: float, interval: float = 0.1, 
         if time.monotonic() > deadline:
             pytest.fail(f"{what or fn}: not true within {timeout:g}s (last: {last!r})")
         time.sleep(interval)
+
+
+def view(lab, attempts: int = 10):
+    """The cluster as stored (a ``ClusterView``). A member a test cut off hangs a read until its
+    timeout, and a fresh store may try it first: such a read is tried again (the agents' stores do
+    the same)."""
+    from haagent.errors import StoreError
+    from haagent.state.codec import build_view
+    from haagent.store.keys import Keys
+
+    keys = Keys(lab.prefix)
+    for attempt in range(attempts):
+        store = lab.etcd_store(timeout=1)
+        try:
+            kvs, _ = store.get_prefix(keys.root)
+            return build_view({kv.key: kv for kv in kvs}, keys, 0)
+        except StoreError:
+            if attempt == attempts - 1:
+                raise
+        finally:
+            store.close()
+    raise AssertionError("unreachable")
 
 
 def return_host(lab, host: str, timeout: float = 60) -> None:

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from haagent.cli import main
 from haagent.lab.lab import Lab
-from haagent.state.codec import build_view
 from haagent.state.view import ClusterView
 from haagent.store.keys import Keys
+from lab_helpers import view
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -21,25 +21,6 @@ VMS = 12
 # After a fault mid drain, one host of the three takes all 12 VMs: 12 vCPUs on a lab host's 2 CPUs
 # (every host reports the machine's), more than the default cpu_overcommit of 4 lets it hold.
 ONE_HOST_HOLDS_ALL = {"policy": {"cpu_overcommit": 6}}
-
-
-def view(lab: Lab, attempts: int = 10) -> ClusterView:
-    """The cluster as stored. A member this test cut off hangs a read until its timeout, and a
-    fresh store may try it first: such a read is tried again (the agents' stores do the same)."""
-    from haagent.errors import StoreError
-
-    keys = Keys(lab.prefix)
-    for attempt in range(attempts):
-        store = lab.etcd_store(timeout=1)
-        try:
-            kvs, _ = store.get_prefix(keys.root)
-            return build_view({kv.key: kv for kv in kvs}, keys, 0)
-        except StoreError:
-            if attempt == attempts - 1:
-                raise
-        finally:
-            store.close()
-    raise AssertionError("unreachable")
 
 
 def running_everywhere(lab: Lab) -> dict[str, list[str]]:

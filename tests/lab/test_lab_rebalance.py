@@ -12,23 +12,13 @@ import time
 import pytest
 
 from haagent.lab.lab import Lab
-from haagent.state.codec import build_view
 from haagent.state.view import ClusterView
 from haagent.store.keys import Keys
+from lab_helpers import view
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(600)]
 
 INTERVAL = 45  # the least the lab's agents allow: 3 x their load_smoothing (15 s)
-
-
-def view(lab: Lab) -> ClusterView:
-    keys = Keys(lab.prefix)
-    store = lab.etcd_store(timeout=1)
-    try:
-        kvs, _ = store.get_prefix(keys.root)
-    finally:
-        store.close()
-    return build_view({kv.key: kv for kv in kvs}, keys, 0)
 
 
 def cpu_spread(v: ClusterView) -> float:

@@ -16,21 +16,9 @@ import pytest
 from haagent.hypervisor.libvirt_impl import LibvirtHypervisor
 from haagent.lab import layout as L
 from haagent.lab.lab import Lab
-from haagent.state.codec import build_view
-from haagent.state.view import ClusterView
-from haagent.store.keys import Keys
+from lab_helpers import view
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-def view(lab: Lab) -> ClusterView:
-    keys = Keys(lab.prefix)
-    store = lab.etcd_store(timeout=1)
-    try:
-        kvs, _ = store.get_prefix(keys.root)
-    finally:
-        store.close()
-    return build_view({kv.key: kv for kv in kvs}, keys, 0)
 
 
 def wait(what: str, cond: Callable[[], object], timeout: float) -> object:
