@@ -245,7 +245,8 @@ def _op_of(view, req: str):
 
 def op_progress(view, op) -> dict[str, Any]:
     """Per VM of an operation: queued, migrating (to, attempt, libvirt's job info: memory moved and
-    left, dirty rate), shutting down or starting (a cold move), moved, failed; and the totals."""
+    left, dirty rate), shutting down or starting (a cold move), moved, failed, dropped (a rebalance
+    move not made); and the totals."""
     intent = op.last("intent")
     vms = list(intent.detail.get("vms", [])) if intent else []
     state = {u: "queued" for u in vms}
@@ -261,6 +262,12 @@ def op_progress(view, op) -> dict[str, Any]:
             state[vm] = f"on {s.detail.get('to')}" + (" (cold move)" if s.detail.get("mode") == "cold" else "")
         elif s.step == "migrate_failed":
             state[vm] = f"failed to {s.detail.get('to')}: {s.detail.get('outcome')}"
+        elif s.step == "dropped":  # a rebalance move the cluster moved past
+            state[vm] = f"dropped: {s.detail.get('reason') or 'no longer fits'}"
+        elif s.step == "cancelling":  # a rebalance whose window closed names the moves it dropped
+            for u in s.detail.get("dropped") or ():
+                if u in state:
+                    state[u] = f"dropped: {s.detail.get('reason')}"
     fraction = {u: 1.0 for u, st in state.items() if st.startswith("on ")}
     jobs: dict[str, dict[str, Any]] = {}
     for u, m in view.migrations.items():

@@ -352,3 +352,15 @@ def test_a_failed_move_is_not_retried_once_the_window_has_closed():
 def test_a_round_run_on_request_is_not_bound_by_any_window():
     op = _windowed_op(window=None)
     assert len([a for a in _exec(op, 1e6) if isinstance(a, StartMigration)]) == 2  # max_outgoing of a
+
+
+def test_progress_shows_the_moves_the_window_dropped_not_as_queued():
+    from haagent.manager.migrate_cli import op_progress
+
+    op = _windowed_op(OpStep("migrate_start", 280.0, {"vm": "vm1", "to": "c", "attempt": 1}, 6),
+                      OpStep("cancelling", 300.0, {"reason": "the window '4 * * * *' (UTC) closed at 00:05",
+                                                   "dropped": ["vm2", "vm3"]}, 7))
+    p = op_progress(view(ops={op.id: op}), op)
+    assert p["vms"] == {"acme-prod-web-1": "migrating to c (attempt 1)",
+                        "acme-prod-web-2": "dropped: the window '4 * * * *' (UTC) closed at 00:05",
+                        "acme-prod-web-3": "dropped: the window '4 * * * *' (UTC) closed at 00:05"}
