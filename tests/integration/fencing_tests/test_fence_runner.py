@@ -303,3 +303,23 @@ def test_manual_in_the_cluster_says_what_to_do_at_once():
     d = result.levels[0].devices[0]
     assert d.outcome is Outcome.FAILED and d.attempts == 1  # no polling, no retry
     assert "manual fencing: waiting for `haagent fence ack kvm01 --yes`" in d.reason
+
+
+def test_ipmi_waits_never_run_to_their_timeout(bmc_proc, bmc_password_file):
+    """pyghmi loses a wake-up when a reply is read before the caller queues its wait (the caller
+    then sits out its 0.5-1 s retransmit timer); the plugin slices every wait (ipmi.WAIT_SLICE)."""
+    import time
+
+    from fencing.plugins import ipmi
+    from fencing.plugins.ipmi import IpmiPlugin
+    from pyghmi.ipmi.private import session as ipmisession
+
+    bmc = bmc_proc()
+    plugin = IpmiPlugin("bmc", "kvm01", ipmi_dev(bmc.port, bmc_password_file))
+    assert plugin.status(5).value == "on"  # a session: pyghmi's I/O thread now runs
+    ipmi._session_class(3)  # making the class again must not wrap the wrapper
+    assert ipmisession._io_wait.haagent_bounded
+    assert not getattr(ipmisession._io_wait.__closure__[0].cell_contents, "haagent_bounded", False)
+    started = time.monotonic()
+    ipmisession._io_wait(3.0)  # nothing will wake it: unsliced, it lasts its 3 s
+    assert time.monotonic() - started < 1.5
