@@ -155,13 +155,27 @@ class EtcdConfig:
 
 @dataclass(frozen=True)
 class TimingConfig:
-    """Failure-detection timings, in seconds. See docs/timings.md for how the defaults were chosen."""
+    """Failure-detection timings, in seconds: the ``default`` preset unless ``[timing] preset``
+    names another. docs/timings.md gives the measurements behind each preset."""
 
-    heartbeat_interval: float = 1.0
-    lease_ttl: int = 3
-    fence_delay: float = 1.0
-    new_leader_grace: float = 3.0
+    heartbeat_interval: float = 0.5
+    lease_ttl: int = 2
+    fence_delay: float = 0.0
+    new_leader_grace: float = 0.0
     report_interval: float = 5.0
+    preset: str = "default"
+
+
+# ``[timing] preset``: a named set of failure-detection timings; a key given beside it wins.
+# fast needs etcd's election timeout at 500 ms or less (etcd rounds a shorter lease up to 1.5 x
+# its election timeout); conservative trades detection time for tolerance of stalled hosts and
+# etcd. docs/timings.md has the figures behind each (failover drills and the stress bench).
+TIMING_PRESETS: dict[str, dict[str, float]] = {
+    "fast": {"heartbeat_interval": 0.25, "lease_ttl": 1, "fence_delay": 0.0, "new_leader_grace": 0.0},
+    "default": {"heartbeat_interval": TimingConfig.heartbeat_interval, "lease_ttl": TimingConfig.lease_ttl,
+                "fence_delay": TimingConfig.fence_delay, "new_leader_grace": TimingConfig.new_leader_grace},
+    "conservative": {"heartbeat_interval": 1.0, "lease_ttl": 5, "fence_delay": 2.0, "new_leader_grace": 5.0},
+}
 
 
 @dataclass(frozen=True)
@@ -413,19 +427,21 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
     e.finish()
 
     t = top.sub("timing")
-    heartbeat = t.number("heartbeat_interval", TimingConfig.heartbeat_interval, positive=True, maximum=60)
-    ttl = t.number("lease_ttl", TimingConfig.lease_ttl, positive=True, maximum=600)
+    preset = t.string("preset", TimingConfig.preset, choices=tuple(TIMING_PRESETS))
+    base = TIMING_PRESETS.get(preset or TimingConfig.preset, TIMING_PRESETS[TimingConfig.preset])
+    heartbeat = t.number("heartbeat_interval", base["heartbeat_interval"], positive=True, maximum=60)
+    ttl = t.number("lease_ttl", base["lease_ttl"], positive=True, maximum=600)
     if ttl is not None and ttl != int(ttl):
         t.problem("lease_ttl", f"must be a whole number of seconds: etcd leases are whole seconds (got {ttl!r})")
         ttl = None
     elif ttl is not None and heartbeat is not None and ttl <= 2 * heartbeat:
         t.problem("lease_ttl", f"must be greater than 2 x heartbeat_interval (got {t.table.get('lease_ttl', ttl)!r})")
         ttl = None
-    fence_delay = t.number("fence_delay", TimingConfig.fence_delay, minimum=0, maximum=3600)
-    grace = t.number("new_leader_grace", float(ttl) if ttl else TimingConfig.new_leader_grace, minimum=0, maximum=3600)
-    if grace is not None and ttl is not None and grace < ttl:
-        t.problem("new_leader_grace", f"must be at least lease_ttl ({ttl:g}) so agents can reconnect first (got {t.table.get('new_leader_grace', grace)!r})")
+    fence_delay = t.number("fence_delay", base["fence_delay"], minimum=0, maximum=3600)
+    grace = t.number("new_leader_grace", base["new_leader_grace"], minimum=0, maximum=3600)
     report_interval = t.number("report_interval", TimingConfig.report_interval, positive=True, maximum=3600)
+    if ttl is not None and etcd_timeout is not None and "timeout" not in e.table:
+        etcd_timeout = min(etcd_timeout, int(ttl / 3 * 1000) / 1000)  # the default follows a short TTL
     if ttl is not None and etcd_timeout is not None and etcd_timeout > ttl / 3:
         # The keepalive runs every TTL/3: a refresh must be able to time out and be retried (on
         # another endpoint) before the lease expires, or one slow member costs the host its lease.
@@ -567,7 +583,7 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
     return Config(
         cluster=cluster, host=host,
         etcd=EtcdConfig(tuple(endpoints), etcd_timeout, ca_cert, cert, key, tuple(users)),
-        timing=TimingConfig(heartbeat, int(ttl), fence_delay, grace, report_interval),
+        timing=TimingConfig(heartbeat, int(ttl), fence_delay, grace, report_interval, preset),
         libvirt_uri=libvirt_uri, libvirt_enabled=libvirt_enabled, agent=agent, manager=manager,
         migration=migration, rebalance=rebalance, metrics_listen=metrics_listen or None, log=log_cfg,
         fencing=sections.get("fencing"), policy=_with_weights(sections.get("policy"), rebalance),

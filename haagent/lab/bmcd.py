@@ -1,7 +1,7 @@
 """The lab's BMC supervisor: one process per lab, in the management network's namespace.
 
 It serves one fake IPMI BMC (fencing.fakes.bmc.FakeBmc) per host, each on its own management
-address, port 623. A BMC's power is the host's real power: "off" is ``Lab.crash``, "on" starts
+address and port (UDP 6230+N, see layout.BMC_PORT_BASE). A BMC's power is the host's real power: "off" is ``Lab.crash``, "on" starts
 ``Lab.revive`` and returns at once (a real BMC does not wait for the OS to boot), and "status"
 reads whether the host's init is alive. One process for all BMCs keeps the lab small; it runs
 in the root PID and mount namespaces, so it can crash and revive hosts like the CLI does.
@@ -67,7 +67,7 @@ def serve(prefix: str) -> None:
     password = lab.bmc_password_file.read_text().strip()
     bmcs: list[Any] = []
     for h in lab.hosts():
-        bmc = FakeBmc({L.BMC_USER: password}, address=L.bmc_address(h), port=L.BMC_PORT,
+        bmc = FakeBmc({L.BMC_USER: password}, address=L.bmc_address(h), port=L.bmc_port(h),
                       backend=LabPower(lab, h), fault_file=str(lab.layout.bmc_fault_file(h)))
         bmcs.append(bmc.start())
     stop = threading.Event()
@@ -76,7 +76,7 @@ def serve(prefix: str) -> None:
     me = proc.ref(os.getpid())
     assert me is not None
     _write(lab.layout.bmcd_pidfile, json.dumps({"proc": me.to_json(), "ready": True}))
-    log.info("bmcs serving", lab=prefix, hosts=lab.hosts(), port=L.BMC_PORT)
+    log.info("bmcs serving", lab=prefix, hosts=lab.hosts(), ports=[L.bmc_port(h) for h in lab.hosts()])
     while not stop.wait(1.0):
         pass
     for bmc in bmcs:

@@ -232,9 +232,8 @@ class Lab:
         """The host's BMC as seen from inside the lab (any host reaches it on the mgmt network)."""
         return L.bmc_address(self._host(host))
 
-    @property
-    def bmc_port(self) -> int:
-        return L.BMC_PORT
+    def bmc_port(self, host: str) -> int:
+        return L.bmc_port(self._host(host))
 
     @property
     def bmc_user(self) -> str:
@@ -657,7 +656,7 @@ class Lab:
                 "agent": {"running": bool(agent_pids), "pids": agent_pids,
                           "alive_in_etcd": alive_keys.get(h), "available": _agent_available(),
                           "config": str(self.layout.agent_config(h))},
-                "bmc": {"address": f"{L.bmc_address(h)}:{L.BMC_PORT}", "serving": bmcd_alive,
+                "bmc": {"address": f"{L.bmc_address(h)}:{L.bmc_port(h)}", "serving": bmcd_alive,
                         "power": "on" if powered else "off", "mode": faults.get("mode", "ok"),
                         "off_delay": faults.get("off_delay", 0.0)},
                 "numa": st.get("numa", {}).get(h, []),
@@ -928,6 +927,9 @@ class Lab:
             "--advertise-client-urls", f"{http}://{ip}:{L.ETCD_CLIENT_PORT}",
             "--initial-cluster", cluster, "--initial-cluster-state", "new",
             "--initial-cluster-token", f"haagent-lab-{self.prefix}",
+            # Raft timings for a LAN (docs/timings.md): when the etcd leader's host dies, the new
+            # etcd leader extends every lease by its election timeout, which a failover then waits.
+            "--heartbeat-interval", str(L.ETCD_HEARTBEAT_MS), "--election-timeout", str(L.ETCD_ELECTION_MS),
             "--pre-vote", "--logger", "zap", "--log-level", "warn", *tls,
         ], cwd=str(self.layout.etcd_dir(h)))
 

@@ -28,6 +28,9 @@ MGMT_NET = "10.98.0"  # host hN's management NIC is .10+N, its BMC .100+N
 NETMASK = 24
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
+# etcd's raft heartbeat and election timeout (its defaults: 100 and 1000 ms); see docs/timings.md
+ETCD_HEARTBEAT_MS = 50
+ETCD_ELECTION_MS = 500
 LIBVIRT_TCP_PORT = 16509
 LIBVIRT_TLS_PORT = 16514
 # Inside a host: its own /etc/libvirt (LIBVIRT_BINDS), so each host has its own certificates.
@@ -43,7 +46,11 @@ ALERTMANAGER_PORT = 9093
 SCRAPE_INTERVAL = 1
 EVALUATION_INTERVAL = 1
 FENCE_CHECK_INTERVAL = 5
-BMC_PORT = 623
+# Host hN's BMC listens on UDP 6230+N, not 623: the lab's BMCs share one process, and pyghmi's
+# server files its sessions under the client's address and the BMC's port, so a leader logging in
+# to two BMCs of the same port at once had one login answered by the other BMC's session (a
+# "wrong password" from a healthy BMC, and a fence retried).
+BMC_PORT_BASE = 6230
 BMC_USER = "admin"
 VM_MEMORY_MIB = 64
 # A Linux guest's kernel keeps ~60 MiB to itself: 192 MiB leave ~100 MiB for `lab load --mem`.
@@ -434,6 +441,10 @@ def bmc_address(host: str) -> str:
     return f"{MGMT_NET}.{100 + host_index(host)}"
 
 
+def bmc_port(host: str) -> int:
+    return BMC_PORT_BASE + host_index(host)
+
+
 def vm_names(m: int) -> list[str]:
     return [f"vm{i}" for i in range(1, m + 1)]
 
@@ -602,7 +613,7 @@ def etcd_users(hosts: list[str]) -> dict[str, str]:
 def etcd_toml(etcd_endpoints: list[str], tls: tuple[str, str, str] | None) -> str:
     """An [etcd] table; ``tls`` is (ca_cert, cert, key)."""
     endpoints = ", ".join(f'"{e}"' for e in etcd_endpoints)
-    lines = ["[etcd]", f"endpoints = [{endpoints}]", "timeout = 1.0"]
+    lines = ["[etcd]", f"endpoints = [{endpoints}]"]
     if tls is not None:
         lines += [f'ca_cert = "{tls[0]}"', f'cert = "{tls[1]}"', f'key = "{tls[2]}"']
     return "\n".join(lines) + "\n"
@@ -684,7 +695,7 @@ def fencing_toml(hosts: list[str], password_file: str, check_interval: float | N
     out += [""]
     for h in hosts:
         out += [f"[fencing.devices.ipmi-{h}]", 'plugin = "ipmi"', f'address = "{bmc_address(h)}"',
-                f"port = {BMC_PORT}", f'username = "{BMC_USER}"', f'password_file = "{password_file}"', ""]
+                f"port = {bmc_port(h)}", f'username = "{BMC_USER}"', f'password_file = "{password_file}"', ""]
     for h in hosts:
         out += [f"[fencing.hosts.{h}]", f'levels = [["ipmi-{h}"]]', ""]
     return "\n".join(out)

@@ -19,7 +19,7 @@ def ipmi(lab: Lab, from_host: str, target: str, *command: str) -> str:
     """Run Debian's ipmitool inside a lab host against another host's BMC (password via env)."""
     env = dict(os.environ, IPMI_PASSWORD=lab.bmc_password_file.read_text().strip())
     res = lab.exec(from_host, ["ipmitool", "-I", "lanplus", "-C", "3", "-H", lab.bmc_address(target),
-                               "-p", str(lab.bmc_port), "-U", lab.bmc_user, "-E", "-N", "1", "-R", "3",
+                               "-p", str(lab.bmc_port(target)), "-U", lab.bmc_user, "-E", "-N", "1", "-R", "3",
                                *command], env=env, timeout=30)
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from haagent.config import load_config, parse_config
+from haagent.config import TIMING_PRESETS, TimingConfig, load_config, parse_config
 from haagent.errors import ConfigError
 
 GOOD = {
@@ -56,7 +56,8 @@ BAD = [
     (with_(timing={"lease_ttl": 2.5}), "timing.lease_ttl: must be a whole number of seconds: etcd leases are whole seconds (got 2.5)"),
     (with_(timing={"heartbeat_interval": "1s"}), "timing.heartbeat_interval: must be a number (got '1s')"),
     (with_(timing={"fence_delay": -1}), "timing.fence_delay: must be at least 0 (got -1)"),
-    (with_(timing={"lease_ttl": 6, "new_leader_grace": 2}), "timing.new_leader_grace: must be at least lease_ttl (6) so agents can reconnect first (got 2)"),
+    (with_(timing={"preset": "quick"}), "timing.preset: must be one of fast, default, conservative (got 'quick')"),
+    (with_(timing={"new_leader_grace": -1}), "timing.new_leader_grace: must be at least 0 (got -1)"),
     (with_(timing={"lease_tll": 3}), "timing.lease_tll: unknown key"),
     (with_(libvirt={"uri": "qemu"}), "libvirt.uri: must be a libvirt URI like qemu:///system (got 'qemu')"),
     (with_(metrics={"listen": "9464"}), "metrics.listen: must be HOST:PORT, like 127.0.0.1:9464 (got '9464')"),
@@ -64,7 +65,7 @@ BAD = [
     (with_(log={"format": "xml"}), "log.format: must be one of auto, json, console (got 'xml')"),
     (with_(etcd=5), "etcd: must be a table (got int)"),
     (with_(clutser="x"), "clutser: unknown key"),
-    (with_(etcd={"timeout": 2.0}), "etcd.timeout: must be at most timing.lease_ttl / 3 (1.00s), so a stuck "
+    (with_(etcd={"timeout": 2.0}, timing={"lease_ttl": 3}), "etcd.timeout: must be at most timing.lease_ttl / 3 (1.00s), so a stuck "
                                    "refresh is retried before the lease expires (got 2.0)"),
     (with_(agent={"watchdog": True}), "agent.watchdog_device: is required when watchdog = true (e.g. /dev/watchdog): "
                                       "without a device nothing resets this host, and the leader would wrongly "
@@ -133,7 +134,9 @@ def test_every_problem_is_reported_not_just_the_first():
 
 def test_good_config_has_defaults():
     cfg = parse_config(GOOD)
-    assert cfg.timing.lease_ttl == 3 and cfg.timing.new_leader_grace == 3.0
+    assert cfg.timing == TimingConfig()  # the default preset
+    assert (cfg.timing.preset, cfg.timing.lease_ttl, cfg.timing.fence_delay) == ("default", 2, 0.0)
+    assert cfg.etcd.timeout == 0.666  # follows the TTL: a stuck refresh is retried before the lease runs out
     assert [e.port for e in cfg.etcd.endpoints] == [2379, 2379]
     with pytest.raises(AttributeError):
         cfg.host = "other"  # frozen
@@ -239,3 +242,20 @@ def test_migration_tuning_is_the_section_overridden_per_vm():
         ("postcopy", "must be true or false (got 1)"),
         ("speed", "unknown migration option (known: bandwidth_cap, max_downtime_ms, auto_converge, postcopy, "
                   "postcopy_after_precopy)")]
+
+
+@pytest.mark.parametrize("preset", sorted(TIMING_PRESETS))
+def test_a_timing_preset_sets_every_timing_and_a_key_beside_it_wins(preset):
+    cfg = parse_config(with_(timing={"preset": preset}))
+    want = TIMING_PRESETS[preset]
+    got = {k: getattr(cfg.timing, k) for k in want}
+    assert got == want and cfg.timing.preset == preset
+    assert cfg.etcd.timeout <= cfg.timing.lease_ttl / 3
+    assert parse_config(with_(timing={"preset": preset, "fence_delay": 7})).timing.fence_delay == 7
+
+
+def test_presets_order_from_fast_to_conservative():
+    fast, default, slow = (TIMING_PRESETS[p] for p in ("fast", "default", "conservative"))
+    for key in ("lease_ttl", "fence_delay", "new_leader_grace", "heartbeat_interval"):
+        assert fast[key] <= default[key] <= slow[key], key
+    assert fast["lease_ttl"] < default["lease_ttl"] < slow["lease_ttl"]
