@@ -94,7 +94,8 @@ def _vm(spec: VmSpec, label: str, host: HostView | None) -> Vm:
               host=host.name if host is not None else None, numa=n.numa,
               dedicated_cpus=min(n.dedicated_cpus, spec.vcpus), hugepage_size_kib=n.hugepage_size_kib,
               hugepage_count=n.hugepage_count, priority=spec.priority, groups=spec.groups,
-              migratable=spec.policy != "none", ha=spec.policy != "none", cpu_load=cpu_load,
+              # local disks: no live migration (drain.not_live), so no rebalance move either
+              migratable=spec.policy != "none" and not spec.local_disks, ha=spec.policy != "none", cpu_load=cpu_load,
               numa_cells=cells, nodeset=n.nodeset, max_pinned_cpu=n.max_pinned_cpu,
               cpu_model=n.cpu_model or None, unplaceable=n.unplaceable or None)
 
