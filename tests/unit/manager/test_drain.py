@@ -505,3 +505,16 @@ def test_a_cold_moves_second_half_carries_the_cold_start_deadline():
     hosts = {**v.hosts, "a": replace(v.hosts["a"], running=frozenset(), migration_outcomes={"vm1": stopped})}
     [second] = kinds(run(replace(v, migrations={"vm1": mig}, hosts=hosts), cfg=cfg), StartMigration)
     assert (second.mode, second.deadline) == ("cold-start", 10.0)
+
+
+def test_progress_shows_a_cold_start_retried_on_another_target():
+    from haagent.manager.migrate_cli import op_progress
+
+    steps = (OpStep("migrate_start", 2.0, {"vm": "vm1", "to": "b", "attempt": 1, "mode": "cold"}),
+             OpStep("cold_stopped", 3.0, {"vm": "vm1", "to": "b", "attempt": 1}),
+             OpStep("migrate_failed", 9.0, {"vm": "vm1", "to": "b", "attempt": 1, "outcome": "failed",
+                                            "mode": "cold-start"}),
+             OpStep("migrate_start", 9.0, {"vm": "vm1", "to": "c", "attempt": 2, "mode": "cold-start"}))
+    op = replace(cold_op(["vm1"]), steps=cold_op(["vm1"]).steps + steps)
+    p = op_progress(cluster(vms_on_a=1), op)
+    assert p["vms"] == {"acme-prod-web-1": "starting on c (cold move, attempt 2)"} and p["moved"] == 0
