@@ -272,7 +272,8 @@ class VmShell:
                 except HypervisorError as exc:
                     self.start_errors[a.vm] = f"{type(exc).__name__}: {exc}"
                     raise
-                self.start_errors.pop(a.vm, None)
+                if self._rejected.get(a.vm) is None:  # (a refused spec is no start: its reason stays)
+                    self.start_errors.pop(a.vm, None)
             elif isinstance(a, core.StopVm):
                 with self._lock:
                     self._our_stops.add(a.vm)
@@ -432,6 +433,7 @@ class VmShell:
                 check_domain(spec.xml, *self.disks)  # etcd write access must not be root here
             except SpecRejected as exc:
                 self._rejected[uuid] = spec.xml
+                self.start_errors[uuid] = f"spec rejected here: {exc}"
                 metrics.VM_SPECS_REJECTED.labels(rule=exc.rule).inc()
                 log.error("vm_spec_rejected", vm=uuid, name=spec.name, rule=exc.rule, reason=str(exc))
                 return
