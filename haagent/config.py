@@ -198,6 +198,10 @@ class AgentSection:
     image_dirs: tuple[str, ...] = ("/var/lib/libvirt/images",)
     block_device_dirs: tuple[str, ...] = ()  # e.g. ("/dev/mapper",) for multipath shared storage
     network_disk_protocols: tuple[str, ...] = ()  # e.g. ("rbd",) for Ceph
+    # Directories (and block device dirs) on storage every host reaches at the same path (NFS,
+    # CephFS, a SAN's /dev/mapper): a VM with a disk anywhere else has local disks, which a live
+    # migration cannot take along (docs/design.md, "Local disks"). Network disks are always shared.
+    shared_paths: tuple[str, ...] = ()
     # namespaces a spec's <metadata> may use besides haagent's own (libosinfo: virt-install's OS id)
     metadata_namespaces: tuple[str, ...] = ("http://libosinfo.org/xmlns/libvirt/domain/1.0",)
     # The load the host reports: its time constant, and whether the host's own CPU and memory
@@ -249,6 +253,9 @@ class MigrationSection:
     postcopy_after_precopy: bool = False  # switch to post-copy after the first pre-copy pass
     # --cold-ok: seconds a guest has to shut down on ACPI before it is destroyed (then started on the target)
     cold_shutdown_timeout: float = 120.0
+    # --cold-ok: seconds the target has to start it (its agent gives up after that, and the leader
+    # tries another target); at least COLD_START_FLOOR
+    cold_start_timeout: float = 60.0
 
     def target_uri(self, host: str) -> str:
         """The URI the source libvirtd migrates ``host``'s VMs to."""
@@ -260,6 +267,12 @@ class MigrationSection:
         speed = min(self.bandwidth, bandwidth_cap) if bandwidth_cap else self.bandwidth
         return round(max(self.deadline_floor, self.deadline_factor * memory_mib / speed), 1)
 
+    def cold_start_deadline(self) -> float:
+        """Seconds a cold move's target has to start the VM, from when its agent sees the order:
+        ``cold_start_timeout``, never under ``COLD_START_FLOOR`` (a start needs a few agent rounds,
+        and an agent restart on the target must not use it all up)."""
+        return max(COLD_START_FLOOR, self.cold_start_timeout)
+
     def tuning(self, overrides: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> tuple[tuple[str, Any], ...]:
         """The effective libvirt tuning of one VM's migration: this section's values, each
         replaced by the VM's own where its HA mark sets one. The one place they are resolved (the
@@ -270,6 +283,8 @@ class MigrationSection:
         out["postcopy_after_precopy"] = bool(out["postcopy_after_precopy"] and out["postcopy"])
         return tuple(sorted(out.items()))
 
+
+COLD_START_FLOOR = 10.0  # seconds: the least a cold move's target is given to start the VM
 
 # The [migration] keys a VM may override (its HA mark's ``migration`` attribute), and their kind.
 MIGRATION_TUNING: dict[str, type] = {"bandwidth_cap": int, "max_downtime_ms": int, "auto_converge": bool,
@@ -467,6 +482,7 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         image_dirs=tuple(a.string_list("image_dirs", list(AgentSection.image_dirs))),
         block_device_dirs=tuple(a.string_list("block_device_dirs", [])),
         network_disk_protocols=tuple(a.string_list("network_disk_protocols", [])),
+        shared_paths=tuple(a.string_list("shared_paths", [])),
         metadata_namespaces=tuple(a.string_list("metadata_namespaces", list(AgentSection.metadata_namespaces))),
         load_smoothing=a.number("load_smoothing", AgentSection.load_smoothing, positive=True, maximum=3600),
         load_source=a.string("load_source", AgentSection.load_source, choices=("host", "vms")),
@@ -486,7 +502,7 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
                                         "the device is fed on each lease renewal, so a shorter timeout resets a "
                                         "healthy host whenever etcd stalls although its lease is still alive "
                                         f"(got {a.table.get('self_fence_timeout', agent.self_fence_timeout)!r})")
-    for name in ("image_dirs", "block_device_dirs"):
+    for name in ("image_dirs", "block_device_dirs", "shared_paths"):
         for i, d in enumerate(getattr(agent, name)):
             if not os.path.isabs(d):
                 problems.append(f"agent.{name}[{i}]: must be an absolute path (got {d!r})")
@@ -530,6 +546,8 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         postcopy_after_precopy=mi.boolean("postcopy_after_precopy", False),
         cold_shutdown_timeout=mi.number("cold_shutdown_timeout", MigrationSection.cold_shutdown_timeout,
                                         positive=True, maximum=86400),
+        cold_start_timeout=mi.number("cold_start_timeout", MigrationSection.cold_start_timeout,
+                                     minimum=COLD_START_FLOOR, maximum=86400),
     )
     if migration.postcopy_after_precopy and not migration.postcopy:
         mi.problem("postcopy_after_precopy", "needs postcopy = true (it says when to switch to post-copy)")

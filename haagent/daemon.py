@@ -256,7 +256,8 @@ class AgentDaemon:
                                # the rest of the tuning comes resolved in each order (MigrationSection.tuning)
                                migration_options=MigrationOptions(tls=mig.tls),
                                disks=(a.image_dirs, a.block_device_dirs, a.network_disk_protocols,
-                                      a.metadata_namespaces))
+                                      a.metadata_namespaces),
+                               shared_paths=a.shared_paths)
         if self.leader_work is None:
             self.leader = LeaderLoop(self.keys, self.election, self.cache, manager_config(self.config),
                                      self.fencer or _no_fencing(), policy_placer(self.config.policy),
@@ -406,7 +407,7 @@ def agent(config: Config, watchdog_write_only: bool) -> None:
     if config.libvirt_enabled:
         from haagent.hypervisor.libvirt_impl import LibvirtHypervisor
 
-        hypervisor = LibvirtHypervisor(config.libvirt_uri)
+        hypervisor = LibvirtHypervisor(config.libvirt_uri, shared_paths=config.agent.shared_paths)
     fencer = None
     if config.fencing is not None:
         from fencing.runner import FenceRunner

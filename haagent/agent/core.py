@@ -12,7 +12,12 @@
 * a live migration ordered from this host (``vms/<uuid>/migration``) runs once per order (op and
   attempt), only while the lease lives and the VM runs here (a cold move's first half, a clean
   shutdown here, likewise); its second half ("cold-start") starts the VM on the target, only
-  once placed there and reported nowhere; otherwise a VM with a migration record is
+  once placed there and reported nowhere, and only within the order's deadline from when this
+  agent first saw it: past it, the target gives the order up (``AbandonColdStart``: its outcome
+  record says it never started the VM for that order, and it never will), so the leader may
+  place the VM elsewhere with no second copy; the source removes the stopped definition once the
+  target runs the VM (``UndefineVm``, as ``--undefinesource`` does for a live migration);
+  otherwise a VM with a migration record is
   never started by the step (the leader settles where it runs first), and a copy arriving by
   migration is never stopped for running where its placement does not say;
 * watchdog mode: once the lease is lost, kill every managed VM (the watchdog is fed from the
@@ -68,6 +73,12 @@ class AgentInput:
     arrived: Mapping[str, float] = field(default_factory=dict)
     migrations: Mapping[str, Migration] = field(default_factory=dict)  # every stored migration order
     migrations_run: frozenset[tuple[str, str, int]] = frozenset()  # (uuid, op, attempt) run (or reported) here
+    # When this agent first saw each cold-start order naming this host, (uuid, op, attempt) -> its clock
+    cold_start_seen: Mapping[tuple[str, str, int], float] = field(default_factory=dict)
+    # Managed VMs defined here and not running; and those this host shut down for a cold move
+    # (its own outcome records say so: they outlive an agent restart)
+    stopped_here: frozenset[str] = frozenset()
+    cold_stopped: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -101,7 +112,28 @@ class MigrateVm:
     mode: str = "live"  # live, or cold: shut it down here (ACPI, then destroyed after ``deadline`` s)
 
 
-AgentAction = StartVm | StopVm | RequestRelocation | MigrateVm
+@dataclass(frozen=True)
+class AbandonColdStart:
+    """Give up starting a cold-moved VM here for one order: past its deadline, not running here.
+    The shell records the order as run (never started for it again) and writes a failed outcome."""
+
+    vm: str
+    source: str
+    op: str
+    attempt: int
+    waited: float  # since this agent first saw the order
+    deadline: float
+
+
+@dataclass(frozen=True)
+class UndefineVm:
+    """Remove a stopped VM's definition from this host (it runs elsewhere now)."""
+
+    vm: str
+    reason: str
+
+
+AgentAction = StartVm | StopVm | RequestRelocation | MigrateVm | AbandonColdStart | UndefineVm
 
 
 def step(inp: AgentInput, now: float, config: AgentConfig) -> list[AgentAction]:
@@ -141,15 +173,41 @@ def step(inp: AgentInput, now: float, config: AgentConfig) -> list[AgentAction]:
                 and mig.mode in ("live", "cold") and (uuid, mig.op, mig.attempt) not in inp.migrations_run):
             actions.append(MigrateVm(uuid, mig.dest, mig.deadline, mig.op, mig.attempt, mig.options, mig.mode))
 
+    # A cold move's second half, past its deadline and not started here: given up, in this very
+    # round (the one that would start it, after a libvirt listing without it), whatever the
+    # host's state. From then on this order never starts it here, so the leader may place it on
+    # another host. (Only an order the agent saw itself counts: a new agent process starts the
+    # clock again.)
+    gave_up = set()
+    for uuid, mig in sorted(inp.migrations.items()):
+        key = (uuid, mig.op, mig.attempt)
+        seen = inp.cold_start_seen.get(key)
+        if (mig.mode == "cold-start" and mig.dest == inp.host and key not in inp.migrations_run
+                and uuid not in inp.running and seen is not None and mig.deadline > 0
+                and now - seen >= mig.deadline):
+            actions.append(AbandonColdStart(uuid, mig.source, mig.op, mig.attempt, now - seen, mig.deadline))
+            gave_up.add(uuid)
+    # A VM this host shut down for a cold move, now run by its new host (which its placement
+    # names, and whose report lists it) and settled (no order left): its stopped definition here
+    # goes, as a live migration's --undefinesource takes it. Not earlier: until the target runs
+    # it, this definition is where the VM would come back to (the spec in etcd holds it too).
+    for uuid in sorted(inp.cold_stopped & inp.stopped_here):
+        owner = inp.placements.get(uuid)
+        if (owner is not None and owner != inp.host and uuid not in inp.migrations and uuid not in inp.running
+                and uuid in inp.reports.get(owner, frozenset())):
+            actions.append(UndefineVm(uuid, f"cold-moved to {owner}, which runs it"))
+
     fresh = inp.placement_revision > inp.lease_grant_revision
     if not fresh or inp.host_state not in STARTS_VMS:
         return actions
     for uuid, mig in sorted(inp.migrations.items()):
         # The second half of a cold move: the leader wrote "cold-start" only once the source had
         # shut the VM down and no live host reported it, and placed it here. Started whatever its
-        # HA policy (a policy "none" VM moved cold is still the operator's VM to run), never twice.
+        # HA policy (a policy "none" VM moved cold is still the operator's VM to run), never twice,
+        # and never for an order given up (or answered) here.
         if (mig.mode == "cold-start" and mig.dest == inp.host and inp.placements.get(uuid) == inp.host
-                and uuid not in inp.running and uuid in inp.specs
+                and uuid not in inp.running and uuid in inp.specs and uuid not in gave_up
+                and (uuid, mig.op, mig.attempt) not in inp.migrations_run
                 and not any(uuid in running for running in inp.reports.values())):
             actions.append(StartVm(uuid, f"cold move from {mig.source} ({mig.op})"))
     for uuid, owner in sorted(inp.placements.items()):

@@ -15,7 +15,7 @@ from haagent import metrics
 from haagent.agent import core
 from haagent.agent.domain_policy import SpecRejected, check_domain
 from haagent.agent.managed import HaMark, parse_mark, with_mark
-from haagent.state.requirements import needs_from_xml
+from haagent.state.requirements import local_disks, needs_from_xml
 from haagent.errors import HypervisorError, InvalidDomain, StoreError, VmNotFound
 from haagent.hypervisor.options import MigrationOptions
 from haagent.hypervisor.port import EventKind, Hypervisor, MigrationProgress, MigrationTarget, VmEvent
@@ -65,7 +65,7 @@ class VmShell:
                  migration_target: Callable[[str], MigrationTarget] | None = None,
                  migration_options: MigrationOptions | None = None,
                  spawn: "Callable[[Callable[[], None], core.MigrateVm], None] | None" = None,
-                 wall: Callable[[], float] = time.time):
+                 wall: Callable[[], float] = time.time, shared_paths: tuple[str, ...] = ()):
         self.host, self.hv, self.store, self.keys, self.lease, self.cache = host, hv, store, keys, lease, cache
         self.config, self.wake, self.clock = config, wake, clock
         self.views = views or ViewCache(keys)
@@ -81,6 +81,12 @@ class VmShell:
         # spec may use here: check_domain's arguments
         self.disks = disks if disks is not None else (("/var/lib/libvirt/images",), (), ())
         self._rejected: dict[str, str] = {}  # uuid -> the domain XML the allowlist refused
+        # [agent] shared_paths: a disk outside them (and not a network or shareable one) is local
+        self.shared_paths = tuple(shared_paths)
+        self._local: dict[str, tuple[str, ...]] = {}  # domain XML -> its local disks, as last parsed
+        # (uuid, op, attempt) of each cold-start order naming this host -> when first seen (clock)
+        self.cold_start_seen: dict[tuple[str, str, int], float] = {}
+        self.start_errors: dict[str, str] = {}  # uuid -> why its last start here failed
         self._lock = threading.Lock()
         self.crashes: dict[str, list[float]] = {}
         self.stopped_by_user: set[str] = set()
@@ -147,6 +153,7 @@ class VmShell:
         managed = {}
         unmanaged = []
         marks: dict[str, HaMark | None] = {}
+        local: dict[str, tuple[str, ...]] = {}
         for info in self.hv.list_vms():
             try:
                 xml = info.xml or self.hv.vm_xml(info.uuid)
@@ -158,9 +165,15 @@ class VmShell:
             if mark is not None:
                 managed[info.uuid] = (info, mark)
             elif info.active and not (info.state is VmState.PAUSED and info.reason in _IN_TRANSIT):
-                unmanaged.append({"uuid": info.uuid, "name": info.name, "vcpus": info.vcpus,
-                                  "memory_mib": info.memory_mib})
+                entry: dict[str, Any] = {"uuid": info.uuid, "name": info.name, "vcpus": info.vcpus,
+                                         "memory_mib": info.memory_mib}
+                disks = self._local[xml] if xml in self._local else local_disks(xml, self.shared_paths)
+                local[xml] = disks
+                if disks:  # (drain --all refuses it by name: a live migration cannot take them along)
+                    entry["local_disks"] = list(disks)
+                unmanaged.append(entry)
         self._marks = marks
+        self._local = local
         self.managed = managed
         self.unmanaged = unmanaged
         self.running = frozenset(
@@ -182,7 +195,7 @@ class VmShell:
             if known is not None and known[:2] == (source, mark):
                 value = known[2]
             else:
-                value = spec_record(self.host, self.hv, info, mark, source)
+                value = spec_record(self.host, self.hv, info, mark, source, self.shared_paths)
                 self._records[uuid] = (source, mark, value)
             if self._specs_written.get(uuid) == value:
                 continue
@@ -199,6 +212,12 @@ class VmShell:
         view = self.views.view(kvs, revision)
         me = view.hosts.get(self.host)
         host_state = me.state if me is not None else None  # as the leader wrote it (None: unreadable)
+        # A cold move's start is timed from when this agent first sees the order, even while its
+        # libvirtd does not answer (this round then ends below, having started nothing)
+        now = self.clock()
+        orders = [(u, m.op, m.attempt) for u, m in view.migrations.items()
+                  if m.mode == "cold-start" and m.dest == self.host]
+        self.cold_start_seen = {key: self.cold_start_seen.get(key, now) for key in orders}
         self.refresh_inventory(dict(view.placements))
         with self._lock:
             # Placed elsewhere now: this host's crash history of it, and its request, are moot
@@ -234,8 +253,13 @@ class VmShell:
                 migrations=dict(view.migrations),
                 migrations_run=frozenset(self.migrations_run | {
                     (u, r.op, r.attempt) for u, r in (me.migration_outcomes.items() if me else ())
-                    if r.outcome != "running"}))
-        actions = core.step(inp, self.clock(), self.config)
+                    if r.outcome != "running"}),
+                cold_start_seen=dict(self.cold_start_seen),
+                stopped_here=frozenset(u for u, (i, _) in self.managed.items() if not i.active),
+                # shut down here by a cold order (its own outcome: for another host, running nowhere)
+                cold_stopped=frozenset(u for u, r in (me.migration_outcomes.items() if me else ())
+                                       if r.outcome != "running" and r.location == "none" and r.dest != self.host))
+        actions = core.step(inp, now, self.config)
         for a in actions:
             self.execute(a, view.specs)
         return actions
@@ -243,7 +267,13 @@ class VmShell:
     def execute(self, a: core.AgentAction, specs: dict[str, VmSpec]) -> None:
         try:
             if isinstance(a, core.StartVm):
-                self._start(a.vm, specs[a.vm], a.reason)
+                try:
+                    self._start(a.vm, specs[a.vm], a.reason)
+                except HypervisorError as exc:
+                    self.start_errors[a.vm] = f"{type(exc).__name__}: {exc}"
+                    raise
+                if self._rejected.get(a.vm) is None:  # (a refused spec is no start: its reason stays)
+                    self.start_errors.pop(a.vm, None)
             elif isinstance(a, core.StopVm):
                 with self._lock:
                     self._our_stops.add(a.vm)
@@ -254,6 +284,12 @@ class VmShell:
                 with self._lock:
                     self.migrations_run.add((a.vm, a.op, a.attempt))
                 self.spawn(lambda a=a: self.migrate(a), a)
+            elif isinstance(a, core.AbandonColdStart):
+                self._abandon_cold_start(a)
+            elif isinstance(a, core.UndefineVm):
+                self.hv.undefine(a.vm)
+                metrics.VM_ACTIONS.labels(action="undefine", result="ok").inc()
+                log.info("vm_undefined", vm=a.vm, reason=a.reason)
             elif isinstance(a, core.RequestRelocation):
                 self.store.put(self.keys.request(f"relocate-{a.vm}"),
                                json.dumps({"kind": "relocate", "vm": a.vm, "host": self.host, "crashes": a.crashes}))
@@ -333,6 +369,24 @@ class VmShell:
         self.wake()
         return report
 
+    def _abandon_cold_start(self, a: core.AbandonColdStart) -> None:
+        """Give up a cold move's start here: never again for this order (remembered at once, and
+        in the outcome record, which outlives this process), and tell the leader it may place the
+        VM elsewhere. Runs on the reconcile loop, the only one that starts VMs: no start of this
+        VM is under way here while it runs."""
+        with self._lock:
+            self.migrations_run.add((a.vm, a.op, a.attempt))
+        why = self.start_errors.get(a.vm, "")
+        report = MigrationReport(a.vm, self.host, self.host, a.op, a.attempt, "failed", "none",
+                                 f"not started here within the order's {a.deadline:g}s (seen {a.waited:.0f}s ago)"
+                                 + (f" (last start: {why})" if why else ""), a.waited, None, None, self.wall())
+        metrics.VM_ACTIONS.labels(action="cold_start", result="error").inc()
+        log.warning("vm_cold_start_abandoned", vm=a.vm, source=a.source, op=a.op, attempt=a.attempt,
+                    waited_s=round(a.waited, 1), error=report.error)
+        with self._lock:
+            self._unreported[a.vm] = migration_report_record(report)
+        self.flush_migration_reports()
+
     def _progress_writer(self, a: core.MigrateVm, every: float = 1.0) -> Callable[[MigrationProgress], None]:
         """libvirt's job info, put at most once a second as a "running" record (for ``--wait``;
         a lost one is not written again: the next one supersedes it)."""
@@ -379,6 +433,7 @@ class VmShell:
                 check_domain(spec.xml, *self.disks)  # etcd write access must not be root here
             except SpecRejected as exc:
                 self._rejected[uuid] = spec.xml
+                self.start_errors[uuid] = f"spec rejected here: {exc}"
                 metrics.VM_SPECS_REJECTED.labels(rule=exc.rule).inc()
                 log.error("vm_spec_rejected", vm=uuid, name=spec.name, rule=exc.rule, reason=str(exc))
                 return
@@ -394,12 +449,14 @@ def _thread(fn: Callable[[], None], _action: object) -> None:
     threading.Thread(target=fn, name="migration", daemon=True).start()
 
 
-def spec_record(host: str, hv: Hypervisor, info: Any, mark: HaMark, source: str | None = None) -> str:
-    """The ``vms/<uuid>/spec`` value an agent registers for a managed VM defined on its host."""
+def spec_record(host: str, hv: Hypervisor, info: Any, mark: HaMark, source: str | None = None,
+                shared_paths: tuple[str, ...] = ()) -> str:
+    """The ``vms/<uuid>/spec`` value an agent registers for a managed VM defined on its host
+    (``shared_paths``: ``[agent] shared_paths``, which say which of its disks are local)."""
     xml = source if source is not None else hv.vm_xml(info.uuid, migratable=True)
     marked = with_mark(xml, mark)
     spec = VmSpec(info.uuid, info.name, info.vcpus, info.memory_mib, mark.priority, mark.policy,
-                  marked, mark.groups, needs_from_xml(marked), mark.migration)
+                  marked, mark.groups, needs_from_xml(marked), mark.migration, local_disks(marked, shared_paths))
     return json.dumps({**spec.to_dict(), "registered_by": host}, sort_keys=True)
 
 

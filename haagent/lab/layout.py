@@ -653,8 +653,10 @@ listen = "{address(host)}:{METRICS_PORT}"
 format = "json"
 
 [agent]
-# the lab's shared storage: domain specs from etcd may keep their disks only there
+# the lab's shared storage: domain specs from etcd may keep their disks only there, and a disk
+# there is on every host (the same directory), so it never stops a live migration
 image_dirs = ["{images}"]
+shared_paths = ["{images}"]
 # The lab's hosts share one machine: a host's load is its VMs' (the machine's CPU and memory
 # figures are everybody's), smoothed over 15 s so a test sees a burst within seconds.
 load_source = "vms"

@@ -94,6 +94,8 @@ class ManagerStatus:
     released: Mapping[str, float] = field(default_factory=dict)
     seeded: bool = False  # the first step has taken over the hosts already suspect or fencing
     rebalance: RebalanceMemory = field(default_factory=RebalanceMemory)  # rounds (manager/rebalance.py)
+    # Cold moves' starts awaiting their target's answer: (vm, op, attempt) -> first seen (drain.py)
+    cold_starts: Mapping[tuple[str, str, int], float] = field(default_factory=dict)
 
 
 # placer(vms to place, view, hosts to avoid) -> ({uuid: host}, {uuid: reasons})
@@ -164,6 +166,7 @@ class _Step:
         self.consumed: set[str] = set()
         self.rebalance = status.rebalance
         self.wall = now  # the wall-clock time (``step``'s ``wall``): rebalance windows and cooldowns
+        self.cold_starts: dict[tuple[str, str, int], float] = {}  # the executor fills it each step
 
     def placed_on(self, hosts: Iterable[str]) -> list[str]:
         """The VMs this step has placed on any of ``hosts``, sorted: the view's index, plus the VMs
@@ -320,7 +323,8 @@ class _Step:
             fence_issued_at=self.issued_at, suspect_log=tuple(self.suspect_log),
             healthy_since=self.healthy, alerts=frozenset(self.alerts), storm_hold=frozenset(self.storm_hold),
             known_dead=frozenset(self.known_dead), alive_after_off=self.alive_after_off,
-            power_reads=self.power_reads, released=self.released, seeded=True, rebalance=self.rebalance)
+            power_reads=self.power_reads, released=self.released, seeded=True, rebalance=self.rebalance,
+            cold_starts=self.cold_starts)
         return status, self.actions
 
 

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from haagent.config import MigrationSection
 from haagent.manager import rebalance
 from haagent.model import HostState as S
-from haagent.state.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, Event, JournalStep, Op, OpStep, Request, SetPlacement,
-                                StartMigration, VmSpec)
+from haagent.state.view import (Alert, ClearMigration, ClusterView, ConsumeRequest, Event, JournalStep, Migration, Op, OpStep,
+                                Request, SetPlacement, StartMigration, VmSpec)
 
 if TYPE_CHECKING:
     from haagent.manager.core import Placer, _Step
@@ -58,11 +58,22 @@ class PlannedMove:
 
 
 NO_LIVE_POLICY = "HA policy none: not live-migrated"
+LOCAL_DISKS = "local disk(s) {}: not on shared storage ([agent] shared_paths), so not live-migrated"
 UNMANAGED_LIVE_ONLY = "not managed by haagent: live migration only (no spec to start it from)"
 COLD_HINT = " (--cold-ok shuts it down and starts it on the target)"
 
 
 # -- checks shared by the command line (up front) and the leader (on the request) ---------------
+
+
+def not_live(spec: VmSpec) -> tuple[str, ...]:
+    """Why a VM never live-migrates, whatever the target (empty: it may). The one place that
+    says it: the plan, the up-front checks and every round of the executor ask it."""
+    if spec.policy == "none":
+        return (NO_LIVE_POLICY,)
+    if spec.local_disks:  # libvirt would refuse (or corrupt) them: the target opens its own copy
+        return (LOCAL_DISKS.format(", ".join(spec.local_disks)),)
+    return ()
 
 
 def check_drain(view: ClusterView, host: str, mover: "Placer", limits: MigrationSection,
@@ -109,6 +120,9 @@ def check_migrate(view: ClusterView, vm: str, to: str, mover: "Placer") -> Plann
         raise Refused(f"{spec.name} is migrating already")
     if spec.policy == "none":
         raise Refused(f"{spec.name} has HA policy none: it is not moved by haagent")
+    if spec.local_disks:
+        raise Refused(f"{spec.name} cannot live-migrate: {not_live(spec)[0]} "
+                      f"('haagent host drain {source} --cold-ok' moves it cold)")
     if to:
         if to not in view.hosts:
             raise Refused(f"unknown host {to!r}")
@@ -126,16 +140,16 @@ def plan_moves(view: ClusterView, vms: Sequence[str], mover: "Placer", limits: M
                placer: "Placer | None" = None, unmanaged: frozenset[str] = frozenset()) -> list[PlannedMove]:
     """Where each VM would go (placed together, so they share the free capacity), in leaving order,
     and how: live (``mover``: the migration rules, CPU compatibility included), or, with
-    ``cold_ok``, cold for those that cannot go live (HA policy none, or no live target), placed by
+    ``cold_ok``, cold for those that cannot go live (``not_live``, or no live target), placed by
     ``placer`` (the restart rules: a cold start needs no CPU compatibility with the source)."""
     specs = [view.specs[u] for u in vms if u in view.specs]
     specs.sort(key=lambda s: _order(s, limits))
     avoid = avoid | frozenset(h for h, hv in view.hosts.items() if (hv.state or S.ACTIVE) is not S.ACTIVE
                               or not hv.alive)
-    movable = [s for s in specs if s.policy != "none"]
+    movable = [s for s in specs if not not_live(s)]
     chosen, missed = mover(movable, view, avoid) if movable else ({}, {})
-    why_not_live = {s.uuid: ((NO_LIVE_POLICY,) if s.policy == "none" else tuple(missed.get(s.uuid, ()))
-                             or ("no host fits",)) for s in specs if s.uuid not in chosen}
+    why_not_live = {s.uuid: not_live(s) or tuple(missed.get(s.uuid, ())) or ("no host fits",)
+                    for s in specs if s.uuid not in chosen}
     cold_to: dict[str, str] = {}
     cold_missed: dict[str, tuple[str, ...]] = {}
     cold = [s for s in specs if s.uuid not in chosen and s.uuid not in unmanaged]
@@ -340,6 +354,13 @@ def _settle(st: "_Step") -> None:
                     st.journal(m.op, op.host, "migrated", vm=uuid, to=m.dest, attempt=m.attempt, mode="cold")
                 st.actions.append(Event("migration_completed", host=m.dest, vm=uuid, op=m.op,
                                         detail={"from": m.source, "mode": "cold"}))
+                continue
+            answer = dst.migration_outcomes.get(uuid)
+            if (not where and answer is not None and (answer.op, answer.attempt) == (m.op, m.attempt)
+                    and answer.outcome != "running"):
+                _cold_start_failed(st, uuid, m, op if journal else None, answer.outcome, answer.error)
+            elif not where:
+                _cold_start_waiting(st, uuid, m, op)
             continue  # (until then the target's agent starts it; nobody else may)
         if m.mode == "cold" and report is not None and not where and (
                 report.outcome == "completed" or (report.outcome != "running" and report.location == "none")):
@@ -348,7 +369,8 @@ def _settle(st: "_Step") -> None:
             # source never restarts it: it is not its own.
             st.actions.append(SetPlacement(uuid, m.dest, m.op, f"cold move from {m.source}"))
             st.placements[uuid] = m.dest
-            st.actions.append(StartMigration(uuid, m.source, m.dest, m.deadline, m.op, m.attempt, mode="cold-start"))
+            st.actions.append(StartMigration(uuid, m.source, m.dest, st.cfg.migration.cold_start_deadline(), m.op,
+                                             m.attempt, mode="cold-start"))
             if journal:
                 st.journal(m.op, op.host, "cold_stopped", vm=uuid, to=m.dest, attempt=m.attempt,
                            duration_s=round(report.duration_s, 3))
@@ -382,6 +404,69 @@ def _settle(st: "_Step") -> None:
                        outcome=report.outcome, error=report.error[:200])
         st.actions.append(Event("migration_failed", host=m.source, vm=uuid, op=m.op,
                                 detail={"to": m.dest, "outcome": report.outcome, "error": report.error[:200]}))
+
+
+def _cold_start_waiting(st: "_Step", uuid: str, m: Migration, op: Op | None) -> None:
+    """A cold move's start not answered yet: time it on the leader's clock (a new leader starts
+    afresh). The target gives the order up itself at its deadline; one that neither starts the
+    VM nor gives up well past it (its libvirtd does not answer, its agent is stuck) cannot be
+    bypassed safely, as it may still start the VM: an alert says so, and the VM waits there."""
+    key = (uuid, m.op, m.attempt)
+    since = st.cold_starts[key] = st.status.cold_starts.get(key, st.now)
+    waited = st.now - since
+    if waited <= m.deadline + 2 * st.cfg.lease_ttl:
+        return
+    name = st.view.specs[uuid].name if uuid in st.view.specs else uuid
+    st.alert("drain_paused", host=op.host if op is not None else m.source, vm=uuid, message=(
+        f"{op.kind if op is not None else 'cold move'} {m.op}: {name} is shut down and {m.dest} has neither "
+        f"started it nor given its start up, well past the order's deadline ({m.deadline:g}s); it stays "
+        f"placed on {m.dest}, whose agent starts it once it can (does its libvirtd answer?); if {m.dest} is "
+        "lost, failover takes it over"))
+
+
+def _cold_start_failed(st: "_Step", uuid: str, m: Migration, op: Op | None, outcome: str, error: str) -> None:
+    """The target gave a cold move's start up: it never started the VM for this order and never
+    will (its agent answered from the loop that starts VMs, after a libvirt listing without it),
+    and the VM runs nowhere. So it may go elsewhere, never twice: retried on another target (the
+    restart rules, as the first), up to ``max_attempts`` per VM like a live migration; after that,
+    or with no target left, or when its operation is closed, back to its source (whose agent
+    restarts it unless its HA policy is none), where the drain's usual pause and alert take it."""
+    limits = st.cfg.migration
+    st.actions.append(Event("migration_failed", host=m.dest, vm=uuid, op=m.op,
+                            detail={"to": m.dest, "outcome": outcome, "error": error[:200], "mode": "cold-start"}))
+    tried = [str(s.detail.get("to", "")) for s in (op.steps if op is not None else ())
+             if s.step == "migrate_failed" and s.detail.get("vm") == uuid and not _busy(str(s.detail.get("error", "")))]
+    tried.append(m.dest)
+    spec = st.view.specs.get(uuid)
+    dest = None
+    if op is not None and spec is not None and len(tried) < limits.max_attempts:
+        st.journal(m.op, op.host, "migrate_failed", vm=uuid, to=m.dest, attempt=m.attempt, outcome=outcome,
+                   error=error[:200], mode="cold-start")
+        base = {h for h, s in st.states.items() if s is not S.ACTIVE or not st.view.hosts[h].alive} | {m.source}
+        if op.kind == "return":  # back to its own host, or nowhere
+            base |= {h for h in st.view.hosts if h != op.host}
+        view = _view(st)
+        chosen, _ = st.placer([spec], view, frozenset(base | set(tried)))
+        if uuid not in chosen:  # only hosts it failed on are left: a passing cause, maybe
+            chosen, _ = st.placer([spec], view, frozenset(base))
+        dest = chosen.get(uuid)
+    elif op is not None:
+        st.journal(m.op, op.host, "migrate_failed", vm=uuid, to=m.dest, attempt=m.attempt, outcome=outcome,
+                   error=error[:200], mode="cold-start")
+    if dest is not None and op is not None:
+        attempt = 1 + sum(1 for s in op.steps if s.step == "migrate_start" and s.detail.get("vm") == uuid)
+        deadline = limits.cold_start_deadline()
+        st.actions.append(SetPlacement(uuid, dest, m.op, f"cold move from {m.source}: {m.dest} did not start it"))
+        st.placements[uuid] = dest
+        st.actions.append(StartMigration(uuid, m.source, dest, deadline, m.op, attempt, mode="cold-start"))
+        st.journal(m.op, op.host, "migrate_start", vm=uuid, to=dest, attempt=attempt, deadline=deadline,
+                   mode="cold-start")
+        st.actions.append(Event("migration_started", host=m.source, vm=uuid, op=m.op,
+                                detail={"to": dest, "attempt": attempt, "mode": "cold-start"}))
+        return
+    st.actions.append(ClearMigration(uuid))
+    st.actions.append(SetPlacement(uuid, m.source, m.op, f"cold move given up: {m.dest} did not start it"))
+    st.placements[uuid] = m.source
 
 
 @dataclass
@@ -446,7 +531,7 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
     known = {**extra, **st.view.specs}
     if op.kind == "drain":
         todo = [u for u, h in sorted(st.placements.items()) if h == op.host and u not in busy
-                and u in st.view.specs and (cold_ok or st.view.specs[u].policy != "none")]
+                and u in st.view.specs and (cold_ok or not not_live(st.view.specs[u]))]
         todo += sorted(u for u in extra if u not in busy and u not in st.view.specs and u not in st.placements
                        and not any(k.endswith(f"/vms/{u}/spec") for k, _ in st.view.bad_records))
         fixed = ""
@@ -528,7 +613,12 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
             break
         if st.states.get(source) in LOST or not st.view.hosts.get(source, None) or not st.view.hosts[source].alive:
             continue  # failover's VM now
-        if (_running_on(st, spec.uuid) if managed else _unmanaged_on(st, spec.uuid)) != [source]:
+        where = _running_on(st, spec.uuid) if managed else _unmanaged_on(st, spec.uuid)
+        if where != [source]:
+            if not where and spec.policy == "none" and spec.uuid in failed:
+                # back on its host after its cold start failed, where nothing restarts it
+                blocked.append(f"{spec.name}: shut down and not running ({last_error.get(spec.uuid)}); "
+                               f"HA policy none: start it by hand on {source}, or undrain")
             continue  # not running (its agent restarts it first), or not only there
         if _job_may_run(st, op, spec.uuid, source):
             continue  # the source has not said how its last job of this VM ended: libvirt may still run it
@@ -540,11 +630,11 @@ def _advance(st: "_Step", op: Op, mover: "Placer", limits: MigrationSection, loa
         avoid = base | full | ({h for h in st.view.hosts if h != to} if to else set())
         # Another target than the ones it failed on, if one takes it; else the same one again
         # (the only host left may have failed it for a passing reason, e.g. a job still winding down).
-        # Live when it can; cold (--cold-ok) when it cannot: HA policy none, or no live target.
+        # Live when it can; cold (--cold-ok) when it cannot: not_live, or no live target.
         mode = "live"
-        chosen, missed = ({}, {spec.uuid: (NO_LIVE_POLICY,)}) if spec.policy == "none" else \
-            mover([spec], view, frozenset(avoid | tried))
-        if spec.uuid not in chosen and tried - avoid and spec.policy != "none":
+        never = not_live(spec)
+        chosen, missed = ({}, {spec.uuid: never}) if never else mover([spec], view, frozenset(avoid | tried))
+        if spec.uuid not in chosen and tried - avoid and not never:
             chosen, missed = mover([spec], view, frozenset(avoid))
         if spec.uuid not in chosen and cold_ok and managed:
             mode = "cold"

@@ -57,13 +57,18 @@ def host_state(hv: HostView, avoided: bool) -> str:
     return state
 
 
-def live_host(hv: HostView, avoided: bool = False) -> Host:
+def live_host(hv: HostView, avoided: bool = False, pending_mib: int = 0) -> Host:
+    """``pending_mib``: the memory of the VMs placed on the host that its report does not list
+    running (not started yet, or failing to start). The engine takes a host's use beyond the
+    VMs placed there as the host's own; such VMs are not in the reported use, so without them
+    that own use (a VM haagent does not manage, say) would vanish behind them."""
     cells = ()
     if hv.numa and not hv.inventory_error:
         cells = tuple(_cell(c) for c in hv.numa)
+    used = hv.memory_used_mib + pending_mib if hv.memory_used_mib is not None else None
     return Host(name=hv.name, cpus=max(hv.cpus, 1), memory_mib=max(hv.memory_mib, 1), numa=cells,
                 state=host_state(hv, avoided), tags=hv.tags, cpu_family=hv.cpu_key or None,
-                cpu_used=hv.cpu_used, memory_used_mib=hv.memory_used_mib, cpu_models=hv.cpu_models,
+                cpu_used=hv.cpu_used, memory_used_mib=used, cpu_models=hv.cpu_models,
                 inventory_unknown=hv.inventory_error or None)
 
 
@@ -94,7 +99,8 @@ def _vm(spec: VmSpec, label: str, host: HostView | None) -> Vm:
               host=host.name if host is not None else None, numa=n.numa,
               dedicated_cpus=min(n.dedicated_cpus, spec.vcpus), hugepage_size_kib=n.hugepage_size_kib,
               hugepage_count=n.hugepage_count, priority=spec.priority, groups=spec.groups,
-              migratable=spec.policy != "none", ha=spec.policy != "none", cpu_load=cpu_load,
+              # local disks: no live migration (drain.not_live), so no rebalance move either
+              migratable=spec.policy != "none" and not spec.local_disks, ha=spec.policy != "none", cpu_load=cpu_load,
               numa_cells=cells, nodeset=n.nodeset, max_pinned_cpu=n.max_pinned_cpu,
               cpu_model=n.cpu_model or None, unplaceable=n.unplaceable or None)
 
@@ -106,7 +112,7 @@ class LiveMemo:
 
     def __init__(self) -> None:
         self.vms: dict[str, tuple[VmSpec, str, HostView | None, Vm]] = {}
-        self.hosts: dict[str, tuple[HostView, bool, Host]] = {}
+        self.hosts: dict[str, tuple[HostView, tuple[bool, int], Host]] = {}  # (avoided, pending MiB)
         self.specs: tuple[Mapping[str, VmSpec], dict[str, str], dict[str, str], list[str]] | None = None
 
 
@@ -134,7 +140,11 @@ def live_cluster(view: ClusterView, config: PolicyConfig | None = None, *,
         names = sorted({g for s in view.specs.values() for g in s.groups})
         if memo is not None:
             memo.specs = (view.specs, label, uuids, names)
-    hosts = tuple(_live_host(hv, h in avoid, memo) for h, hv in sorted(view.hosts.items()))
+    placed = view.index.placed
+    pending = {h: sum(view.specs[u].memory_mib for u in placed.get(h, ())
+                      if u in view.specs and u not in hv.running and u not in unplaced)
+               for h, hv in view.hosts.items() if hv.memory_used_mib is not None}
+    hosts = tuple(_live_host(hv, h in avoid, memo, pending.get(h, 0)) for h, hv in sorted(view.hosts.items()))
     warnings = tuple(f"{hv.name}: placed on by cpu and memory only ({hv.inventory_error})"
                      for _h, hv in sorted(view.hosts.items()) if hv.inventory_error)
     vms = []
@@ -155,10 +165,10 @@ def live_cluster(view: ClusterView, config: PolicyConfig | None = None, *,
                        uuids, warnings, kept)
 
 
-def _live_host(hv: HostView, avoided: bool, memo: LiveMemo | None) -> Host:
+def _live_host(hv: HostView, avoided: bool, memo: LiveMemo | None, pending_mib: int = 0) -> Host:
     if memo is None:
-        return live_host(hv, avoided)
+        return live_host(hv, avoided, pending_mib)
     found = memo.hosts.get(hv.name)
-    if found is None or found[0] is not hv or found[1] != avoided:
-        found = memo.hosts[hv.name] = (hv, avoided, live_host(hv, avoided))
+    if found is None or found[0] is not hv or found[1] != (avoided, pending_mib):
+        found = memo.hosts[hv.name] = (hv, (avoided, pending_mib), live_host(hv, avoided, pending_mib))
     return found[2]

@@ -254,6 +254,8 @@ def op_progress(view, op) -> dict[str, Any]:
         vm = s.detail.get("vm")
         if s.step == "migrate_start" and s.detail.get("mode") == "cold":
             state[vm] = f"shutting down for a cold move to {s.detail.get('to')} (attempt {s.detail.get('attempt')})"
+        elif s.step == "migrate_start" and s.detail.get("mode") == "cold-start":  # another target, after one gave up
+            state[vm] = f"starting on {s.detail.get('to')} (cold move, attempt {s.detail.get('attempt')})"
         elif s.step == "migrate_start":
             state[vm] = f"migrating to {s.detail.get('to')} (attempt {s.detail.get('attempt')})"
         elif s.step == "cold_stopped":

@@ -1,7 +1,8 @@
 """The safety invariants (DESIGN §4), checked on the simulated world after every tick.
 
 Safety, after every tick and at every committed leader write:
-1. never two running copies of a VM (counted on powered hosts, whatever etcd believes);
+1. never two running copies of a VM (counted on powered hosts, whatever etcd believes), and no
+   start of a VM on a host its placement does not name (the second copy in the making);
 2. placement moves off a host only when that VM does not run there, and off a host without a
    lease only once the host is confirmed fenced (fenced, recovering or failed);
 3. no VM definition is lost: every spec and placement key the cluster started with still exists;
@@ -44,10 +45,16 @@ class Invariants:
         return self
 
     def at_start(self, host: str, vm: str) -> None:
-        """A start while another powered host runs the VM is a double start, even for one tick."""
+        """A start while another powered host runs the VM is a double start, even for one tick; a
+        start anywhere but where its placement names is one in the making (e.g. a cold move's
+        old target starting it late, after it was placed elsewhere)."""
         others = [h for h in self.sim.where(vm) if h != host]
         if others:
             self.fail(f"vm={vm} started on {host} while it runs on {', '.join(others)}")
+        if vm in self.sim.specs and self.sim.keys.vm_placement(vm) not in self.sim.corrupted:
+            placed = self.sim.stored_placement(vm)
+            if placed != host:
+                self.fail(f"vm={vm} started on {host}, but its placement names {placed}")
         spec = self.sim.specs.get(vm)
         moved = self.last_host.get(vm) != host
         self.last_host[vm] = host
@@ -174,7 +181,7 @@ def check_recovered(sim: Simulation) -> list[str]:
             except (ValueError, KeyError, TypeError):
                 continue  # a corrupted record: bad_record's
             mode, since, deadline = sim.orders.get(uuid, ("live", 0.0, 0.0))
-            allowed = {"live": deadline, "cold": sim.cfg.cold_shutdown_s}.get(mode, 0.0) + 10.0
+            allowed = {"live": deadline, "cold": sim.cfg.cold_shutdown_s, "cold-start": deadline}.get(mode, 0.0) + 10.0
             if sim.now - since > allowed and all(sim.keys.host_alive(h) in sim.store.kvs for h in sides):
                 problems.append(f"vm={uuid} migration {order.get('mode', 'live')} {sides[0]} -> {sides[1]} "
                                 "still stored at quiescence with both hosts alive")

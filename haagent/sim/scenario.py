@@ -19,6 +19,7 @@ A scenario directory holds ``README`` (one line), ``cluster.json``, ``cmdlist`` 
     at 20 ack h2               at 30 return h2      (haagent fence ack / haagent host return)
     at 5 load web-1 150                             (the VM now burns 150 % of one host CPU)
     at 5 libvirtd h2 down      libvirtd h2 up       (its libvirtd stops answering; VMs run on)
+    at 5 starts h2 fail        starts h2 ok         (its libvirtd fails every domain start)
     at 5 drain h2              drain h2 partial max-parallel=1   (haagent host drain)
                                drain h2 cold-ok all              (--cold-ok, --all)
     at 40 undrain h2           undrain h2 return-vms             (haagent host undrain)
@@ -104,7 +105,7 @@ _SHAPES = {
     "power": ("HOST", ("on", "off")), "network": ("HOST", ("on", "off")),
     "agent": ("HOST", ("crash", "start", "stop")), "vm": ("VM", ("crash", "shutdown")),
     "bmc": ("HOST", DEVICE_MODES), "pdu": ("HOST", DEVICE_MODES), "read": ("HOST", READ_FAULTS),
-    "libvirtd": ("HOST", ("down", "up")),
+    "libvirtd": ("HOST", ("down", "up")), "starts": ("HOST", ("fail", "ok")),
 }
 _HOST_RECORDS = ("state", "report", "lease", "stopped")
 _VM_RECORDS = ("spec", "placement", "migration")
@@ -193,7 +194,7 @@ def build(cluster: Mapping[str, Any], source: str = "cluster.json") -> Simulatio
                              int(h.get("memory_mib", 8192)) if cells is None else sum(c.memory_mib for c in cells),
                              levels, watchdog=h.get("watchdog"), numa=cells, tags=tuple(h.get("tags", ())),
                              cpu_model=str(h.get("cpu_model", "qemu64"))))
-    specs, placements, running, unmanaged = [], {}, {}, {}
+    specs, placements, running, unmanaged, disks = [], {}, {}, {}, {}
     names = {h.name for h in hosts}
     for v in cluster.get("vms", []):
         hp = int(v.get("hugepages_2m", 0))
@@ -205,6 +206,10 @@ def build(cluster: Mapping[str, Any], source: str = "cluster.json") -> Simulatio
         spec = VmSpec(v["name"], v["name"], int(v.get("vcpus", 1)), int(v.get("memory_mib", 1024)),
                       int(v.get("priority", 0)), str(v.get("policy", "restart")), "",
                       tuple(v.get("groups", ())), needs, tuple(sorted(tuning.items())))
+        if v.get("disk") is not None:  # "local": a qcow2 outside the shared storage; "shared": on it
+            if v["disk"] not in ("local", "shared"):
+                raise ScenarioError(f"{source}: vm {v['name']} disk: expected \"local\" or \"shared\"")
+            disks[spec.uuid] = f"/sim/{'images' if v['disk'] == 'local' else 'shared'}/{spec.name}.qcow2"
         if v.get("managed") is False:  # a VM without the HA mark: running on its host, nothing registered
             if v.get("host") not in names:
                 raise ScenarioError(f"{source}: unmanaged vm {v['name']} needs a known host")
@@ -232,7 +237,7 @@ def build(cluster: Mapping[str, Any], source: str = "cluster.json") -> Simulatio
                       manager=manager,
                       agent=_config(AgentConfig, cluster.get("agent"), source),
                       sim=_config(SimConfig, cluster.get("sim"), source), migrations=migrations,
-                      running=running, unmanaged=unmanaged)
+                      running=running, unmanaged=unmanaged, disks=disks)
 
 
 def apply(sim: Simulation, cmd: Command) -> None:
@@ -249,6 +254,8 @@ def apply(sim: Simulation, cmd: Command) -> None:
             {"crash": sim.agent_crash, "start": sim.agent_start, "stop": sim.agent_stop}[w[2]](w[1])
         elif verb == "libvirtd":
             sim.libvirtd(w[1], w[2] == "up")
+        elif verb == "starts":
+            sim.starts(w[1], w[2] == "ok")
         elif verb == "bmc":
             sim.set_device(w[1], "ipmi", w[2])
         elif verb == "pdu":

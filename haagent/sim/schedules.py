@@ -22,7 +22,9 @@ failover). The heal puts back what an operator would: network, quorum, devices, 
 records, acks for hosts still off, and a ``return`` for hosts whose device lied or that were
 powered on again. Maintenance is mixed in: drains (with and without ``--cold-ok``), undrains
 returning the VMs, ``vm migrate`` requests, ``--all`` drains and a VM without the HA mark, under
-the same invariants.
+the same invariants; VMs whose disk is outside the shared storage (refused by a drain unless
+``--cold-ok``), and hosts whose libvirtd fails every start for a while (a cold move's target that
+never starts the VM, so its start is given up and the VM placed elsewhere).
 
 What the generator never does, on purpose: a device that lies while its host has lost its lease
 for longer than a fence takes (cut off, or its agent dead): with the lease gone no software can
@@ -261,11 +263,30 @@ def generate(seed: int) -> Schedule:
         share = 1024 / (len(cells) if cells else 1)
         if used[host] + 1024 <= cluster["hosts"][host]["memory_mib"] and cell0[host] + share <= size0:
             cluster["vms"].append({"name": "other1", "host": host, "memory_mib": 1024, "managed": False})
+    # Disks and starts (their own RNG, so the schedules above stay as they were): some VMs keep
+    # their disk outside the shared storage (a drain refuses them by name unless --cold-ok, which
+    # moves them cold; vm migrate refuses them); some hosts' libvirtd fails every domain start for
+    # a while, so a cold move's target may never start its VM: it gives the start up at
+    # cold_start_timeout and the leader places the VM on another host, or back on its source.
+    drng = random.Random(seed * 104729 + 3)
+    starts_ok: dict[str, float] = {}  # hosts whose starts fail -> when they work again
+    cluster["manager"]["migration"] = {"cold_start_timeout": 10}
+    for vm in cluster["vms"]:
+        if drng.random() < 0.25:
+            vm["disk"] = drng.choice(("local", "local", "shared"))
+    if drng.random() < 0.4:  # mostly hosts a drain's VMs would go to: sometimes all of them
+        drained = next((w[3] for w in (ln.split() for ln in lines) if w[2] == "drain"), None)
+        others = [h for h in hosts if h != drained]
+        n = len(others) if drng.random() < 0.3 else drng.randint(1, max(1, len(others) - 1))
+        for h in drng.sample(others, n):
+            lines.append(f"at {float(drng.randint(0, 6)):g} starts {h} fail")
+            starts_ok[h] = HEAL_AT + drng.choice((0, 10, 20))  # (some stay broken past the heal)
     # The heal: the network, quorum, devices and agents come back; records are repaired; hosts
     # still off are acknowledged (a storm hold waits for that); liars' hosts are returned.
     heal = [f"at {HEAL_AT:g} quorum back", f"at {HEAL_AT:g} repair"]
     for h in hosts:
         heal.append(f"at {HEAL_AT:g} libvirtd {h} up")
+        heal.append(f"at {starts_ok.get(h, HEAL_AT):g} starts {h} ok")
         heal.append(f"at {HEAL_AT:g} network {h} on")
         heal.append(f"at {HEAL_AT:g} agent {h} start")
         for level in cluster["hosts"][h]["fencing"]:

@@ -31,16 +31,16 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
-from haagent.agent.core import AgentConfig, MigrateVm, RequestRelocation, StartVm, StopVm
+from haagent.agent.core import AbandonColdStart, AgentConfig, MigrateVm, RequestRelocation, StartVm, StopVm, UndefineVm
 from haagent.agent.inventory import LoadSmoother, host_inventory, worth_writing
 from haagent.agent.managed import HaMark, with_mark
 from haagent.agent.vms import ViewCache, VmShell, spec_record
 from haagent.manager import core as manager_core
-from haagent.errors import HaagentError, NotLeader, StoreError, StoreUnavailable
+from haagent.errors import HaagentError, HypervisorError, NotLeader, StoreError, StoreUnavailable
 from haagent.hypervisor.fake import FakeCluster, FakeHypervisor
 from haagent.hypervisor.port import MigrationTarget, RawStats
 from haagent.hypervisor.stats import compute_usage
-from haagent.state.requirements import needs_from_xml
+from haagent.state.requirements import local_disks, needs_from_xml
 from haagent.state.codec import AckRefused, build_view, fence_ack_record, fence_result_step
 from haagent.manager.core import ManagerConfig, Placer
 from haagent.manager.placer import policy_mover, policy_placer, policy_rebalancer
@@ -69,6 +69,7 @@ class SimConfig:
     load_smoothing: float = 60.0  # as [agent] load_smoothing: the time constant of the reported load
     cold_shutdown_s: float = 1.0  # a guest asked to shut down (a cold move) is off after this
     cluster: str = "sim"
+    shared_paths: tuple[str, ...] = ("/sim/shared",)  # as [agent] shared_paths: every host reaches these
 
 
 @dataclass
@@ -183,7 +184,8 @@ class Simulation:
                  sim: SimConfig | None = None, placer: Placer | None = None,
                  migrations: Mapping[str, tuple[str, str]] | None = None,
                  running: Mapping[str, list[str]] | None = None,
-                 unmanaged: Mapping[str, tuple[VmSpec, str]] | None = None):
+                 unmanaged: Mapping[str, tuple[VmSpec, str]] | None = None,
+                 disks: Mapping[str, str] | None = None):
         from haagent.log import configure
 
         # The production shells and the fence runner log as they would on a host; the simulation
@@ -222,6 +224,9 @@ class Simulation:
         self.power_offs: dict[str, int] = {}  # host -> times it lost power (a job to it dies with it)
         self.orders: dict[str, tuple[str, float, float]] = {}  # vm -> (mode, when, deadline) of its last order
         self.fakes = FakeCluster(clock=lambda: self.now)
+        self.failing_starts: set[str] = set()  # hosts whose libvirtd fails every domain start
+        self.failed_starts: dict[tuple[str, str], str] = {}  # (host, vm) -> its last failed start's reason
+        self.disks = dict(disks or {})  # vm -> the path of its one disk (none: diskless)
         for h in self.hosts.values():
             h.hv = _SimHypervisor(self, h.name)
         # The cluster as it stood before the run: VMs defined and running where placed (or where
@@ -230,17 +235,19 @@ class Simulation:
         up.update({u: list(w) for u, w in (running or {}).items()})
         init = []
         for s in sorted(specs, key=lambda s: s.uuid):
-            xml = domain_xml(s)
+            xml = domain_xml(s, self.disks.get(s.uuid))
             for host in up.get(s.uuid, []):
                 hv = self.hosts[host].hv
                 hv.start(hv.define(xml, autostart=False).uuid)  # before any agent listens or checker runs
             owner = placements.get(s.uuid)
             if owner is not None and owner in up.get(s.uuid, []):
                 hv = self.hosts[owner].hv
-                record = spec_record(owner, hv, hv.vm_info(s.uuid), HaMark(s.priority, s.policy, s.groups, s.migration))
+                record = spec_record(owner, hv, hv.vm_info(s.uuid), HaMark(s.priority, s.policy, s.groups, s.migration),
+                                     shared_paths=tuple(self.cfg.shared_paths))
             else:
-                record = json.dumps({**replace(s, xml=xml, needs=needs_from_xml(xml)).to_dict(), "registered_by": ""},
-                                    sort_keys=True)
+                record = json.dumps({**replace(s, xml=xml, needs=needs_from_xml(xml),
+                                               local_disks=local_disks(xml, tuple(self.cfg.shared_paths))).to_dict(),
+                                     "registered_by": ""}, sort_keys=True)
             init.append(Put(self.keys.vm_spec(s.uuid), record))
         for uuid, host in sorted(placements.items()):
             init.append(Put(self.keys.vm_placement(uuid), json.dumps({"host": host, "epoch": 0, "op": "",
@@ -255,7 +262,7 @@ class Simulation:
         self.unmanaged = {u: spec for u, (spec, _host) in (unmanaged or {}).items()}
         for uuid, (spec, host) in sorted((unmanaged or {}).items()):
             hv = self.hosts[host].hv
-            xml = with_mark(domain_xml(spec), None)
+            xml = with_mark(domain_xml(spec, self.disks.get(uuid)), None)
             hv.start(hv.define(xml, autostart=False).uuid)
         for h in self.hosts.values():
             h.agent = AgentProc()
@@ -394,6 +401,10 @@ class Simulation:
         h = self.hosts[name]
         assert h.hv is not None
         self.fakes.set_daemon_up(h.hv.uri, up)
+
+    def starts(self, name: str, ok: bool) -> None:
+        """The host's libvirtd fails every domain start (a broken QEMU, storage it cannot open), or works again."""
+        (self.failing_starts.discard if ok else self.failing_starts.add)(name)
 
     def vm_load(self, uuid: str, cpu_percent: float) -> str | None:
         """The VM's guest now burns ``cpu_percent`` of one host CPU, wherever it runs from now on."""
@@ -620,7 +631,8 @@ class Simulation:
             a.vms = VmShell(h.name, h.hv, _SimAgentStore(self, h), self.keys, _SimLease(a), _SimCache(self, h, a),
                             replace(self.acfg, watchdog=h.watchdog), clock=lambda: self.now, disks=SIM_DISKS,
                             views=self.views, migration_target=lambda host: MigrationTarget(f"sim:///{host}"),
-                            spawn=self._migration_spawn(h), wall=lambda: self.now)
+                            spawn=self._migration_spawn(h), wall=lambda: self.now,
+                            shared_paths=tuple(self.cfg.shared_paths))
         try:
             actions = a.vms.reconcile()
         except (StoreError, HaagentError):
@@ -628,7 +640,18 @@ class Simulation:
         for act in actions:
             if isinstance(act, StartVm):
                 self.user_stopped.discard(act.vm)
-                self.say(who, f"start vm={act.vm} ({act.reason})")
+                failed = a.vms.start_errors.get(act.vm)
+                if failed is None:
+                    self.failed_starts.pop((h.name, act.vm), None)
+                    self.say(who, f"start vm={act.vm} ({act.reason})")
+                elif self.failed_starts.get((h.name, act.vm)) != act.reason:  # (its retries are not told)
+                    self.failed_starts[(h.name, act.vm)] = act.reason
+                    self.say(who, f"start vm={act.vm} ({act.reason}) failed: {failed}")
+            elif isinstance(act, AbandonColdStart):
+                self.say(who, f"give up starting vm={act.vm} (cold move from {act.source}, {act.op} attempt "
+                              f"{act.attempt}: not started {act.waited:g}s after the order, deadline {act.deadline:g}s)")
+            elif isinstance(act, UndefineVm):
+                self.say(who, f"undefine vm={act.vm} ({act.reason})")
             elif isinstance(act, StopVm):
                 self.say(who, f"stop vm={act.vm} ({act.reason})")
             elif isinstance(act, RequestRelocation):
@@ -705,11 +728,12 @@ class Simulation:
         return json.loads(kv.value).get("host") if kv is not None else None
 
 
-SIM_DISKS = (("/sim/images",), (), ())  # what a simulated agent's domain allowlist accepts
+SIM_DISKS = (("/sim/images", "/sim/shared"), (), ())  # what a simulated agent's domain allowlist accepts
 
 
-def domain_xml(spec: VmSpec) -> str:
-    """A simulated VM's domain: its size, NUMA binding and hugepages, and its HA mark (what
+def domain_xml(spec: VmSpec, disk: str | None = None) -> str:
+    """A simulated VM's domain: its size, NUMA binding and hugepages, its one disk if it has one
+    (``disk``: a path; local unless under ``SimConfig.shared_paths``), and its HA mark (what
     ``haagent vm manage`` leaves); ``needs_from_xml`` reads the same needs back."""
     n = spec.needs
     numatune = ""
@@ -722,7 +746,10 @@ def domain_xml(spec: VmSpec) -> str:
     xml = (f"<domain type='qemu'><name>{spec.name}</name><uuid>{spec.uuid}</uuid>"
            f"<memory unit='MiB'>{spec.memory_mib}</memory><vcpu>{spec.vcpus}</vcpu>{numatune}{huge}"
            "<os><type arch='x86_64'>hvm</type></os>"
-           "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices></domain>")
+           "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
+           + (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
+              f"<source file='{disk}'/><target dev='vda' bus='virtio'/></disk>" if disk else "")
+           + "</devices></domain>")
     return with_mark(xml, HaMark(spec.priority, spec.policy, spec.groups, spec.migration))
 
 
@@ -732,11 +759,16 @@ class _SimHypervisor(FakeHypervisor):
 
     def __init__(self, sim: "Simulation", host: str):
         h = sim.hosts[host]
+        # (its shared storage is the agents': libvirt told, a live migration with a disk there is safe)
         super().__init__(f"sim:///{host}", cluster=sim.fakes, hostname=host, cpu_model=h.cpu_model,
-                         numa=h.numa or (HostCell(0, tuple(range(h.cpus)), h.memory_mib, h.memory_mib),))
+                         numa=h.numa or (HostCell(0, tuple(range(h.cpus)), h.memory_mib, h.memory_mib),),
+                         shared_paths=tuple(sim.cfg.shared_paths))
         self.sim, self.host = sim, host
 
     def start(self, vm: str):  # type: ignore[override]
+        if self.host in self.sim.failing_starts:
+            self._check_up()
+            raise HypervisorError(f"start {vm}: internal error: process exited while connecting to monitor")
         for check in self.sim.start_checkers:
             check(self.sim, self.host, vm)
         info = super().start(vm)

@@ -85,7 +85,7 @@ def spec_from_record(uuid: str, d: Mapping[str, Any]) -> VmSpec:
         raise BadRecord(f"needs: expected an object, got {needs!r:.40}")
     return VmSpec(uuid, _str(d, "name", uuid, empty=False), _int(d, "vcpus", 1, minimum=1),
                   _int(d, "memory_mib", 64, minimum=1), priority, policy, _str(d, "xml", ""), _strs(d, "groups"),
-                  _needs(needs) if needs else VmNeeds(), _tuning(d, "migration"))
+                  _needs(needs) if needs else VmNeeds(), _tuning(d, "migration"), _strs(d, "local_disks"))
 
 
 def _tuning(d: Mapping[str, Any], key: str) -> tuple[tuple[str, Any], ...]:
@@ -508,14 +508,15 @@ class LiveView:
 
 
 def _unmanaged(raw: Any) -> dict[str, VmSpec]:
-    """A report's ``unmanaged_vms`` [{uuid, name, vcpus, memory_mib}]; entries that do not read
-    are skipped (the list only widens what ``drain --all`` may move; it never decides a failover)."""
+    """A report's ``unmanaged_vms`` [{uuid, name, vcpus, memory_mib[, local_disks]}]; entries that do
+    not read are skipped (the list only widens what ``drain --all`` may move; it never decides a failover)."""
     out: dict[str, VmSpec] = {}
     for e in raw if isinstance(raw, list) else ():
         try:
             uuid = _str(e, "uuid", empty=False)
             out[uuid] = VmSpec(uuid, _str(e, "name", uuid, empty=False), _int(e, "vcpus", 1, minimum=1),
-                               _int(e, "memory_mib", 64, minimum=1), None, "migrate")
+                               _int(e, "memory_mib", 64, minimum=1), None, "migrate",
+                               local_disks=_strs(e, "local_disks"))
         except (BadRecord, AttributeError, TypeError):
             continue
     return out

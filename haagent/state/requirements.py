@@ -65,3 +65,16 @@ def needs_from_xml(xml: str) -> VmNeeds:
     return VmNeeds(numa=numa, nodeset=tuple(sorted(nodeset)), dedicated_cpus=min(len(pinned), spec.vcpus),
                    max_pinned_cpu=max_pin, hugepage_size_kib=size, hugepage_count=count,
                    cpu_mode=spec.cpu_mode, cpu_model=spec.cpu_model if spec.cpu_mode == "custom" else "")
+
+
+def local_disks(xml: str, shared_paths: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The sources of a domain's disks that are not on the cluster's shared storage: not a network
+    disk (rbd, iscsi, nfs...), not marked ``<shareable/>``, and not under one of ``shared_paths``
+    (``[agent] shared_paths``). A drive with no source (an empty CD-ROM) counts for nothing; a
+    read-only image counts too: the target must open that same file. Unreadable XML: none
+    (``needs_from_xml`` makes such a VM unplaceable already)."""
+    try:
+        spec = parse_domain(xml, shared_paths)
+    except (HaagentError, ValueError):
+        return ()
+    return tuple(d.source for d in spec.disks if d.source and not d.shared)

@@ -29,6 +29,9 @@ class VmSpec:
     needs: "VmNeeds" = field(default_factory=lambda: VmNeeds())
     # Its own [migration] tuning (the HA mark's ``migration`` attribute), sorted (key, value) pairs.
     migration: tuple[tuple[str, Any], ...] = ()
+    # The sources of its disks outside the cluster's shared storage, as the agent that registered
+    # it judged them ([agent] shared_paths): such a VM never live-migrates (docs/design.md).
+    local_disks: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = {"uuid": self.uuid, "name": self.name, "vcpus": self.vcpus, "memory_mib": self.memory_mib,
@@ -37,6 +40,8 @@ class VmSpec:
             d["needs"] = self.needs.to_dict()
         if self.migration:
             d["migration"] = dict(self.migration)
+        if self.local_disks:
+            d["local_disks"] = list(self.local_disks)
         return d
 
 

@@ -13,7 +13,7 @@ from haagent.cli import main
 from haagent.lab.lab import Lab
 from haagent.state.view import ClusterView
 from haagent.store.keys import Keys
-from lab_helpers import view
+from lab_helpers import eventually, view
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -193,3 +193,85 @@ def test_drain_moves_every_vm_live_and_the_host_ends_in_maintenance(make_lab) ->
     # back in service; its agent's later stop would not be a failure while in maintenance
     res = CliRunner().invoke(main, ["host", "undrain", host, "--config", cfg])
     assert res.exit_code == 0, res.output
+
+
+def test_a_vm_on_a_hosts_own_disk_is_refused_and_its_cold_move_gives_up_where_no_host_can_start_it(make_lab) -> None:
+    """A VM whose qcow2 sits in one host's own /var/lib/libvirt/images (not the lab's shared
+    storage) is refused by name (dry run, drain, vm migrate). With --cold-ok it is shut down, but
+    no other host may define it (its disk path is outside their allowed image dirs), so each
+    target gives its start up at the deadline and it goes back to its host, which restarts it; a
+    diskless HA-policy-none VM moved cold in the same drain starts on its target, and its source
+    then holds no definition of it (virsh list --all). Never two copies throughout."""
+    import subprocess
+
+    import libvirt
+
+    from haagent.lab import layout as L
+
+    # (a guest with no OS ignores ACPI: destroyed after 2 s instead of the default 120)
+    lab = make_lab("ldk", 3, 0, agent_config={"migration": {"cold_start_timeout": 10, "max_attempts": 2,
+                                                            "cold_shutdown_timeout": 2}})
+    images = lab.layout.host_dir("h1") / "var-lib-libvirt" / "images"  # h1's own /var/lib/libvirt/images
+    images.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(images / "local-1.qcow2"), "16M"], check=True)
+    conn = libvirt.open(lab.libvirt_uri("h1"))
+    try:
+        for name, disk, policy in (("local-1", "/var/lib/libvirt/images/local-1.qcow2", "restart"),
+                                   ("legacy-1", None, "none")):
+            xml = L.domain_xml(name, lab.layout.vm_uuid(name), lab.prefix, False, disk)
+            conn.defineXML(xml.replace('policy="restart"', f'policy="{policy}"')).create()
+    finally:
+        conn.close()
+    deadline = time.monotonic() + 60
+    while True:  # registered by h1's agent (local-1 with its local disk) and placed by the leader
+        v = view(lab)
+        by_name = {s.name: s for s in v.specs.values()}
+        if {"local-1", "legacy-1"} <= set(by_name) and all(v.placements.get(s.uuid) == "h1" for s in by_name.values()):
+            break
+        assert time.monotonic() < deadline, f"not registered and placed: {by_name}, {v.placements}"
+        time.sleep(0.3)
+    assert by_name["local-1"].local_disks == ("/var/lib/libvirt/images/local-1.qcow2",)
+    assert by_name["legacy-1"].local_disks == ()
+    cfg = str(lab.layout.operator_config)
+
+    def cli(*args):
+        return CliRunner().invoke(main, [*args, "--config", cfg])
+
+    plan = cli("host", "drain", "h1", "--dry-run", "--json")
+    assert plan.exit_code == 0, plan.output
+    assert "local disk(s) /var/lib/libvirt/images/local-1.qcow2" in plan.output
+    res = cli("host", "drain", "h1")
+    assert res.exit_code == 2 and "local-1: local disk(s) /var/lib/libvirt/images/local-1.qcow2" in res.output, \
+        res.output
+    res = cli("vm", "migrate", "local-1")
+    assert res.exit_code == 2 and "local-1 cannot live-migrate" in res.output, res.output
+    res = cli("host", "drain", "h1", "--cold-ok")
+    assert res.exit_code == 0, res.output
+
+    def settled(v: ClusterView) -> bool:
+        ops = [o for o in v.ops.values() if o.kind == "drain"]
+        legacy = next(u for u, s in v.specs.items() if s.name == "legacy-1")
+        return bool(ops) and ops[0].has("paused") and not v.migrations and v.placements.get(legacy) != "h1"
+
+    twice = _follow(lab, lambda v: settled(v) and running_everywhere(lab).get("local-1") == ["h1"]
+                    and len(running_everywhere(lab).get("legacy-1", [])) == 1, timeout=120)
+    assert not twice, f"VMs seen running on two hosts: {twice[:3]}"
+    v = view(lab)
+    [op] = [o for o in v.ops.values() if o.kind == "drain"]
+    failed = [s.detail for s in op.steps if s.step == "migrate_failed"]
+    assert [f["mode"] for f in failed] == ["cold-start", "cold-start"] and {f["to"] for f in failed} == {"h2", "h3"}
+    assert all("not started here within the order's 10s" in f["error"] and "spec rejected" in f["error"]
+               for f in failed), failed
+    [legacy_host] = running_everywhere(lab)["legacy-1"]
+    assert legacy_host != "h1"
+
+    def defined_on_h1() -> set[str]:
+        conn = libvirt.open(lab.libvirt_uri("h1"))
+        try:
+            return {d.name() for d in conn.listAllDomains()}
+        finally:
+            conn.close()
+
+    # h1 keeps local-1 (back and running there) and drops legacy-1's stopped definition
+    eventually(lambda: "legacy-1" not in defined_on_h1(), 15, what="h1 dropping legacy-1's definition")
+    assert "local-1" in defined_on_h1()

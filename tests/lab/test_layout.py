@@ -45,6 +45,7 @@ def test_generated_agent_config_is_valid(tmp_path: Path) -> None:
                         L.fencing_toml(["h1", "h2", "h3"], str(password)), str(tmp_path / "shared"))
     cfg = parse_config(tomllib.loads(text))
     assert cfg.agent.image_dirs == (str(tmp_path / "shared"),)
+    assert cfg.agent.shared_paths == (str(tmp_path / "shared"),)  # its --disk VMs live-migrate
     assert cfg.cluster == "lab1" and cfg.host == "h2" and cfg.libvirt_uri == "qemu:///system"
     assert cfg.metrics_listen == "10.99.0.12:9464"
     (dev,), = cfg.fencing.levels_for("h3")

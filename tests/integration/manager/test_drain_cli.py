@@ -64,6 +64,29 @@ def test_dry_run_prints_the_plan_largest_first_and_moves_nothing(cluster):
     assert stored_requests(store) == []
 
 
+def test_a_vm_on_local_disks_is_refused_by_name_up_front_and_planned_cold_with_cold_ok(cluster):
+    store, cfg = cluster
+    spec = VmSpec("vm1", "acme-prod-web-1", memory_mib=512, local_disks=("/var/lib/libvirt/images/web-1.qcow2",))
+    store.put(K.vm_spec("vm1"), json.dumps(spec.to_dict()))
+    res = invoke(cfg, "host", "drain", "h1", "--dry-run", "--json")
+    assert res.exit_code == 0, res.output  # a dry run shows the verdicts, refusals included
+    plan = {m["name"]: m for m in json.loads(res.output)["plan"]}
+    assert plan["acme-prod-web-1"]["verdict"] == "refused" and plan["acme-prod-web-1"]["to"] is None
+    assert "local disk(s) /var/lib/libvirt/images/web-1.qcow2" in plan["acme-prod-web-1"]["reasons"][0]
+    assert plan["acme-prod-web-2"]["verdict"] == "live"
+    res = invoke(cfg, "host", "drain", "h1")
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
+    assert "cannot place acme-prod-web-1: local disk(s) /var/lib/libvirt/images/web-1.qcow2" in res.output
+    res = invoke(cfg, "vm", "migrate", "acme-prod-web-1")
+    assert res.exit_code == 2 and "acme-prod-web-1 cannot live-migrate: local disk(s)" in res.output
+    assert "--cold-ok' moves it cold" in res.output
+    assert stored_requests(store) == []
+    res = invoke(cfg, "host", "drain", "h1", "--dry-run", "--cold-ok", "--json")
+    plan = {m["name"]: m for m in json.loads(res.output)["plan"]}
+    assert plan["acme-prod-web-1"]["verdict"] == "cold" and plan["acme-prod-web-1"]["to"] in ("h2", "h3")
+    assert plan["acme-prod-web-2"]["verdict"] == "live"
+
+
 def test_drain_undrain_and_migrate_put_one_request_each(cluster):
     store, cfg = cluster
     res = invoke(cfg, "host", "drain", "h1", "--max-parallel", "1", "--json")

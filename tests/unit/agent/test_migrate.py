@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from haagent.agent import core
 from haagent.agent.vms import VmShell
@@ -238,3 +239,189 @@ def test_unmanaged_vms_are_reported_and_their_orders_run_without_a_placement():
     assert core.step(inp(placements={}, specs={}, running=frozenset(), migrations=cold), 0.0, core.AgentConfig()) == []
     assert core.step(inp(placements={"u1": "h3"}, specs={}, running=frozenset(), migrations=order), 0.0,
                      core.AgentConfig()) == []
+
+
+def test_a_cold_moves_target_gives_its_start_up_at_the_deadline_and_never_starts_it_for_that_order():
+    start = {"vm1": Migration("vm1", "h1", "h2", 7, 10.0, "drain-h1", 1, (), "cold-start")}
+    target = dict(host="h2", host_state=HostState.ACTIVE, placements={"vm1": "h2"}, running=frozenset(),
+                  migrations=start, cold_start_seen={("vm1", "drain-h1", 1): 100.0})
+    # within the deadline (counted from when this agent first saw the order): it starts it
+    assert [type(a) for a in core.step(inp(**target), 109.9, core.AgentConfig())] == [core.StartVm]
+    # at the deadline, not running here: given up in this round, and not started in it
+    [gave_up] = core.step(inp(**target), 110.0, core.AgentConfig())
+    assert gave_up == core.AbandonColdStart("vm1", "h1", "drain-h1", 1, 10.0, 10.0)
+    # whatever the host's state (a target drained meanwhile gives up too)
+    assert core.step(inp(**{**target, "host_state": HostState.MAINTENANCE}), 110.0, core.AgentConfig()) == [gave_up]
+    # answered (its outcome record, or this process's memory): never started for that order again
+    answered = {**target, "migrations_run": frozenset({("vm1", "drain-h1", 1)})}
+    assert core.step(inp(**answered), 105.0, core.AgentConfig()) == []
+    assert core.step(inp(**answered), 200.0, core.AgentConfig()) == []
+    # a new attempt (the leader's next order, here again) is a new order with its own clock
+    again = {**answered, "migrations": {"vm1": replace(start["vm1"], attempt=2)},
+             "cold_start_seen": {("vm1", "drain-h1", 2): 200.0}}
+    assert [type(a) for a in core.step(inp(**again), 200.0, core.AgentConfig())] == [core.StartVm]
+    # running here: nothing to give up; an order seen by no agent clock yet: not overdue
+    assert core.step(inp(**{**target, "running": frozenset({"vm1"})}), 500.0, core.AgentConfig()) == []
+    assert [type(a) for a in core.step(inp(**{**target, "cold_start_seen": {}}), 500.0,
+                                       core.AgentConfig())] == [core.StartVm]
+
+
+def test_the_source_undefines_a_cold_moved_vm_only_once_its_new_host_runs_it_and_the_move_is_settled():
+    src = dict(host="h1", host_state=HostState.MAINTENANCE, placements={"vm1": "h2"}, running=frozenset(),
+               migrations={}, stopped_here=frozenset({"vm1"}), cold_stopped=frozenset({"vm1"}),
+               reports={"h2": frozenset({"vm1"})})
+    [undefine] = core.step(inp(**src), 0.0, core.AgentConfig())
+    assert undefine == core.UndefineVm("vm1", "cold-moved to h2, which runs it")
+    # not while the target has not started it, nor while the move is unsettled, nor while placed here
+    assert core.step(inp(**{**src, "reports": {"h2": frozenset()}}), 0.0, core.AgentConfig()) == []
+    cold_start = {"vm1": Migration("vm1", "h1", "h2", 7, 10.0, "drain-h1", 1, (), "cold-start")}
+    assert core.step(inp(**{**src, "migrations": cold_start}), 0.0, core.AgentConfig()) == []
+    assert core.step(inp(**{**src, "placements": {"vm1": "h1"}, "host_state": HostState.DRAINING}),
+                     0.0, core.AgentConfig()) != [undefine]
+    # a stopped VM this host did not shut down for a cold move is left alone
+    assert core.step(inp(**{**src, "cold_stopped": frozenset()}), 0.0, core.AgentConfig()) == []
+
+
+class _Cache(Store):
+    """The store as the VM shell's watch-fed cache sees it (each put a newer revision)."""
+
+    def __init__(self):
+        super().__init__()
+        self.revs = {}
+
+    def put(self, key, value, lease=None):
+        super().put(key, value, lease)
+        self.revs[key] = len(self.history)
+        return len(self.history)
+
+    def _kv(self, key):
+        class KV:
+            pass
+        kv = KV()
+        v = self.kvs[key]
+        kv.value, kv.lease = (v if isinstance(v, bytes) else v.encode()), 0
+        kv.mod_revision = kv.create_revision = self.revs[key]
+        return kv
+
+    def snapshot(self):
+        return {k: self._kv(k) for k in self.kvs}, len(self.history)
+
+    def get(self, key):
+        return self._kv(key) if key in self.kvs else None
+
+
+class _Lease:
+    alive, grant_revision = True, 0
+
+
+MARKED = XML.replace("</domain>", "<metadata><ha:vm xmlns:ha='https://haagent.dev/xmlns/ha/1' "
+                                  "policy='restart'/></metadata></domain>")
+
+
+def _host(store, h, state="active", running=()):
+    store.put(K.host_alive(h), json.dumps({"host": h}))
+    store.put(K.host_state(h), json.dumps({"state": state}))
+    store.put(K.host_report(h), json.dumps({"host": h, "running_vms": list(running)}))
+
+
+def test_after_a_cold_move_the_source_keeps_no_stopped_definition_once_the_target_runs_the_vm():
+    fakes = FakeCluster()
+    src = FakeHypervisor("fake:///h1", cluster=fakes)
+    src.start(src.define(MARKED).uuid)
+    store = _Cache()
+    shell = VmShell("h1", src, store, K, _Lease(), store, core.AgentConfig(),
+                    migration_target=lambda h: MigrationTarget(f"fake:///{h}"), spawn=lambda run, a: run())
+    store.put(K.vm_placement(UUID), json.dumps({"host": "h1", "epoch": 1}))
+    _host(store, "h1", "draining", [UUID])
+    _host(store, "h2")
+    shell.reconcile()  # registers its spec
+    report = shell.migrate(core.MigrateVm(UUID, "h2", 60.0, "drain-h1", 1, (), "cold"))
+    assert (report.outcome, report.location) == ("completed", "none")
+    # placed on the target, which has not started it yet: the stopped definition stays here
+    store.put(K.vm_placement(UUID), json.dumps({"host": "h2", "epoch": 1}))
+    store.put(K.vm_migration(UUID), json.dumps({"from": "h1", "to": "h2", "epoch": 1, "op": "drain-h1",
+                                                "attempt": 1, "deadline": 60, "mode": "cold-start"}))
+    store.put(K.host_report("h1"), json.dumps({"host": "h1", "running_vms": []}))
+    assert shell.reconcile() == [] and UUID in {i.uuid for i in src.list_vms()}
+    # the target runs it and the leader settled the move: gone from the source (virsh list --all)
+    del store.kvs[K.vm_migration(UUID)]
+    store.put(K.host_report("h2"), json.dumps({"host": "h2", "running_vms": [UUID]}))
+    assert shell.reconcile() == [core.UndefineVm(UUID, "cold-moved to h2, which runs it")]
+    assert UUID not in {i.uuid for i in src.list_vms()}
+    assert shell.reconcile() == []  # (and nothing else to do)
+
+
+class _NoStart(FakeHypervisor):
+    """A libvirtd that fails every domain start until ``works``."""
+
+    works = False
+
+    def start(self, vm):
+        if not self.works:
+            from haagent.errors import HypervisorError
+
+            raise HypervisorError(f"start {vm}: internal error: process exited while connecting to monitor")
+        return super().start(vm)
+
+
+def test_the_target_shell_gives_a_cold_start_up_in_its_own_outcome_record_and_never_starts_it_late():
+    fakes = FakeCluster()
+    dst = _NoStart("fake:///h2", cluster=fakes)
+    store = _Cache()
+    clock = [100.0]
+    shell = VmShell("h2", dst, store, K, _Lease(), store, core.AgentConfig(), clock=lambda: clock[0],
+                    disks=(("/var/lib/libvirt/images",), (), ()))
+    store.put(K.vm_spec(UUID), json.dumps(VmSpec(UUID, "web-1", xml=MARKED).to_dict()))
+    store.put(K.vm_placement(UUID), json.dumps({"host": "h2", "epoch": 1}))
+    store.put(K.vm_migration(UUID), json.dumps({"from": "h1", "to": "h2", "epoch": 1, "op": "drain-h1",
+                                                "attempt": 1, "deadline": 10, "mode": "cold-start"}))
+    _host(store, "h1", "draining")
+    _host(store, "h2")
+    assert [type(a) for a in shell.reconcile()] == [core.StartVm]  # tried (and failed)
+    assert "process exited" in shell.start_errors[UUID]
+    clock[0] = 110.0
+    [gave_up] = shell.reconcile()
+    assert isinstance(gave_up, core.AbandonColdStart)
+    record = json.loads(store.kvs[K.host_migration("h2", UUID)])
+    assert (record["op"], record["attempt"], record["outcome"], record["location"], record["to"]) == \
+        ("drain-h1", 1, "failed", "none", "h2")
+    assert "not started here within the order's 10s" in record["error"] and "process exited" in record["error"]
+    # libvirt works again, and the leader has not answered yet (the order still names h2): no start
+    dst.works = True
+    clock[0] = 111.0
+    assert shell.reconcile() == [] and not dst.vm_info(UUID).active
+    # nor in a new process of this agent (its memory is gone; its outcome record is not)
+    fresh = VmShell("h2", dst, store, K, _Lease(), store, core.AgentConfig(), clock=lambda: clock[0],
+                    disks=(("/var/lib/libvirt/images",), (), ()))
+    assert fresh.reconcile() == [] and not dst.vm_info(UUID).active
+
+
+def test_the_inventory_says_which_disks_are_local_in_the_spec_and_the_unmanaged_list():
+    disk = ("<devices><disk type='file' device='disk'><source file='/var/lib/libvirt/images/{}.qcow2'/>"
+            "<target dev='vda'/></disk></devices></domain>")
+    fakes = FakeCluster()
+    hv = FakeHypervisor("fake:///h1", cluster=fakes)
+    hv.start(hv.define(MARKED.replace("</domain>", disk.format("web-1"))).uuid)
+    other = XML.replace("web-1", "db-1").replace("1111", "2222").replace("</domain>", disk.format("db-1"))
+    hv.start(hv.define(other).uuid)
+    store = _Cache()
+    _host(store, "h1")
+
+    def shell(shared):
+        s = VmShell("h1", hv, store, K, _Lease(), store, core.AgentConfig(), shared_paths=shared)
+        s.reconcile()
+        return s
+
+    local = shell(())
+    spec = build_view(store.snapshot()[0], K, 0).specs[UUID]
+    assert spec.local_disks == ("/var/lib/libvirt/images/web-1.qcow2",)
+    [entry] = local.unmanaged
+    assert entry["local_disks"] == ["/var/lib/libvirt/images/db-1.qcow2"]
+    # once the directory is declared shared storage, neither has local disks
+    shared = shell(("/var/lib/libvirt/images",))
+    assert build_view(store.snapshot()[0], K, 0).specs[UUID].local_disks == ()
+    assert "local_disks" not in shared.unmanaged[0]
+    # the report's list as the leader reads it (drain --all refuses such a VM by name)
+    store.put(K.host_report("h1"), json.dumps({"host": "h1", "running_vms": [UUID], "unmanaged_vms": local.unmanaged}))
+    [(_, stand_in)] = build_view(store.snapshot()[0], K, 0).hosts["h1"].unmanaged.items()
+    assert stand_in.local_disks == ("/var/lib/libvirt/images/db-1.qcow2",)

@@ -94,6 +94,8 @@ BAD = [
     (with_(migration={"postcopy_after_precopy": True}),
      "migration.postcopy_after_precopy: needs postcopy = true (it says when to switch to post-copy)"),
     (with_(migration={"cold_shutdown_timeout": 0}), "migration.cold_shutdown_timeout: must be greater than 0 (got 0)"),
+    (with_(migration={"cold_start_timeout": 5}), "migration.cold_start_timeout: must be at least 10 (got 5)"),
+    (with_(agent={"shared_paths": ["nfs/vms"]}), "agent.shared_paths[0]: must be an absolute path (got 'nfs/vms')"),
 ]
 
 
@@ -146,6 +148,13 @@ def test_migration_tuning_defaults_to_qemus_own():
     assert (parse_config(GOOD).migration.max_downtime_ms, parse_config(GOOD).migration.auto_converge) == (0, False)
     mig = parse_config(with_(migration={"max_downtime_ms": 100, "auto_converge": True})).migration
     assert (mig.max_downtime_ms, mig.auto_converge) == (100, True)
+
+
+def test_shared_storage_and_the_cold_start_deadline():
+    cfg = parse_config(GOOD)
+    assert cfg.agent.shared_paths == () and cfg.migration.cold_start_deadline() == 60.0
+    cfg = parse_config(with_(agent={"shared_paths": ["/mnt/vms", "/dev/mapper"]}, migration={"cold_start_timeout": 30}))
+    assert cfg.agent.shared_paths == ("/mnt/vms", "/dev/mapper") and cfg.migration.cold_start_deadline() == 30.0
 
 
 def test_unix_endpoint_form():

@@ -374,6 +374,11 @@ def test_drain_all_plans_the_unmanaged_vms_live_only():
     # one that cannot go live is refused, never moved cold (nothing to start it from)
     with pytest.raises(Refused, match="scratch-1: incompatible CPU, not managed by haagent: live migration only"):
         check_drain(v, "a", no_live, MigrationSection(), all_vms=True, cold_ok=True, placer=spread)
+    # one on local disks (its host's report says so) likewise, naming them
+    local = {"other": replace(v.hosts["a"].unmanaged["other"], local_disks=("/srv/scratch.img",))}
+    v = replace(v, hosts={**v.hosts, "a": replace(v.hosts["a"], unmanaged=local)})
+    with pytest.raises(Refused, match=r"scratch-1: local disk\(s\) /srv/scratch.img: .*not managed by haagent"):
+        check_drain(v, "a", spread, MigrationSection(), all_vms=True, cold_ok=True, placer=spread)
 
 
 def test_an_unmanaged_vm_is_ordered_then_settled_by_the_reports_without_a_placement():
@@ -401,3 +406,115 @@ def test_a_lost_side_only_clears_an_unmanaged_vms_order():
     assert kinds(acts, ClearMigration) and not kinds(acts, SetPlacement)
     [ev] = [e for e in kinds(acts, Event) if e.kind == "migration_resolved"]
     assert ev.detail["running_on"] == ["b"]
+
+
+def with_local_disk(v, vm="vm1", path="/var/lib/libvirt/images/db.qcow2"):
+    return replace(v, specs={**v.specs, vm: replace(v.specs[vm], local_disks=(path,))})
+
+
+def test_a_vm_with_local_disks_is_refused_by_name_up_front_and_moves_only_cold():
+    v = with_local_disk(cluster(vms_on_a=2))
+    # the mover would take it (spread knows nothing of disks): the executor never asks it
+    with pytest.raises(Refused, match=r"cannot place acme-prod-web-1: local disk\(s\) /var/lib/libvirt/images/"
+                                      r"db.qcow2: not on shared storage .*\(--cold-ok shuts it down"):
+        check_drain(v, "a", spread, MigrationSection(), placer=spread)
+    plan = check_drain(v, "a", spread, MigrationSection(), cold_ok=True, placer=spread)
+    assert [(m.name, m.verdict) for m in plan] == [("acme-prod-web-2", "live"), ("acme-prod-web-1", "cold")]
+    assert "local disk(s) /var/lib/libvirt/images/db.qcow2" in plan[1].reasons[0]
+    # --partial without --cold-ok leaves it on the host (like an HA-policy-none VM)
+    assert [m.verdict for m in check_drain(v, "a", spread, MigrationSection(), partial=True)] == ["live", "refused"]
+    with pytest.raises(Refused, match=r"acme-prod-web-1 cannot live-migrate: local disk\(s\) .*"
+                                      r"'haagent host drain a --cold-ok' moves it cold"):
+        check_migrate(v, "vm1", "", spread)
+    # the leader's executor: a cold order for it, a live one for the other
+    op = cold_op(["vm1", "vm2"])
+    orders = kinds(run(replace(v, ops={"drain-a": op}, hosts={
+        **v.hosts, "a": replace(v.hosts["a"], state=S.DRAINING)})), StartMigration)
+    assert sorted((o.vm, o.mode) for o in orders) == [("vm1", "cold"), ("vm2", "live")]
+    # without --cold-ok (a --partial drain) it gets no order at all
+    partial = replace(op, steps=(replace(op.steps[0], detail={**op.steps[0].detail, "cold_ok": False}),))
+    orders = kinds(run(replace(v, ops={"drain-a": partial}, hosts={
+        **v.hosts, "a": replace(v.hosts["a"], state=S.DRAINING)})), StartMigration)
+    assert [(o.vm, o.mode) for o in orders] == [("vm2", "live")]
+
+
+def _cold_start(v, dest, attempt, answer=None, *steps):
+    """vm1 shut down on a, placed on ``dest`` with a cold-start order; ``answer``: dest's outcome."""
+    mig = Migration("vm1", "a", dest, 7, 10.0, "drain-a", attempt, (), "cold-start")
+    op = cold_op(["vm1"])
+    op = replace(op, steps=op.steps + (OpStep("migrate_start", 2.0, {"vm": "vm1", "to": "b", "attempt": 1,
+                                                                      "mode": "cold"}),) + steps)
+    hosts = {**v.hosts, "a": replace(v.hosts["a"], state=S.DRAINING, running=frozenset())}
+    if answer is not None:
+        report = MigrationReport("vm1", dest, dest, "drain-a", attempt, answer, "none", "not started here")
+        hosts[dest] = replace(hosts[dest], migration_outcomes={"vm1": report})
+    return replace(v, hosts=hosts, migrations={"vm1": mig}, ops={"drain-a": op}, placements={"vm1": dest})
+
+
+def test_a_cold_start_its_target_gave_up_goes_to_another_target_then_back_to_its_source():
+    cfg = replace(CFG, migration=MigrationSection(max_attempts=2, cold_start_timeout=15))
+    v = cluster(vms_on_a=1)
+    # no answer from b yet: nothing moves (b may still start it)
+    acts = run(_cold_start(v, "b", 1), cfg=cfg)
+    assert not kinds(acts, SetPlacement) and not kinds(acts, StartMigration) and not kinds(acts, ClearMigration)
+    # an answer to another order (an older attempt) says nothing of this one
+    stale = _cold_start(v, "b", 1, "failed")
+    stale = replace(stale, migrations={"vm1": replace(stale.migrations["vm1"], attempt=2)})
+    assert not kinds(run(stale, cfg=cfg), SetPlacement)
+    # b gave it up and it runs nowhere: placed on c with the next attempt's cold-start order
+    acts = run(_cold_start(v, "b", 1, "failed"), cfg=cfg)
+    assert [(p.vm, p.host) for p in kinds(acts, SetPlacement)] == [("vm1", "c")]
+    [order] = kinds(acts, StartMigration)
+    assert (order.source, order.dest, order.attempt, order.mode, order.deadline) == ("a", "c", 2, "cold-start", 15.0)
+    assert not kinds(acts, ClearMigration)  # rewritten in place: never a moment without an order
+    steps = [(j.step.step, j.step.detail.get("to")) for j in kinds(acts, JournalStep)]
+    assert steps[:2] == [("migrate_failed", "b"), ("migrate_start", "c")]
+    # ... but not while b (or anyone) reports it running
+    running = _cold_start(v, "b", 1, "failed")
+    running = replace(running, hosts={**running.hosts, "c": replace(running.hosts["c"], running=frozenset({"vm1"}))})
+    assert not kinds(run(running, cfg=cfg), SetPlacement)
+    # c gave it up too: max_attempts (2) spent, back to its source, and the drain pauses saying why
+    failed_b = OpStep("migrate_failed", 3.0, {"vm": "vm1", "to": "b", "attempt": 1, "outcome": "failed",
+                                              "error": "not started here"})
+    start_c = OpStep("migrate_start", 4.0, {"vm": "vm1", "to": "c", "attempt": 2, "mode": "cold-start"})
+    acts = run(_cold_start(v, "c", 2, "failed", failed_b, start_c), cfg=cfg)
+    assert [c.vm for c in kinds(acts, ClearMigration)] == ["vm1"] and not kinds(acts, StartMigration)
+    assert [(p.vm, p.host) for p in kinds(acts, SetPlacement)] == [("vm1", "a")]
+    [alert] = [a for a in kinds(acts, Alert) if a.name == "drain_paused"]
+    assert "failed to migrate 2 times" in alert.message and "to c" in alert.message
+
+
+def test_a_cold_start_nobody_answers_raises_an_alert_past_its_deadline_and_moves_nothing():
+    v = _cold_start(cluster(vms_on_a=1), "b", 1)
+    status, acts = step(v, new_status(0.0), 10.0, CFG, spread)
+    assert not [a for a in kinds(acts, Alert) if a.name == "drain_paused"]
+    # deadline (10 s) + 2 lease TTLs later, still no answer: alert (on the leader's own clock)
+    status, acts = step(v, status, 10.0 + 10.0 + 6.0, CFG, spread)
+    assert not [a for a in kinds(acts, Alert) if a.name == "drain_paused"]
+    status, acts = step(v, status, 10.0 + 10.0 + 6.1, CFG, spread)
+    [alert] = [a for a in kinds(acts, Alert) if a.name == "drain_paused"]
+    assert alert.vm == "vm1" and "b has neither started it nor given its start up" in alert.message
+    assert not kinds(acts, SetPlacement) and not kinds(acts, StartMigration)
+
+
+def test_a_cold_moves_second_half_carries_the_cold_start_deadline():
+    cfg = replace(CFG, migration=MigrationSection(cold_start_timeout=3))  # under the floor: the floor
+    v = cluster(vms_on_a=1, states={"a": S.DRAINING}, ops={"drain-a": cold_op(["vm1"])})
+    mig = Migration("vm1", "a", "b", 7, 120.0, "drain-a", 1, (), "cold")
+    stopped = MigrationReport("vm1", "a", "b", "drain-a", 1, "completed", "none")
+    hosts = {**v.hosts, "a": replace(v.hosts["a"], running=frozenset(), migration_outcomes={"vm1": stopped})}
+    [second] = kinds(run(replace(v, migrations={"vm1": mig}, hosts=hosts), cfg=cfg), StartMigration)
+    assert (second.mode, second.deadline) == ("cold-start", 10.0)
+
+
+def test_progress_shows_a_cold_start_retried_on_another_target():
+    from haagent.manager.migrate_cli import op_progress
+
+    steps = (OpStep("migrate_start", 2.0, {"vm": "vm1", "to": "b", "attempt": 1, "mode": "cold"}),
+             OpStep("cold_stopped", 3.0, {"vm": "vm1", "to": "b", "attempt": 1}),
+             OpStep("migrate_failed", 9.0, {"vm": "vm1", "to": "b", "attempt": 1, "outcome": "failed",
+                                            "mode": "cold-start"}),
+             OpStep("migrate_start", 9.0, {"vm": "vm1", "to": "c", "attempt": 2, "mode": "cold-start"}))
+    op = replace(cold_op(["vm1"]), steps=cold_op(["vm1"]).steps + steps)
+    p = op_progress(cluster(vms_on_a=1), op)
+    assert p["vms"] == {"acme-prod-web-1": "starting on c (cold move, attempt 2)"} and p["moved"] == 0

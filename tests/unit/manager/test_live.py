@@ -192,3 +192,23 @@ def test_a_vm_placed_on_a_host_that_does_not_run_it_yet_binds_its_cells():
                                                                  HostCell(1, (2, 3), 3072, 3072))), h2],
                    [arriving, strict], {"u1": "h1"})
     assert live_cluster(running).cluster.vms[0].numa_cells == ()  # running: in the free figures already
+
+
+def test_a_vm_placed_but_not_running_does_not_hide_the_hosts_own_use():
+    """The engine takes a host's reported use beyond its placed VMs as the host's own. A VM placed
+    there that does not run (its start keeps failing) is not in that use: counted against it, it
+    hid the 1 GiB a VM haagent does not manage uses, and a 3 GiB VM was placed on a full 4 GiB host
+    (the simulator caught it once hosts could fail every start)."""
+    waiting = VmSpec("u1", "waiting", 1, 1024)
+    big = VmSpec("u2", "big", 1, 3072, needs=VmNeeds(numa="strict", nodeset=(0,)))
+    h1 = HostView("h1", True, S.ACTIVE, 8, 4096, numa=(HostCell(0, tuple(range(8)), 4096, 3072),),
+                  memory_used_mib=1024.0)  # the unmanaged VM's
+    h2 = HostView("h2", True, S.ACTIVE, 8, 4096, numa=(HostCell(0, tuple(range(8)), 4096, 4096),),
+                  memory_used_mib=0.0)
+    v = view([h1, h2], [waiting, big], {"u1": "h1"})
+    assert live_cluster(v, unplaced=["u2"]).cluster.hosts[0].memory_used_mib == 2048.0
+    assert policy_placer()([big], v, frozenset()) == ({"u2": "h2"}, {})
+    # once it runs, the report's use holds it: counted once
+    running = view([replace(h1, running=frozenset({"u1"}), memory_used_mib=2048.0), h2], [waiting, big],
+                   {"u1": "h1"})
+    assert live_cluster(running, unplaced=["u2"]).cluster.hosts[0].memory_used_mib == 2048.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from haagent.state.requirements import needs_from_xml
+from haagent.state.requirements import local_disks, needs_from_xml
 from haagent.state.view import VmNeeds
 
 
@@ -67,3 +67,29 @@ def test_what_the_parser_does_not_understand_is_placed_nowhere_and_says_why():
     assert "hugepages of several sizes" in n.unplaceable
     assert needs_from_xml("<domain><name>v</name><vcpu>x</vcpu></domain>").unplaceable.startswith("domain XML cannot be read")
     assert needs_from_xml("not xml").unplaceable.startswith("domain XML cannot be read")
+
+
+def disk(source: str, kind: str = "file", extra: str = "", device: str = "disk") -> str:
+    return f"<disk type='{kind}' device='{device}'>{source}<target dev='vda'/>{extra}</disk>"
+
+
+def test_local_disks_are_the_ones_outside_the_shared_storage():
+    shared = ("/mnt/vms", "/dev/mapper")
+    devices = ("<devices>" + disk("<source file='/mnt/vms/a.qcow2'/>")
+               + disk("<source file='/var/lib/libvirt/images/b.qcow2'/>")
+               + disk("<source dev='/dev/mapper/mpatha'/>", "block")
+               + disk("<source dev='/dev/sdb'/>", "block")
+               + disk("<source protocol='rbd' name='pool/c'/>", "network")
+               + disk("<source file='/var/lib/libvirt/images/scratch.img'/>", extra="<shareable/>")
+               + disk("<source file='/var/lib/libvirt/images/tools.iso'/>", extra="<readonly/>", device="cdrom")
+               + disk("", device="cdrom")  # an empty drive: nothing to reach
+               + "</devices>")
+    assert local_disks(dom(devices), shared) == ("/var/lib/libvirt/images/b.qcow2", "/dev/sdb",
+                                                 "/var/lib/libvirt/images/tools.iso")
+    # nothing declared shared: every file and block device is local (network and shareable disks never are)
+    assert local_disks(dom(devices)) == ("/mnt/vms/a.qcow2", "/var/lib/libvirt/images/b.qcow2", "/dev/mapper/mpatha",
+                                         "/dev/sdb", "/var/lib/libvirt/images/tools.iso")
+    # a prefix must end at a directory boundary
+    assert local_disks(dom("<devices>" + disk("<source file='/mnt/vms2/d.qcow2'/>") + "</devices>"), shared) == \
+        ("/mnt/vms2/d.qcow2",)
+    assert local_disks(dom()) == () and local_disks("<domain", shared) == ()
