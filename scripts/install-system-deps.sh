@@ -25,6 +25,8 @@ PACKAGES=(
   # monitoring: promtool checks and unit-tests deploy/prometheus-rules.yml; `lab up --monitoring`
   # runs a real Prometheus and Alertmanager inside the lab (packaged services stay unused)
   prometheus prometheus-alertmanager
+  # the stress bench (`make bench BENCH=stress`): CPU and disk load on the lab's machine
+  stress-ng
 )
 
 missing=()
