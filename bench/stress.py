@@ -52,8 +52,7 @@ PATTERNS = {
 
 
 def run() -> str:
-    from bench.failover import _return_hosts
-    from haagent.lab.drill import _where, run_drill
+    from haagent.lab.drill import _where, return_hosts, run_drill
     from haagent.lab.lab import Lab
 
     if shutil.which("stress-ng") is None:
@@ -101,7 +100,7 @@ def run() -> str:
                 else:
                     failures.append(f"{preset} drill {i}: {r.verdict}")
                 if r.target:
-                    _return_hosts(lab, [r.target])
+                    return_hosts(lab, [r.target], 90)
     finally:
         if stress is not None and stress.poll() is None:
             os.killpg(stress.pid, signal.SIGKILL)
