@@ -8,8 +8,10 @@ of the leader's host, 3 hosts); the other presets (5 crashes each); compound fau
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
+import uuid
 from typing import Any, Callable
 
 RUNS = 10
@@ -36,19 +38,68 @@ def _raft_leader(lab: Any) -> str | None:
     return None
 
 
-def _settled(lab: Any, timeout: float = 90) -> tuple[str, dict[str, list[str]]]:
-    """Wait until the lab has settled (haagent.lab.drill.wait_settled): (the leader's host, where each VM runs)."""
-    from haagent.lab.drill import _store, wait_settled
+def _return_hosts(lab: Any, hosts: list[str], timeout: float = 90) -> None:
+    """Power the hosts back on and return them, as an operator would; wait until all are active."""
+    from haagent.model import HostState
+    from haagent.state.codec import build_view
+    from haagent.store.keys import Keys
 
-    store = _store(lab)
+    keys = Keys(lab.prefix)
+    for h in hosts:
+        lab.heal(h)
+        lab.revive(h)
+    store = lab.etcd_store(timeout=1)
+    deadline, asked = time.monotonic() + timeout, set()
     try:
-        settled = wait_settled(lab, store, timeout)
+        while time.monotonic() < deadline:
+            try:
+                kvs, _ = store.get_prefix(keys.root)
+            except Exception:
+                time.sleep(0.5)
+                continue
+            view = build_view({kv.key: kv for kv in kvs}, keys, 0)
+            for h in hosts:
+                hv = view.hosts.get(h)
+                if hv and hv.alive and hv.state is HostState.FAILED and h not in asked:
+                    store.put(keys.request(f"host_return-{h}-{uuid.uuid4().hex[:6]}"),
+                              json.dumps({"kind": "host_return", "host": h, "at": time.time()}))
+                    asked.add(h)
+            if all(view.hosts.get(h) and view.hosts[h].alive and view.hosts[h].state is HostState.ACTIVE
+                   for h in hosts):
+                return
+            time.sleep(0.2)
     finally:
         store.close()
-    if settled is None:
-        raise RuntimeError(f"the lab did not settle within {timeout:g}s")
-    lead, where = settled
-    return lead.host, where
+    raise RuntimeError(f"hosts {hosts} not active again within {timeout:g}s")
+
+
+def _settled(lab: Any, timeout: float = 90) -> tuple[str, dict[str, list[str]]]:
+    """Wait for a leader, every host active, every VM placed and running exactly once: (leader, where)."""
+    from haagent.lab.drill import _cluster, _store, _where
+    from haagent.model import HostState
+    from haagent.store.election import read_leader
+    from haagent.store.keys import Keys
+
+    hosts, vms = lab.hosts(), sorted(lab.vms())
+    uuids = {vm: lab.vm_uuid(vm) for vm in vms}
+    store = _store(lab)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                view, lead = _cluster(lab, store), read_leader(store, Keys(lab.prefix))
+            except Exception:
+                view, lead = None, None
+            if (view is not None and lead is not None
+                    and all(view.hosts.get(h) and view.hosts[h].state is HostState.ACTIVE for h in hosts)
+                    and all(uuids[v] in view.placements for v in vms)):
+                where = _where(lab, hosts)
+                if all(len(where.get(v, [])) == 1 for v in vms):
+                    return lead.host, where
+            time.sleep(0.2)
+    finally:
+        store.close()
+    raise RuntimeError(f"the lab did not settle within {timeout:g}s")
 
 
 def compound(lab: Any, plan: Callable[[str, dict[str, list[str]]], list[tuple[str, str]]],
@@ -100,7 +151,7 @@ def compound(lab: Any, plan: Callable[[str, dict[str, list[str]]], list[tuple[st
 
 def _drills(lab: Any, runs: int, faults: tuple[str, ...], figures: dict[str, list[float]],
             phases: dict[str, list[float]], notes: dict[str, list[bool]], failures: list[str]) -> None:
-    from haagent.lab.drill import return_hosts, run_drill
+    from haagent.lab.drill import run_drill
 
     for i in range(runs):
         for fault in faults:
@@ -115,7 +166,7 @@ def _drills(lab: Any, runs: int, faults: tuple[str, ...], figures: dict[str, lis
                     if row["phase"] in ("detect", "confirm", "fence", "place") and row.get("t") is not None:
                         phases.setdefault(f"{fault}:{row['phase']}", []).append(row["t"])
             if r.target:
-                return_hosts(lab, [r.target], 90)
+                _return_hosts(lab, [r.target])
 
 
 def _placement_times(lab: Any, repeat: int = 5) -> list[float]:
@@ -148,7 +199,6 @@ def _placement_times(lab: Any, repeat: int = 5) -> list[float]:
 
 def run() -> str:
     from haagent.config import TIMING_PRESETS
-    from haagent.lab.drill import return_hosts
     from haagent.lab.lab import Lab
 
     failures: list[str] = []
@@ -199,7 +249,7 @@ def run() -> str:
                 if r["recovery_s"] is None or r["twice"]:
                     failures.append(f"{name} run {i}: " + (f"VM on two hosts: {r['twice']}" if r["twice"]
                                                             else f"not recovered in 60 s ({r})"))
-                return_hosts(lab5, list(r["crashed"]), 90)
+                _return_hosts(lab5, list(r["crashed"]))
 
     t = TIMING_PRESETS["default"]
     lines = [

@@ -38,12 +38,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from haagent.config import TIMING_PRESETS
-
 SIZES = (100, 300, 1000)
 VMS_PER_HOST = 20
 # The default timing preset ([timing] in haagent/config.py)
-_DEFAULT = TIMING_PRESETS["default"]
+_DEFAULT = __import__("haagent.config", fromlist=["TIMING_PRESETS"]).TIMING_PRESETS["default"]
 TTL = int(_DEFAULT["lease_ttl"])
 HEARTBEAT = float(_DEFAULT["heartbeat_interval"])  # the leader's tick period when nothing wakes it
 REPORT_INTERVAL = 5.0  # [timing] report_interval default
@@ -604,8 +602,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> bool:
         ax2.plot([r["hosts"] for r in fo], [r["failover_first_decision_s"] for r in fo], "D",
                  label="leader killed -> new leader's first decision")
     ax2.axhline(TTL + 0.5, color="grey", ls="--", label="TTL + 0.5 s")
-    if FENCE_DELAY:
-        ax2.axhline(TTL + FENCE_DELAY + 0.5, color="grey", ls=":", label=f"TTL + fence_delay ({FENCE_DELAY:g} s) + 0.5 s")
+    ax2.axhline(TTL + FENCE_DELAY + 0.5, color="grey", ls=":", label=f"TTL + fence_delay ({FENCE_DELAY:g} s) + 0.5 s")
     ax2.axhline(0.5, color="tab:orange", ls=":", lw=0.8, label="placement target 0.5 s")
     ax2.set(xlabel="hosts (20 VMs each)", ylabel="s", title="failover")
     ax2.legend(fontsize=7)

@@ -52,7 +52,8 @@ PATTERNS = {
 
 
 def run() -> str:
-    from haagent.lab.drill import _where, return_hosts, run_drill
+    from bench.failover import _return_hosts
+    from haagent.lab.drill import _where, run_drill
     from haagent.lab.lab import Lab
 
     if shutil.which("stress-ng") is None:
@@ -100,7 +101,7 @@ def run() -> str:
                 else:
                     failures.append(f"{preset} drill {i}: {r.verdict}")
                 if r.target:
-                    return_hosts(lab, [r.target], 90)
+                    _return_hosts(lab, [r.target])
     finally:
         if stress is not None and stress.poll() is None:
             os.killpg(stress.pid, signal.SIGKILL)

@@ -443,7 +443,7 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
 
     t = top.sub("timing")
     preset = t.string("preset", TimingConfig.preset, choices=tuple(TIMING_PRESETS))
-    base = TIMING_PRESETS[preset or TimingConfig.preset]  # (a bad preset is a problem already)
+    base = TIMING_PRESETS.get(preset or TimingConfig.preset, TIMING_PRESETS[TimingConfig.preset])
     heartbeat = t.number("heartbeat_interval", base["heartbeat_interval"], positive=True, maximum=60)
     ttl = t.number("lease_ttl", base["lease_ttl"], positive=True, maximum=600)
     if ttl is not None and ttl != int(ttl):

@@ -1,8 +1,8 @@
 """The lab's BMC supervisor: one process per lab, in the management network's namespace.
 
 It serves one fake IPMI BMC (fencing.fakes.bmc.FakeBmc) per host, each on its own management
-address and port (UDP 6230+N, see layout.BMC_PORT_BASE). A BMC's power is the host's real
-power: "off" is ``Lab.crash``, "on" starts ``Lab.revive`` and returns at once (a real BMC does not wait for the OS to boot), and "status"
+address and port (UDP 6230+N, see layout.BMC_PORT_BASE). A BMC's power is the host's real power: "off" is ``Lab.crash``, "on" starts
+``Lab.revive`` and returns at once (a real BMC does not wait for the OS to boot), and "status"
 reads whether the host's init is alive. One process for all BMCs keeps the lab small; it runs
 in the root PID and mount namespaces, so it can crash and revive hosts like the CLI does.
 """

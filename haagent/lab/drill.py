@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,87 +62,37 @@ def _cluster(lab: Any, store: Any) -> Any:
     return build_view({kv.key: kv for kv in kvs}, keys, 0)
 
 
-def wait_settled(lab: Any, store: Any, timeout: float = 60.0) -> tuple[Any, dict[str, list[str]]] | None:
-    """Wait for a leader, every host active, every VM registered and placed, and each running
-    exactly once as every libvirtd says: (the leader record, where each VM runs), or None if the
-    cluster has not settled within ``timeout`` seconds."""
-    from haagent.errors import StoreError
-    from haagent.model import HostState
-    from haagent.store.election import read_leader
-    from haagent.store.keys import Keys
-
-    hosts, vms = lab.hosts(), sorted(lab.vms())
-    uuids = {vm: lab.vm_uuid(vm) for vm in vms}
-    keys = Keys(lab.prefix)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            view = _cluster(lab, store)
-            lead = read_leader(store, keys)
-        except StoreError:
-            view, lead = None, None
-        if (view is not None and lead is not None
-                and all(view.hosts.get(h) and view.hosts[h].state is HostState.ACTIVE for h in hosts)
-                and all(uuids[v] in view.placements for v in vms)):
-            where = _where(lab, hosts)  # asks every libvirtd: only once etcd agrees
-            if all(len(where.get(v, [])) == 1 for v in vms):
-                return lead, where
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.2)
-
-
-def return_hosts(lab: Any, hosts: list[str], timeout: float = 60.0) -> None:
-    """Power the hosts back on and return them to service, as an operator would (a ``host_return``
-    request once each is alive and failed); wait until every one is active again."""
-    from haagent.errors import LabError, StoreError
-    from haagent.model import HostState
-    from haagent.store.keys import Keys
-
-    for h in hosts:
-        lab.heal(h)
-        lab.revive(h)
-    keys = Keys(lab.prefix)
-    store = _store(lab)
-    try:
-        deadline, asked = time.monotonic() + timeout, set()
-        while True:
-            try:
-                found = _cluster(lab, store).hosts
-            except StoreError:
-                found = {}
-            for h in hosts:
-                hv = found.get(h)
-                if hv is not None and hv.alive and hv.state is HostState.FAILED and h not in asked:
-                    store.put(keys.request(f"host_return-{h}-{uuid.uuid4().hex[:6]}"),
-                              json.dumps({"kind": "host_return", "host": h, "at": time.time()}))
-                    asked.add(h)
-            late = {h: found.get(h) for h in hosts
-                    if not (found.get(h) is not None and found[h].alive and found[h].state is HostState.ACTIVE)}
-            if not late:
-                return
-            if time.monotonic() > deadline:
-                raise LabError(f"{', '.join(late)} did not return to service within {timeout:g}s: {late}")
-            time.sleep(0.2)
-    finally:
-        store.close()
-
-
 def run_drill(lab: Any, fault: str, timeout: float = 90.0, say: Any = print) -> DrillResult:
     from haagent.errors import StoreError
     from haagent.state.codec import timeline
+    from haagent.model import HostState
+    from haagent.store.election import read_leader
+    from haagent.store.keys import Keys
 
     hosts = lab.hosts()
     vms = sorted(lab.vms())
     uuids = {vm: lab.vm_uuid(vm) for vm in vms}
     store = _store(lab)
+    keys = Keys(lab.prefix)
     try:
         say("waiting for the cluster to settle: a leader, every host active, every VM registered and placed")
-        settled = wait_settled(lab, store)
-        if settled is None:
-            return DrillResult(False, fault, "", None, None, "cluster did not settle within 60s: "
-                               "every host active and every VM placed and running exactly once")
-        lead, _ = settled
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                view = _cluster(lab, store)
+                lead = read_leader(store, keys)
+            except StoreError:
+                view, lead = None, None
+            if (view is not None and lead is not None
+                    and all(view.hosts.get(h) and view.hosts[h].state is HostState.ACTIVE for h in hosts)
+                    and all(uuids[v] in view.placements for v in vms)):
+                settled = _where(lab, hosts)  # asks every libvirtd: only once etcd agrees
+                if all(len(settled.get(v, [])) == 1 for v in vms):
+                    break
+            if time.monotonic() > deadline:
+                return DrillResult(False, fault, "", None, None, "cluster did not settle within 60s: "
+                                   "every host active and every VM placed and running exactly once")
+            time.sleep(0.2)
         where = _where(lab, hosts)
         twice = {v: h for v, h in where.items() if len(h) > 1}
         if twice or any(v not in where for v in vms):

@@ -39,7 +39,6 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from haagent.config import TIMING_PRESETS
 from haagent.model import HostState
 from haagent.sim.invariants import check_recovered
 from haagent.sim.scenario import Command, Outcome, parse_cmdlist, run
@@ -78,8 +77,7 @@ def generate(seed: int) -> Schedule:
     # RNG, so the faults of a seed stay as they were.
     short = random.Random(seed * 104729 + 3).random() < 0.5
     if short:
-        cluster["manager"].update({k: float(TIMING_PRESETS["default"][k])
-                                   for k in ("lease_ttl", "fence_delay", "new_leader_grace")})
+        cluster["manager"].update(lease_ttl=2.0, fence_delay=0.0, new_leader_grace=0.0)
     for h in hosts:
         kind = rng.random()
         if watchdog and kind < 0.5:
@@ -178,9 +176,7 @@ def generate(seed: int) -> Schedule:
                 off = min(t + rng.randint(0, 6), HEAL_AT - 4)
                 flap = rng.randint(1, 3)
                 lines.append(f"at {off:g} network {h} off")
-                if short:  # back before the shorter lease runs out
-                    flap = min(flap, int(cluster["manager"]["lease_ttl"]) - 1)
-                lines.append(f"at {off + flap:g} network {h} on")
+                lines.append(f"at {off + (1 if short else flap):g} network {h} on")
         elif kind == "ackflap" and cluster["hosts"][h]["fencing"] and h != hosts[0] and h not in lossy:
             # Off with a slow device; an operator acks it while it is off; it is powered on again
             # before the fence gives up, so the failover is called off and the ack must die with

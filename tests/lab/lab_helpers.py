@@ -3,8 +3,10 @@ service, and an independent leftover check."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -51,9 +53,31 @@ def view(lab, attempts: int = 10):
 
 def return_host(lab, host: str, timeout: float = 60) -> None:
     """Power the host back on and return it to service; wait until it is active again."""
-    from haagent.lab.drill import return_hosts
+    from haagent.model import HostState
+    from haagent.state.codec import build_view
+    from haagent.store.keys import Keys
 
-    return_hosts(lab, [host], timeout)
+    lab.heal(host)
+    lab.revive(host)
+    keys = Keys(lab.prefix)
+    store = lab.etcd_store(timeout=1)
+    try:
+        deadline = time.monotonic() + timeout
+        asked = False
+        while True:
+            kvs, _ = store.get_prefix(keys.root)
+            view = build_view({kv.key: kv for kv in kvs}, keys, 0)
+            hv = view.hosts.get(host)
+            if hv is not None and hv.alive and hv.state is HostState.FAILED and not asked:
+                store.put(keys.request(f"host_return-{host}-{uuid.uuid4().hex[:6]}"),
+                          json.dumps({"kind": "host_return", "host": host, "at": time.time()}))
+                asked = True
+            if hv is not None and hv.alive and hv.state is HostState.ACTIVE:
+                return
+            assert time.monotonic() < deadline, f"{host} did not return to service: {hv}"
+            time.sleep(0.2)
+    finally:
+        store.close()
 
 
 def lab_traces(prefix: str, labdir: Path, netns_inodes: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
